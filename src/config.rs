@@ -1,0 +1,320 @@
+//! Configuration, read once from the environment at init.
+//!
+//! Every value is parsed into a typed field here, so the handler never sees a
+//! raw string from the environment and a bad value stops init with one line
+//! that names the variable.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// A configuration value that is missing or cannot be used.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            var,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The Defender sovereign clouds, each with its own API host, login host and
+/// token audience.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cloud {
+    Commercial,
+    Gcc,
+    GccHigh,
+    Dod,
+}
+
+impl Cloud {
+    fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "commercial" => Some(Self::Commercial),
+            "gcc" => Some(Self::Gcc),
+            "gcc-high" => Some(Self::GccHigh),
+            "dod" => Some(Self::Dod),
+            _ => None,
+        }
+    }
+
+    pub fn api_url(self) -> &'static str {
+        match self {
+            Self::Commercial => "https://api.securitycenter.microsoft.com",
+            Self::Gcc => "https://api-gcc.securitycenter.microsoft.us",
+            Self::GccHigh | Self::Dod => "https://api-gov.securitycenter.microsoft.us",
+        }
+    }
+
+    pub fn login_url(self) -> &'static str {
+        match self {
+            Self::Commercial | Self::Gcc => "https://login.microsoftonline.com",
+            Self::GccHigh | Self::Dod => "https://login.microsoftonline.us",
+        }
+    }
+
+    /// The token audience is the cloud's API, never a regional or test host:
+    /// Entra ID issues tokens for the resource, not for the URL called.
+    pub fn scope(self) -> String {
+        format!("{}/.default", self.api_url())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub secret_id: String,
+    pub cloud: Cloud,
+    pub api_url: String,
+    pub login_url: String,
+    pub scope: String,
+    pub dry_run: bool,
+    pub max_devices: usize,
+    pub queue_url: Option<String>,
+    pub max_queued_devices: usize,
+    /// Lowercased, so a tag check is one set lookup.
+    pub protected_tags: HashSet<String>,
+    pub secret_ttl: Duration,
+    /// Raw `SOURCES` value (a path or inline JSON), parsed by the sources module.
+    pub sources: Option<String>,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Pure over its lookup, so tests need not touch the process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        // An empty variable is treated as unset: SAM and CloudFormation
+        // parameters often end up as "" rather than absent.
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+
+        let secret_id = get("SECRET_ID")
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "SECRET_ID",
+                    "is required (Secrets Manager secret name or ARN)",
+                )
+            })?
+            .trim()
+            .to_string();
+        let cloud = match get("MDE_CLOUD") {
+            None => Cloud::Commercial,
+            Some(v) => Cloud::parse(&v).ok_or_else(|| {
+                ConfigError::new(
+                    "MDE_CLOUD",
+                    format!("'{v}' is not one of commercial, gcc, gcc-high, dod"),
+                )
+            })?,
+        };
+        let api_url = match get("MDE_API_URL") {
+            None => cloud.api_url().to_string(),
+            Some(v) => base_url("MDE_API_URL", &v)?,
+        };
+        if api_url.ends_with("/api") {
+            return Err(ConfigError::new(
+                "MDE_API_URL",
+                "must be the API base without the trailing /api",
+            ));
+        }
+        let login_url = match get("MDE_LOGIN_URL") {
+            None => cloud.login_url().to_string(),
+            Some(v) => base_url("MDE_LOGIN_URL", &v)?,
+        };
+        let scope = get("MDE_SCOPE")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| cloud.scope());
+
+        let dry_run = match get("DRY_RUN") {
+            None => false,
+            Some(v) => parse_bool(&v).ok_or_else(|| {
+                ConfigError::new("DRY_RUN", format!("'{v}' is not true or false"))
+            })?,
+        };
+        let max_devices = parse_count(&get, "MAX_DEVICES", 25, 1000)?;
+        let max_queued_devices = parse_count(&get, "MAX_QUEUED_DEVICES", 5000, 100_000)?;
+        let queue_url = get("QUEUE_URL").map(|s| s.trim().to_string());
+        let protected_tags = get("PROTECTED_TAGS")
+            .map(|v| {
+                v.split(',')
+                    .map(|t| t.trim().to_lowercase())
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let secret_ttl =
+            Duration::from_secs(parse_count(&get, "SECRET_TTL_SECONDS", 300, 86_400)? as u64);
+        let sources = get("SOURCES");
+
+        Ok(Self {
+            secret_id,
+            cloud,
+            api_url,
+            login_url,
+            scope,
+            dry_run,
+            max_devices,
+            queue_url,
+            max_queued_devices,
+            protected_tags,
+            secret_ttl,
+            sources,
+        })
+    }
+}
+
+fn base_url(var: &'static str, v: &str) -> Result<String, ConfigError> {
+    let v = v.trim().trim_end_matches('/');
+    let parsed = reqwest::Url::parse(v)
+        .map_err(|e| ConfigError::new(var, format!("'{v}' is not a URL ({e})")))?;
+    if !matches!(parsed.scheme(), "https" | "http") || parsed.host().is_none() {
+        return Err(ConfigError::new(
+            var,
+            format!("'{v}' is not an http(s) URL"),
+        ));
+    }
+    Ok(v.to_string())
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_count(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    let Some(v) = get(var) else {
+        return Ok(default);
+    };
+    match v.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(ConfigError::new(
+            var,
+            format!("'{v}' is not a whole number from 1 to {max}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_the_contract_defaults() {
+        let c = cfg(&[("SECRET_ID", "mde")]).unwrap();
+        assert_eq!(c.cloud, Cloud::Commercial);
+        assert_eq!(c.api_url, "https://api.securitycenter.microsoft.com");
+        assert_eq!(c.login_url, "https://login.microsoftonline.com");
+        assert_eq!(c.scope, "https://api.securitycenter.microsoft.com/.default");
+        assert!(!c.dry_run);
+        assert_eq!(c.max_devices, 25);
+        assert_eq!(c.max_queued_devices, 5000);
+        assert_eq!(c.secret_ttl, Duration::from_secs(300));
+        assert!(c.protected_tags.is_empty());
+        assert!(c.queue_url.is_none());
+    }
+
+    #[test]
+    fn missing_secret_id_names_the_variable() {
+        let e = cfg(&[]).unwrap_err();
+        assert_eq!(e.var, "SECRET_ID");
+        assert!(e.to_string().starts_with("SECRET_ID: "));
+    }
+
+    #[test]
+    fn clouds_pick_hosts_and_scope() {
+        let gcc = cfg(&[("SECRET_ID", "s"), ("MDE_CLOUD", "gcc")]).unwrap();
+        assert_eq!(gcc.api_url, "https://api-gcc.securitycenter.microsoft.us");
+        assert_eq!(gcc.login_url, "https://login.microsoftonline.com");
+        assert_eq!(
+            gcc.scope,
+            "https://api-gcc.securitycenter.microsoft.us/.default"
+        );
+        for name in ["gcc-high", "DoD"] {
+            let c = cfg(&[("SECRET_ID", "s"), ("MDE_CLOUD", name)]).unwrap();
+            assert_eq!(c.api_url, "https://api-gov.securitycenter.microsoft.us");
+            assert_eq!(c.login_url, "https://login.microsoftonline.us");
+            assert_eq!(
+                c.scope,
+                "https://api-gov.securitycenter.microsoft.us/.default"
+            );
+        }
+        let e = cfg(&[("SECRET_ID", "s"), ("MDE_CLOUD", "moon")]).unwrap_err();
+        assert_eq!(e.var, "MDE_CLOUD");
+    }
+
+    #[test]
+    fn overrides_keep_the_cloud_scope() {
+        let c = cfg(&[
+            ("SECRET_ID", "s"),
+            (
+                "MDE_API_URL",
+                "https://api-eu.securitycenter.microsoft.com/",
+            ),
+            ("MDE_LOGIN_URL", "http://127.0.0.1:9000"),
+        ])
+        .unwrap();
+        assert_eq!(c.api_url, "https://api-eu.securitycenter.microsoft.com");
+        assert_eq!(c.login_url, "http://127.0.0.1:9000");
+        assert_eq!(c.scope, "https://api.securitycenter.microsoft.com/.default");
+        let c = cfg(&[("SECRET_ID", "s"), ("MDE_SCOPE", "api://x/.default")]).unwrap();
+        assert_eq!(c.scope, "api://x/.default");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (var, val) in [
+            ("DRY_RUN", "maybe"),
+            ("MAX_DEVICES", "0"),
+            ("MAX_DEVICES", "ten"),
+            ("MAX_QUEUED_DEVICES", "-1"),
+            ("SECRET_TTL_SECONDS", "1.5"),
+            ("MDE_API_URL", "not a url"),
+            (
+                "MDE_API_URL",
+                "https://api.securitycenter.microsoft.com/api",
+            ),
+            ("MDE_LOGIN_URL", "ftp://login"),
+        ] {
+            let e = cfg(&[("SECRET_ID", "s"), (var, val)]).unwrap_err();
+            assert_eq!(e.var, var, "{var}={val}");
+        }
+    }
+
+    #[test]
+    fn protected_tags_are_trimmed_and_lowercased() {
+        let c = cfg(&[
+            ("SECRET_ID", "s"),
+            ("PROTECTED_TAGS", " VIP, domain-controller ,,"),
+        ])
+        .unwrap();
+        assert_eq!(c.protected_tags.len(), 2);
+        assert!(c.protected_tags.contains("vip"));
+        assert!(c.protected_tags.contains("domain-controller"));
+    }
+}

@@ -1,0 +1,449 @@
+//! The Defender for Endpoint API: the port the domain calls, and the HTTP
+//! adapter that implements it with retries, the rate limiter and the token.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use thiserror::Error;
+
+use crate::credentials::{AccessToken, CredentialError, SecretCache, TokenProvider};
+use crate::input::{DeviceName, MachineId};
+use crate::limits::{Backoff, Deadline, RateLimiter, parse_retry_after};
+
+/// A machine as Defender describes it; unknown fields are ignored.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Machine {
+    pub id: String,
+    #[serde(default)]
+    pub computer_dns_name: Option<String>,
+    #[serde(default)]
+    pub os_platform: Option<String>,
+    #[serde(default)]
+    pub os_build: Option<u64>,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub machine_tags: Vec<String>,
+    #[serde(default)]
+    pub health_status: Option<String>,
+}
+
+/// A MachineAction. The docs spell the update time both ways; both are read.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineAction {
+    pub id: String,
+    #[serde(default, rename = "type")]
+    pub action_type: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub machine_id: Option<String>,
+    #[serde(default)]
+    pub computer_dns_name: Option<String>,
+    #[serde(default)]
+    pub requestor_comment: Option<String>,
+    #[serde(default)]
+    pub creation_date_time_utc: Option<String>,
+    #[serde(default, alias = "lastUpdateTimeUtc")]
+    pub last_update_date_time_utc: Option<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum DefenderError {
+    #[error("Defender does not know this machine or action")]
+    NotFound,
+    /// A 4xx with Defender's `error.code` (e.g. `ActiveRequestAlreadyExists`).
+    #[error("Defender refused the call: {code} (HTTP {status})")]
+    Refused { status: u16, code: String },
+    #[error(
+        "Defender answered 401 with a fresh token: the app registration is not accepted by this tenant's API"
+    )]
+    Unauthorized,
+    #[error(
+        "Defender answered 403: the application lacks the permission (Machine.Offboard, Machine.Read.All) or admin consent"
+    )]
+    Forbidden,
+    #[error("Defender is throttling; retry after {}s", retry_after.as_secs())]
+    Throttled { retry_after: Duration },
+    #[error("Defender is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the Lambda deadline left no time for this call")]
+    Deadline,
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+}
+
+impl DefenderError {
+    /// Errors a later retry of the same request can cure: the answer turns
+    /// into 503 with Retry-After.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Throttled { retry_after } => Some(*retry_after),
+            Self::Unavailable(_) | Self::Deadline => Some(Duration::from_secs(10)),
+            Self::Credentials(e) if e.is_retryable() => Some(Duration::from_secs(10)),
+            _ => None,
+        }
+    }
+}
+
+/// Port: the Defender calls the domain needs.
+pub trait Defender: Send + Sync {
+    fn find_by_name<'a>(
+        &'a self,
+        name: &'a DeviceName,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, Result<Vec<Machine>, DefenderError>>;
+    fn get_machine<'a>(
+        &'a self,
+        id: &'a MachineId,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, Result<Machine, DefenderError>>;
+    fn offboard<'a>(
+        &'a self,
+        id: &'a MachineId,
+        comment: &'a str,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, Result<MachineAction, DefenderError>>;
+    fn get_action<'a>(
+        &'a self,
+        action_id: &'a str,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, Result<MachineAction, DefenderError>>;
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: Option<ErrorDetail>,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MachineList {
+    #[serde(default)]
+    value: Vec<Machine>,
+}
+
+/// Adapter: the real API over HTTPS.
+pub struct HttpDefender {
+    http: reqwest::Client,
+    api_url: String,
+    secrets: Arc<SecretCache>,
+    tokens: Arc<TokenProvider>,
+    limiter: Arc<RateLimiter>,
+    backoff: Backoff,
+}
+
+impl HttpDefender {
+    pub fn new(
+        http: reqwest::Client,
+        api_url: String,
+        secrets: Arc<SecretCache>,
+        tokens: Arc<TokenProvider>,
+        limiter: Arc<RateLimiter>,
+    ) -> Self {
+        Self {
+            http,
+            api_url,
+            secrets,
+            tokens,
+            limiter,
+            backoff: Backoff::default(),
+        }
+    }
+
+    async fn token(&self, deadline: &Deadline) -> Result<AccessToken, DefenderError> {
+        let secret = self.secrets.get().await?;
+        Ok(self.tokens.get(&secret, deadline).await?)
+    }
+
+    /// One logical call: rate limit, token, send, and the retry rules of
+    /// the contract (401 once with a new token, 429 after Retry-After when
+    /// it fits, 5xx and network errors with backoff, never past the
+    /// deadline). Returns the body of a 2xx.
+    async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+        deadline: &Deadline,
+    ) -> Result<bytes::Bytes, DefenderError> {
+        let url = format!("{}{}", self.api_url, path_and_query);
+        let mut refreshed = false;
+        let mut retries = 0u32;
+        let mut throttles = 0u32;
+        loop {
+            self.limiter
+                .acquire(deadline)
+                .await
+                .map_err(|t| DefenderError::Throttled {
+                    retry_after: t.retry_after,
+                })?;
+            let token = self.token(deadline).await?;
+            let timeout = deadline.call_timeout().ok_or(DefenderError::Deadline)?;
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(token.expose())
+                .timeout(timeout);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let started = tokio::time::Instant::now();
+            let result = req.send().await;
+            let transient = match result {
+                Err(e) => {
+                    tracing::warn!(method = %method, path = path_and_query, error_kind = if e.is_timeout() { "timeout" } else { "network" }, "Defender call failed");
+                    if e.is_timeout() {
+                        "timed out".to_string()
+                    } else {
+                        "network error".to_string()
+                    }
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    tracing::debug!(method = %method, path = path_and_query, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "Defender call");
+                    if status.is_success() {
+                        return resp.bytes().await.map_err(|_| {
+                            DefenderError::Unavailable("the answer was cut off".into())
+                        });
+                    }
+                    match status {
+                        StatusCode::UNAUTHORIZED if !refreshed => {
+                            // A token revoked or expired early: one refresh.
+                            self.tokens.invalidate(&token).await;
+                            refreshed = true;
+                            continue;
+                        }
+                        StatusCode::UNAUTHORIZED => return Err(DefenderError::Unauthorized),
+                        StatusCode::FORBIDDEN => return Err(DefenderError::Forbidden),
+                        StatusCode::NOT_FOUND => return Err(DefenderError::NotFound),
+                        StatusCode::TOO_MANY_REQUESTS => {
+                            let retry_after = resp
+                                .headers()
+                                .get(reqwest::header::RETRY_AFTER)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| parse_retry_after(v, SystemTime::now()))
+                                .unwrap_or(Duration::from_secs(5));
+                            tracing::warn!(method = %method, path = path_and_query, retry_after_s = retry_after.as_secs_f64(), "Defender throttled");
+                            // Everyone in this instance waits, not just us.
+                            self.limiter.block_for(retry_after).await;
+                            throttles += 1;
+                            if throttles > 3 || !deadline.fits(retry_after) {
+                                return Err(DefenderError::Throttled { retry_after });
+                            }
+                            continue;
+                        }
+                        s if s.is_server_error() => format!("HTTP {}", s.as_u16()),
+                        s => {
+                            let bytes = resp.bytes().await.unwrap_or_default();
+                            let code = serde_json::from_slice::<ErrorBody>(&bytes)
+                                .ok()
+                                .and_then(|b| b.error)
+                                .and_then(|d| d.code)
+                                .unwrap_or_else(|| "Unknown".into());
+                            return Err(DefenderError::Refused {
+                                status: s.as_u16(),
+                                code,
+                            });
+                        }
+                    }
+                }
+            };
+            match self.backoff.delay(retries, fastrand::f64()) {
+                Some(wait) if deadline.fits(wait) => {
+                    retries += 1;
+                    tokio::time::sleep(wait).await;
+                }
+                _ => return Err(DefenderError::Unavailable(transient)),
+            }
+        }
+    }
+
+    async fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+        deadline: &Deadline,
+    ) -> Result<T, DefenderError> {
+        let bytes = self.call(method, path_and_query, body, deadline).await?;
+        serde_json::from_slice(&bytes).map_err(|_| {
+            DefenderError::Unavailable("Defender's answer is not the expected JSON".into())
+        })
+    }
+
+    /// Opens the TLS connection to the API host so the first real call does
+    /// not pay for the handshake. Any answer will do; none is rate limited.
+    pub async fn warm_up(&self) {
+        let _ = self
+            .http
+            .head(&self.api_url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+    }
+}
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters pass).
+fn encode_query(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The `$filter` query for a device name, OData-quoted and URL-encoded.
+pub fn name_filter_query(name: &DeviceName) -> String {
+    format!(
+        "/api/machines?$filter={}",
+        encode_query(&format!("computerDnsName eq {}", name.odata_literal()))
+    )
+}
+
+impl Defender for HttpDefender {
+    fn find_by_name<'a>(
+        &'a self,
+        name: &'a DeviceName,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, Result<Vec<Machine>, DefenderError>> {
+        Box::pin(async move {
+            let list: MachineList = self
+                .call_json(Method::GET, &name_filter_query(name), None, deadline)
+                .await?;
+            Ok(list.value)
+        })
+    }
+
+    fn get_machine<'a>(
+        &'a self,
+        id: &'a MachineId,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, Result<Machine, DefenderError>> {
+        Box::pin(async move {
+            self.call_json(Method::GET, &format!("/api/machines/{id}"), None, deadline)
+                .await
+        })
+    }
+
+    fn offboard<'a>(
+        &'a self,
+        id: &'a MachineId,
+        comment: &'a str,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, Result<MachineAction, DefenderError>> {
+        Box::pin(async move {
+            let body = json!({ "Comment": comment });
+            self.call_json(
+                Method::POST,
+                &format!("/api/machines/{id}/offboard"),
+                Some(&body),
+                deadline,
+            )
+            .await
+        })
+    }
+
+    fn get_action<'a>(
+        &'a self,
+        action_id: &'a str,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, Result<MachineAction, DefenderError>> {
+        Box::pin(async move {
+            self.call_json(
+                Method::GET,
+                &format!("/api/machineactions/{}", encode_query(action_id)),
+                None,
+                deadline,
+            )
+            .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_filter_is_quoted_escaped_and_encoded() {
+        let n = DeviceName::parse("o'brien-pc.contoso.com").unwrap();
+        assert_eq!(
+            name_filter_query(&n),
+            "/api/machines?$filter=computerDnsName%20eq%20%27o%27%27brien-pc.contoso.com%27"
+        );
+    }
+
+    #[test]
+    fn machine_action_reads_both_update_spellings_and_ignores_unknown_fields() {
+        let a: MachineAction = serde_json::from_str(
+            r#"{"id":"a1","type":"Offboard","status":"Pending","lastUpdateTimeUtc":"2026-01-01T00:00:00Z","newField":{"x":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            a.last_update_date_time_utc.as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
+        let b: MachineAction =
+            serde_json::from_str(r#"{"id":"a2","lastUpdateDateTimeUtc":"2026-01-02T00:00:00Z"}"#)
+                .unwrap();
+        assert_eq!(
+            b.last_update_date_time_utc.as_deref(),
+            Some("2026-01-02T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn machine_tolerates_null_tags_and_unknown_fields() {
+        let m: Machine = serde_json::from_str(
+            r#"{"id":"x","computerDnsName":"a","osPlatform":"Windows11","machineTags":null,"riskScore":"High"}"#,
+        )
+        .unwrap();
+        assert!(m.machine_tags.is_empty());
+    }
+
+    #[test]
+    fn only_curable_errors_ask_for_a_retry() {
+        assert!(
+            DefenderError::Throttled {
+                retry_after: Duration::from_secs(3)
+            }
+            .retry_after()
+            .is_some()
+        );
+        assert!(
+            DefenderError::Unavailable("x".into())
+                .retry_after()
+                .is_some()
+        );
+        assert!(DefenderError::Deadline.retry_after().is_some());
+        assert!(DefenderError::Forbidden.retry_after().is_none());
+        assert!(DefenderError::NotFound.retry_after().is_none());
+        assert!(
+            DefenderError::Refused {
+                status: 400,
+                code: "BadRequest".into()
+            }
+            .retry_after()
+            .is_none()
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! The errors a request can end with, and the one place each becomes an
+//! HTTP status and a JSON body.
+
+use std::time::Duration;
+
+use lambda_http::http::StatusCode;
+use lambda_http::{Body, Response};
+use serde_json::json;
+use thiserror::Error;
+
+use crate::auth::AuthError;
+use crate::credentials::CredentialError;
+use crate::input::FieldError;
+use crate::limits::retry_after_secs;
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("no route for {0}")]
+    NoRoute(String),
+    #[error("method {method} is not allowed on {path}; use {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
+    #[error("the body is larger than 256 KiB")]
+    TooLarge,
+    #[error("the body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("the signature could not be verified: {0}")]
+    Unauthorized(#[from] AuthError),
+    #[error("{0}")]
+    Field(#[from] FieldError),
+    #[error(
+        "field 'devices' names {given} devices; at most {max} may be named in one request (use \"mode\": \"queue\" for more)"
+    )]
+    TooManyDevices { given: usize, max: usize },
+    #[error("field 'mode' is \"queue\", but no queue is configured (QUEUE_URL)")]
+    QueueNotConfigured,
+    #[error("Defender knows no machine action '{0}'")]
+    ActionNotFound(String),
+    #[error("no webhook source is named '{0}'")]
+    UnknownSource(String),
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+    #[error("Defender: {0}")]
+    Defender(String, Option<Duration>),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute(_) | Self::UnknownSource(_) | Self::ActionNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotJson(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Field(FieldError::Missing { .. } | FieldError::WrongType { .. }) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Field(FieldError::OutOfBounds { .. })
+            | Self::TooManyDevices { .. }
+            | Self::QueueNotConfigured => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Credentials(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Credentials(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Defender(_, Some(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Defender(_, None) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoRoute(_) => "not_found",
+            Self::UnknownSource(_) => "unknown_source",
+            Self::ActionNotFound(_) => "action_not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::TooLarge => "payload_too_large",
+            Self::NotJson(_) => "invalid_json",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Field(FieldError::Missing { .. }) => "missing_field",
+            Self::Field(FieldError::WrongType { .. }) => "wrong_type",
+            Self::Field(FieldError::OutOfBounds { .. }) => "invalid_value",
+            Self::TooManyDevices { .. } => "too_many_devices",
+            Self::QueueNotConfigured => "queue_not_configured",
+            Self::Credentials(CredentialError::BadSecret(_)) => "bad_secret",
+            Self::Credentials(CredentialError::SecretRefused(_)) => "secret_refused",
+            Self::Credentials(CredentialError::SecretUnavailable(_)) => "secret_unavailable",
+            Self::Credentials(CredentialError::BadCredentials(_)) => "bad_credentials",
+            Self::Credentials(CredentialError::LoginUnavailable(_)) => "login_unavailable",
+            Self::Defender(_, Some(_)) => "defender_unavailable",
+            Self::Defender(_, None) => "defender_error",
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Credentials(e) if e.is_retryable() => Some(Duration::from_secs(10)),
+            Self::Defender(_, ra) => *ra,
+            _ => None,
+        }
+    }
+
+    /// The one sentence the caller reads. Auth failures say little on
+    /// purpose: which header was wrong, never what was expected.
+    pub fn message(&self) -> String {
+        let mut m = match self {
+            Self::Credentials(CredentialError::BadSecret(s)) => {
+                format!("the function's secret is not usable: {s}")
+            }
+            other => other.to_string(),
+        };
+        if !m.ends_with('.') {
+            m.push('.');
+        }
+        m
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let mut b = Response::builder()
+            .status(self.status())
+            .header("content-type", "application/json");
+        if let Some(ra) = self.retry_after() {
+            b = b.header("retry-after", retry_after_secs(ra).to_string());
+        }
+        if let Self::MethodNotAllowed { allowed, .. } = &self {
+            b = b.header("allow", *allowed);
+        }
+        let body = json!({"error": {"code": self.code(), "message": self.message()}});
+        b.body(Body::Text(body.to_string()))
+            .expect("static headers are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(r: &Response<Body>) -> serde_json::Value {
+        match r.body() {
+            Body::Text(t) => serde_json::from_str(t).unwrap(),
+            other => panic!("unexpected body {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_error_has_the_contract_shape() {
+        let errors = vec![
+            ApiError::NoRoute("/x".into()),
+            ApiError::TooLarge,
+            ApiError::NotJson("eof".into()),
+            ApiError::Unauthorized(AuthError::NoMatch),
+            ApiError::Field(FieldError::Missing {
+                field: "ticket".into(),
+            }),
+            ApiError::TooManyDevices { given: 30, max: 25 },
+            ApiError::Credentials(CredentialError::BadSecret(
+                "the secret has no key 'client_id'".into(),
+            )),
+            ApiError::Credentials(CredentialError::SecretUnavailable("timed out".into())),
+        ];
+        for e in errors {
+            let status = e.status();
+            let r = e.into_response();
+            assert_eq!(r.status(), status);
+            assert_eq!(r.headers()["content-type"], "application/json");
+            let b = body_of(&r);
+            let code = b["error"]["code"].as_str().unwrap();
+            assert!(
+                code.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{code}"
+            );
+            assert!(b["error"]["message"].as_str().unwrap().ends_with('.'));
+        }
+    }
+
+    #[test]
+    fn statuses_follow_the_contract() {
+        assert_eq!(
+            ApiError::Field(FieldError::WrongType {
+                field: "devices".into(),
+                expected: "x"
+            })
+            .status(),
+            400
+        );
+        assert_eq!(
+            ApiError::Field(FieldError::OutOfBounds {
+                field: "comment".into(),
+                reason: "r".into()
+            })
+            .status(),
+            422
+        );
+        assert_eq!(ApiError::QueueNotConfigured.status(), 422);
+        let bad = ApiError::Credentials(CredentialError::BadSecret(
+            "the secret has no key 'client_secret'".into(),
+        ));
+        assert_eq!(
+            (bad.status(), bad.code()),
+            (StatusCode::INTERNAL_SERVER_ERROR, "bad_secret")
+        );
+        assert!(bad.message().contains("client_secret"));
+        let down = ApiError::Credentials(CredentialError::SecretUnavailable("x".into()));
+        let r = down.into_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "10");
+    }
+}

@@ -1,0 +1,399 @@
+//! The handler: routes a request, authenticates it, turns it into an
+//! `OffboardRequest`, runs the domain and writes the answer. Everything it
+//! needs is built once at init and shared by warm invocations.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lambda_http::http::{HeaderMap, StatusCode};
+use lambda_http::request::RequestContext;
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde_json::{Value, json};
+use tracing::Instrument;
+
+use crate::auth::{self, StandardHeaders};
+use crate::config::Config;
+use crate::credentials::{AppSecret, SecretCache, SecretSource, TokenProvider};
+use crate::defender::{Defender, DefenderError, HttpDefender};
+use crate::error::ApiError;
+use crate::input::{self, Mode, OffboardRequest};
+use crate::limits::{DEFAULT_BUDGET, Deadline, RateLimiter, retry_after_secs};
+use crate::offboard::{DeviceResult, Offboarder, Status};
+
+/// Bodies above this are refused before any work (413).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The webhook secret key of the generic route and the action route.
+const GENERIC: &str = "generic";
+
+pub struct App {
+    config: Config,
+    secrets: Arc<SecretCache>,
+    tokens: Arc<TokenProvider>,
+    defender: Arc<dyn Defender>,
+    http_defender: Option<Arc<HttpDefender>>,
+    offboarder: Offboarder,
+    cold: AtomicBool,
+}
+
+/// Who sent a request, for the audit trail.
+#[derive(Debug, Clone, Default)]
+struct Caller {
+    source: String,
+    source_ip: Option<String>,
+    webhook_id: Option<String>,
+}
+
+impl App {
+    /// Wires the real adapters: Secrets Manager (or another secret source),
+    /// Entra ID and the Defender API over one shared HTTP client.
+    pub fn new(
+        config: Config,
+        secret_source: Arc<dyn SecretSource>,
+        http: reqwest::Client,
+    ) -> Self {
+        let secrets = Arc::new(SecretCache::new(secret_source, config.secret_ttl));
+        let tokens = Arc::new(TokenProvider::new(
+            http.clone(),
+            config.login_url.clone(),
+            config.scope.clone(),
+        ));
+        let defender = Arc::new(HttpDefender::new(
+            http,
+            config.api_url.clone(),
+            secrets.clone(),
+            tokens.clone(),
+            Arc::new(RateLimiter::defender()),
+        ));
+        let offboarder = Offboarder::new(defender.clone(), config.protected_tags.clone());
+        Self {
+            config,
+            secrets,
+            tokens,
+            defender: defender.clone(),
+            http_defender: Some(defender),
+            offboarder,
+            cold: AtomicBool::new(true),
+        }
+    }
+
+    /// The HTTP client every adapter shares: rustls, pooled connections kept
+    /// warm between invocations.
+    pub fn http_client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .user_agent(concat!("mde-offboard/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(Duration::from_secs(240))
+            .tcp_nodelay(true)
+            .build()
+            .expect("the TLS backend initialises")
+    }
+
+    /// Runs during init, where Lambda gives full CPU: fetch the secret and a
+    /// token, and open the TLS connection to the API host, so the first
+    /// invocation pays for none of them. Failures are left for the first
+    /// request to meet and report; init itself never fails here.
+    pub async fn warm_up(&self) {
+        let deadline = Deadline::after(Duration::from_secs(4));
+        let creds = async {
+            match self.secrets.get().await {
+                Ok(secret) => {
+                    if let Err(e) = self.tokens.get(&secret, &deadline).await {
+                        tracing::warn!(error = %e, "warm-up: no token yet");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "warm-up: no secret yet"),
+            }
+        };
+        let api = async {
+            if let Some(d) = &self.http_defender {
+                d.warm_up().await;
+            }
+        };
+        let _ =
+            tokio::time::timeout(Duration::from_secs(4), async { tokio::join!(creds, api) }).await;
+    }
+
+    /// One invocation: never fails, every error becomes a JSON answer.
+    pub async fn handle(&self, req: Request) -> Response<Body> {
+        let ctx = req.lambda_context_ref();
+        let request_id = ctx.map(|c| c.request_id.clone()).unwrap_or_default();
+        let trace_id = ctx.and_then(|c| c.xray_trace_id.clone());
+        let deadline = ctx
+            .filter(|c| c.deadline > 0)
+            .map(|c| Deadline::from_epoch_millis(c.deadline))
+            .unwrap_or_else(|| Deadline::after(DEFAULT_BUDGET));
+        let cold_start = self.cold.swap(false, Ordering::Relaxed);
+        let span = tracing::info_span!(
+            "invocation",
+            function_request_id = %request_id,
+            cold_start,
+            xray_trace_id = trace_id.as_deref().unwrap_or(""),
+        );
+        async move {
+            let method = req.method().clone();
+            let path = route_path(&req);
+            match self.route(&req, &path, &deadline).await {
+                Ok(resp) => {
+                    tracing::info!(http_method = %method, path = %path, status = resp.status().as_u16(), "request handled");
+                    resp
+                }
+                Err(e) => {
+                    let level_warn = e.status().is_server_error();
+                    if level_warn {
+                        tracing::warn!(http_method = %method, path = %path, status = e.status().as_u16(), code = e.code(), reason = %e, "request refused");
+                    } else {
+                        tracing::info!(http_method = %method, path = %path, status = e.status().as_u16(), code = e.code(), reason = %e, "request refused");
+                    }
+                    e.into_response()
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn route(
+        &self,
+        req: &Request,
+        path: &str,
+        deadline: &Deadline,
+    ) -> Result<Response<Body>, ApiError> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let allow = |allowed: &'static str| -> Result<(), ApiError> {
+            if req.method().as_str() == allowed {
+                Ok(())
+            } else {
+                Err(ApiError::MethodNotAllowed {
+                    method: req.method().to_string(),
+                    path: path.to_string(),
+                    allowed,
+                })
+            }
+        };
+        match segments.as_slice() {
+            ["v1", "offboard"] => {
+                allow("POST")?;
+                self.offboard_generic(req, deadline).await
+            }
+            ["v1", "webhooks", source] if !source.is_empty() => {
+                allow("POST")?;
+                Err(ApiError::UnknownSource((*source).to_string()))
+            }
+            ["v1", "actions", action_id] if !action_id.is_empty() => {
+                allow("GET")?;
+                self.action_status(req, action_id, deadline).await
+            }
+            _ => Err(ApiError::NoRoute(path.to_string())),
+        }
+    }
+
+    async fn offboard_generic(
+        &self,
+        req: &Request,
+        deadline: &Deadline,
+    ) -> Result<Response<Body>, ApiError> {
+        let body = body_bytes(req)?;
+        let secret = self.secrets.get().await?;
+        verify_standard(req.headers(), body, &secret, GENERIC)?;
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| ApiError::NotJson(e.to_string()))?;
+        let request = input::parse_generic(&value)?;
+        let caller = Caller {
+            source: GENERIC.into(),
+            source_ip: source_ip(req),
+            webhook_id: header(req.headers(), "webhook-id").map(str::to_string),
+        };
+        self.execute(request, &secret, &caller, deadline).await
+    }
+
+    /// The shared pipeline every route ends in.
+    async fn execute(
+        &self,
+        request: OffboardRequest,
+        secret: &AppSecret,
+        caller: &Caller,
+        deadline: &Deadline,
+    ) -> Result<Response<Body>, ApiError> {
+        if request.mode == Mode::Queue {
+            return Err(ApiError::QueueNotConfigured);
+        }
+        if request.devices.len() > self.config.max_devices {
+            return Err(ApiError::TooManyDevices {
+                given: request.devices.len(),
+                max: self.config.max_devices,
+            });
+        }
+        let dry_run = self.config.dry_run || request.dry_run;
+        // A token problem is the operator's, not a device's: surface it
+        // once for the whole request.
+        self.tokens.get(secret, deadline).await?;
+        let results = self
+            .offboarder
+            .run(
+                &request.devices,
+                &request.defender_comment(),
+                dry_run,
+                deadline,
+            )
+            .await;
+        for r in &results {
+            audit(r, &request, caller, dry_run);
+        }
+        let retry_after = results
+            .iter()
+            .filter(|r| r.status == Status::Failed)
+            .filter_map(|r| r.retry_after)
+            .max();
+        let body = json!({
+            "ticket": request.ticket.as_str(),
+            "dry_run": dry_run,
+            "results": results,
+        });
+        let mut resp = Response::builder()
+            .status(if retry_after.is_some() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            })
+            .header("content-type", "application/json");
+        if let Some(ra) = retry_after {
+            resp = resp.header("retry-after", retry_after_secs(ra).to_string());
+        }
+        Ok(resp
+            .body(Body::Text(body.to_string()))
+            .expect("static headers are valid"))
+    }
+
+    async fn action_status(
+        &self,
+        req: &Request,
+        action_id: &str,
+        deadline: &Deadline,
+    ) -> Result<Response<Body>, ApiError> {
+        let body = body_bytes(req)?;
+        let secret = self.secrets.get().await?;
+        verify_standard(req.headers(), body, &secret, GENERIC)?;
+        // MachineAction ids are GUIDs; anything else cannot exist.
+        if action_id.len() > 64
+            || !action_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(ApiError::ActionNotFound(action_id.to_string()));
+        }
+        self.tokens.get(&secret, deadline).await?;
+        match self.defender.get_action(action_id, deadline).await {
+            Ok(a) => Ok(json_response(
+                StatusCode::OK,
+                &json!({
+                    "action_id": a.id,
+                    "machine_id": a.machine_id,
+                    "type": a.action_type,
+                    "status": a.status,
+                    "last_update": a.last_update_date_time_utc,
+                }),
+            )),
+            Err(DefenderError::NotFound) => Err(ApiError::ActionNotFound(action_id.to_string())),
+            Err(e) => Err(ApiError::Defender(e.to_string(), e.retry_after())),
+        }
+    }
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::Text(v.to_string()))
+        .expect("static headers are valid")
+}
+
+/// One audit line per device outcome, the same keys every time.
+fn audit(r: &DeviceResult, request: &OffboardRequest, caller: &Caller, dry_run: bool) {
+    tracing::info!(
+        target: "audit",
+        event = "device_outcome",
+        source = %caller.source,
+        ticket = request.ticket.as_str(),
+        device = %r.device,
+        machine_id = r.machine_id.as_ref().map(|m| m.as_str()).unwrap_or(""),
+        computer_dns_name = r.computer_dns_name.as_deref().unwrap_or(""),
+        status = r.status.as_str(),
+        action_id = r.action_id.as_deref().unwrap_or(""),
+        detail = r.detail.as_deref().unwrap_or(""),
+        dry_run,
+        source_ip = caller.source_ip.as_deref().unwrap_or(""),
+        webhook_id = caller.webhook_id.as_deref().unwrap_or(""),
+        "device outcome"
+    );
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn verify_standard(
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: &AppSecret,
+    key: &str,
+) -> Result<(), ApiError> {
+    let secrets = secret.webhook_secrets(key);
+    if secrets.is_empty() {
+        return Err(auth::AuthError::NoSecret(key.to_string()).into());
+    }
+    let h = StandardHeaders {
+        id: header(headers, "webhook-id"),
+        timestamp: header(headers, "webhook-timestamp"),
+        signature: header(headers, "webhook-signature"),
+    };
+    auth::verify_standard(h, body, secrets, unix_now())?;
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn body_bytes(req: &Request) -> Result<&[u8], ApiError> {
+    let body: &[u8] = req.body().as_ref();
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::TooLarge);
+    }
+    Ok(body)
+}
+
+/// The path without an API Gateway stage prefix: REST APIs and named HTTP
+/// API stages put `/{stage}` in front of the route.
+fn route_path(req: &Request) -> String {
+    let path = req.uri().path();
+    let stage = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV1(c)) => c.stage.clone(),
+        Some(RequestContext::ApiGatewayV2(c)) => c.stage.clone(),
+        _ => None,
+    };
+    if let Some(stage) = stage.filter(|s| !s.is_empty() && s != "$default") {
+        let prefix = format!("/{stage}/");
+        if path.starts_with(&prefix) && !path.starts_with("/v1/") {
+            return path[prefix.len() - 1..].to_string();
+        }
+    }
+    path.to_string()
+}
+
+fn source_ip(req: &Request) -> Option<String> {
+    match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(c)) => c.http.source_ip.clone(),
+        Some(RequestContext::ApiGatewayV1(c)) => c.identity.source_ip.clone(),
+        _ => None,
+    }
+    .or_else(|| {
+        header(req.headers(), "x-forwarded-for")
+            .and_then(|v| v.split(',').next())
+            .map(|s| s.trim().to_string())
+    })
+}

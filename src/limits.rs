@@ -1,0 +1,324 @@
+//! Time budgets: the Lambda deadline, retry backoff and the client-side rate
+//! limiter. All on tokio's clock, so tests run them on a paused clock.
+
+use std::collections::VecDeque;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// Time kept back before the Lambda deadline to write the answer: a wait or
+/// a retry that would end inside it is not started.
+pub const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
+/// Used when the invocation carries no deadline (the local server).
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(28);
+/// No single HTTP call may take longer than this, deadline permitting.
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    at: Instant,
+}
+
+impl Deadline {
+    pub fn after(budget: Duration) -> Self {
+        Self {
+            at: Instant::now() + budget,
+        }
+    }
+
+    /// From the Runtime API's `Lambda-Runtime-Deadline-Ms` (unix millis).
+    pub fn from_epoch_millis(ms: u64) -> Self {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Self::after(Duration::from_millis(ms.saturating_sub(now_ms)))
+    }
+
+    /// Time left for work, the margin already taken off.
+    pub fn usable(&self) -> Duration {
+        self.at
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(DEADLINE_MARGIN)
+    }
+
+    /// Whether waiting `d` still leaves the margin before the deadline.
+    pub fn fits(&self, d: Duration) -> bool {
+        d <= self.usable()
+    }
+
+    /// The timeout for the next HTTP call, or `None` when no time is left.
+    pub fn call_timeout(&self) -> Option<Duration> {
+        let left = self.usable();
+        (left >= Duration::from_millis(50)).then(|| left.min(MAX_CALL_TIMEOUT))
+    }
+}
+
+/// Jittered exponential backoff for 5xx and network errors.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+    pub max_retries: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(4),
+            max_retries: 3,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before retry number `retry` (0-based), or `None` when the
+    /// retries are spent. "Equal jitter": half fixed, half random, so
+    /// parallel instances spread out but never retry at once.
+    pub fn delay(&self, retry: u32, random: f64) -> Option<Duration> {
+        if retry >= self.max_retries {
+            return None;
+        }
+        let exp = self
+            .base
+            .saturating_mul(1u32 << retry.min(16))
+            .min(self.cap);
+        let half = exp / 2;
+        Some(half + half.mul_f64(random.clamp(0.0, 1.0)))
+    }
+}
+
+/// Defender's published limits for each API: 100 calls a minute and 1,500
+/// an hour.
+pub const DEFENDER_WINDOWS: [(usize, Duration); 2] = [
+    (100, Duration::from_secs(60)),
+    (1500, Duration::from_secs(3600)),
+];
+
+/// A sliding-window limiter that keeps this instance under Defender's limits,
+/// and holds every caller back after a 429 until its Retry-After has passed.
+#[derive(Debug)]
+pub struct RateLimiter {
+    windows: Vec<(usize, Duration)>,
+    state: Mutex<LimiterState>,
+}
+
+#[derive(Debug, Default)]
+struct LimiterState {
+    grants: VecDeque<Instant>,
+    blocked_until: Option<Instant>,
+}
+
+/// The limiter cannot grant a call before the deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled {
+    pub retry_after: Duration,
+}
+
+impl RateLimiter {
+    pub fn new(windows: &[(usize, Duration)]) -> Self {
+        Self {
+            windows: windows.to_vec(),
+            state: Mutex::new(LimiterState::default()),
+        }
+    }
+
+    pub fn defender() -> Self {
+        Self::new(&DEFENDER_WINDOWS)
+    }
+
+    /// Waits for a slot if one frees before the deadline; otherwise says how
+    /// long the caller should come back after.
+    pub async fn acquire(&self, deadline: &Deadline) -> Result<(), Throttled> {
+        loop {
+            let wait = {
+                let mut st = self.state.lock().await;
+                let now = Instant::now();
+                let longest = self.windows.iter().map(|w| w.1).max().unwrap_or_default();
+                while st
+                    .grants
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= longest)
+                {
+                    st.grants.pop_front();
+                }
+                let mut wait = st
+                    .blocked_until
+                    .map(|t| t.saturating_duration_since(now))
+                    .unwrap_or_default();
+                for &(limit, window) in &self.windows {
+                    let in_window: Vec<&Instant> = st
+                        .grants
+                        .iter()
+                        .filter(|t| now.duration_since(**t) < window)
+                        .collect();
+                    if in_window.len() >= limit {
+                        // The slot frees when the oldest call that still
+                        // counts against the limit leaves the window.
+                        let oldest = in_window[in_window.len() - limit];
+                        wait = wait.max((*oldest + window).saturating_duration_since(now));
+                    }
+                }
+                if wait.is_zero() {
+                    st.grants.push_back(now);
+                    return Ok(());
+                }
+                wait
+            };
+            if !deadline.fits(wait) {
+                return Err(Throttled { retry_after: wait });
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// After a 429: nobody calls again before `retry_after` has passed.
+    pub async fn block_for(&self, retry_after: Duration) {
+        let until = Instant::now() + retry_after;
+        let mut st = self.state.lock().await;
+        st.blocked_until = Some(st.blocked_until.map_or(until, |t| t.max(until)));
+    }
+}
+
+/// Reads `Retry-After` as seconds or an HTTP date; Defender sends seconds.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = v.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Some(Duration::from_secs_f64(secs));
+    }
+    httpdate::parse_http_date(v)
+        .ok()
+        .map(|t| t.duration_since(now).unwrap_or_default())
+}
+
+/// Whole seconds for a `Retry-After` header, never 0.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0).max(u64::from(d.as_secs() == 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_bounded_jitter_and_stops() {
+        let b = Backoff::default();
+        assert_eq!(b.delay(0, 0.0), Some(Duration::from_millis(100)));
+        assert_eq!(b.delay(0, 1.0), Some(Duration::from_millis(200)));
+        assert_eq!(b.delay(1, 0.0), Some(Duration::from_millis(200)));
+        assert_eq!(b.delay(2, 1.0), Some(Duration::from_millis(800)));
+        assert_eq!(b.delay(3, 0.5), None);
+        let capped = Backoff {
+            max_retries: 30,
+            ..b
+        };
+        assert_eq!(capped.delay(20, 1.0), Some(Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = SystemTime::now();
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after(" 0.5 ", now),
+            Some(Duration::from_millis(500))
+        );
+        let later = now + Duration::from_secs(120);
+        let d = parse_retry_after(&httpdate::fmt_http_date(later), now).unwrap();
+        assert!(
+            d <= Duration::from_secs(120) && d >= Duration::from_secs(118),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(2500)), 3);
+        assert_eq!(retry_after_secs(Duration::from_secs(30)), 30);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_keeps_its_margin() {
+        let d = Deadline::after(Duration::from_secs(10));
+        assert_eq!(d.usable(), Duration::from_millis(8500));
+        assert!(d.fits(Duration::from_millis(8500)));
+        assert!(!d.fits(Duration::from_millis(8501)));
+        assert_eq!(d.call_timeout(), Some(Duration::from_millis(8500)));
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(d.call_timeout(), None);
+        assert_eq!(
+            Deadline::after(Duration::from_secs(60)).call_timeout(),
+            Some(MAX_CALL_TIMEOUT)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limiter_allows_the_limit_then_waits_for_the_window() {
+        let l = RateLimiter::new(&[(3, Duration::from_secs(60))]);
+        let long = Deadline::after(Duration::from_secs(600));
+        let start = Instant::now();
+        for _ in 0..3 {
+            l.acquire(&long).await.unwrap();
+        }
+        assert_eq!(Instant::now(), start, "the first three need no wait");
+        l.acquire(&long).await.unwrap();
+        assert_eq!(Instant::now() - start, Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limiter_refuses_a_wait_past_the_deadline() {
+        let l = RateLimiter::new(&[(1, Duration::from_secs(60))]);
+        let short = Deadline::after(Duration::from_secs(20));
+        l.acquire(&short).await.unwrap();
+        let err = l.acquire(&short).await.unwrap_err();
+        assert_eq!(err.retry_after, Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limiter_keeps_100_a_minute_over_many_calls() {
+        let l = RateLimiter::defender();
+        let long = Deadline::after(Duration::from_secs(100_000));
+        let start = Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..350 {
+            l.acquire(&long).await.unwrap();
+            times.push(Instant::now() - start);
+        }
+        for (i, t) in times.iter().enumerate() {
+            let in_minute = times[i..]
+                .iter()
+                .take_while(|u| **u < *t + Duration::from_secs(60))
+                .count();
+            assert!(
+                in_minute <= 100,
+                "{in_minute} calls in the minute from {t:?}"
+            );
+        }
+        assert_eq!(times[349], Duration::from_secs(180));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn block_for_holds_every_caller_back() {
+        let l = RateLimiter::defender();
+        let long = Deadline::after(Duration::from_secs(600));
+        l.block_for(Duration::from_secs(5)).await;
+        let start = Instant::now();
+        l.acquire(&long).await.unwrap();
+        assert_eq!(Instant::now() - start, Duration::from_secs(5));
+        l.block_for(Duration::from_secs(30)).await;
+        let short = Deadline::after(Duration::from_secs(10));
+        assert_eq!(
+            l.acquire(&short).await,
+            Err(Throttled {
+                retry_after: Duration::from_secs(30)
+            })
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! JSON log lines with Powertools' keys: `level`, `message`, `timestamp`,
+//! `service`, `function_request_id`, `cold_start`, plus the fields of the
+//! event and of the spans it runs in, flat at the top level so CloudWatch
+//! Logs Insights can filter on them directly.
+
+use std::io::Write;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Record};
+use tracing::{Event, Id, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::registry::LookupSpan;
+
+pub struct JsonLayer<W> {
+    make_writer: W,
+    service: String,
+}
+
+struct SpanFields(Map<String, Value>);
+
+struct Visitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for Visitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().into(), Value::from(format!("{value:?}")));
+    }
+}
+
+impl<W> JsonLayer<W> {
+    pub fn new(make_writer: W) -> Self {
+        Self {
+            make_writer,
+            service: std::env::var("POWERTOOLS_SERVICE_NAME")
+                .unwrap_or_else(|_| "mde-offboard".into()),
+        }
+    }
+}
+
+impl<S, W> Layer<S> for JsonLayer<W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'a> MakeWriter<'a> + 'static,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut fields = Map::new();
+        attrs.record(&mut Visitor(&mut fields));
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanFields(fields));
+        }
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id)
+            && let Some(f) = span.extensions_mut().get_mut::<SpanFields>()
+        {
+            values.record(&mut Visitor(&mut f.0));
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        let mut line = Map::new();
+        line.insert("level".into(), Value::from(meta.level().as_str()));
+        line.insert("timestamp".into(), Value::from(timestamp()));
+        line.insert("service".into(), Value::from(self.service.as_str()));
+        line.insert("logger".into(), Value::from(meta.target()));
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(f) = span.extensions().get::<SpanFields>() {
+                    line.extend(f.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+                }
+            }
+        }
+        let mut fields = Map::new();
+        event.record(&mut Visitor(&mut fields));
+        line.extend(fields);
+        line.entry("message").or_insert(Value::from(""));
+        let mut text = Value::Object(line).to_string();
+        text.push('\n');
+        let _ = self.make_writer.make_writer().write_all(text.as_bytes());
+    }
+}
+
+fn timestamp() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// Installs the JSON layer on stdout. The level comes from `RUST_LOG`, else
+/// Powertools' `POWERTOOLS_LOG_LEVEL` or Lambda's `AWS_LAMBDA_LOG_LEVEL`,
+/// else `info`.
+pub fn init() {
+    let level = std::env::var("RUST_LOG")
+        .or_else(|_| std::env::var("POWERTOOLS_LOG_LEVEL"))
+        .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL"))
+        .unwrap_or_else(|_| "info".into())
+        .to_lowercase();
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(JsonLayer::new(std::io::stdout))
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn lines_carry_powertools_keys_and_span_fields() {
+        let buf = Buf::default();
+        let sub = tracing_subscriber::registry().with(JsonLayer::new(buf.clone()));
+        tracing::subscriber::with_default(sub, || {
+            let span = tracing::info_span!(
+                "invocation",
+                function_request_id = "req-1",
+                cold_start = true
+            );
+            let _g = span.enter();
+            tracing::info!(status = "offboard_requested", "device handled");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let line: Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["message"], "device handled");
+        assert_eq!(line["service"], "mde-offboard");
+        assert_eq!(line["function_request_id"], "req-1");
+        assert_eq!(line["cold_start"], true);
+        assert_eq!(line["status"], "offboard_requested");
+        assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+}

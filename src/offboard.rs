@@ -1,0 +1,254 @@
+//! The domain: what happens to each device. Resolve, read, check, offboard;
+//! one device's failure never stops the others.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::defender::{Defender, DefenderError, Machine};
+use crate::input::{Device, DeviceRef, MachineId};
+use crate::limits::Deadline;
+use crate::policy::{self, Refusal};
+
+/// Devices handled at once. Small: every device costs up to three calls
+/// against Defender's 100-a-minute limit, and the limiter queues the rest.
+const PARALLEL_DEVICES: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    OffboardRequested,
+    AlreadyPending,
+    WouldOffboard,
+    NotFound,
+    Ambiguous,
+    UnsupportedOs,
+    Protected,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OffboardRequested => "offboard_requested",
+            Self::AlreadyPending => "already_pending",
+            Self::WouldOffboard => "would_offboard",
+            Self::NotFound => "not_found",
+            Self::Ambiguous => "ambiguous",
+            Self::UnsupportedOs => "unsupported_os",
+            Self::Protected => "protected",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One device's outcome, as answered and as audited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceResult {
+    pub device: String,
+    pub machine_id: Option<MachineId>,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// For the audit line only.
+    #[serde(skip)]
+    pub computer_dns_name: Option<String>,
+    /// Set when a retry of the request can cure this failure.
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+}
+
+impl DeviceResult {
+    fn new(device: &Device, status: Status) -> Self {
+        Self {
+            device: device.given.clone(),
+            machine_id: match &device.target {
+                DeviceRef::Id(id) => Some(id.clone()),
+                DeviceRef::Name(_) => None,
+            },
+            status,
+            action_id: None,
+            detail: None,
+            computer_dns_name: None,
+            retry_after: None,
+        }
+    }
+
+    fn detail(mut self, d: impl Into<String>) -> Self {
+        self.detail = Some(d.into());
+        self
+    }
+
+    fn on(mut self, m: &Machine) -> Self {
+        if self.machine_id.is_none() {
+            self.machine_id = MachineId::parse(&m.id);
+        }
+        self.computer_dns_name = m.computer_dns_name.clone();
+        self
+    }
+
+    fn failed(device: &Device, e: &DefenderError) -> Self {
+        let mut r = Self::new(device, Status::Failed).detail(e.to_string());
+        r.retry_after = e.retry_after();
+        r
+    }
+}
+
+pub struct Offboarder {
+    defender: Arc<dyn Defender>,
+    protected_tags: HashSet<String>,
+}
+
+impl Offboarder {
+    pub fn new(defender: Arc<dyn Defender>, protected_tags: HashSet<String>) -> Self {
+        Self {
+            defender,
+            protected_tags,
+        }
+    }
+
+    /// Handles every device and answers one result per device, in order.
+    /// A device named twice is handled once and answered twice.
+    pub async fn run(
+        &self,
+        devices: &[Device],
+        comment: &str,
+        dry_run: bool,
+        deadline: &Deadline,
+    ) -> Vec<DeviceResult> {
+        let mut unique: Vec<Device> = Vec::new();
+        let mut seen = HashSet::new();
+        for d in devices {
+            if seen.insert(d.target.key()) {
+                unique.push(d.clone());
+            }
+        }
+        // Owned devices: a stream of futures borrowing from its own items
+        // trips the compiler's higher-ranked lifetime check.
+        let done: HashMap<String, DeviceResult> = futures_util::stream::iter(unique)
+            .map(|d: Device| async move {
+                let r = self.one(&d, comment, dry_run, deadline).await;
+                (d.target.key(), r)
+            })
+            .buffered(PARALLEL_DEVICES)
+            .collect()
+            .await;
+        devices
+            .iter()
+            .map(|d| {
+                let mut r = done[&d.target.key()].clone();
+                r.device = d.given.clone();
+                r
+            })
+            .collect()
+    }
+
+    async fn one(
+        &self,
+        device: &Device,
+        comment: &str,
+        dry_run: bool,
+        deadline: &Deadline,
+    ) -> DeviceResult {
+        let id = match &device.target {
+            DeviceRef::Id(id) => id.clone(),
+            DeviceRef::Name(name) => match self.defender.find_by_name(name, deadline).await {
+                Err(e) => return DeviceResult::failed(device, &e),
+                Ok(found) => {
+                    // Defender's `eq` is case-insensitive already; filtering
+                    // again guards against a looser match on the server.
+                    let matching: Vec<Machine> = found
+                        .into_iter()
+                        .filter(|m| {
+                            m.computer_dns_name
+                                .as_deref()
+                                .is_some_and(|n| name.matches(n))
+                        })
+                        .collect();
+                    match matching.as_slice() {
+                        [] => {
+                            return DeviceResult::new(device, Status::NotFound)
+                                .detail("no machine has this name");
+                        }
+                        [m] => match MachineId::parse(&m.id) {
+                            Some(id) => id,
+                            None => {
+                                return DeviceResult::new(device, Status::Failed).detail(
+                                    "Defender returned a machine id that is not 40 hex characters",
+                                );
+                            }
+                        },
+                        many => {
+                            let ids: Vec<&str> = many.iter().map(|m| m.id.as_str()).collect();
+                            return DeviceResult::new(device, Status::Ambiguous).detail(format!(
+                                "{} machines have this name ({}); name one by its machine id",
+                                many.len(),
+                                ids.join(", ")
+                            ));
+                        }
+                    }
+                }
+            },
+        };
+        let machine = match self.defender.get_machine(&id, deadline).await {
+            Ok(m) => m,
+            Err(DefenderError::NotFound) => {
+                let mut r =
+                    DeviceResult::new(device, Status::NotFound).detail("no machine has this id");
+                r.machine_id = Some(id);
+                return r;
+            }
+            Err(e) => {
+                let mut r = DeviceResult::failed(device, &e);
+                r.machine_id = Some(id);
+                return r;
+            }
+        };
+        let base = |status| {
+            let mut r = DeviceResult::new(device, status).on(&machine);
+            r.machine_id = Some(id.clone());
+            r
+        };
+        if let Err(refusal) = policy::check(&machine, &self.protected_tags) {
+            let status = match refusal {
+                Refusal::Protected { .. } => Status::Protected,
+                Refusal::UnsupportedOs { .. } => Status::UnsupportedOs,
+            };
+            return base(status).detail(refusal.detail());
+        }
+        if dry_run {
+            return base(Status::WouldOffboard)
+                .detail("dry run: every check passed, nothing was sent");
+        }
+        match self.defender.offboard(&id, comment, deadline).await {
+            Ok(action) => {
+                let mut r = base(Status::OffboardRequested);
+                r.action_id = Some(action.id);
+                r
+            }
+            Err(DefenderError::Refused { code, .. }) if code == "ActiveRequestAlreadyExists" => {
+                base(Status::AlreadyPending)
+                    .detail("an offboard action for this machine is already pending")
+            }
+            Err(DefenderError::Refused { code, .. }) if code == "OsPlatformNotSupported" => base(
+                Status::UnsupportedOs,
+            )
+            .detail(
+                "Defender refused: the machine's OS platform is not supported by the offboard API",
+            ),
+            Err(DefenderError::NotFound) => {
+                base(Status::NotFound).detail("Defender no longer knows this machine")
+            }
+            Err(e) => {
+                let mut r = base(Status::Failed).detail(e.to_string());
+                r.retry_after = e.retry_after();
+                r
+            }
+        }
+    }
+}

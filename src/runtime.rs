@@ -1,0 +1,55 @@
+//! Init: building the adapters from configuration, and reporting a bad
+//! configuration the way Lambda expects.
+
+use std::sync::Arc;
+
+use crate::App;
+use crate::config::{Config, ConfigError};
+use crate::credentials::SecretsManagerSource;
+
+/// Builds the app with Secrets Manager as its secret source. The SDK reads
+/// region, credentials and `AWS_ENDPOINT_URL_SECRETS_MANAGER` from the
+/// environment as usual.
+pub async fn build_app(config: Config) -> App {
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let client = aws_sdk_secretsmanager::Client::new(&aws);
+    let source = Arc::new(SecretsManagerSource::new(client, config.secret_id.clone()));
+    App::new(config, source, App::http_client())
+}
+
+/// Ends init: one line on stderr naming the variable, the same text posted
+/// to the Runtime API's init error endpoint (so it shows in the console and
+/// the invoke's answer), then exit 1. Never a panic trace.
+pub fn init_failed(e: &ConfigError) -> ! {
+    let message = format!("configuration error: {e}");
+    eprintln!("mde-offboard: {message}");
+    if let Ok(api) = std::env::var("AWS_LAMBDA_RUNTIME_API") {
+        let body = serde_json::json!({
+            "errorMessage": message,
+            "errorType": "Runtime.ConfigError",
+        });
+        let url = format!("http://{api}/2018-06-01/runtime/init/error");
+        // A blocking post from a fresh thread: we are inside the tokio
+        // runtime, and this is the last thing the process does.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    let _ = reqwest::Client::new()
+                        .post(url)
+                        .header("Lambda-Runtime-Function-Error-Type", "Runtime.ConfigError")
+                        .timeout(std::time::Duration::from_secs(2))
+                        .json(&body)
+                        .send()
+                        .await;
+                });
+            }
+        })
+        .join();
+    }
+    std::process::exit(1)
+}
