@@ -50,8 +50,20 @@ pub struct MachineAction {
     pub requestor_comment: Option<String>,
     #[serde(default)]
     pub creation_date_time_utc: Option<String>,
-    #[serde(default, alias = "lastUpdateTimeUtc")]
+    // Two fields, not an alias: an answer carrying both spellings must not
+    // fail as a duplicate field.
+    #[serde(default)]
     pub last_update_date_time_utc: Option<String>,
+    #[serde(default)]
+    pub last_update_time_utc: Option<String>,
+}
+
+impl MachineAction {
+    pub fn last_update(&self) -> Option<&str> {
+        self.last_update_date_time_utc
+            .as_deref()
+            .or(self.last_update_time_utc.as_deref())
+    }
 }
 
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -398,17 +410,16 @@ mod tests {
             r#"{"id":"a1","type":"Offboard","status":"Pending","lastUpdateTimeUtc":"2026-01-01T00:00:00Z","newField":{"x":1}}"#,
         )
         .unwrap();
-        assert_eq!(
-            a.last_update_date_time_utc.as_deref(),
-            Some("2026-01-01T00:00:00Z")
-        );
+        assert_eq!(a.last_update(), Some("2026-01-01T00:00:00Z"));
         let b: MachineAction =
             serde_json::from_str(r#"{"id":"a2","lastUpdateDateTimeUtc":"2026-01-02T00:00:00Z"}"#)
                 .unwrap();
-        assert_eq!(
-            b.last_update_date_time_utc.as_deref(),
-            Some("2026-01-02T00:00:00Z")
-        );
+        assert_eq!(b.last_update(), Some("2026-01-02T00:00:00Z"));
+        let both: MachineAction = serde_json::from_str(
+            r#"{"id":"a3","lastUpdateTimeUtc":"2026-01-01T00:00:00Z","lastUpdateDateTimeUtc":"2026-01-03T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(both.last_update(), Some("2026-01-03T00:00:00Z"));
     }
 
     #[test]

@@ -292,7 +292,7 @@ impl App {
                     "machine_id": a.machine_id,
                     "type": a.action_type,
                     "status": a.status,
-                    "last_update": a.last_update_date_time_utc,
+                    "last_update": a.last_update(),
                 }),
             )),
             Err(DefenderError::NotFound) => Err(ApiError::ActionNotFound(action_id.to_string())),

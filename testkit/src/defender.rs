@@ -1,0 +1,676 @@
+//! A stateful fake of the Defender for Endpoint API and of the Entra ID v2.0
+//! token endpoint, faithful to what the function relies on: machines,
+//! pending actions, `$filter` on `computerDnsName` with OData quoting, 401
+//! for unknown or revoked tokens, 429 with Retry-After, 5xx, slow answers.
+//!
+//! Both APIs are served on one loopback port; point `MDE_API_URL` and
+//! `MDE_LOGIN_URL` at `url()`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+pub const TENANT_ID: &str = "00000000-0000-0000-0000-000000000000";
+pub const CLIENT_ID: &str = "11111111-1111-1111-1111-111111111111";
+pub const CLIENT_SECRET: &str = "fake-client-secret-Q8~never-log-me";
+pub const SCOPE: &str = "https://api.securitycenter.microsoft.com/.default";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeMachine {
+    pub id: String,
+    pub computer_dns_name: String,
+    pub os_platform: String,
+    pub os_build: Option<u64>,
+    pub machine_tags: Vec<String>,
+}
+
+impl FakeMachine {
+    pub fn new(id: &str, name: &str, platform: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            computer_dns_name: name.to_string(),
+            os_platform: platform.to_string(),
+            os_build: None,
+            machine_tags: Vec::new(),
+        }
+    }
+
+    pub fn tagged(mut self, tag: &str) -> Self {
+        self.machine_tags.push(tag.to_string());
+        self
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "computerDnsName": self.computer_dns_name,
+            "firstSeen": "2024-03-01T09:12:41.0000000Z",
+            "lastSeen": "2026-11-24T18:02:11.0000000Z",
+            "osPlatform": self.os_platform,
+            "osBuild": self.os_build,
+            "version": if self.os_platform == "Windows10" { json!("22H2") } else { Value::Null },
+            "healthStatus": "Active",
+            "onboardingStatus": "Onboarded",
+            "riskScore": "Low",
+            "exposureLevel": "Medium",
+            "machineTags": self.machine_tags,
+            "rbacGroupName": "Default",
+            "aadDeviceId": null,
+        })
+    }
+}
+
+/// Which API a scripted fault applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    Login,
+    ListMachines,
+    GetMachine,
+    Offboard,
+    GetAction,
+    /// Any Defender API call (not login).
+    AnyDefender,
+}
+
+/// A scripted answer that replaces the next normal one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// 429 with `Retry-After: secs`.
+    Throttle { retry_after_secs: u64 },
+    /// Any status with Defender's error shape and this code.
+    Status { status: u16, code: String },
+    /// Wait this long, then answer normally.
+    Delay(Duration),
+}
+
+/// One request the fake saw.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub api: Api,
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub body: String,
+    pub authorization: Option<String>,
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct Inner {
+    machines: Vec<FakeMachine>,
+    actions: HashMap<String, Value>,
+    pending: HashMap<String, String>,
+    tokens: HashMap<String, ()>,
+    token_seq: u64,
+    action_seq: u64,
+    expires_in: u64,
+    offboard_status: u16,
+    faults: VecDeque<(Api, Fault)>,
+    calls: Vec<Call>,
+}
+
+#[derive(Clone)]
+pub struct FakeDefender {
+    inner: Arc<Mutex<Inner>>,
+    addr: SocketAddr,
+}
+
+impl FakeDefender {
+    /// Starts the fake on an ephemeral loopback port, with these machines.
+    pub async fn start(machines: Vec<FakeMachine>) -> Self {
+        Self::start_on("127.0.0.1:0", machines).await
+    }
+
+    pub async fn start_on(bind: &str, machines: Vec<FakeMachine>) -> Self {
+        let inner = Arc::new(Mutex::new(Inner {
+            machines,
+            expires_in: 3599,
+            offboard_status: 201,
+            ..Default::default()
+        }));
+        let app = Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .route("/api/machines", get(list_machines))
+            .route("/api/machines/{id}", get(get_machine))
+            .route("/api/machines/{id}/offboard", post(offboard))
+            .route("/api/machineactions/{id}", get(get_action))
+            .fallback(fallback)
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .expect("bind the fake Defender");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { inner, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("fake state")
+    }
+
+    /// The next call to `api` gets `fault` instead of its normal answer.
+    /// Faults queue up in order.
+    pub fn fault(&self, api: Api, fault: Fault) {
+        self.lock().faults.push_back((api, fault));
+    }
+
+    pub fn faults_left(&self) -> usize {
+        self.lock().faults.len()
+    }
+
+    /// Every token issued so far stops working (401), as after a rotation
+    /// or revocation on the tenant.
+    pub fn revoke_tokens(&self) {
+        self.lock().tokens.clear();
+    }
+
+    pub fn set_token_lifetime(&self, secs: u64) {
+        self.lock().expires_in = secs;
+    }
+
+    /// The success status of the offboard call: the docs say 201 in one
+    /// place and 200 in another.
+    pub fn set_offboard_status(&self, status: u16) {
+        self.lock().offboard_status = status;
+    }
+
+    pub fn add_machine(&self, m: FakeMachine) {
+        self.lock().machines.push(m);
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    pub fn count(&self, api: Api) -> usize {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| api == Api::AnyDefender && c.api != Api::Login || c.api == api)
+            .count()
+    }
+
+    /// Offboard calls Defender accepted (200/201).
+    pub fn accepted_offboards(&self) -> Vec<Call> {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.api == Api::Offboard && (200..300).contains(&c.status))
+            .cloned()
+            .collect()
+    }
+
+    pub fn pending_action(&self, machine_id: &str) -> Option<String> {
+        self.lock().pending.get(machine_id).cloned()
+    }
+
+    pub fn set_action_status(&self, action_id: &str, status: &str) {
+        let mut st = self.lock();
+        let mid = st
+            .actions
+            .get(action_id)
+            .and_then(|a| a["machineId"].as_str().map(str::to_string));
+        if let Some(a) = st.actions.get_mut(action_id) {
+            a["status"] = json!(status);
+            a["lastUpdateDateTimeUtc"] = json!("2026-11-25T10:00:00.0000000Z");
+        }
+        if status != "Pending"
+            && status != "InProgress"
+            && let Some(mid) = mid
+        {
+            st.pending.remove(&mid);
+        }
+    }
+
+    pub fn reset_calls(&self) {
+        self.lock().calls.clear();
+    }
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+fn error_body(code: &str, message: &str) -> Value {
+    json!({"error": {"code": code, "message": message, "target": "00000000-0000-0000-0000-000000000000"}})
+}
+
+fn reply(status: u16, body: Value) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// Takes the first queued fault for this API, records the call and returns
+/// the fault's answer when it replaces the normal one.
+async fn intercept(st: &Shared, mut call: Call) -> Result<Call, Response> {
+    let fault = {
+        let mut inner = st.lock().expect("fake state");
+        let pos = inner.faults.iter().position(|(a, _)| {
+            *a == call.api || (*a == Api::AnyDefender && call.api != Api::Login)
+        });
+        pos.and_then(|p| inner.faults.remove(p)).map(|(_, f)| f)
+    };
+    let answer = match fault {
+        None => None,
+        Some(Fault::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            None
+        }
+        Some(Fault::Throttle { retry_after_secs }) => {
+            let mut r = reply(
+                429,
+                error_body(
+                    "TooManyRequests",
+                    "Rate limit is exceeded. Try again later.",
+                ),
+            );
+            r.headers_mut().insert(
+                "retry-after",
+                retry_after_secs.to_string().parse().expect("digits"),
+            );
+            Some((429, r))
+        }
+        Some(Fault::Status { status, code }) => {
+            Some((status, reply(status, error_body(&code, "Scripted failure"))))
+        }
+    };
+    if let Some((status, r)) = answer {
+        call.status = status;
+        st.lock().expect("fake state").calls.push(call);
+        return Err(r);
+    }
+    Ok(call)
+}
+
+fn record(st: &Shared, mut call: Call, r: Response) -> Response {
+    call.status = r.status().as_u16();
+    st.lock().expect("fake state").calls.push(call);
+    r
+}
+
+fn new_call(api: Api, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Call {
+    Call {
+        api,
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        query: uri.query().map(str::to_string),
+        body: String::from_utf8_lossy(body).into_owned(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        status: 0,
+    }
+}
+
+/// Checks the bearer token like the real API: unknown or revoked is 401.
+fn authorized(st: &Shared, call: &Call) -> bool {
+    let inner = st.lock().expect("fake state");
+    call.authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .is_some_and(|t| inner.tokens.contains_key(t))
+}
+
+fn unauthorized() -> Response {
+    reply(
+        401,
+        error_body(
+            "Unauthorized",
+            "The access token is missing, invalid or expired.",
+        ),
+    )
+}
+
+async fn token(
+    State(st): State<Shared>,
+    Path(tenant): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut call = new_call(Api::Login, &method, &uri, &headers, &body);
+    call.body = "<form with client secret, not recorded>".into();
+    let call = match intercept(&st, call).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let form: HashMap<String, String> = serde_urlencoded_parse(&body);
+    let bad = |status: u16, error: &str, code: u64, desc: &str| {
+        reply(
+            status,
+            json!({
+                "error": error,
+                "error_description": format!("AADSTS{code}: {desc} Trace ID: 0 Correlation ID: 0 Timestamp: 2026-11-25 00:00:00Z"),
+                "error_codes": [code],
+            }),
+        )
+    };
+    let r = if tenant != TENANT_ID {
+        bad(400, "invalid_request", 90002, "Tenant not found.")
+    } else if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        bad(
+            400,
+            "unsupported_grant_type",
+            70003,
+            "The app requested an unsupported grant type.",
+        )
+    } else if form.get("client_id").map(String::as_str) != Some(CLIENT_ID) {
+        bad(
+            400,
+            "unauthorized_client",
+            700016,
+            "Application was not found in the directory.",
+        )
+    } else if form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET) {
+        bad(
+            401,
+            "invalid_client",
+            7000215,
+            "Invalid client secret provided.",
+        )
+    } else if form.get("scope").map(String::as_str) != Some(SCOPE) {
+        bad(
+            400,
+            "invalid_scope",
+            1002012,
+            "The provided value for scope is not valid.",
+        )
+    } else {
+        let mut inner = st.lock().expect("fake state");
+        inner.token_seq += 1;
+        let t = format!("fake-access-token-{}-eyJ0eXAiOiJKV1Qi", inner.token_seq);
+        inner.tokens.insert(t.clone(), ());
+        let expires_in = inner.expires_in;
+        drop(inner);
+        reply(
+            200,
+            json!({"token_type": "Bearer", "expires_in": expires_in, "ext_expires_in": expires_in, "access_token": t}),
+        )
+    };
+    record(&st, call, r)
+}
+
+/// `application/x-www-form-urlencoded`, decoded by hand to keep the fake's
+/// dependencies to axum.
+fn serde_urlencoded_parse(body: &[u8]) -> HashMap<String, String> {
+    let text = String::from_utf8_lossy(body);
+    text.split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'+', _) => out.push(b' '),
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 2;
+            }
+            (b, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses `computerDnsName eq '<name>'` with OData's doubled quotes.
+fn parse_name_filter(filter: &str) -> Option<String> {
+    let rest = filter.trim().strip_prefix("computerDnsName eq ")?;
+    let inner = rest.strip_prefix('\'')?.strip_suffix('\'')?;
+    // A lone quote inside is a syntax error in OData.
+    let mut out = String::new();
+    let mut chars = inner.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\'' && chars.next() != Some('\'') {
+            return None;
+        }
+        out.push(c);
+    }
+    Some(out)
+}
+
+async fn list_machines(
+    State(st): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let call = match intercept(
+        &st,
+        new_call(Api::ListMachines, &method, &uri, &headers, b""),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !authorized(&st, &call) {
+        return record(&st, call, unauthorized());
+    }
+    let r = match q.get("$filter").map(|f| parse_name_filter(f)) {
+        Some(Some(name)) => {
+            let inner = st.lock().expect("fake state");
+            let found: Vec<Value> = inner
+                .machines
+                .iter()
+                .filter(|m| m.computer_dns_name.to_lowercase() == name.to_lowercase())
+                .map(FakeMachine::to_json)
+                .collect();
+            reply(
+                200,
+                json!({"@odata.context": "https://api.securitycenter.microsoft.com/api/$metadata#Machines", "value": found}),
+            )
+        }
+        Some(None) => reply(
+            400,
+            error_body("InvalidRequestBody", "Invalid filter clause"),
+        ),
+        None => {
+            let inner = st.lock().expect("fake state");
+            let all: Vec<Value> = inner.machines.iter().map(FakeMachine::to_json).collect();
+            reply(200, json!({"value": all}))
+        }
+    };
+    record(&st, call, r)
+}
+
+async fn get_machine(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let call = match intercept(&st, new_call(Api::GetMachine, &method, &uri, &headers, b"")).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !authorized(&st, &call) {
+        return record(&st, call, unauthorized());
+    }
+    let found = st
+        .lock()
+        .expect("fake state")
+        .machines
+        .iter()
+        .find(|m| m.id.eq_ignore_ascii_case(&id))
+        .cloned();
+    let r = match found {
+        Some(m) => reply(200, m.to_json()),
+        None => reply(
+            404,
+            error_body("ResourceNotFound", &format!("Machine {id} was not found")),
+        ),
+    };
+    record(&st, call, r)
+}
+
+async fn offboard(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = match intercept(&st, new_call(Api::Offboard, &method, &uri, &headers, &body)).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !authorized(&st, &call) {
+        return record(&st, call, unauthorized());
+    }
+    let comment = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("Comment").and_then(Value::as_str).map(str::to_string));
+    let Some(comment) = comment else {
+        return record(
+            &st,
+            call,
+            reply(400, error_body("InvalidRequestBody", "Comment is required")),
+        );
+    };
+    let mut inner = st.lock().expect("fake state");
+    let Some(m) = inner
+        .machines
+        .iter()
+        .find(|m| m.id.eq_ignore_ascii_case(&id))
+        .cloned()
+    else {
+        drop(inner);
+        return record(
+            &st,
+            call,
+            reply(
+                404,
+                error_body("ResourceNotFound", &format!("Machine {id} was not found")),
+            ),
+        );
+    };
+    let r = if !m.os_platform.starts_with("Windows") {
+        reply(
+            400,
+            error_body(
+                "OsPlatformNotSupported",
+                &format!("Action is not supported for platform {}", m.os_platform),
+            ),
+        )
+    } else if inner.pending.contains_key(&m.id) {
+        reply(
+            400,
+            error_body(
+                "ActiveRequestAlreadyExists",
+                "Action is already in progress",
+            ),
+        )
+    } else {
+        inner.action_seq += 1;
+        let action_id = format!("5382f7ea-7557-4ab7-9782-{:012x}", inner.action_seq);
+        let action = json!({
+            "id": action_id,
+            "type": "Offboard",
+            "scope": null,
+            "requestor": "Analyst@contoso.com",
+            "requestorComment": comment,
+            "status": "Pending",
+            "machineId": m.id,
+            "computerDnsName": m.computer_dns_name,
+            "creationDateTimeUtc": "2026-11-25T09:00:00.0000000Z",
+            "lastUpdateTimeUtc": "2026-11-25T09:00:00.0000000Z",
+            "relatedFileInfo": null,
+        });
+        inner.pending.insert(m.id.clone(), action_id.clone());
+        inner.actions.insert(action_id, action.clone());
+        let status = inner.offboard_status;
+        reply(status, action)
+    };
+    drop(inner);
+    record(&st, call, r)
+}
+
+async fn get_action(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let call = match intercept(&st, new_call(Api::GetAction, &method, &uri, &headers, b"")).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    if !authorized(&st, &call) {
+        return record(&st, call, unauthorized());
+    }
+    let found = st.lock().expect("fake state").actions.get(&id).cloned();
+    let r = match found {
+        Some(a) => reply(200, a),
+        None => reply(
+            404,
+            error_body(
+                "ResourceNotFound",
+                &format!("Machine action {id} was not found"),
+            ),
+        ),
+    };
+    record(&st, call, r)
+}
+
+async fn fallback() -> Response {
+    reply(404, error_body("NotFound", "No such endpoint"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_parsing_undoes_odata_quoting() {
+        assert_eq!(
+            parse_name_filter("computerDnsName eq 'a.b'"),
+            Some("a.b".into())
+        );
+        assert_eq!(
+            parse_name_filter("computerDnsName eq 'o''brien'"),
+            Some("o'brien".into())
+        );
+        assert_eq!(parse_name_filter("computerDnsName eq 'o'brien'"), None);
+        assert_eq!(parse_name_filter("osPlatform eq 'x'"), None);
+    }
+
+    #[test]
+    fn form_decoding() {
+        let f = serde_urlencoded_parse(b"a=b%2Fc&scope=https%3A%2F%2Fx%2F.default&s=a+b");
+        assert_eq!(f["a"], "b/c");
+        assert_eq!(f["scope"], "https://x/.default");
+        assert_eq!(f["s"], "a b");
+    }
+}

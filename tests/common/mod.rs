@@ -1,0 +1,161 @@
+//! Shared set-up for the integration tests: the fake Defender and login
+//! APIs, moto's Secrets Manager, and signed API Gateway events.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use lambda_http::{Body, Context, Request, RequestExt, Response};
+use mde_offboard::App;
+use mde_offboard::auth::standard_sign;
+use mde_offboard::config::Config;
+use mde_offboard::credentials::SecretsManagerSource;
+use mde_testkit::{FakeDefender, GENERIC_WEBHOOK_SECRET, demo_machines, events, moto};
+use serde_json::Value;
+
+pub use mde_testkit::ids;
+
+pub fn sm_client() -> aws_sdk_secretsmanager::Client {
+    let conf = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(&moto::moto().endpoint)
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(conf)
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Stores `text` as a new secret in moto and returns its name.
+pub async fn put_secret(text: &str) -> String {
+    let name = format!(
+        "mde-offboard/test-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    );
+    sm_client()
+        .create_secret()
+        .name(&name)
+        .secret_string(text)
+        .send()
+        .await
+        .expect("create the secret in moto");
+    name
+}
+
+pub struct Harness {
+    pub fake: FakeDefender,
+    pub app: App,
+    pub secret_name: String,
+}
+
+pub struct Options {
+    pub env: Vec<(&'static str, String)>,
+    pub secret: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            env: vec![("PROTECTED_TAGS", "vip".into())],
+            secret: mde_testkit::secret_json(),
+        }
+    }
+}
+
+impl Harness {
+    pub async fn new() -> Self {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(opts: Options) -> Self {
+        let fake = FakeDefender::start(demo_machines()).await;
+        let secret_name = put_secret(&opts.secret).await;
+        let mut env: Vec<(String, String)> = vec![
+            ("SECRET_ID".into(), secret_name.clone()),
+            ("MDE_API_URL".into(), fake.url()),
+            ("MDE_LOGIN_URL".into(), fake.url()),
+        ];
+        env.extend(opts.env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let config = Config::from_lookup(|k| {
+            env.iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        })
+        .expect("test configuration");
+        let source = Arc::new(SecretsManagerSource::new(sm_client(), secret_name.clone()));
+        let app = App::new(config, source, App::http_client());
+        Self {
+            fake,
+            app,
+            secret_name,
+        }
+    }
+
+    pub async fn send(&self, req: Request) -> (u16, Value, Response<Body>) {
+        let resp = self.app.handle(req).await;
+        let status = resp.status().as_u16();
+        let body = match resp.body() {
+            Body::Text(t) => serde_json::from_str(t).expect("the answer is JSON"),
+            Body::Empty => Value::Null,
+            Body::Binary(b) => serde_json::from_slice(b).expect("the answer is JSON"),
+            _ => Value::Null,
+        };
+        (status, body, resp)
+    }
+
+    pub async fn offboard(&self, body: &Value) -> (u16, Value, Response<Body>) {
+        self.send(signed("POST", "/v1/offboard", &body.to_string()))
+            .await
+    }
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// An HTTP API v2.0 event signed with Standard Webhooks, as a `Request`.
+pub fn signed(method: &str, path: &str, body: &str) -> Request {
+    signed_with(method, path, body, GENERIC_WEBHOOK_SECRET, now())
+}
+
+pub fn signed_with(method: &str, path: &str, body: &str, secret: &str, ts: i64) -> Request {
+    let id = format!("msg_{}", SEQ.fetch_add(1, Ordering::SeqCst));
+    let sig = standard_sign(secret, &id, ts, body.as_bytes());
+    let ts = ts.to_string();
+    request(
+        method,
+        path,
+        &[
+            ("webhook-id", &id),
+            ("webhook-timestamp", &ts),
+            ("webhook-signature", &sig),
+        ],
+        body,
+    )
+}
+
+pub fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Request {
+    let event = events::http_api_v2(method, path, headers, body);
+    lambda_http::request::from_str(&event.to_string()).expect("a valid HTTP API event")
+}
+
+/// Gives the request a Lambda deadline `budget` from now.
+pub fn with_deadline(req: Request, budget: Duration) -> Request {
+    let deadline = SystemTime::now() + budget;
+    let mut ctx = Context::default();
+    ctx.request_id = "test-request".into();
+    ctx.deadline = deadline.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    req.with_lambda_context(ctx)
+}
+
+pub fn results(body: &Value) -> &Vec<Value> {
+    body["results"].as_array().expect("results")
+}
