@@ -105,6 +105,11 @@ fn timestamp() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
+/// The runtime logs every raw event at TRACE, headers and all: webhook
+/// signatures and bearer secrets would reach CloudWatch. This directive is
+/// more specific than any level a user sets, so it always wins.
+pub const NO_RAW_EVENTS: &str = "lambda_runtime::layers::api_response=debug";
+
 /// Installs the JSON layer on stdout. The level comes from `RUST_LOG`, else
 /// Powertools' `POWERTOOLS_LOG_LEVEL` or Lambda's `AWS_LAMBDA_LOG_LEVEL`,
 /// else `info`.
@@ -114,7 +119,9 @@ pub fn init() {
         .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL"))
         .unwrap_or_else(|_| "info".into())
         .to_lowercase();
-    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(&level)
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(NO_RAW_EVENTS.parse().expect("a valid directive"));
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(JsonLayer::new(std::io::stdout))
