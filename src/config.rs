@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::sources::Sources;
+
 /// A configuration value that is missing or cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("{var}: {reason}")]
@@ -83,8 +85,8 @@ pub struct Config {
     /// Lowercased, so a tag check is one set lookup.
     pub protected_tags: HashSet<String>,
     pub secret_ttl: Duration,
-    /// Raw `SOURCES` value (a path or inline JSON), parsed by the sources module.
-    pub sources: Option<String>,
+    /// The webhook sources: presets with `SOURCES` laid over them.
+    pub sources: Sources,
 }
 
 impl Config {
@@ -153,7 +155,8 @@ impl Config {
             .unwrap_or_default();
         let secret_ttl =
             Duration::from_secs(parse_count(&get, "SECRET_TTL_SECONDS", 300, 86_400)? as u64);
-        let sources = get("SOURCES");
+        let sources = Sources::load(get("SOURCES").as_deref())
+            .map_err(|reason| ConfigError::new("SOURCES", reason))?;
 
         Ok(Self {
             secret_id,
@@ -304,6 +307,19 @@ mod tests {
             let e = cfg(&[("SECRET_ID", "s"), (var, val)]).unwrap_err();
             assert_eq!(e.var, var, "{var}={val}");
         }
+    }
+
+    #[test]
+    fn a_bad_source_definition_names_sources_and_the_source() {
+        let e = cfg(&[
+            ("SECRET_ID", "s"),
+            ("SOURCES", r#"{"sources": {"tines": {"ticket": "/t"}}}"#),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "SOURCES");
+        assert!(e.reason.contains("tines"), "{e}");
+        let ok = cfg(&[("SECRET_ID", "s")]).unwrap();
+        assert!(ok.sources.get("jira").is_some());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::error::ApiError;
 use crate::input::{self, Mode, OffboardRequest};
 use crate::limits::{DEFAULT_BUDGET, Deadline, RateLimiter, retry_after_secs};
 use crate::offboard::{DeviceResult, Offboarder, Status};
+use crate::sources::{AuthDef, Mapped};
 
 /// Bodies above this are refused before any work (413).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -179,7 +180,7 @@ impl App {
             }
             ["v1", "webhooks", source] if !source.is_empty() => {
                 allow("POST")?;
-                Err(ApiError::UnknownSource((*source).to_string()))
+                self.webhook(req, source, deadline).await
             }
             ["v1", "actions", action_id] if !action_id.is_empty() => {
                 allow("GET")?;
@@ -206,6 +207,47 @@ impl App {
             webhook_id: header(req.headers(), "webhook-id").map(str::to_string),
         };
         self.execute(request, &secret, &caller, deadline).await
+    }
+
+    /// `POST /v1/webhooks/{source}`: the source's own authentication and
+    /// mapping, then the same pipeline as the generic route.
+    async fn webhook(
+        &self,
+        req: &Request,
+        name: &str,
+        deadline: &Deadline,
+    ) -> Result<Response<Body>, ApiError> {
+        let def = self
+            .config
+            .sources
+            .get(name)
+            .ok_or_else(|| ApiError::UnknownSource(name.to_string()))?;
+        let body = body_bytes(req)?;
+        let secret = self.secrets.get().await?;
+        verify_source(req.headers(), body, &secret, &def.auth)?;
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| ApiError::NotJson(e.to_string()))?;
+        let id_header = match def.auth {
+            AuthDef::StandardWebhooks { .. } => Some("webhook-id"),
+            _ => def.id_header.as_deref(),
+        };
+        let caller = Caller {
+            source: name.to_string(),
+            source_ip: source_ip(req),
+            webhook_id: id_header
+                .and_then(|h| header(req.headers(), h))
+                .map(str::to_string),
+        };
+        match def.map(&value)? {
+            Mapped::Act(request) => self.execute(request, &secret, &caller, deadline).await,
+            Mapped::Ignored { reason } => {
+                tracing::info!(source = name, webhook_id = caller.webhook_id.as_deref().unwrap_or(""), reason = %reason, "event ignored");
+                Ok(json_response(
+                    StatusCode::ACCEPTED,
+                    &json!({"status": "ignored", "reason": reason}),
+                ))
+            }
+        }
     }
 
     /// The shared pipeline every route ends in.
@@ -339,16 +381,50 @@ fn verify_standard(
     secret: &AppSecret,
     key: &str,
 ) -> Result<(), ApiError> {
+    verify_source(
+        headers,
+        body,
+        secret,
+        &AuthDef::StandardWebhooks {
+            secret: key.to_string(),
+        },
+    )
+}
+
+/// Checks a request as its source's scheme says. A source whose secret key
+/// is absent from the secret refuses every call: fail closed.
+fn verify_source(
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: &AppSecret,
+    def: &AuthDef,
+) -> Result<(), ApiError> {
+    let key = def.secret_key();
     let secrets = secret.webhook_secrets(key);
     if secrets.is_empty() {
         return Err(auth::AuthError::NoSecret(key.to_string()).into());
     }
-    let h = StandardHeaders {
-        id: header(headers, "webhook-id"),
-        timestamp: header(headers, "webhook-timestamp"),
-        signature: header(headers, "webhook-signature"),
-    };
-    auth::verify_standard(h, body, secrets, unix_now())?;
+    match def {
+        AuthDef::StandardWebhooks { .. } => {
+            let h = StandardHeaders {
+                id: header(headers, "webhook-id"),
+                timestamp: header(headers, "webhook-timestamp"),
+                signature: header(headers, "webhook-signature"),
+            };
+            auth::verify_standard(h, body, secrets, unix_now())?
+        }
+        AuthDef::HmacSha256Hex {
+            header: name,
+            prefix,
+            ..
+        } => {
+            // Header names in a definition are free text; a name that is
+            // not a valid header simply never matches.
+            let value = header(headers, name);
+            auth::verify_hmac_hex(value, "signature header", prefix, body, secrets)?
+        }
+        AuthDef::Bearer { .. } => auth::verify_bearer(header(headers, "authorization"), secrets)?,
+    }
     Ok(())
 }
 

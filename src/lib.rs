@@ -16,5 +16,6 @@ pub mod logging;
 pub mod offboard;
 pub mod policy;
 pub mod runtime;
+pub mod sources;
 
 pub use handler::App;

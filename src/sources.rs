@@ -1,0 +1,852 @@
+//! Webhook sources: how a tool's payload becomes an `OffboardRequest`.
+//!
+//! A source says how its sender authenticates, when an event should act
+//! (`when`), where the ticket and the devices are (RFC 6901 JSON Pointers),
+//! and how to write the comment. Definitions are parsed and checked once at
+//! init; built-in presets cover Jira, PagerDuty, ServiceNow and Defender XDR
+//! or Sentinel incidents, and `SOURCES` replaces the ones it names.
+//!
+//! Two extensions to RFC 6901, both only on arrays (on an object a token is
+//! always a key): `*` stands for every element, so
+//! `/alerts/*/evidence/*/mdeDeviceId` collects ids from every alert; and
+//! `[key=value]` stands for the elements that are objects whose `key` is
+//! `value`, so `/custom_fields/[name=mde_devices]/value` picks one field out
+//! of PagerDuty's list of `{name, value}` objects.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::input::{Comment, Device, FieldError, Mode, OffboardRequest, Ticket, parse_device};
+
+/// A definition that cannot be used; init stops with this line.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("source '{source_name}': field '{field}' {reason}")]
+pub struct SourceError {
+    pub source_name: String,
+    pub field: String,
+    pub reason: String,
+}
+
+/// An RFC 6901 pointer, parsed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointer {
+    raw: String,
+    tokens: Vec<String>,
+}
+
+impl Pointer {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Ok(Self {
+                raw: String::new(),
+                tokens: Vec::new(),
+            });
+        }
+        let rest = raw
+            .strip_prefix('/')
+            .ok_or_else(|| format!("'{raw}' is not a JSON Pointer (it must start with '/')"))?;
+        let tokens = rest
+            .split('/')
+            .map(|t| unescape(t).ok_or_else(|| format!("'{raw}' has a '~' not followed by 0 or 1")))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            raw: raw.to_string(),
+            tokens,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// Every value the pointer reaches; more than one only through `*`.
+    pub fn resolve_all<'v>(&self, doc: &'v Value) -> Vec<&'v Value> {
+        let mut current = vec![doc];
+        for token in &self.tokens {
+            let mut next = Vec::new();
+            for v in current {
+                match v {
+                    Value::Object(m) => next.extend(m.get(token)),
+                    Value::Array(items) if token == "*" => next.extend(items.iter()),
+                    Value::Array(items) if selector(token).is_some() => {
+                        let (key, want) = selector(token).expect("checked");
+                        next.extend(
+                            items
+                                .iter()
+                                .filter(|i| i.get(key).and_then(Value::as_str) == Some(want)),
+                        );
+                    }
+                    Value::Array(items) => {
+                        next.extend(array_index(token).and_then(|i| items.get(i)))
+                    }
+                    _ => {}
+                }
+            }
+            current = next;
+        }
+        current
+    }
+
+    pub fn resolve<'v>(&self, doc: &'v Value) -> Option<&'v Value> {
+        self.resolve_all(doc).into_iter().next()
+    }
+}
+
+/// `[key=value]`, split.
+fn selector(token: &str) -> Option<(&str, &str)> {
+    token.strip_prefix('[')?.strip_suffix(']')?.split_once('=')
+}
+
+/// `~1` is `/` and `~0` is `~`, decoded in that order (RFC 6901 §4).
+fn unescape(token: &str) -> Option<String> {
+    let mut out = String::with_capacity(token.len());
+    let mut chars = token.chars();
+    while let Some(c) = chars.next() {
+        if c == '~' {
+            match chars.next() {
+                Some('0') => out.push('~'),
+                Some('1') => out.push('/'),
+                _ => return None,
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
+/// RFC 6901 array indexes: digits, no leading zero.
+fn array_index(token: &str) -> Option<usize> {
+    if token.is_empty() || (token.len() > 1 && token.starts_with('0')) {
+        return None;
+    }
+    if !token.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    token.parse().ok()
+}
+
+/// A scalar as text: strings as they are, numbers and booleans printed.
+/// Objects, arrays and null have no text.
+pub fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthDef {
+    StandardWebhooks {
+        secret: String,
+    },
+    HmacSha256Hex {
+        header: String,
+        prefix: String,
+        secret: String,
+    },
+    Bearer {
+        secret: String,
+    },
+}
+
+impl AuthDef {
+    pub fn secret_key(&self) -> &str {
+        match self {
+            Self::StandardWebhooks { secret }
+            | Self::HmacSha256Hex { secret, .. }
+            | Self::Bearer { secret } => secret,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub pointer: Pointer,
+    pub one_of: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Ticket,
+    Value(Pointer),
+}
+
+/// A comment template: `{ticket}` and `{/json/pointer}` are replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(Vec<Part>);
+
+impl Template {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let mut rest = s;
+        while let Some(open) = rest.find('{') {
+            text.push_str(&rest[..open]);
+            let after = &rest[open..];
+            let Some(close) = after.find('}') else {
+                rest = after;
+                break;
+            };
+            let inner = &after[1..close];
+            let placeholder = if inner == "ticket" {
+                Some(Part::Ticket)
+            } else if inner.starts_with('/') {
+                Some(Part::Value(Pointer::parse(inner)?))
+            } else {
+                None
+            };
+            match placeholder {
+                Some(p) => {
+                    parts.push(Part::Text(std::mem::take(&mut text)));
+                    parts.push(p);
+                }
+                // Not a placeholder: the braces are text.
+                None => text.push_str(&after[..=close]),
+            }
+            rest = &after[close + 1..];
+        }
+        text.push_str(rest);
+        parts.push(Part::Text(text));
+        Ok(Self(parts))
+    }
+
+    /// Renders the template; a pointer that reaches nothing renders as
+    /// empty text.
+    pub fn render(&self, ticket: &str, doc: &Value) -> String {
+        self.0
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.clone(),
+                Part::Ticket => ticket.to_string(),
+                Part::Value(ptr) => ptr.resolve(doc).and_then(scalar_text).unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceDef {
+    pub name: String,
+    pub auth: AuthDef,
+    pub when: Vec<Condition>,
+    /// The first pointer that reaches a value is the ticket.
+    pub ticket: Vec<Pointer>,
+    pub devices: Vec<Pointer>,
+    pub comment: Template,
+    /// The header that carries the sender's delivery id, for the audit line.
+    pub id_header: Option<String>,
+}
+
+/// What a payload maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped {
+    Act(OffboardRequest),
+    Ignored { reason: String },
+}
+
+impl SourceDef {
+    /// Maps a payload. Errors are 422s that name the pointer at fault.
+    pub fn map(&self, doc: &Value) -> Result<Mapped, FieldError> {
+        for c in &self.when {
+            let found: Vec<String> = c
+                .pointer
+                .resolve_all(doc)
+                .into_iter()
+                .filter_map(scalar_text)
+                .collect();
+            if !found.iter().any(|v| c.one_of.contains(v)) {
+                let seen = match found.first() {
+                    Some(v) => format!("is '{}'", v.chars().take(100).collect::<String>()),
+                    None => "is absent".to_string(),
+                };
+                return Ok(Mapped::Ignored {
+                    reason: format!(
+                        "{} {seen}, not one of {}",
+                        c.pointer.as_str(),
+                        c.one_of
+                            .iter()
+                            .map(|s| format!("'{s}'"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+        }
+        let ticket_field = self
+            .ticket
+            .iter()
+            .map(Pointer::as_str)
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let ticket_text = self
+            .ticket
+            .iter()
+            .find_map(|p| {
+                p.resolve(doc)
+                    .and_then(scalar_text)
+                    .filter(|t| !t.trim().is_empty())
+            })
+            .ok_or_else(|| FieldError::OutOfBounds {
+                field: ticket_field.clone(),
+                reason:
+                    "must hold the ticket (a string or a number), but the payload has none there"
+                        .into(),
+            })?;
+        let ticket = Ticket::parse(&ticket_field, &ticket_text)?;
+
+        let mut devices: Vec<Device> = Vec::new();
+        let mut seen = HashSet::new();
+        for p in &self.devices {
+            for v in p.resolve_all(doc) {
+                let strings: Vec<&str> = match v {
+                    Value::Null => Vec::new(),
+                    Value::String(s) => vec![s.as_str()],
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|i| match i {
+                            Value::String(s) => Ok(s.as_str()),
+                            Value::Array(_) => Err(FieldError::OutOfBounds {
+                                field: p.as_str().to_string(),
+                                reason: "holds nested arrays; devices must be a string or an array of strings".into(),
+                            }),
+                            _ => Err(FieldError::OutOfBounds {
+                                field: p.as_str().to_string(),
+                                reason: "holds an array with a value that is not a string".into(),
+                            }),
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => {
+                        return Err(FieldError::OutOfBounds {
+                            field: p.as_str().to_string(),
+                            reason: "must be a string or an array of strings".into(),
+                        });
+                    }
+                };
+                for s in strings.into_iter().filter(|s| !s.trim().is_empty()) {
+                    let d = parse_device(p.as_str(), s)?;
+                    if seen.insert(d.target.key()) {
+                        devices.push(d);
+                    }
+                }
+            }
+        }
+        if devices.is_empty() {
+            return Err(FieldError::OutOfBounds {
+                field: self
+                    .devices
+                    .iter()
+                    .map(Pointer::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                reason: "must name at least one device, but the payload has none there".into(),
+            });
+        }
+        let rendered = self.comment.render(ticket.as_str(), doc);
+        let comment = Comment::sanitize(&rendered).unwrap_or_else(|| {
+            Comment::sanitize(&format!("Offboarded by the '{}' webhook source", self.name))
+                .expect("non-empty text")
+        });
+        Ok(Mapped::Act(OffboardRequest {
+            ticket,
+            comment,
+            devices,
+            dry_run: false,
+            mode: Mode::Now,
+        }))
+    }
+}
+
+/// The built-in presets, as `SOURCES` would define them.
+pub const PRESETS: &str = r#"{
+  "jira": {
+    "auth": {"scheme": "hmac-sha256-hex", "header": "x-hub-signature", "prefix": "sha256=", "secret": "jira"},
+    "id_header": "x-atlassian-webhook-identifier",
+    "when": [{"pointer": "/webhookEvent", "in": ["jira:issue_updated"]},
+             {"pointer": "/issue/fields/status/statusCategory/key", "in": ["done"]}],
+    "ticket": "/issue/key",
+    "devices": ["/issue/fields/customfield_10071"],
+    "comment": "Offboarded on closure of {ticket}: {/issue/fields/summary}"
+  },
+  "pagerduty": {
+    "auth": {"scheme": "hmac-sha256-hex", "header": "x-pagerduty-signature", "prefix": "v1=", "secret": "pagerduty"},
+    "id_header": "x-webhook-id",
+    "when": [{"pointer": "/event/event_type", "in": ["incident.custom_field_values.updated"]},
+             {"pointer": "/event/data/changed_custom_fields/*/name", "in": ["mde_devices"]}],
+    "ticket": ["/event/data/incident/id", "/event/data/id"],
+    "devices": ["/event/data/changed_custom_fields/[name=mde_devices]/value"],
+    "comment": "Offboarded for PagerDuty incident {ticket}: {/event/data/incident/summary}"
+  },
+  "servicenow": {
+    "auth": {"scheme": "bearer", "secret": "servicenow"},
+    "when": [{"pointer": "/state", "in": ["Closed", "Resolved", "Closed Complete", "6", "7", "3"]}],
+    "ticket": "/number",
+    "devices": ["/cmdb_ci", "/mde_machine_id", "/devices"],
+    "comment": "Offboarded on closure of {ticket}: {/short_description}"
+  },
+  "defender-incident": {
+    "auth": {"scheme": "bearer", "secret": "defender-incident"},
+    "ticket": ["/id", "/incidentId", "/object/properties/incidentNumber", "/properties/incidentNumber"],
+    "devices": ["/alerts/*/evidence/*/mdeDeviceId",
+                "/alerts/*/devices/*/mdatpDeviceId",
+                "/object/properties/relatedEntities/*/properties/additionalData/MdatpDeviceId",
+                "/properties/relatedEntities/*/properties/additionalData/MdatpDeviceId"],
+    "comment": "Offboarded for Defender incident {ticket}: {/displayName}{/incidentName}{/object/properties/title}"
+  }
+}"#;
+
+/// Every source this instance serves, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources(BTreeMap<String, SourceDef>);
+
+impl Sources {
+    /// The presets, with `SOURCES` (a path, or inline JSON) laid over them.
+    pub fn load(sources_env: Option<&str>) -> Result<Self, String> {
+        let presets: Value = serde_json::from_str(PRESETS).expect("the presets are valid JSON");
+        let presets = presets.as_object().expect("an object").clone();
+        let user: Map<String, Value> = match sources_env.map(str::trim) {
+            None | Some("") => Map::new(),
+            Some(text) => {
+                let json_text = if text.starts_with('{') {
+                    text.to_string()
+                } else {
+                    std::fs::read_to_string(text)
+                        .map_err(|e| format!("cannot read '{text}': {e}"))?
+                };
+                let v: Value = serde_json::from_str(&json_text)
+                    .map_err(|e| format!("is not valid JSON: {e}"))?;
+                match v.get("sources") {
+                    Some(Value::Object(m)) => m.clone(),
+                    _ => return Err("must be a JSON object with an object 'sources'".into()),
+                }
+            }
+        };
+        let mut defs = BTreeMap::new();
+        for (name, def) in presets.iter().filter(|(n, _)| !user.contains_key(*n)) {
+            defs.insert(
+                name.clone(),
+                parse_def(name, def, &presets).map_err(|e| e.to_string())?,
+            );
+        }
+        for (name, def) in &user {
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                || name.is_empty()
+            {
+                return Err(format!(
+                    "source '{name}': the name may hold only letters, digits, '-' and '_'"
+                ));
+            }
+            defs.insert(
+                name.clone(),
+                parse_def(name, def, &presets).map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(Self(defs))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&SourceDef> {
+        self.0.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Self::load(None).expect("the presets parse")
+    }
+}
+
+fn parse_def(
+    name: &str,
+    def: &Value,
+    presets: &Map<String, Value>,
+) -> Result<SourceDef, SourceError> {
+    let err = |field: &str, reason: String| SourceError {
+        source_name: name.to_string(),
+        field: field.to_string(),
+        reason,
+    };
+    let mut obj = def
+        .as_object()
+        .ok_or_else(|| err("", "must be an object".into()))?
+        .clone();
+    // `extends` starts from a preset and changes only the fields given,
+    // e.g. Jira with another device field.
+    if let Some(base) = obj.remove("extends") {
+        let base_name = base
+            .as_str()
+            .ok_or_else(|| err("extends", "must be a preset's name".into()))?;
+        let mut merged = presets
+            .get(base_name)
+            .and_then(Value::as_object)
+            .ok_or_else(|| err("extends", format!("names no preset ('{base_name}')")))?
+            .clone();
+        merged.extend(obj);
+        obj = merged;
+    }
+    let known = ["auth", "when", "ticket", "devices", "comment", "id_header"];
+    if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(err(
+            k,
+            format!("is not a known field (known: {})", known.join(", ")),
+        ));
+    }
+    let auth = parse_auth(obj.get("auth")).map_err(|(f, r)| err(&f, r))?;
+    let when = match obj.get("when") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let field = format!("when[{i}]");
+                let pointer = c
+                    .get("pointer")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        err(
+                            &format!("{field}.pointer"),
+                            "must be a JSON Pointer string".into(),
+                        )
+                    })
+                    .and_then(|p| {
+                        Pointer::parse(p).map_err(|r| err(&format!("{field}.pointer"), r))
+                    })?;
+                let one_of = c
+                    .get("in")
+                    .and_then(Value::as_array)
+                    .filter(|a| !a.is_empty())
+                    .and_then(|a| a.iter().map(scalar_text).collect::<Option<Vec<_>>>())
+                    .ok_or_else(|| {
+                        err(
+                            &format!("{field}.in"),
+                            "must be a non-empty array of strings".into(),
+                        )
+                    })?;
+                Ok(Condition { pointer, one_of })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(err("when", "must be an array of conditions".into())),
+    };
+    let pointers = |field: &str| -> Result<Vec<Pointer>, SourceError> {
+        let list: Vec<&str> = match obj.get(field) {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) if !a.is_empty() => a
+                .iter()
+                .map(Value::as_str)
+                .collect::<Option<_>>()
+                .ok_or_else(|| err(field, "must be a JSON Pointer or an array of them".into()))?,
+            None => return Err(err(field, "is required".into())),
+            _ => {
+                return Err(err(
+                    field,
+                    "must be a JSON Pointer or a non-empty array of them".into(),
+                ));
+            }
+        };
+        list.into_iter()
+            .map(|p| Pointer::parse(p).map_err(|r| err(field, r)))
+            .collect()
+    };
+    let ticket = pointers("ticket")?;
+    let devices = pointers("devices")?;
+    let comment = match obj.get("comment") {
+        None => Template::parse("Offboarded for {ticket}"),
+        Some(Value::String(s)) => Template::parse(s),
+        Some(_) => return Err(err("comment", "must be a string template".into())),
+    }
+    .map_err(|r| err("comment", r))?;
+    let id_header = match obj.get("id_header") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.to_ascii_lowercase()),
+        Some(_) => return Err(err("id_header", "must be a header name".into())),
+    };
+    Ok(SourceDef {
+        name: name.to_string(),
+        auth,
+        when,
+        ticket,
+        devices,
+        comment,
+        id_header,
+    })
+}
+
+fn parse_auth(v: Option<&Value>) -> Result<AuthDef, (String, String)> {
+    let obj = v.and_then(Value::as_object).ok_or_else(|| {
+        (
+            "auth".to_string(),
+            "is required and must be an object".to_string(),
+        )
+    })?;
+    let s = |k: &str| -> Result<String, (String, String)> {
+        obj.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                (
+                    format!("auth.{k}"),
+                    "is required and must be a non-empty string".to_string(),
+                )
+            })
+    };
+    let secret = s("secret")?;
+    match s("scheme")?.as_str() {
+        "standard-webhooks" => Ok(AuthDef::StandardWebhooks { secret }),
+        "hmac-sha256-hex" => Ok(AuthDef::HmacSha256Hex {
+            header: s("header")?.to_ascii_lowercase(),
+            prefix: obj
+                .get("prefix")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            secret,
+        }),
+        "bearer" => Ok(AuthDef::Bearer { secret }),
+        other => Err((
+            "auth.scheme".into(),
+            format!("'{other}' is not one of standard-webhooks, hmac-sha256-hex, bearer"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ptr(s: &str) -> Pointer {
+        Pointer::parse(s).unwrap()
+    }
+
+    #[test]
+    fn pointers_follow_rfc_6901_including_escapes() {
+        let doc =
+            json!({"foo": ["bar", "baz"], "": 0, "a/b": 1, "c%d": 2, "m~n": 8, " ": 7, "k\"l": 6});
+        assert_eq!(ptr("").resolve(&doc), Some(&doc));
+        assert_eq!(ptr("/foo/0").resolve(&doc), Some(&json!("bar")));
+        assert_eq!(ptr("/").resolve(&doc), Some(&json!(0)));
+        assert_eq!(ptr("/a~1b").resolve(&doc), Some(&json!(1)));
+        assert_eq!(ptr("/c%d").resolve(&doc), Some(&json!(2)));
+        assert_eq!(ptr("/m~0n").resolve(&doc), Some(&json!(8)));
+        assert_eq!(ptr("/ ").resolve(&doc), Some(&json!(7)));
+        assert_eq!(ptr("/k\"l").resolve(&doc), Some(&json!(6)));
+        assert_eq!(ptr("/foo/01").resolve(&doc), None);
+        assert_eq!(ptr("/foo/-").resolve(&doc), None);
+        assert_eq!(ptr("/foo/2").resolve(&doc), None);
+        // "~01" is "~1" literally, not "/".
+        assert_eq!(ptr("/~01").tokens, vec!["~1"]);
+        assert!(Pointer::parse("foo").is_err());
+        assert!(Pointer::parse("/a~2").is_err());
+    }
+
+    #[test]
+    fn wildcard_collects_from_every_element() {
+        let doc = json!({"alerts": [
+            {"evidence": [{"mdeDeviceId": "a"}, {"other": 1}, {"mdeDeviceId": null}]},
+            {"evidence": [{"mdeDeviceId": "b"}]}
+        ], "*": "star"});
+        let got: Vec<&Value> = ptr("/alerts/*/evidence/*/mdeDeviceId").resolve_all(&doc);
+        assert_eq!(got, vec![&json!("a"), &json!(null), &json!("b")]);
+        assert_eq!(ptr("/*").resolve(&doc), Some(&json!("star")));
+        let pd = json!({"custom_fields": [{"name": "env", "value": "prod"}, {"name": "mde_devices", "value": ["a", "b"]}]});
+        assert_eq!(
+            ptr("/custom_fields/[name=mde_devices]/value").resolve(&pd),
+            Some(&json!(["a", "b"]))
+        );
+        assert_eq!(ptr("/custom_fields/[name=nope]/value").resolve(&pd), None);
+    }
+
+    #[test]
+    fn templates_replace_ticket_and_pointers() {
+        let t = Template::parse(
+            "Closed {ticket}: {/fields/summary} ({/missing}) {not a placeholder} {/n}",
+        )
+        .unwrap();
+        let doc = json!({"fields": {"summary": "Retire laptop"}, "n": 42});
+        assert_eq!(
+            t.render("IT-42", &doc),
+            "Closed IT-42: Retire laptop () {not a placeholder} 42"
+        );
+        assert_eq!(
+            Template::parse("no braces").unwrap().render("T", &doc),
+            "no braces"
+        );
+        assert_eq!(
+            Template::parse("open { only").unwrap().render("T", &doc),
+            "open { only"
+        );
+        assert!(Template::parse("{/bad~}").is_err());
+    }
+
+    fn def(v: Value) -> SourceDef {
+        parse_def("test", &v, &Map::new()).unwrap()
+    }
+
+    fn basic() -> SourceDef {
+        def(json!({
+            "auth": {"scheme": "bearer", "secret": "k"},
+            "when": [{"pointer": "/state", "in": ["Closed"]}],
+            "ticket": "/number",
+            "devices": ["/ci", "/more"],
+            "comment": "{ticket}: {/desc}"
+        }))
+    }
+
+    #[test]
+    fn maps_ticket_devices_and_comment() {
+        let doc = json!({"state": "Closed", "number": 1234, "ci": "PC-1", "more": ["PC-2", "pc-1", ""], "desc": "line\nbreak"});
+        let Mapped::Act(r) = basic().map(&doc).unwrap() else {
+            panic!("ignored")
+        };
+        assert_eq!(r.ticket.as_str(), "1234", "a number renders as text");
+        let given: Vec<&str> = r.devices.iter().map(|d| d.given.as_str()).collect();
+        assert_eq!(given, ["PC-1", "PC-2"], "deduplicated, empty skipped");
+        assert_eq!(r.comment.as_str(), "1234: line break");
+    }
+
+    #[test]
+    fn a_condition_that_does_not_hold_ignores_the_event() {
+        let doc = json!({"state": "Open", "number": "1", "ci": "PC-1"});
+        let Mapped::Ignored { reason } = basic().map(&doc).unwrap() else {
+            panic!("acted")
+        };
+        assert!(
+            reason.contains("/state") && reason.contains("Open"),
+            "{reason}"
+        );
+        let Mapped::Ignored { reason } = basic().map(&json!({})).unwrap() else {
+            panic!("acted")
+        };
+        assert!(reason.contains("absent"), "{reason}");
+    }
+
+    #[test]
+    fn missing_ticket_or_devices_name_the_pointer() {
+        let e = basic()
+            .map(&json!({"state": "Closed", "ci": "PC-1"}))
+            .unwrap_err();
+        assert_eq!(e.field(), "/number");
+        let e = basic()
+            .map(&json!({"state": "Closed", "number": "1"}))
+            .unwrap_err();
+        assert_eq!(e.field(), "/ci, /more");
+        let e = basic()
+            .map(&json!({"state": "Closed", "number": "1", "ci": [["PC-1"]]}))
+            .unwrap_err();
+        assert_eq!(e.field(), "/ci");
+        assert!(e.to_string().contains("nested"));
+        let e = basic()
+            .map(&json!({"state": "Closed", "number": "1", "ci": 5}))
+            .unwrap_err();
+        assert_eq!(e.field(), "/ci");
+        let e = basic()
+            .map(&json!({"state": "Closed", "number": "1", "ci": "two words"}))
+            .unwrap_err();
+        assert_eq!(e.field(), "/ci");
+        assert!(matches!(e, FieldError::OutOfBounds { .. }));
+    }
+
+    #[test]
+    fn a_long_comment_is_cut_to_1000() {
+        let doc = json!({"state": "Closed", "number": "1", "ci": "PC-1", "desc": "x".repeat(5000)});
+        let Mapped::Act(r) = basic().map(&doc).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.comment.as_str().chars().count(), 1000);
+    }
+
+    #[test]
+    fn presets_load_and_sources_replace_them_by_name() {
+        let all = Sources::load(None).unwrap();
+        let names: Vec<&str> = all.names().collect();
+        assert_eq!(
+            names,
+            ["defender-incident", "jira", "pagerduty", "servicenow"]
+        );
+        let custom = Sources::load(Some(r#"{"sources": {"jira": {"auth": {"scheme": "bearer", "secret": "j"}, "ticket": "/k", "devices": "/d"},
+            "tines": {"auth": {"scheme": "standard-webhooks", "secret": "tines"}, "ticket": "/t", "devices": ["/d"]}}}"#)).unwrap();
+        assert_eq!(
+            custom.get("jira").unwrap().auth,
+            AuthDef::Bearer { secret: "j".into() }
+        );
+        assert!(custom.get("pagerduty").is_some());
+        assert!(custom.get("tines").is_some());
+    }
+
+    #[test]
+    fn extends_changes_only_the_fields_given() {
+        let s = Sources::load(Some(r#"{"sources": {"jira": {"extends": "jira", "devices": ["/issue/fields/customfield_12345"]}}}"#)).unwrap();
+        let j = s.get("jira").unwrap();
+        assert_eq!(j.devices, vec![ptr("/issue/fields/customfield_12345")]);
+        assert_eq!(j.when.len(), 2);
+        assert!(matches!(j.auth, AuthDef::HmacSha256Hex { .. }));
+    }
+
+    #[test]
+    fn bad_definitions_name_the_source_and_field() {
+        for (json, field) in [
+            (
+                r#"{"sources": {"x": {"ticket": "/t", "devices": "/d"}}}"#,
+                "'auth'",
+            ),
+            (
+                r#"{"sources": {"x": {"auth": {"scheme": "basic", "secret": "s"}, "ticket": "/t", "devices": "/d"}}}"#,
+                "'auth.scheme'",
+            ),
+            (
+                r#"{"sources": {"x": {"auth": {"scheme": "bearer"}, "ticket": "/t", "devices": "/d"}}}"#,
+                "'auth.secret'",
+            ),
+            (
+                r#"{"sources": {"x": {"auth": {"scheme": "hmac-sha256-hex", "secret": "s"}, "ticket": "/t", "devices": "/d"}}}"#,
+                "'auth.header'",
+            ),
+            (
+                r#"{"sources": {"x": {"auth": {"scheme": "bearer", "secret": "s"}, "ticket": "t", "devices": "/d"}}}"#,
+                "'ticket'",
+            ),
+            (
+                r#"{"sources": {"x": {"auth": {"scheme": "bearer", "secret": "s"}, "ticket": "/t"}}}"#,
+                "'devices'",
+            ),
+            (
+                r#"{"sources": {"x": {"auth": {"scheme": "bearer", "secret": "s"}, "ticket": "/t", "devices": "/d", "when": [{"pointer": "/a", "in": []}]}}}"#,
+                "'when[0].in'",
+            ),
+            (
+                r#"{"sources": {"x": {"auth": {"scheme": "bearer", "secret": "s"}, "ticket": "/t", "devices": "/d", "colour": 1}}}"#,
+                "'colour'",
+            ),
+            (r#"{"sources": {"x": {"extends": "nope"}}}"#, "'extends'"),
+        ] {
+            let e = Sources::load(Some(json)).unwrap_err();
+            assert!(e.contains("source 'x'") && e.contains(field), "{e}");
+        }
+        assert!(
+            Sources::load(Some("{not json"))
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+        assert!(
+            Sources::load(Some("/nonexistent/sources.json"))
+                .unwrap_err()
+                .contains("cannot read")
+        );
+        assert!(
+            Sources::load(Some(r#"{"sources": {"bad name": {}}}"#))
+                .unwrap_err()
+                .contains("bad name")
+        );
+    }
+}
