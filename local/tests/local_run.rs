@@ -1,0 +1,101 @@
+//! The README's main command, as a newcomer runs it: start `mde-local`
+//! against the simulated tenant, send signed sample events with its `send`
+//! helper, read the results.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn root() -> String {
+    format!("{}/..", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts the local run on a free port and returns it with its base URL,
+/// read from the line it prints when it listens.
+fn start() -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mde-local"))
+        .args(["--port", "0"])
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mde-local");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let url = rest.split_whitespace().next().unwrap_or("").to_string();
+                let _ = tx.send(url);
+            }
+        }
+    });
+    let server = Server(child);
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("mde-local printed where it listens");
+    (server, url)
+}
+
+fn send(url: &str, file: &str) -> (bool, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mde-local"))
+        .args(["send", file, "--url", url])
+        .current_dir(root())
+        .output()
+        .expect("run mde-local send");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = text.split_once('\n').map(|(_, j)| j).unwrap_or("");
+    (
+        out.status.success(),
+        serde_json::from_str(json).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
+}
+
+fn statuses(v: &serde_json::Value) -> Vec<String> {
+    v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_newcomer_sees_every_outcome() {
+    let (_server, url) = start();
+    let (ok, first) = send(&url, "events/generic.json");
+    assert!(ok, "{first}");
+    assert_eq!(
+        statuses(&first),
+        [
+            "offboard_requested",
+            "ambiguous",
+            "unsupported_os",
+            "protected",
+            "not_found"
+        ]
+    );
+    let (_, again) = send(&url, "events/generic.json");
+    assert_eq!(statuses(&again)[0], "already_pending");
+    let (_, dry) = send(&url, "events/generic-dry-run.json");
+    assert_eq!(statuses(&dry), ["would_offboard", "would_offboard"]);
+    for preset in ["jira", "pagerduty", "servicenow", "defender-incident"] {
+        let (ok, v) = send(&url, &format!("events/{preset}.json"));
+        assert!(ok, "{preset}: {v}");
+        assert!(
+            v["results"].as_array().is_some_and(|r| !r.is_empty()),
+            "{preset}: {v}"
+        );
+    }
+}
