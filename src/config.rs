@@ -87,6 +87,8 @@ pub struct Config {
     pub secret_ttl: Duration,
     /// The webhook sources: presets with `SOURCES` laid over them.
     pub sources: Sources,
+    /// CloudWatch namespace of the EMF metrics.
+    pub metrics_namespace: String,
 }
 
 impl Config {
@@ -158,7 +160,11 @@ impl Config {
         let sources = Sources::load(get("SOURCES").as_deref())
             .map_err(|reason| ConfigError::new("SOURCES", reason))?;
 
+        let metrics_namespace = get("METRICS_NAMESPACE")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|| "MdeOffboard".into());
         Ok(Self {
+            metrics_namespace,
             secret_id,
             cloud,
             api_url,

@@ -226,6 +226,7 @@ impl SecretCache {
         {
             return Ok(secret.clone());
         }
+        crate::metrics::count(crate::metrics::names::SECRET_FETCHES);
         let text = self.source.fetch().await?;
         let secret = Arc::new(AppSecret::parse(&text)?);
         tracing::debug!(tenant_id = %secret.tenant_id, client_id = %secret.client_id, "secret fetched");
@@ -340,6 +341,7 @@ impl TokenProvider {
         let timeout = deadline.call_timeout().ok_or_else(|| {
             CredentialError::LoginUnavailable("no time left before the deadline".into())
         })?;
+        crate::metrics::count(crate::metrics::names::TOKEN_FETCHES);
         let resp = self
             .http
             .post(self.token_url(&secret.tenant_id))

@@ -13,6 +13,7 @@ use thiserror::Error;
 use crate::credentials::{AccessToken, CredentialError, SecretCache, TokenProvider};
 use crate::input::{DeviceName, MachineId};
 use crate::limits::{Backoff, Deadline, RateLimiter, parse_retry_after};
+use crate::metrics;
 
 /// A machine as Defender describes it; unknown fields are ignored.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
@@ -216,8 +217,10 @@ impl HttpDefender {
             }
             let started = tokio::time::Instant::now();
             let result = req.send().await;
+            metrics::defender_latency(started.elapsed());
             let transient = match result {
                 Err(e) => {
+                    metrics::count(metrics::names::DEFENDER_ERRORS);
                     tracing::warn!(method = %method, path = path_and_query, error_kind = if e.is_timeout() { "timeout" } else { "network" }, "Defender call failed");
                     if e.is_timeout() {
                         "timed out".to_string()
@@ -251,6 +254,7 @@ impl HttpDefender {
                                 .and_then(|v| parse_retry_after(v, SystemTime::now()))
                                 .unwrap_or(Duration::from_secs(5));
                             tracing::warn!(method = %method, path = path_and_query, retry_after_s = retry_after.as_secs_f64(), "Defender throttled");
+                            metrics::count(metrics::names::DEFENDER_THROTTLED);
                             // Everyone in this instance waits, not just us.
                             self.limiter.block_for(retry_after).await;
                             throttles += 1;
@@ -259,7 +263,10 @@ impl HttpDefender {
                             }
                             continue;
                         }
-                        s if s.is_server_error() => format!("HTTP {}", s.as_u16()),
+                        s if s.is_server_error() => {
+                            metrics::count(metrics::names::DEFENDER_ERRORS);
+                            format!("HTTP {}", s.as_u16())
+                        }
                         s => {
                             let bytes = resp.bytes().await.unwrap_or_default();
                             let code = serde_json::from_slice::<ErrorBody>(&bytes)

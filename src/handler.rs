@@ -19,6 +19,7 @@ use crate::defender::{Defender, DefenderError, HttpDefender};
 use crate::error::ApiError;
 use crate::input::{self, Mode, OffboardRequest};
 use crate::limits::{DEFAULT_BUDGET, Deadline, RateLimiter, retry_after_secs};
+use crate::metrics;
 use crate::offboard::{DeviceResult, Offboarder, Status};
 use crate::sources::{AuthDef, Mapped};
 
@@ -132,15 +133,22 @@ impl App {
             cold_start,
             xray_trace_id = trace_id.as_deref().unwrap_or(""),
         );
-        async move {
+        let path = route_path(&req);
+        let source = match path.strip_prefix("/v1/webhooks/") {
+            Some(name) if self.config.sources.get(name).is_some() => name.to_string(),
+            _ => GENERIC.to_string(),
+        };
+        let work = async move {
             let method = req.method().clone();
-            let path = route_path(&req);
             match self.route(&req, &path, &deadline).await {
                 Ok(resp) => {
                     tracing::info!(http_method = %method, path = %path, status = resp.status().as_u16(), "request handled");
                     resp
                 }
                 Err(e) => {
+                    if matches!(e, ApiError::Unauthorized(_)) {
+                        metrics::count(metrics::names::AUTH_REJECTED);
+                    }
                     let level_warn = e.status().is_server_error();
                     if level_warn {
                         tracing::warn!(http_method = %method, path = %path, status = e.status().as_u16(), code = e.code(), reason = %e, "request refused");
@@ -151,8 +159,10 @@ impl App {
                 }
             }
         }
-        .instrument(span)
-        .await
+        .instrument(span);
+        let (resp, collected) = metrics::scope(work).await;
+        collected.emit(&self.config.metrics_namespace, &source, &request_id);
+        resp
     }
 
     async fn route(
@@ -241,6 +251,7 @@ impl App {
         match def.map(&value)? {
             Mapped::Act(request) => self.execute(request, &secret, &caller, deadline).await,
             Mapped::Ignored { reason } => {
+                metrics::count(metrics::names::IGNORED);
                 tracing::info!(source = name, webhook_id = caller.webhook_id.as_deref().unwrap_or(""), reason = %reason, "event ignored");
                 Ok(json_response(
                     StatusCode::ACCEPTED,
@@ -282,6 +293,7 @@ impl App {
             .await;
         for r in &results {
             audit(r, &request, caller, dry_run);
+            metrics::count(r.status.as_str());
         }
         let retry_after = results
             .iter()

@@ -13,6 +13,7 @@ pub mod handler;
 pub mod input;
 pub mod limits;
 pub mod logging;
+pub mod metrics;
 pub mod offboard;
 pub mod policy;
 pub mod runtime;

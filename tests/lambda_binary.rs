@@ -204,6 +204,38 @@ async fn the_binary_serves_invocations_and_logs_nothing_secret() {
     assert_eq!(first["ticket"], "INC0012345");
     assert_eq!(first["status"], "offboard_requested");
     assert_eq!(first["source_ip"], "203.0.113.10");
+
+    // One EMF line per invocation; the first carries init's secret and token
+    // fetches, the warm one none.
+    let emf: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l.get("_aws").is_some())
+        .collect();
+    assert_eq!(emf.len(), 2, "the bad request records nothing: {stdout}");
+    let cold = &emf[0];
+    assert_eq!(
+        cold["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+        "MdeOffboard"
+    );
+    assert_eq!(cold["Source"], "generic");
+    assert_eq!(cold["SecretFetches"], 1.0);
+    assert_eq!(cold["TokenFetches"], 1.0);
+    assert_eq!(cold["offboard_requested"], 1.0);
+    assert_eq!(cold["ambiguous"], 1.0);
+    assert_eq!(cold["protected"], 1.0);
+    assert!(
+        cold["DefenderLatency"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    );
+    let warm = &emf[1];
+    assert_eq!(warm["already_pending"], 1.0);
+    assert!(
+        warm.get("SecretFetches").is_none() && warm.get("TokenFetches").is_none(),
+        "{warm}"
+    );
+    println!("EMF: {cold}\nAUDIT: {first}");
 }
 
 #[tokio::test]

@@ -1,0 +1,207 @@
+//! Metrics in CloudWatch Embedded Metric Format: one JSON line on stdout per
+//! request, turned into metrics by CloudWatch Logs itself, so recording
+//! costs no API call and no latency.
+//!
+//! Adapters deep in the call tree record through a task-local collector
+//! that the handler scopes around each request; what is recorded outside a
+//! request (the secret and token fetched during init) waits in a global
+//! collector and goes out with the next request's line.
+//!
+//! Written by hand rather than with an EMF crate: the format is one JSON
+//! object, and the crates that exist wrap the `metrics` facade and a
+//! background flusher, more than one line per invocation needs.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value, json};
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Collector {
+    counts: BTreeMap<&'static str, f64>,
+    latencies_ms: Vec<f64>,
+}
+
+tokio::task_local! {
+    static CURRENT: std::cell::RefCell<Collector>;
+}
+
+static OUTSIDE: Mutex<Option<Collector>> = Mutex::new(None);
+
+/// Metric names, in one place so the template's alarms and this code agree.
+pub mod names {
+    pub const AUTH_REJECTED: &str = "AuthRejected";
+    pub const IGNORED: &str = "Ignored";
+    pub const DEFENDER_THROTTLED: &str = "DefenderThrottled";
+    pub const DEFENDER_ERRORS: &str = "DefenderErrors";
+    pub const SECRET_FETCHES: &str = "SecretFetches";
+    pub const TOKEN_FETCHES: &str = "TokenFetches";
+    pub const DEFENDER_LATENCY: &str = "DefenderLatency";
+}
+
+fn with(f: impl FnOnce(&mut Collector)) {
+    let mut f = Some(f);
+    let in_request = CURRENT.try_with(|c| {
+        if let Some(f) = f.take() {
+            f(&mut c.borrow_mut())
+        }
+    });
+    if in_request.is_err()
+        && let Some(f) = f.take()
+    {
+        let mut g = OUTSIDE.lock().unwrap_or_else(|e| e.into_inner());
+        f(g.get_or_insert_with(Collector::default));
+    }
+}
+
+pub fn count(name: &'static str) {
+    add(name, 1.0);
+}
+
+pub fn add(name: &'static str, n: f64) {
+    with(|c| *c.counts.entry(name).or_default() += n);
+}
+
+pub fn defender_latency(d: Duration) {
+    with(|c| {
+        c.latencies_ms
+            .push((d.as_secs_f64() * 1_000_000.0).round() / 1000.0)
+    });
+}
+
+/// Runs `fut` with a fresh collector and returns what it recorded, plus
+/// anything recorded outside a request since the last one.
+pub async fn scope<F: std::future::Future>(fut: F) -> (F::Output, Collector) {
+    let cell = std::cell::RefCell::new(Collector::default());
+    CURRENT
+        .scope(cell, async move {
+            let out = fut.await;
+            let mut collected = CURRENT.with(|c| c.take());
+            if let Some(outside) = OUTSIDE.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                for (k, v) in outside.counts {
+                    *collected.counts.entry(k).or_default() += v;
+                }
+                collected.latencies_ms.extend(outside.latencies_ms);
+            }
+            (out, collected)
+        })
+        .await
+}
+
+impl Collector {
+    pub fn get(&self, name: &str) -> f64 {
+        self.counts.get(name).copied().unwrap_or(0.0)
+    }
+
+    /// The EMF object: metrics with the `Source` dimension and, for alarms
+    /// across sources, with no dimension at all.
+    pub fn to_emf(
+        &self,
+        namespace: &str,
+        source: &str,
+        timestamp_ms: u64,
+        request_id: &str,
+    ) -> Value {
+        let mut defs: Vec<Value> = self
+            .counts
+            .keys()
+            .map(|k| json!({"Name": k, "Unit": "Count"}))
+            .collect();
+        let mut root = Map::new();
+        if !self.latencies_ms.is_empty() {
+            defs.push(json!({"Name": names::DEFENDER_LATENCY, "Unit": "Milliseconds"}));
+            root.insert(names::DEFENDER_LATENCY.into(), json!(self.latencies_ms));
+        }
+        for (k, v) in &self.counts {
+            root.insert((*k).into(), json!(v));
+        }
+        root.insert("Source".into(), json!(source));
+        root.insert("function_request_id".into(), json!(request_id));
+        root.insert(
+            "_aws".into(),
+            json!({
+                "Timestamp": timestamp_ms,
+                "CloudWatchMetrics": [{
+                    "Namespace": namespace,
+                    "Dimensions": [["Source"], []],
+                    "Metrics": defs,
+                }]
+            }),
+        );
+        Value::Object(root)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty() && self.latencies_ms.is_empty()
+    }
+
+    /// Writes the EMF line to stdout, where the Lambda log agent reads it.
+    pub fn emit(&self, namespace: &str, source: &str, request_id: &str) {
+        if self.is_empty() {
+            return;
+        }
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        println!("{}", self.to_emf(namespace, source, ts, request_id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_inside_the_scope_and_picks_up_what_came_before() {
+        count(names::SECRET_FETCHES); // as during init
+        let ((), c) = scope(async {
+            count("offboard_requested");
+            add("offboard_requested", 2.0);
+            defender_latency(Duration::from_millis(12));
+        })
+        .await;
+        assert_eq!(c.get("offboard_requested"), 3.0);
+        assert_eq!(c.get(names::SECRET_FETCHES), 1.0);
+        assert_eq!(c.latencies_ms, vec![12.0]);
+        let ((), next) = scope(async {}).await;
+        assert!(next.is_empty(), "init metrics go out once");
+    }
+
+    /// The EMF specification's required structure.
+    #[test]
+    fn emf_has_the_required_structure() {
+        let mut c = Collector::default();
+        c.counts.insert("failed", 1.0);
+        c.counts.insert(names::AUTH_REJECTED, 2.0);
+        c.latencies_ms = vec![10.5, 20.0];
+        let v = c.to_emf("MdeOffboard", "jira", 1_795_683_600_000, "req-1");
+        let aws = &v["_aws"];
+        assert_eq!(aws["Timestamp"], 1_795_683_600_000u64);
+        let cwm = aws["CloudWatchMetrics"].as_array().unwrap();
+        assert_eq!(cwm.len(), 1);
+        assert_eq!(cwm[0]["Namespace"], "MdeOffboard");
+        for set in cwm[0]["Dimensions"].as_array().unwrap() {
+            for d in set.as_array().unwrap() {
+                assert!(
+                    v.get(d.as_str().unwrap()).is_some_and(Value::is_string),
+                    "dimension {d} is a top-level string"
+                );
+            }
+        }
+        for m in cwm[0]["Metrics"].as_array().unwrap() {
+            let name = m["Name"].as_str().unwrap();
+            let value = &v[name];
+            assert!(
+                value.is_number()
+                    || value
+                        .as_array()
+                        .is_some_and(|a| a.iter().all(Value::is_number)),
+                "{name}"
+            );
+        }
+        assert_eq!(v["failed"], 1.0);
+        assert_eq!(v["DefenderLatency"], json!([10.5, 20.0]));
+    }
+}
