@@ -21,6 +21,7 @@ use crate::input::{self, Mode, OffboardRequest};
 use crate::limits::{DEFAULT_BUDGET, Deadline, RateLimiter, retry_after_secs};
 use crate::metrics;
 use crate::offboard::{DeviceResult, Offboarder, Status};
+use crate::replay::{self, ReplayCache};
 use crate::sources::{AuthDef, Mapped};
 
 /// Bodies above this are refused before any work (413).
@@ -36,6 +37,7 @@ pub struct App {
     defender: Arc<dyn Defender>,
     http_defender: Option<Arc<HttpDefender>>,
     offboarder: Offboarder,
+    replay: ReplayCache,
     cold: AtomicBool,
 }
 
@@ -76,6 +78,7 @@ impl App {
             defender: defender.clone(),
             http_defender: Some(defender),
             offboarder,
+            replay: ReplayCache::default(),
             cold: AtomicBool::new(true),
         }
     }
@@ -208,15 +211,55 @@ impl App {
         let body = body_bytes(req)?;
         let secret = self.secrets.get().await?;
         verify_standard(req.headers(), body, &secret, GENERIC)?;
-        let value: Value =
-            serde_json::from_slice(body).map_err(|e| ApiError::NotJson(e.to_string()))?;
-        let request = input::parse_generic(&value)?;
         let caller = Caller {
             source: GENERIC.into(),
             source_ip: source_ip(req),
             webhook_id: header(req.headers(), "webhook-id").map(str::to_string),
         };
-        self.execute(request, &secret, &caller, deadline).await
+        self.once(&caller, body, async {
+            let value: Value =
+                serde_json::from_slice(body).map_err(|e| ApiError::NotJson(e.to_string()))?;
+            let request = input::parse_generic(&value)?;
+            self.execute(request, &secret, &caller, deadline).await
+        })
+        .await
+    }
+
+    /// Answers a delivery seen before from memory; remembers final answers.
+    async fn once(
+        &self,
+        caller: &Caller,
+        body: &[u8],
+        work: impl Future<Output = Result<Response<Body>, ApiError>>,
+    ) -> Result<Response<Body>, ApiError> {
+        let Some(id) = caller.webhook_id.as_deref().filter(|id| !id.is_empty()) else {
+            return work.await;
+        };
+        let key = replay::key(&caller.source, id, body);
+        if let Some(a) = self.replay.get(&key) {
+            tracing::info!(source = %caller.source, webhook_id = id, "replayed delivery answered from memory; Defender not called");
+            metrics::count(metrics::names::REPLAYED);
+            let mut resp = json_text_response(
+                StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK),
+                a.body,
+            );
+            resp.headers_mut().insert(
+                "x-mde-replay",
+                lambda_http::http::HeaderValue::from_static("true"),
+            );
+            return Ok(resp);
+        }
+        let resp = work.await?;
+        if let (200 | 202, Body::Text(text)) = (resp.status().as_u16(), resp.body()) {
+            self.replay.put(
+                key,
+                replay::Answer {
+                    status: resp.status().as_u16(),
+                    body: text.clone(),
+                },
+            );
+        }
+        Ok(resp)
     }
 
     /// `POST /v1/webhooks/{source}`: the source's own authentication and
@@ -235,8 +278,6 @@ impl App {
         let body = body_bytes(req)?;
         let secret = self.secrets.get().await?;
         verify_source(req.headers(), body, &secret, &def.auth)?;
-        let value: Value =
-            serde_json::from_slice(body).map_err(|e| ApiError::NotJson(e.to_string()))?;
         let id_header = match def.auth {
             AuthDef::StandardWebhooks { .. } => Some("webhook-id"),
             _ => def.id_header.as_deref(),
@@ -248,7 +289,10 @@ impl App {
                 .and_then(|h| header(req.headers(), h))
                 .map(str::to_string),
         };
-        match def.map(&value)? {
+        self.once(&caller, body, async {
+            let value: Value =
+                serde_json::from_slice(body).map_err(|e| ApiError::NotJson(e.to_string()))?;
+            match def.map(&value)? {
             Mapped::Act(request) => self.execute(request, &secret, &caller, deadline).await,
             Mapped::Ignored { reason } => {
                 metrics::count(metrics::names::IGNORED);
@@ -259,6 +303,8 @@ impl App {
                 ))
             }
         }
+        })
+        .await
     }
 
     /// The shared pipeline every route ends in.
@@ -356,10 +402,14 @@ impl App {
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    json_text_response(status, v.to_string())
+}
+
+fn json_text_response(status: StatusCode, text: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Body::Text(v.to_string()))
+        .body(Body::Text(text))
         .expect("static headers are valid")
 }
 

@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod offboard;
 pub mod policy;
+pub mod replay;
 pub mod runtime;
 pub mod sources;
 

@@ -38,6 +38,7 @@ pub mod names {
     pub const SECRET_FETCHES: &str = "SecretFetches";
     pub const TOKEN_FETCHES: &str = "TokenFetches";
     pub const DEFENDER_LATENCY: &str = "DefenderLatency";
+    pub const REPLAYED: &str = "Replayed";
 }
 
 fn with(f: impl FnOnce(&mut Collector)) {

@@ -82,7 +82,11 @@ fn response_of(outcome: Option<Outcome>) -> (u16, Value, Value) {
 }
 
 fn signed_event(path: &str, body: &str) -> (Value, String) {
-    let id = format!("msg_e2e_{}", now());
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let id = format!(
+        "msg_e2e_{}",
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
     let sig =
         mde_offboard::auth::standard_sign(GENERIC_WEBHOOK_SECRET, &id, now(), body.as_bytes());
     let ts = now().to_string();

@@ -527,3 +527,62 @@ async fn the_action_route_reports_defender_status() {
     let unsigned = request("GET", &format!("/v1/actions/{action}"), &[], "");
     assert_eq!(h.send(unsigned).await.0, 401);
 }
+
+#[tokio::test]
+async fn a_replayed_delivery_is_answered_from_memory() {
+    let h = Harness::new().await;
+    let b = body(&[ids::WIN11]).to_string();
+    let req = || {
+        signed_with(
+            "POST",
+            "/v1/offboard",
+            &b,
+            mde_testkit::GENERIC_WEBHOOK_SECRET,
+            now(),
+        )
+    };
+    let first = req();
+    let headers = first.headers().clone();
+    let (status, answer, _) = h.send(first).await;
+    assert_eq!(status, 200);
+    let calls = h.fake.count(Api::AnyDefender);
+    // The same delivery again: same webhook-id, timestamp, signature, body.
+    let mut again = request("POST", "/v1/offboard", &[], &b);
+    *again.headers_mut() = headers.clone();
+    let (status, replayed, resp) = h.send(again).await;
+    assert_eq!(status, 200);
+    assert_eq!(replayed, answer, "the first answer, not already_pending");
+    assert_eq!(resp.headers()["x-mde-replay"], "true");
+    assert_eq!(
+        h.fake.count(Api::AnyDefender),
+        calls,
+        "Defender was not called again"
+    );
+    // A new delivery of the same body is a new request.
+    let (_, fresh, _) = h.send(req()).await;
+    assert_eq!(results(&fresh)[0]["status"], "already_pending");
+}
+
+#[tokio::test]
+async fn a_retry_after_a_503_is_processed_again() {
+    let h = Harness::new().await;
+    for _ in 0..4 {
+        h.fake.fault(
+            Api::Offboard,
+            Fault::Status {
+                status: 503,
+                code: "ServiceUnavailable".into(),
+            },
+        );
+    }
+    let b = body(&[ids::WIN11]).to_string();
+    let first = signed("POST", "/v1/offboard", &b);
+    let headers = first.headers().clone();
+    assert_eq!(h.send(first).await.0, 503);
+    let mut retry = request("POST", "/v1/offboard", &[], &b);
+    *retry.headers_mut() = headers;
+    let (status, answer, resp) = h.send(retry).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(!resp.headers().contains_key("x-mde-replay"));
+    assert_eq!(results(&answer)[0]["status"], "offboard_requested");
+}

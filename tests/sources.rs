@@ -322,3 +322,19 @@ async fn sources_from_the_environment_replace_presets_and_add_new_ones() {
     assert_eq!(results(&b).len(), 1);
     assert_eq!(results(&b)[0]["machine_id"], ids::SERVER2022);
 }
+
+#[tokio::test]
+async fn a_redelivered_jira_or_pagerduty_event_is_answered_from_memory() {
+    let h = Harness::new().await;
+    for (file, source) in [("jira.json", "jira"), ("pagerduty.json", "pagerduty")] {
+        let (status, first, _) = h.send(event(file, None, &secret_of(source))).await;
+        assert_eq!(status, 200, "{first}");
+        let calls = h.fake.count(Api::AnyDefender);
+        // Same delivery id header (X-Atlassian-Webhook-Identifier, X-Webhook-Id), same body.
+        let (status, again, resp) = h.send(event(file, None, &secret_of(source))).await;
+        assert_eq!(status, 200);
+        assert_eq!(again, first);
+        assert_eq!(resp.headers()["x-mde-replay"], "true", "{file}");
+        assert_eq!(h.fake.count(Api::AnyDefender), calls, "{file}");
+    }
+}
