@@ -14,9 +14,34 @@ pub async fn build_app(config: Config) -> App {
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
-    let client = aws_sdk_secretsmanager::Client::new(&aws);
+    let client = secrets_client(aws_sdk_secretsmanager::config::Builder::from(&aws));
     let source = Arc::new(SecretsManagerSource::new(client, config.secret_id.clone()));
     App::new(config, source, App::http_client())
+}
+
+/// The Secrets Manager client with time limits that fit in a request: the
+/// SDK's own retries (two attempts) must not outlast the Lambda deadline.
+pub fn secrets_client(
+    conf: aws_sdk_secretsmanager::config::Builder,
+) -> aws_sdk_secretsmanager::Client {
+    use aws_sdk_secretsmanager::config::retry::RetryConfig;
+    use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
+    use std::time::Duration;
+    let conf = conf
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(Duration::from_secs(3))
+                .operation_timeout(Duration::from_secs(6))
+                .build(),
+        )
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(2)
+                .with_initial_backoff(Duration::from_millis(200)),
+        )
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(conf)
 }
 
 /// Ends init: one line on stderr naming the variable, the same text posted

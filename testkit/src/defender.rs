@@ -114,7 +114,7 @@ struct Inner {
     action_seq: u64,
     expires_in: u64,
     offboard_status: u16,
-    faults: VecDeque<(Api, Fault)>,
+    faults: VecDeque<(Api, Option<String>, Fault)>,
     calls: Vec<Call>,
 }
 
@@ -166,7 +166,15 @@ impl FakeDefender {
     /// The next call to `api` gets `fault` instead of its normal answer.
     /// Faults queue up in order.
     pub fn fault(&self, api: Api, fault: Fault) {
-        self.lock().faults.push_back((api, fault));
+        self.lock().faults.push_back((api, None, fault));
+    }
+
+    /// Like `fault`, for calls whose path contains `path_part` only (one
+    /// machine, say).
+    pub fn fault_on(&self, api: Api, path_part: &str, fault: Fault) {
+        self.lock()
+            .faults
+            .push_back((api, Some(path_part.to_string()), fault));
     }
 
     pub fn faults_left(&self) -> usize {
@@ -261,10 +269,11 @@ fn reply(status: u16, body: Value) -> Response {
 async fn intercept(st: &Shared, mut call: Call) -> Result<Call, Response> {
     let fault = {
         let mut inner = st.lock().expect("fake state");
-        let pos = inner.faults.iter().position(|(a, _)| {
-            *a == call.api || (*a == Api::AnyDefender && call.api != Api::Login)
+        let pos = inner.faults.iter().position(|(a, part, _)| {
+            (*a == call.api || (*a == Api::AnyDefender && call.api != Api::Login))
+                && part.as_deref().is_none_or(|p| call.path.contains(p))
         });
-        pos.and_then(|p| inner.faults.remove(p)).map(|(_, f)| f)
+        pos.and_then(|p| inner.faults.remove(p)).map(|(_, _, f)| f)
     };
     let answer = match fault {
         None => None,

@@ -5,6 +5,7 @@
 pub mod defender;
 pub mod events;
 pub mod moto;
+pub mod proxy;
 pub mod runtime;
 
 pub use defender::{Api, Call, FakeDefender, FakeMachine, Fault};

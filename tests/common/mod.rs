@@ -18,13 +18,18 @@ use serde_json::Value;
 pub use mde_testkit::ids;
 
 pub fn sm_client() -> aws_sdk_secretsmanager::Client {
-    let conf = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(&moto::moto().endpoint)
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(conf)
+    sm_client_at(&moto::moto().endpoint)
+}
+
+/// The client the function builds, pointed at `endpoint`.
+pub fn sm_client_at(endpoint: &str) -> aws_sdk_secretsmanager::Client {
+    mde_offboard::runtime::secrets_client(
+        aws_sdk_secretsmanager::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests")),
+    )
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -55,6 +60,8 @@ pub struct Harness {
 pub struct Options {
     pub env: Vec<(&'static str, String)>,
     pub secret: String,
+    /// Where the function reaches Secrets Manager, if not moto directly.
+    pub secrets_endpoint: Option<String>,
 }
 
 impl Default for Options {
@@ -62,6 +69,7 @@ impl Default for Options {
         Self {
             env: vec![("PROTECTED_TAGS", "vip".into())],
             secret: mde_testkit::secret_json(),
+            secrets_endpoint: None,
         }
     }
 }
@@ -87,7 +95,11 @@ impl Harness {
                 .map(|(_, v)| v.clone())
         })
         .expect("test configuration");
-        let source = Arc::new(SecretsManagerSource::new(sm_client(), secret_name.clone()));
+        let client = match &opts.secrets_endpoint {
+            Some(e) => sm_client_at(e),
+            None => sm_client(),
+        };
+        let source = Arc::new(SecretsManagerSource::new(client, secret_name.clone()));
         let app = App::new(config, source, App::http_client());
         Self {
             fake,
