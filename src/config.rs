@@ -89,6 +89,10 @@ pub struct Config {
     pub sources: Sources,
     /// CloudWatch namespace of the EMF metrics.
     pub metrics_namespace: String,
+    /// Calls a minute this instance makes to each Defender API.
+    pub rate_per_minute: usize,
+    /// `MDE_MODE=worker`: drain the queue instead of serving HTTP.
+    pub worker: bool,
 }
 
 impl Config {
@@ -163,7 +167,20 @@ impl Config {
         let metrics_namespace = get("METRICS_NAMESPACE")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|| "MdeOffboard".into());
+        let rate_per_minute = parse_count(&get, "RATE_LIMIT_PER_MINUTE", 100, 100)?;
+        let worker = match get("MDE_MODE").as_deref().map(str::trim) {
+            None | Some("http") => false,
+            Some("worker") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "MDE_MODE",
+                    format!("'{other}' is not http or worker"),
+                ));
+            }
+        };
         Ok(Self {
+            rate_per_minute,
+            worker,
             metrics_namespace,
             secret_id,
             cloud,

@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use crate::credentials::{AccessToken, CredentialError, SecretCache, TokenProvider};
 use crate::input::{DeviceName, MachineId};
-use crate::limits::{Backoff, Deadline, RateLimiter, parse_retry_after};
+use crate::limits::{ApiKind, Backoff, Deadline, Limiters, parse_retry_after};
 use crate::metrics;
 
 /// A machine as Defender describes it; unknown fields are ignored.
@@ -156,7 +156,7 @@ pub struct HttpDefender {
     api_url: String,
     secrets: Arc<SecretCache>,
     tokens: Arc<TokenProvider>,
-    limiter: Arc<RateLimiter>,
+    limiters: Arc<Limiters>,
     backoff: Backoff,
 }
 
@@ -166,14 +166,14 @@ impl HttpDefender {
         api_url: String,
         secrets: Arc<SecretCache>,
         tokens: Arc<TokenProvider>,
-        limiter: Arc<RateLimiter>,
+        limiters: Arc<Limiters>,
     ) -> Self {
         Self {
             http,
             api_url,
             secrets,
             tokens,
-            limiter,
+            limiters,
             backoff: Backoff::default(),
         }
     }
@@ -189,6 +189,7 @@ impl HttpDefender {
     /// deadline). Returns the body of a 2xx.
     async fn call(
         &self,
+        kind: ApiKind,
         method: Method,
         path_and_query: &str,
         body: Option<&serde_json::Value>,
@@ -198,8 +199,9 @@ impl HttpDefender {
         let mut refreshed = false;
         let mut retries = 0u32;
         let mut throttles = 0u32;
+        let limiter = self.limiters.for_api(kind);
         loop {
-            self.limiter
+            limiter
                 .acquire(deadline)
                 .await
                 .map_err(|t| DefenderError::Throttled {
@@ -256,7 +258,7 @@ impl HttpDefender {
                             tracing::warn!(method = %method, path = path_and_query, retry_after_s = retry_after.as_secs_f64(), "Defender throttled");
                             metrics::count(metrics::names::DEFENDER_THROTTLED);
                             // Everyone in this instance waits, not just us.
-                            self.limiter.block_for(retry_after).await;
+                            limiter.block_for(retry_after).await;
                             throttles += 1;
                             if throttles > 3 || !deadline.fits(retry_after) {
                                 return Err(DefenderError::Throttled { retry_after });
@@ -294,12 +296,15 @@ impl HttpDefender {
 
     async fn call_json<T: serde::de::DeserializeOwned>(
         &self,
+        kind: ApiKind,
         method: Method,
         path_and_query: &str,
         body: Option<&serde_json::Value>,
         deadline: &Deadline,
     ) -> Result<T, DefenderError> {
-        let bytes = self.call(method, path_and_query, body, deadline).await?;
+        let bytes = self
+            .call(kind, method, path_and_query, body, deadline)
+            .await?;
         serde_json::from_slice(&bytes).map_err(|_| {
             DefenderError::Unavailable("Defender's answer is not the expected JSON".into())
         })
@@ -346,7 +351,13 @@ impl Defender for HttpDefender {
     ) -> BoxFuture<'a, Result<Vec<Machine>, DefenderError>> {
         Box::pin(async move {
             let list: MachineList = self
-                .call_json(Method::GET, &name_filter_query(name), None, deadline)
+                .call_json(
+                    ApiKind::ListMachines,
+                    Method::GET,
+                    &name_filter_query(name),
+                    None,
+                    deadline,
+                )
                 .await?;
             Ok(list.value)
         })
@@ -358,8 +369,14 @@ impl Defender for HttpDefender {
         deadline: &'a Deadline,
     ) -> BoxFuture<'a, Result<Machine, DefenderError>> {
         Box::pin(async move {
-            self.call_json(Method::GET, &format!("/api/machines/{id}"), None, deadline)
-                .await
+            self.call_json(
+                ApiKind::GetMachine,
+                Method::GET,
+                &format!("/api/machines/{id}"),
+                None,
+                deadline,
+            )
+            .await
         })
     }
 
@@ -372,6 +389,7 @@ impl Defender for HttpDefender {
         Box::pin(async move {
             let body = json!({ "Comment": comment });
             self.call_json(
+                ApiKind::Offboard,
                 Method::POST,
                 &format!("/api/machines/{id}/offboard"),
                 Some(&body),
@@ -388,6 +406,7 @@ impl Defender for HttpDefender {
     ) -> BoxFuture<'a, Result<MachineAction, DefenderError>> {
         Box::pin(async move {
             self.call_json(
+                ApiKind::GetAction,
                 Method::GET,
                 &format!("/api/machineactions/{}", encode_query(action_id)),
                 None,

@@ -32,13 +32,19 @@ pub enum ApiError {
     #[error("{0}")]
     Field(#[from] FieldError),
     #[error(
-        "field 'devices' names {given} devices; at most {max} may be named in one request (use \"mode\": \"queue\" for more)"
+        "field 'devices' names {given} devices; at most {max} may be named in one request{hint}"
     )]
-    TooManyDevices { given: usize, max: usize },
+    TooManyDevices {
+        given: usize,
+        max: usize,
+        hint: &'static str,
+    },
     #[error("field 'mode' is \"queue\", but no queue is configured (QUEUE_URL)")]
     QueueNotConfigured,
     #[error("Defender knows no machine action '{0}'")]
     ActionNotFound(String),
+    #[error("the queue is unavailable: {0}")]
+    QueueUnavailable(String),
     #[error("no webhook source is named '{0}'")]
     UnknownSource(String),
     #[error(transparent)]
@@ -63,6 +69,7 @@ impl ApiError {
             Self::Field(FieldError::OutOfBounds { .. })
             | Self::TooManyDevices { .. }
             | Self::QueueNotConfigured => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Credentials(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Credentials(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Defender(_, Some(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -84,6 +91,7 @@ impl ApiError {
             Self::Field(FieldError::OutOfBounds { .. }) => "invalid_value",
             Self::TooManyDevices { .. } => "too_many_devices",
             Self::QueueNotConfigured => "queue_not_configured",
+            Self::QueueUnavailable(_) => "queue_unavailable",
             Self::Credentials(CredentialError::BadSecret(_)) => "bad_secret",
             Self::Credentials(CredentialError::SecretRefused(_)) => "secret_refused",
             Self::Credentials(CredentialError::SecretUnavailable(_)) => "secret_unavailable",
@@ -97,6 +105,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Credentials(e) if e.is_retryable() => Some(Duration::from_secs(10)),
+            Self::QueueUnavailable(_) => Some(Duration::from_secs(10)),
             Self::Defender(_, ra) => *ra,
             _ => None,
         }
@@ -154,7 +163,11 @@ mod tests {
             ApiError::Field(FieldError::Missing {
                 field: "ticket".into(),
             }),
-            ApiError::TooManyDevices { given: 30, max: 25 },
+            ApiError::TooManyDevices {
+                given: 30,
+                max: 25,
+                hint: "",
+            },
             ApiError::Credentials(CredentialError::BadSecret(
                 "the secret has no key 'client_id'".into(),
             )),

@@ -18,9 +18,10 @@ use crate::credentials::{AppSecret, SecretCache, SecretSource, TokenProvider};
 use crate::defender::{Defender, DefenderError, HttpDefender};
 use crate::error::ApiError;
 use crate::input::{self, Mode, OffboardRequest};
-use crate::limits::{DEFAULT_BUDGET, Deadline, RateLimiter, retry_after_secs};
+use crate::limits::{DEFAULT_BUDGET, Deadline, Limiters, retry_after_secs};
 use crate::metrics;
 use crate::offboard::{DeviceResult, Offboarder, Status};
+use crate::queue::{Queue, QueuedDevice};
 use crate::replay::{self, ReplayCache};
 use crate::sources::{AuthDef, Mapped};
 
@@ -31,22 +32,23 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 const GENERIC: &str = "generic";
 
 pub struct App {
-    config: Config,
-    secrets: Arc<SecretCache>,
-    tokens: Arc<TokenProvider>,
+    pub(crate) config: Config,
+    pub(crate) secrets: Arc<SecretCache>,
+    pub(crate) tokens: Arc<TokenProvider>,
     defender: Arc<dyn Defender>,
     http_defender: Option<Arc<HttpDefender>>,
-    offboarder: Offboarder,
+    pub(crate) offboarder: Offboarder,
+    queue: Option<Arc<dyn Queue>>,
     replay: ReplayCache,
-    cold: AtomicBool,
+    pub(crate) cold: AtomicBool,
 }
 
 /// Who sent a request, for the audit trail.
 #[derive(Debug, Clone, Default)]
-struct Caller {
-    source: String,
-    source_ip: Option<String>,
-    webhook_id: Option<String>,
+pub(crate) struct Caller {
+    pub(crate) source: String,
+    pub(crate) source_ip: Option<String>,
+    pub(crate) webhook_id: Option<String>,
 }
 
 impl App {
@@ -56,6 +58,17 @@ impl App {
         config: Config,
         secret_source: Arc<dyn SecretSource>,
         http: reqwest::Client,
+    ) -> Self {
+        let limiters = Limiters::new(config.rate_per_minute);
+        Self::with_limiters(config, secret_source, http, limiters)
+    }
+
+    /// As `new`, with the rate limiters given (simulations scale time).
+    pub fn with_limiters(
+        config: Config,
+        secret_source: Arc<dyn SecretSource>,
+        http: reqwest::Client,
+        limiters: Limiters,
     ) -> Self {
         let secrets = Arc::new(SecretCache::new(secret_source, config.secret_ttl));
         let tokens = Arc::new(TokenProvider::new(
@@ -68,7 +81,7 @@ impl App {
             config.api_url.clone(),
             secrets.clone(),
             tokens.clone(),
-            Arc::new(RateLimiter::defender()),
+            Arc::new(limiters),
         ));
         let offboarder = Offboarder::new(defender.clone(), config.protected_tags.clone());
         Self {
@@ -78,9 +91,16 @@ impl App {
             defender: defender.clone(),
             http_defender: Some(defender),
             offboarder,
+            queue: None,
             replay: ReplayCache::default(),
             cold: AtomicBool::new(true),
         }
+    }
+
+    /// Enables `"mode": "queue"` with this queue.
+    pub fn with_queue(mut self, queue: Arc<dyn Queue>) -> Self {
+        self.queue = Some(queue);
+        self
     }
 
     /// The HTTP client every adapter shares: rustls, pooled connections kept
@@ -315,16 +335,17 @@ impl App {
         caller: &Caller,
         deadline: &Deadline,
     ) -> Result<Response<Body>, ApiError> {
+        let dry_run = self.config.dry_run || request.dry_run;
         if request.mode == Mode::Queue {
-            return Err(ApiError::QueueNotConfigured);
+            return self.enqueue(request, caller, dry_run).await;
         }
         if request.devices.len() > self.config.max_devices {
             return Err(ApiError::TooManyDevices {
                 given: request.devices.len(),
                 max: self.config.max_devices,
+                hint: " (use \"mode\": \"queue\" for more)",
             });
         }
-        let dry_run = self.config.dry_run || request.dry_run;
         // A token problem is the operator's, not a device's: surface it
         // once for the whole request.
         self.tokens.get(secret, deadline).await?;
@@ -364,6 +385,65 @@ impl App {
         Ok(resp
             .body(Body::Text(body.to_string()))
             .expect("static headers are valid"))
+    }
+
+    /// `"mode": "queue"`: one message per device for the worker, 202 with
+    /// what was queued.
+    async fn enqueue(
+        &self,
+        request: OffboardRequest,
+        caller: &Caller,
+        dry_run: bool,
+    ) -> Result<Response<Body>, ApiError> {
+        let queue = self.queue.as_ref().ok_or(ApiError::QueueNotConfigured)?;
+        if request.devices.len() > self.config.max_queued_devices {
+            return Err(ApiError::TooManyDevices {
+                given: request.devices.len(),
+                max: self.config.max_queued_devices,
+                hint: " in queue mode",
+            });
+        }
+        let comment = request.defender_comment();
+        let items: Vec<QueuedDevice> = request
+            .devices
+            .iter()
+            .map(|d| QueuedDevice {
+                ticket: request.ticket.as_str().to_string(),
+                comment: comment.clone(),
+                device: d.given.clone(),
+                dry_run,
+                source: caller.source.clone(),
+                webhook_id: caller.webhook_id.clone(),
+            })
+            .collect();
+        queue
+            .send_all(&items)
+            .await
+            .map_err(|e| ApiError::QueueUnavailable(e.to_string()))?;
+        metrics::add(metrics::names::QUEUED, items.len() as f64);
+        tracing::info!(
+            target: "audit",
+            event = "devices_queued",
+            source = %caller.source,
+            ticket = request.ticket.as_str(),
+            count = items.len(),
+            webhook_id = caller.webhook_id.as_deref().unwrap_or(""),
+            "devices queued"
+        );
+        let queued: Vec<Value> = request
+            .devices
+            .iter()
+            .map(|d| json!({"device": d.given}))
+            .collect();
+        Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({
+                "ticket": request.ticket.as_str(),
+                "dry_run": dry_run,
+                "mode": "queue",
+                "queued": queued,
+            }),
+        ))
     }
 
     async fn action_status(
@@ -415,11 +495,15 @@ fn json_text_response(status: StatusCode, text: String) -> Response<Body> {
 
 /// One audit line per device outcome, the same keys every time.
 fn audit(r: &DeviceResult, request: &OffboardRequest, caller: &Caller, dry_run: bool) {
+    audit_line(r, request.ticket.as_str(), caller, dry_run);
+}
+
+pub(crate) fn audit_line(r: &DeviceResult, ticket: &str, caller: &Caller, dry_run: bool) {
     tracing::info!(
         target: "audit",
         event = "device_outcome",
         source = %caller.source,
-        ticket = request.ticket.as_str(),
+        ticket,
         device = %r.device,
         machine_id = r.machine_id.as_ref().map(|m| m.as_str()).unwrap_or(""),
         computer_dns_name = r.computer_dns_name.as_deref().unwrap_or(""),

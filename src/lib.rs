@@ -16,8 +16,10 @@ pub mod logging;
 pub mod metrics;
 pub mod offboard;
 pub mod policy;
+pub mod queue;
 pub mod replay;
 pub mod runtime;
 pub mod sources;
+pub mod worker;
 
 pub use handler::App;

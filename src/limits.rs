@@ -182,6 +182,46 @@ impl RateLimiter {
     }
 }
 
+/// Defender's APIs this function calls; each has its own published limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKind {
+    ListMachines,
+    GetMachine,
+    Offboard,
+    GetAction,
+}
+
+/// One limiter per API, as Defender counts them.
+#[derive(Debug)]
+pub struct Limiters([RateLimiter; 4]);
+
+impl Limiters {
+    /// `per_minute` calls a minute to each API (and Defender's 1,500 an
+    /// hour scaled alike): 100 for one instance, less where several
+    /// instances share the tenant's budget (the queue worker).
+    pub fn new(per_minute: usize) -> Self {
+        Self::scaled(per_minute, Duration::from_secs(60))
+    }
+
+    /// The same limits with `minute` standing for a minute (and 60 of them
+    /// for an hour): simulations run hours of traffic in seconds.
+    pub fn scaled(per_minute: usize, minute: Duration) -> Self {
+        let per_hour = (per_minute * 15).min(1500);
+        let w = [(per_minute, minute), (per_hour, minute * 60)];
+        Self(std::array::from_fn(|_| RateLimiter::new(&w)))
+    }
+
+    pub fn for_api(&self, kind: ApiKind) -> &RateLimiter {
+        &self.0[kind as usize]
+    }
+}
+
+impl Default for Limiters {
+    fn default() -> Self {
+        Self::new(DEFENDER_WINDOWS[0].0)
+    }
+}
+
 /// Reads `Retry-After` as seconds or an HTTP date; Defender sends seconds.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();

@@ -39,6 +39,7 @@ pub mod names {
     pub const TOKEN_FETCHES: &str = "TokenFetches";
     pub const DEFENDER_LATENCY: &str = "DefenderLatency";
     pub const REPLAYED: &str = "Replayed";
+    pub const QUEUED: &str = "Queued";
 }
 
 fn with(f: impl FnOnce(&mut Collector)) {

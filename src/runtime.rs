@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::App;
 use crate::config::{Config, ConfigError};
 use crate::credentials::SecretsManagerSource;
+use crate::queue::SqsQueue;
 
 /// Builds the app with Secrets Manager as its secret source. The SDK reads
 /// region, credentials and `AWS_ENDPOINT_URL_SECRETS_MANAGER` from the
@@ -16,7 +17,12 @@ pub async fn build_app(config: Config) -> App {
         .await;
     let client = secrets_client(aws_sdk_secretsmanager::config::Builder::from(&aws));
     let source = Arc::new(SecretsManagerSource::new(client, config.secret_id.clone()));
-    App::new(config, source, App::http_client())
+    let queue_url = config.queue_url.clone();
+    let app = App::new(config, source, App::http_client());
+    match queue_url {
+        Some(url) => app.with_queue(Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&aws), url))),
+        None => app,
+    }
 }
 
 /// The Secrets Manager client with time limits that fit in a request: the

@@ -102,6 +102,8 @@ pub struct Call {
     pub body: String,
     pub authorization: Option<String>,
     pub status: u16,
+    /// When the fake received it.
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -325,6 +327,7 @@ fn new_call(api: Api, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         status: 0,
+        at: std::time::Instant::now(),
     }
 }
 

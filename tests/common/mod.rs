@@ -32,6 +32,35 @@ pub fn sm_client_at(endpoint: &str) -> aws_sdk_secretsmanager::Client {
     )
 }
 
+pub fn sqs_client() -> aws_sdk_sqs::Client {
+    let conf = aws_sdk_sqs::Config::builder()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .endpoint_url(&moto::moto().endpoint)
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .build();
+    aws_sdk_sqs::Client::from_conf(conf)
+}
+
+/// A new queue in moto; returns its URL.
+pub async fn new_queue() -> String {
+    let name = format!(
+        "mde-offboard-test-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    );
+    sqs_client()
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .expect("create the queue in moto")
+        .queue_url
+        .expect("a queue URL")
+}
+
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Stores `text` as a new secret in moto and returns its name.
@@ -62,6 +91,8 @@ pub struct Options {
     pub secret: String,
     /// Where the function reaches Secrets Manager, if not moto directly.
     pub secrets_endpoint: Option<String>,
+    /// An SQS queue (in moto) for queue mode.
+    pub queue_url: Option<String>,
 }
 
 impl Default for Options {
@@ -70,6 +101,7 @@ impl Default for Options {
             env: vec![("PROTECTED_TAGS", "vip".into())],
             secret: mde_testkit::secret_json(),
             secrets_endpoint: None,
+            queue_url: None,
         }
     }
 }
@@ -100,7 +132,13 @@ impl Harness {
             None => sm_client(),
         };
         let source = Arc::new(SecretsManagerSource::new(client, secret_name.clone()));
-        let app = App::new(config, source, App::http_client());
+        let mut app = App::new(config, source, App::http_client());
+        if let Some(url) = &opts.queue_url {
+            app = app.with_queue(Arc::new(mde_offboard::queue::SqsQueue::new(
+                sqs_client(),
+                url.clone(),
+            )));
+        }
         Self {
             fake,
             app,
