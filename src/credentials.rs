@@ -145,13 +145,27 @@ pub trait SecretSource: Send + Sync {
 
 /// Adapter: AWS Secrets Manager through the SDK.
 pub struct SecretsManagerSource {
-    client: aws_sdk_secretsmanager::Client,
+    /// Built on first use: loading the SDK's configuration takes longer
+    /// than the rest of init together, and runs beside the runtime loop.
+    client: tokio::sync::OnceCell<aws_sdk_secretsmanager::Client>,
     secret_id: String,
 }
 
 impl SecretsManagerSource {
     pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: String) -> Self {
-        Self { client, secret_id }
+        Self {
+            client: tokio::sync::OnceCell::new_with(Some(client)),
+            secret_id,
+        }
+    }
+
+    /// The client comes from the environment (region, credentials,
+    /// `AWS_ENDPOINT_URL_SECRETS_MANAGER`) when first needed.
+    pub fn from_env(secret_id: String) -> Self {
+        Self {
+            client: tokio::sync::OnceCell::new(),
+            secret_id,
+        }
     }
 }
 
@@ -159,8 +173,15 @@ impl SecretSource for SecretsManagerSource {
     fn fetch(&self) -> BoxFuture<'_, Result<String, CredentialError>> {
         use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
         Box::pin(async move {
-            let out = self
+            let client = self
                 .client
+                .get_or_init(|| async {
+                    crate::runtime::secrets_client(aws_sdk_secretsmanager::config::Builder::from(
+                        crate::runtime::sdk_config().await,
+                    ))
+                })
+                .await;
+            let out = client
                 .get_secret_value()
                 .secret_id(&self.secret_id)
                 .send()

@@ -115,10 +115,9 @@ impl App {
             .expect("the TLS backend initialises")
     }
 
-    /// Runs during init, where Lambda gives full CPU: fetch the secret and a
-    /// token, and open the TLS connection to the API host, so the first
-    /// invocation pays for none of them. Failures are left for the first
-    /// request to meet and report; init itself never fails here.
+    /// Fetches the secret and a token and opens the TLS connection to the
+    /// API host, so the first invocation pays for none of them twice.
+    /// Failures are left for the first request to meet and report.
     pub async fn warm_up(&self) {
         let deadline = Deadline::after(Duration::from_secs(4));
         let creds = async {

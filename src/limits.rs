@@ -206,7 +206,7 @@ impl Limiters {
     /// The same limits with `minute` standing for a minute (and 60 of them
     /// for an hour): simulations run hours of traffic in seconds.
     pub fn scaled(per_minute: usize, minute: Duration) -> Self {
-        let per_hour = (per_minute * 15).min(1500);
+        let per_hour = per_minute * 15;
         let w = [(per_minute, minute), (per_hour, minute * 60)];
         Self(std::array::from_fn(|_| RateLimiter::new(&w)))
     }

@@ -10,7 +10,14 @@ async fn main() -> Result<(), Error> {
     let config = Config::from_env().unwrap_or_else(|e| runtime::init_failed(&e));
     let worker = config.worker;
     let app = Arc::new(runtime::build_app(config).await);
-    app.warm_up().await;
+    // Secret, token and the API's TLS connection are fetched beside the
+    // runtime loop, not before it: init stays short, and the first
+    // invocation, which Lambda hands over at once, waits only for what is
+    // still in flight (both caches let one fetch run at a time).
+    tokio::spawn({
+        let app = app.clone();
+        async move { app.warm_up().await }
+    });
     if worker {
         // The queue worker: SQS batches in, batch item failures out.
         return lambda_http::lambda_runtime::run(service_fn(move |ev: LambdaEvent<SqsEvent>| {

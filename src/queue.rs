@@ -38,13 +38,24 @@ pub trait Queue: Send + Sync {
 
 /// Adapter: Amazon SQS, ten messages per `SendMessageBatch`.
 pub struct SqsQueue {
-    client: aws_sdk_sqs::Client,
+    /// Built on first use, like the Secrets Manager client.
+    client: tokio::sync::OnceCell<aws_sdk_sqs::Client>,
     url: String,
 }
 
 impl SqsQueue {
     pub fn new(client: aws_sdk_sqs::Client, url: String) -> Self {
-        Self { client, url }
+        Self {
+            client: tokio::sync::OnceCell::new_with(Some(client)),
+            url,
+        }
+    }
+
+    pub fn from_env(url: String) -> Self {
+        Self {
+            client: tokio::sync::OnceCell::new(),
+            url,
+        }
     }
 }
 
@@ -53,6 +64,12 @@ impl Queue for SqsQueue {
         use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
         Box::pin(async move {
             let total = items.len();
+            let client = self
+                .client
+                .get_or_init(|| async {
+                    aws_sdk_sqs::Client::new(crate::runtime::sdk_config().await)
+                })
+                .await;
             for (chunk_no, chunk) in items.chunks(10).enumerate() {
                 let mut pending: Vec<(String, String)> = chunk
                     .iter()
@@ -78,8 +95,7 @@ impl Queue for SqsQueue {
                                 .expect("id and body are set")
                         })
                         .collect::<Vec<_>>();
-                    let out = self
-                        .client
+                    let out = client
                         .send_message_batch()
                         .queue_url(&self.url)
                         .set_entries(Some(entries))

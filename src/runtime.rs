@@ -8,21 +8,26 @@ use crate::config::{Config, ConfigError};
 use crate::credentials::SecretsManagerSource;
 use crate::queue::SqsQueue;
 
-/// Builds the app with Secrets Manager as its secret source. The SDK reads
-/// region, credentials and `AWS_ENDPOINT_URL_SECRETS_MANAGER` from the
-/// environment as usual.
+/// Builds the app with Secrets Manager as its secret source. The AWS
+/// clients are made on first use, from the environment as usual (region,
+/// credentials, `AWS_ENDPOINT_URL_SECRETS_MANAGER`).
 pub async fn build_app(config: Config) -> App {
-    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
-    let client = secrets_client(aws_sdk_secretsmanager::config::Builder::from(&aws));
-    let source = Arc::new(SecretsManagerSource::new(client, config.secret_id.clone()));
+    let source = Arc::new(SecretsManagerSource::from_env(config.secret_id.clone()));
     let queue_url = config.queue_url.clone();
     let app = App::new(config, source, App::http_client());
     match queue_url {
-        Some(url) => app.with_queue(Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&aws), url))),
+        Some(url) => app.with_queue(Arc::new(SqsQueue::from_env(url))),
         None => app,
     }
+}
+
+/// The SDK's configuration, loaded once: the default chain reads the
+/// environment, profile files and builds credential providers, ~15 ms that
+/// need not hold up the runtime loop.
+pub async fn sdk_config() -> &'static aws_config::SdkConfig {
+    static SDK: tokio::sync::OnceCell<aws_config::SdkConfig> = tokio::sync::OnceCell::const_new();
+    SDK.get_or_init(|| aws_config::defaults(aws_config::BehaviorVersion::latest()).load())
+        .await
 }
 
 /// The Secrets Manager client with time limits that fit in a request: the

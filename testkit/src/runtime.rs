@@ -31,9 +31,11 @@ pub enum Outcome {
 
 #[derive(Default)]
 struct Inner {
-    waiting: HashMap<String, oneshot::Sender<Outcome>>,
+    waiting: HashMap<String, oneshot::Sender<(Outcome, Duration)>>,
+    delivered: HashMap<String, std::time::Instant>,
     init_error: Option<(Option<String>, Value)>,
     next_calls: usize,
+    first_next: Option<std::time::Instant>,
 }
 
 struct Shared {
@@ -90,6 +92,16 @@ impl FakeRuntime {
     /// Queues an event with a deadline `budget` from now and waits for the
     /// runtime's answer (at most `budget` plus a second).
     pub async fn invoke(&self, event: Value, budget: Duration) -> Option<Outcome> {
+        self.invoke_timed(event, budget).await.map(|(o, _)| o)
+    }
+
+    /// As `invoke`, with the time the function held the event: from the
+    /// moment `next` handed it over to the moment the answer arrived.
+    pub async fn invoke_timed(
+        &self,
+        event: Value,
+        budget: Duration,
+    ) -> Option<(Outcome, Duration)> {
         let id = {
             let mut s = self.seq.lock().expect("seq");
             *s += 1;
@@ -130,6 +142,11 @@ impl FakeRuntime {
             .clone()
     }
 
+    /// When the runtime first asked for an event (the end of its init).
+    pub fn first_next(&self) -> Option<std::time::Instant> {
+        self.shared.inner.lock().expect("runtime state").first_next
+    }
+
     /// How many times the runtime has asked for the next event.
     pub fn next_calls(&self) -> usize {
         self.shared.inner.lock().expect("runtime state").next_calls
@@ -137,7 +154,11 @@ impl FakeRuntime {
 }
 
 async fn next(State(sh): State<Arc<Shared>>) -> Response {
-    sh.inner.lock().expect("runtime state").next_calls += 1;
+    {
+        let mut inner = sh.inner.lock().expect("runtime state");
+        inner.next_calls += 1;
+        inner.first_next.get_or_insert_with(std::time::Instant::now);
+    }
     let p = {
         let mut q = sh.queue.lock().await;
         q.recv().await
@@ -164,13 +185,25 @@ async fn next(State(sh): State<Arc<Shared>>) -> Response {
             .expect("trace"),
     );
     h.insert("content-type", "application/json".parse().expect("ct"));
+    sh.inner
+        .lock()
+        .expect("runtime state")
+        .delivered
+        .insert(p.id.clone(), std::time::Instant::now());
     (StatusCode::OK, h, p.event.to_string()).into_response()
 }
 
 fn finish(sh: &Shared, id: &str, outcome: Outcome) -> StatusCode {
-    match sh.inner.lock().expect("runtime state").waiting.remove(id) {
+    let now = std::time::Instant::now();
+    let mut inner = sh.inner.lock().expect("runtime state");
+    let held = inner
+        .delivered
+        .remove(id)
+        .map(|t| now.duration_since(t))
+        .unwrap_or_default();
+    match inner.waiting.remove(id) {
         Some(tx) => {
-            let _ = tx.send(outcome);
+            let _ = tx.send((outcome, held));
             StatusCode::ACCEPTED
         }
         None => StatusCode::BAD_REQUEST,
