@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use mde_offboard::auth::{StandardHeaders, standard_key, standard_sign, verify_standard};
 use mde_offboard::input::parse_generic;
 use mde_offboard::sources::Sources;

@@ -89,6 +89,26 @@ impl FakeRuntime {
         self.addr.to_string()
     }
 
+    /// The environment Lambda gives a custom runtime, pointed at this
+    /// endpoint, with test credentials for the AWS SDK.
+    pub fn lambda_env(&self) -> Vec<(&'static str, String)> {
+        [
+            ("AWS_LAMBDA_RUNTIME_API", self.endpoint().as_str()),
+            ("AWS_LAMBDA_FUNCTION_NAME", "mde-offboard"),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+            ("AWS_LAMBDA_LOG_STREAM_NAME", "2026/11/25/[$LATEST]abc"),
+            ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/mde-offboard"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect()
+    }
+
     /// Queues an event with a deadline `budget` from now and waits for the
     /// runtime's answer (at most `budget` plus a second).
     pub async fn invoke(&self, event: Value, budget: Duration) -> Option<Outcome> {
