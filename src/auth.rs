@@ -88,7 +88,12 @@ pub fn verify_standard(
         .trim()
         .parse()
         .map_err(|_| AuthError::Malformed("webhook-timestamp"))?;
-    if (now - ts).abs() > TOLERANCE_SECONDS {
+    // Checked: `now - i64::MIN` overflows, and a wrapped difference would
+    // let an absurd timestamp through as fresh (found by the fuzzer).
+    let fresh = now
+        .checked_sub(ts)
+        .is_some_and(|d| d.unsigned_abs() <= TOLERANCE_SECONDS as u64);
+    if !fresh {
         return Err(AuthError::StaleTimestamp);
     }
     // Candidates that are not v1 or not base64 are skipped, not fatal: the
@@ -267,6 +272,20 @@ mod tests {
             assert_eq!(
                 verify_standard(headers(SPEC_SIG, &ts), SPEC_BODY, &s, SPEC_TS + skew),
                 Err(AuthError::StaleTimestamp)
+            );
+        }
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_not_a_panic() {
+        let s = secrets(&[SPEC_SECRET]);
+        for ts in [i64::MIN, i64::MAX, -1] {
+            let ts_text = ts.to_string();
+            let sig = standard_sign(SPEC_SECRET, SPEC_ID, ts, SPEC_BODY);
+            assert_eq!(
+                verify_standard(headers(&sig, &ts_text), SPEC_BODY, &s, SPEC_TS),
+                Err(AuthError::StaleTimestamp),
+                "{ts}"
             );
         }
     }
