@@ -315,11 +315,19 @@ pub fn parse_devices<'a>(
     items
         .enumerate()
         .map(|(i, v)| {
+            // The field's name is only built for an error: formatting it for
+            // every device was most of the validation's cost.
             let s = v.as_str().ok_or_else(|| FieldError::WrongType {
                 field: format!("{field}[{i}]"),
                 expected: "a string",
             })?;
-            parse_device(&format!("{field}[{i}]"), s)
+            let trimmed = s.trim();
+            let target = DeviceRef::parse(trimmed)
+                .map_err(|reason| FieldError::bounds(format!("{field}[{i}]"), reason))?;
+            Ok(Device {
+                given: trimmed.to_string(),
+                target,
+            })
         })
         .collect()
 }
