@@ -193,7 +193,8 @@ pub fn verify_bearer(authorization: Option<&str>, secrets: &[String]) -> Result<
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.is_ascii() {
+    // `from_str_radix` accepts a leading '+': only hex digits are hex here.
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -377,6 +378,14 @@ mod tests {
             ),
             Err(AuthError::MissingHeader("x-hub-signature"))
         );
+    }
+
+    #[test]
+    fn hex_is_canonical_digits_only() {
+        assert_eq!(decode_hex("0aff"), Some(vec![0x0a, 0xff]));
+        assert_eq!(decode_hex("+a"), None);
+        assert_eq!(decode_hex("0g"), None);
+        assert_eq!(decode_hex("abc"), None);
     }
 
     #[test]
