@@ -331,6 +331,17 @@ fn new_call(api: Api, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u
     }
 }
 
+/// Every Defender route's first steps: a scripted fault, else the bearer
+/// token check (401 like the real API), else the call goes on.
+async fn admit(st: &Shared, call: Call) -> Result<Call, Response> {
+    let call = intercept(st, call).await?;
+    if authorized(st, &call) {
+        Ok(call)
+    } else {
+        Err(record(st, call, unauthorized()))
+    }
+}
+
 /// Checks the bearer token like the real API: unknown or revoked is 401.
 fn authorized(st: &Shared, call: &Call) -> bool {
     let inner = st.lock().expect("fake state");
@@ -475,7 +486,7 @@ async fn list_machines(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let call = match intercept(
+    let call = match admit(
         &st,
         new_call(Api::ListMachines, &method, &uri, &headers, b""),
     )
@@ -484,9 +495,6 @@ async fn list_machines(
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !authorized(&st, &call) {
-        return record(&st, call, unauthorized());
-    }
     let r = match q.get("$filter").map(|f| parse_name_filter(f)) {
         Some(Some(name)) => {
             let inner = st.lock().expect("fake state");
@@ -521,13 +529,10 @@ async fn get_machine(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let call = match intercept(&st, new_call(Api::GetMachine, &method, &uri, &headers, b"")).await {
+    let call = match admit(&st, new_call(Api::GetMachine, &method, &uri, &headers, b"")).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !authorized(&st, &call) {
-        return record(&st, call, unauthorized());
-    }
     let found = st
         .lock()
         .expect("fake state")
@@ -553,13 +558,10 @@ async fn offboard(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let call = match intercept(&st, new_call(Api::Offboard, &method, &uri, &headers, &body)).await {
+    let call = match admit(&st, new_call(Api::Offboard, &method, &uri, &headers, &body)).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !authorized(&st, &call) {
-        return record(&st, call, unauthorized());
-    }
     let comment = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| v.get("Comment").and_then(Value::as_str).map(str::to_string));
@@ -635,13 +637,10 @@ async fn get_action(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let call = match intercept(&st, new_call(Api::GetAction, &method, &uri, &headers, b"")).await {
+    let call = match admit(&st, new_call(Api::GetAction, &method, &uri, &headers, b"")).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    if !authorized(&st, &call) {
-        return record(&st, call, unauthorized());
-    }
     let found = st.lock().expect("fake state").actions.get(&id).cloned();
     let r = match found {
         Some(a) => reply(200, a),
