@@ -245,7 +245,7 @@ impl App {
     }
 
     /// Answers a delivery seen before from memory; remembers final answers.
-    async fn once(
+    pub(crate) async fn once(
         &self,
         caller: &Caller,
         body: &[u8],
@@ -327,7 +327,7 @@ impl App {
     }
 
     /// The shared pipeline every route ends in.
-    async fn execute(
+    pub(crate) async fn execute(
         &self,
         request: OffboardRequest,
         secret: &AppSecret,

@@ -8,6 +8,8 @@ pub mod auth;
 pub mod config;
 pub mod credentials;
 pub mod defender;
+pub mod direct;
+pub mod dispatch;
 pub mod error;
 pub mod handler;
 pub mod input;

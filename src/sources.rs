@@ -241,6 +241,54 @@ pub struct SourceDef {
     pub comment: Template,
     /// The header that carries the sender's delivery id, for the audit line.
     pub id_header: Option<String>,
+    /// EventBridge events this source takes (direct invocation).
+    pub eventbridge: Option<EventBridgeMatch>,
+}
+
+/// Which EventBridge events a source takes: both lists must hold the
+/// event's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventBridgeMatch {
+    pub source: Vec<String>,
+    pub detail_type: Vec<String>,
+}
+
+impl EventBridgeMatch {
+    pub fn matches(&self, event: &Value) -> bool {
+        let is_in = |list: &[String], key: &str| {
+            event
+                .get(key)
+                .and_then(Value::as_str)
+                .is_some_and(|v| list.iter().any(|s| s == v))
+        };
+        is_in(&self.source, "source") && is_in(&self.detail_type, "detail-type")
+    }
+}
+
+fn parse_eventbridge(v: Option<&Value>) -> Result<Option<EventBridgeMatch>, (String, String)> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let list = |key: &str| -> Result<Vec<String>, (String, String)> {
+        v.get(key)
+            .and_then(Value::as_array)
+            .filter(|a| !a.is_empty())
+            .and_then(|a| {
+                a.iter()
+                    .map(|s| s.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| {
+                (
+                    format!("eventbridge.{key}"),
+                    "must be a non-empty array of strings".to_string(),
+                )
+            })
+    };
+    Ok(Some(EventBridgeMatch {
+        source: list("source")?,
+        detail_type: list("detail-type")?,
+    }))
 }
 
 /// What a payload maps to.
@@ -455,6 +503,13 @@ impl Sources {
         self.0.get(name)
     }
 
+    /// The first source (by name) whose `eventbridge` lists match the event.
+    pub fn for_eventbridge(&self, event: &Value) -> Option<&SourceDef> {
+        self.0
+            .values()
+            .find(|d| d.eventbridge.as_ref().is_some_and(|m| m.matches(event)))
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
     }
@@ -494,7 +549,15 @@ fn parse_def(
         merged.extend(obj);
         obj = merged;
     }
-    let known = ["auth", "when", "ticket", "devices", "comment", "id_header"];
+    let known = [
+        "auth",
+        "when",
+        "ticket",
+        "devices",
+        "comment",
+        "id_header",
+        "eventbridge",
+    ];
     if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(err(
             k,
@@ -578,6 +641,7 @@ fn parse_def(
         devices,
         comment,
         id_header,
+        eventbridge: parse_eventbridge(obj.get("eventbridge")).map_err(|(f, r)| err(&f, r))?,
     })
 }
 

@@ -1,0 +1,267 @@
+//! The one entry point: every event Lambda hands over is told apart by its
+//! shape, before anything deserialises it into a typed event, and sent to
+//! the ingest path that serves it.
+//!
+//! Shape first, because `lambda_http`'s conversion of an event into an HTTP
+//! request panics on some shapes no HTTP front end sends, and because an
+//! EventBridge event or a Step Functions payload would otherwise be
+//! mistaken for one.
+
+use std::panic::AssertUnwindSafe;
+
+use lambda_http::lambda_runtime::Diagnostic;
+use lambda_http::request::LambdaRequest;
+use lambda_http::{Adapter, Body, Context, LambdaEvent, Request, Response, Service, service_fn};
+use serde_json::{Value, json};
+
+use crate::App;
+
+/// What kind of event an invocation carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// API Gateway (REST or HTTP API), a Function URL or an ALB.
+    Http,
+    /// An EventBridge event delivered by a rule.
+    EventBridge,
+    /// An SQS batch from the queue's event source mapping.
+    Sqs,
+    /// A direct invocation (`aws lambda invoke`, a Step Functions task)
+    /// whose payload is a generic body.
+    Invoke,
+    Unknown,
+}
+
+/// Tells an event's kind from its shape alone. Pure: the event is not
+/// deserialised here.
+pub fn classify(event: &Value) -> EventKind {
+    let Some(obj) = event.as_object() else {
+        return EventKind::Unknown;
+    };
+    let ctx = obj.get("requestContext").and_then(Value::as_object);
+    let is_http = match ctx {
+        // HTTP API v2 and Function URLs carry requestContext.http; REST APIs
+        // carry httpMethod at the top; ALBs carry requestContext.elb.
+        Some(c) => {
+            c.get("http").is_some_and(Value::is_object)
+                || c.get("elb").is_some_and(Value::is_object)
+                || obj.get("httpMethod").is_some_and(Value::is_string)
+        }
+        None => false,
+    };
+    if is_http {
+        return EventKind::Http;
+    }
+    if let Some(records) = obj.get("Records").and_then(Value::as_array) {
+        let all_sqs = !records.is_empty()
+            && records
+                .iter()
+                .all(|r| r.get("eventSource").and_then(Value::as_str) == Some("aws:sqs"));
+        return if all_sqs {
+            EventKind::Sqs
+        } else {
+            EventKind::Unknown
+        };
+    }
+    let eventbridge = ["detail-type", "source", "id"]
+        .iter()
+        .all(|k| obj.get(*k).is_some_and(Value::is_string))
+        && obj.contains_key("detail");
+    if eventbridge {
+        return EventKind::EventBridge;
+    }
+    // A generic body names at least one of its required fields; anything
+    // else (`{}`, another service's event) is not ours to guess at.
+    if ["ticket", "devices", "comment"]
+        .iter()
+        .any(|k| obj.contains_key(*k))
+    {
+        return EventKind::Invoke;
+    }
+    EventKind::Unknown
+}
+
+/// A failed invocation as Lambda reports it: `errorType` and
+/// `errorMessage` (the answer's JSON), so that EventBridge, asynchronous
+/// invocations and Step Functions can retry on `MdeOffboard.Retryable`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvocationError {
+    pub error_type: &'static str,
+    pub message: String,
+}
+
+pub mod error_types {
+    pub const RETRYABLE: &str = "MdeOffboard.Retryable";
+    pub const INVALID_REQUEST: &str = "MdeOffboard.InvalidRequest";
+    pub const CONFIG_ERROR: &str = "MdeOffboard.ConfigError";
+    pub const UNKNOWN_EVENT: &str = "MdeOffboard.UnknownEvent";
+}
+
+impl From<InvocationError> for Diagnostic {
+    fn from(e: InvocationError) -> Self {
+        Diagnostic {
+            error_type: e.error_type.to_string(),
+            error_message: e.message,
+        }
+    }
+}
+
+impl InvocationError {
+    fn unknown(reason: &str) -> Self {
+        Self {
+            error_type: error_types::UNKNOWN_EVENT,
+            message: json!({"error": {"code": "unknown_event", "message": reason}}).to_string(),
+        }
+    }
+}
+
+/// The answer of a direct (non-HTTP) event, from the status and JSON body
+/// the HTTP path would have given: 2xx is the answer itself; what HTTP
+/// would answer 503 (or 409, still running) fails as retryable; a 4xx as
+/// an invalid request; a 500 (configuration, secret, credentials) as a
+/// configuration error.
+pub fn direct_answer(status: u16, body: &str) -> Result<Value, InvocationError> {
+    let error_type = match status {
+        200..=299 => {
+            return Ok(serde_json::from_str(body).unwrap_or_else(|_| json!({"body": body})));
+        }
+        409 | 429 | 503 | 504 => error_types::RETRYABLE,
+        400..=499 => error_types::INVALID_REQUEST,
+        _ => error_types::CONFIG_ERROR,
+    };
+    Err(InvocationError {
+        error_type,
+        message: body.to_string(),
+    })
+}
+
+/// Serves one invocation of any kind.
+pub async fn dispatch(app: &App, event: LambdaEvent<Value>) -> Result<Value, InvocationError> {
+    let LambdaEvent { payload, context } = event;
+    match classify(&payload) {
+        EventKind::Http => http(app, payload, context).await,
+        EventKind::Sqs => {
+            let batch = serde_json::from_value(payload)
+                .map_err(|e| InvocationError::unknown(&format!("not an SQS batch: {e}")))?;
+            let answer = app
+                .handle_queue(batch, &context.request_id, context.deadline)
+                .await;
+            Ok(serde_json::to_value(answer).unwrap_or_default())
+        }
+        kind @ (EventKind::EventBridge | EventKind::Invoke) => {
+            let resp = app.handle_direct(kind, payload, &context).await;
+            let text = match resp.body() {
+                Body::Text(t) => t.clone(),
+                Body::Binary(b) => String::from_utf8_lossy(b).into_owned(),
+                Body::Empty => String::new(),
+                _ => String::new(),
+            };
+            direct_answer(resp.status().as_u16(), &text)
+        }
+        EventKind::Unknown => {
+            tracing::warn!(
+                function_request_id = %context.request_id,
+                "an event of unknown shape; nothing was called"
+            );
+            Err(InvocationError::unknown(
+                "the event is neither an HTTP request, an EventBridge event, an SQS batch nor a generic body",
+            ))
+        }
+    }
+}
+
+/// An HTTP event through `lambda_http`'s own adapter (request conversion,
+/// X-Ray header, the answer shaped for the front end that sent it).
+async fn http(app: &App, payload: Value, context: Context) -> Result<Value, InvocationError> {
+    let request: LambdaRequest = serde_json::from_value(payload)
+        .map_err(|e| InvocationError::unknown(&format!("not an HTTP event: {e}")))?;
+    let mut adapter = Adapter::from(service_fn(|req: Request| async move {
+        Ok::<Response<Body>, std::convert::Infallible>(app.handle(req).await)
+    }));
+    // The conversion inside `call` panics on some malformed shapes (an
+    // invalid URI or header); such an event is refused, not a crash.
+    let future = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        adapter.call(LambdaEvent::new(request, context))
+    }))
+    .map_err(|_| InvocationError::unknown("an HTTP event that cannot be read as a request"))?;
+    let answer = future.await.unwrap_or_else(|never| match never {});
+    serde_json::to_value(answer)
+        .map_err(|e| InvocationError::unknown(&format!("the answer does not serialise: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(v: Value) -> EventKind {
+        classify(&v)
+    }
+
+    #[test]
+    fn http_shapes() {
+        assert_eq!(
+            kind(
+                json!({"requestContext": {"http": {"method": "POST"}}, "rawPath": "/v1/offboard"})
+            ),
+            EventKind::Http
+        );
+        assert_eq!(
+            kind(json!({"httpMethod": "POST", "requestContext": {"stage": "prod"}})),
+            EventKind::Http
+        );
+        assert_eq!(
+            kind(json!({"httpMethod": "GET", "requestContext": {"elb": {"targetGroupArn": "x"}}})),
+            EventKind::Http
+        );
+    }
+
+    #[test]
+    fn eventbridge_sqs_and_invoke_shapes() {
+        assert_eq!(
+            kind(
+                json!({"version": "0", "id": "e1", "detail-type": "x", "source": "y", "detail": {}})
+            ),
+            EventKind::EventBridge
+        );
+        assert_eq!(
+            kind(json!({"Records": [{"eventSource": "aws:sqs", "body": "{}"}]})),
+            EventKind::Sqs
+        );
+        assert_eq!(
+            kind(json!({"ticket": "T-1", "comment": "c", "devices": ["a"]})),
+            EventKind::Invoke
+        );
+    }
+
+    #[test]
+    fn other_shapes_are_unknown() {
+        for v in [
+            json!(null),
+            json!([]),
+            json!("text"),
+            json!({}),
+            json!({"Records": [{"eventSource": "aws:sns"}]}),
+            json!({"Records": []}),
+            json!({"requestContext": {}}),
+            json!({"detail-type": "x", "source": "y"}),
+        ] {
+            assert_eq!(kind(v.clone()), EventKind::Unknown, "{v}");
+        }
+    }
+
+    #[test]
+    fn direct_answers_follow_the_http_status() {
+        assert_eq!(direct_answer(200, r#"{"a":1}"#), Ok(json!({"a": 1})));
+        assert_eq!(
+            direct_answer(202, r#"{"status":"ignored"}"#).unwrap()["status"],
+            "ignored"
+        );
+        let e = |s| direct_answer(s, "{}").unwrap_err().error_type;
+        assert_eq!(e(503), error_types::RETRYABLE);
+        assert_eq!(e(409), error_types::RETRYABLE);
+        assert_eq!(e(400), error_types::INVALID_REQUEST);
+        assert_eq!(e(422), error_types::INVALID_REQUEST);
+        assert_eq!(e(500), error_types::CONFIG_ERROR);
+        let err = direct_answer(503, r#"{"ticket":"T"}"#).unwrap_err();
+        assert_eq!(err.message, r#"{"ticket":"T"}"#);
+    }
+}
