@@ -678,3 +678,80 @@ fn source_ip(req: &Request) -> Option<String> {
             .map(|s| s.trim().to_string())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::StaticSecret;
+    use crate::sources::Sources;
+
+    fn app() -> App {
+        let env = [
+            ("SECRET_ID", "unused"),
+            ("MDE_API_URL", "http://127.0.0.1:9"),
+            ("MDE_LOGIN_URL", "http://127.0.0.1:9"),
+        ];
+        let config = Config::from_lookup(|k| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap();
+        App::new(
+            config,
+            Arc::new(StaticSecret("{}".into())),
+            reqwest::Client::new(),
+        )
+    }
+
+    /// `Unmapped` is the only signal an operator gets of a mapping that
+    /// no longer matches what the sender sends, since the answer is 202.
+    #[tokio::test]
+    async fn unmapped_content_is_counted_apart_from_ignored_events() {
+        let app = app();
+        let sources = Sources::default();
+        let jira = sources.get("jira").unwrap();
+        let caller = Caller::default();
+        let done = json!({"webhookEvent": "jira:issue_updated",
+            "changelog": {"items": [{"field": "status"}]},
+            "issue": {"key": "IT-1", "fields": {"status": {"statusCategory": {"key": "done"}}}}});
+        let mut no_device = done.clone();
+        no_device["issue"]["fields"]["customfield_10071"] = json!(null);
+        let (admitted, m) = metrics::scope(async { app.admit(jira, &no_device, &caller) }).await;
+        let Admitted::Ignored(reason) = admitted else {
+            panic!("acted")
+        };
+        assert!(
+            reason.contains("/issue/fields/customfield_10071"),
+            "{reason}"
+        );
+        assert_eq!(
+            (
+                m.get(metrics::names::UNMAPPED),
+                m.get(metrics::names::IGNORED)
+            ),
+            (1.0, 0.0)
+        );
+
+        let mut in_progress = done.clone();
+        in_progress["issue"]["fields"]["status"]["statusCategory"]["key"] = json!("indeterminate");
+        let (_, m) = metrics::scope(async { app.admit(jira, &in_progress, &caller) }).await;
+        assert_eq!(
+            (
+                m.get(metrics::names::UNMAPPED),
+                m.get(metrics::names::IGNORED)
+            ),
+            (0.0, 1.0)
+        );
+
+        let mut too_many = done;
+        let names: Vec<String> = (0..26).map(|i| format!("pc-{i}")).collect();
+        too_many["issue"]["fields"]["customfield_10071"] = json!(names);
+        let (admitted, m) = metrics::scope(async { app.admit(jira, &too_many, &caller) }).await;
+        let Admitted::Ignored(reason) = admitted else {
+            panic!("acted without a queue")
+        };
+        assert!(reason.contains("MAX_DEVICES (25)"), "{reason}");
+        assert_eq!(m.get(metrics::names::UNMAPPED), 1.0);
+    }
+}
