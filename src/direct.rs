@@ -20,6 +20,7 @@ use crate::handler::Caller;
 use crate::input;
 use crate::limits::{DEFAULT_BUDGET, Deadline};
 use crate::metrics;
+use crate::replay::DeliveryKey;
 use crate::sources::Mapped;
 
 /// The built-in source of EventBridge events no definition claims.
@@ -102,8 +103,13 @@ impl App {
             source_ip: None,
             webhook_id,
         };
+        // IAM admitted the event, so its id is as trustworthy as a signed one.
+        let key = match &caller.webhook_id {
+            Some(id) => DeliveryKey::signed_id(source, id),
+            None => DeliveryKey::body_hash(source, &body),
+        };
         let secret = self.secrets.get().await?;
-        self.once(&caller, &body, async {
+        self.once(&caller, &key, async {
             let mapped = match (kind, self.config.sources.get(source)) {
                 (EventKind::EventBridge, Some(def)) if source != EVENTBRIDGE => def.map(event)?,
                 (EventKind::EventBridge, _) => {

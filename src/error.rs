@@ -12,6 +12,7 @@ use crate::auth::AuthError;
 use crate::credentials::CredentialError;
 use crate::input::FieldError;
 use crate::limits::retry_after_secs;
+use crate::sources::StaleError;
 
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -29,6 +30,8 @@ pub enum ApiError {
     NotJson(String),
     #[error("the signature could not be verified: {0}")]
     Unauthorized(#[from] AuthError),
+    #[error("the delivery is not fresh: {0}")]
+    Stale(#[from] StaleError),
     #[error("{0}")]
     Field(#[from] FieldError),
     #[error(
@@ -62,7 +65,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotJson(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(_) | Self::Stale(_) => StatusCode::UNAUTHORIZED,
             Self::Field(FieldError::Missing { .. } | FieldError::WrongType { .. }) => {
                 StatusCode::BAD_REQUEST
             }
@@ -86,6 +89,7 @@ impl ApiError {
             Self::TooLarge => "payload_too_large",
             Self::NotJson(_) => "invalid_json",
             Self::Unauthorized(_) => "unauthorized",
+            Self::Stale(_) => "stale",
             Self::Field(FieldError::Missing { .. }) => "missing_field",
             Self::Field(FieldError::WrongType { .. }) => "wrong_type",
             Self::Field(FieldError::OutOfBounds { .. }) => "invalid_value",
@@ -207,6 +211,12 @@ mod tests {
             422
         );
         assert_eq!(ApiError::QueueNotConfigured.status(), 422);
+        let stale = ApiError::Stale(StaleError::Missing("/timestamp".into()));
+        assert_eq!(
+            (stale.status(), stale.code()),
+            (StatusCode::UNAUTHORIZED, "stale")
+        );
+        assert!(stale.message().contains("/timestamp"));
         let bad = ApiError::Credentials(CredentialError::BadSecret(
             "the secret has no key 'client_secret'".into(),
         ));

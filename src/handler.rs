@@ -22,8 +22,8 @@ use crate::limits::{DEFAULT_BUDGET, Deadline, Limiters, retry_after_secs};
 use crate::metrics;
 use crate::offboard::{DeviceResult, Offboarder, Status};
 use crate::queue::{Queue, QueuedDevice};
-use crate::replay::{self, ReplayCache};
-use crate::sources::{AuthDef, Mapped};
+use crate::replay::{self, DeliveryKey, ReplayCache};
+use crate::sources::{AuthDef, Mapped, SourceDef};
 
 /// Bodies above this are refused before any work (413).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -235,7 +235,9 @@ impl App {
             source_ip: source_ip(req),
             webhook_id: header(req.headers(), "webhook-id").map(str::to_string),
         };
-        self.once(&caller, body, async {
+        // Standard Webhooks signs its webhook-id.
+        let key = delivery_key(GENERIC, caller.webhook_id.as_deref(), body);
+        self.once(&caller, &key, async {
             let value: Value =
                 serde_json::from_slice(body).map_err(|e| ApiError::NotJson(e.to_string()))?;
             let request = input::parse_generic(&value)?;
@@ -248,15 +250,11 @@ impl App {
     pub(crate) async fn once(
         &self,
         caller: &Caller,
-        body: &[u8],
+        key: &DeliveryKey,
         work: impl Future<Output = Result<Response<Body>, ApiError>>,
     ) -> Result<Response<Body>, ApiError> {
-        let Some(id) = caller.webhook_id.as_deref().filter(|id| !id.is_empty()) else {
-            return work.await;
-        };
-        let key = replay::key(&caller.source, id, body);
-        if let Some(a) = self.replay.get(&key) {
-            tracing::info!(source = %caller.source, webhook_id = id, "replayed delivery answered from memory; Defender not called");
+        if let Some(a) = self.replay.get(key) {
+            tracing::info!(source = %caller.source, delivery_key = %key, webhook_id = caller.webhook_id.as_deref().unwrap_or(""), "replayed delivery answered from memory; Defender not called");
             metrics::count(metrics::names::REPLAYED);
             let mut resp = json_text_response(
                 StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK),
@@ -282,7 +280,10 @@ impl App {
     }
 
     /// `POST /v1/webhooks/{source}`: the source's own authentication and
-    /// mapping, then the same pipeline as the generic route.
+    /// mapping, then the same pipeline as the generic route. Once the
+    /// sender is authenticated, nothing about its content is answered 4xx:
+    /// the sender cannot fix it, and some (PagerDuty) disable a
+    /// subscription after a few 4xx, silencing the offboards that follow.
     async fn webhook(
         &self,
         req: &Request,
@@ -297,9 +298,20 @@ impl App {
         let body = body_bytes(req)?;
         let secret = self.secrets.get().await?;
         verify_source(req.headers(), body, &secret, &def.auth)?;
-        let id_header = match def.auth {
-            AuthDef::StandardWebhooks { .. } => Some("webhook-id"),
-            _ => def.id_header.as_deref(),
+        // A sender whose body is not JSON is misconfigured, not sending
+        // content it could not fix: that stays a 400.
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| ApiError::NotJson(e.to_string()))?;
+        if let Some(f) = &def.freshness {
+            f.check(&value, SystemTime::now())?;
+        }
+        // An id header the signature does not cover is logged for audit,
+        // but never keys replay: a replayer could change it at will.
+        let id_is_signed = matches!(def.auth, AuthDef::StandardWebhooks { .. });
+        let id_header = if id_is_signed {
+            Some("webhook-id")
+        } else {
+            def.id_header.as_deref()
         };
         let caller = Caller {
             source: name.to_string(),
@@ -308,22 +320,55 @@ impl App {
                 .and_then(|h| header(req.headers(), h))
                 .map(str::to_string),
         };
-        self.once(&caller, body, async {
-            let value: Value =
-                serde_json::from_slice(body).map_err(|e| ApiError::NotJson(e.to_string()))?;
-            match def.map(&value)? {
-            Mapped::Act(request) => self.execute(request, &secret, &caller, deadline).await,
-            Mapped::Ignored { reason } => {
-                metrics::count(metrics::names::IGNORED);
-                tracing::info!(source = name, webhook_id = caller.webhook_id.as_deref().unwrap_or(""), reason = %reason, "event ignored");
-                Ok(json_response(
+        let signed_id = caller.webhook_id.as_deref().filter(|_| id_is_signed);
+        let key = delivery_key(name, signed_id, body);
+        self.once(&caller, &key, async {
+            match self.admit(def, &value, &caller) {
+                Admitted::Act(request) => self.execute(request, &secret, &caller, deadline).await,
+                Admitted::Ignored(reason) => Ok(json_response(
                     StatusCode::ACCEPTED,
                     &json!({"status": "ignored", "reason": reason}),
-                ))
+                )),
             }
-        }
         })
         .await
+    }
+
+    /// What a webhook delivery becomes: a request to run, or a reason to
+    /// ignore it, counted and logged here so every ignored path is seen.
+    fn admit(&self, def: &SourceDef, doc: &Value, caller: &Caller) -> Admitted {
+        let webhook_id = caller.webhook_id.as_deref().unwrap_or("");
+        let unmapped = |reason: String| {
+            metrics::count(metrics::names::UNMAPPED);
+            tracing::warn!(source = %def.name, webhook_id, reason = %reason, "delivery unmapped; nothing called");
+            Admitted::Ignored(reason)
+        };
+        let mut request = match def.map(doc) {
+            Ok(Mapped::Act(r)) => r,
+            Ok(Mapped::Ignored { reason }) => {
+                metrics::count(metrics::names::IGNORED);
+                tracing::info!(source = %def.name, webhook_id, reason = %reason, "event ignored");
+                return Admitted::Ignored(reason);
+            }
+            Err(e) => return unmapped(format!("unmapped: {e}")),
+        };
+        let given = request.devices.len();
+        if given > self.config.max_devices {
+            if self.queue.is_none() {
+                return unmapped(format!(
+                    "unmapped: {given} devices are more than MAX_DEVICES ({}) allows in one request, and no queue is configured (QUEUE_URL)",
+                    self.config.max_devices
+                ));
+            }
+            if given > self.config.max_queued_devices {
+                return unmapped(format!(
+                    "unmapped: {given} devices are more than MAX_QUEUED_DEVICES ({}) allows in one request",
+                    self.config.max_queued_devices
+                ));
+            }
+            request.mode = Mode::Queue;
+        }
+        Admitted::Act(request)
     }
 
     /// The shared pipeline every route ends in.
@@ -516,6 +561,21 @@ pub(crate) fn audit_line(r: &DeviceResult, ticket: &str, caller: &Caller, dry_ru
     );
 }
 
+/// A webhook delivery, once its content is judged.
+enum Admitted {
+    Act(OffboardRequest),
+    Ignored(String),
+}
+
+/// The replay key of a delivery (contract, "Replays"): the sender's id
+/// where the signature covers it, else the body's hash.
+fn delivery_key(source: &str, signed_id: Option<&str>, body: &[u8]) -> DeliveryKey {
+    match signed_id.filter(|id| !id.is_empty()) {
+        Some(id) => DeliveryKey::signed_id(source, id),
+        None => DeliveryKey::body_hash(source, body),
+    }
+}
+
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
@@ -617,4 +677,81 @@ fn source_ip(req: &Request) -> Option<String> {
             .and_then(|v| v.split(',').next())
             .map(|s| s.trim().to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::StaticSecret;
+    use crate::sources::Sources;
+
+    fn app() -> App {
+        let env = [
+            ("SECRET_ID", "unused"),
+            ("MDE_API_URL", "http://127.0.0.1:9"),
+            ("MDE_LOGIN_URL", "http://127.0.0.1:9"),
+        ];
+        let config = Config::from_lookup(|k| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap();
+        App::new(
+            config,
+            Arc::new(StaticSecret("{}".into())),
+            reqwest::Client::new(),
+        )
+    }
+
+    /// `Unmapped` is the only signal an operator gets of a mapping that
+    /// no longer matches what the sender sends, since the answer is 202.
+    #[tokio::test]
+    async fn unmapped_content_is_counted_apart_from_ignored_events() {
+        let app = app();
+        let sources = Sources::default();
+        let jira = sources.get("jira").unwrap();
+        let caller = Caller::default();
+        let done = json!({"webhookEvent": "jira:issue_updated",
+            "changelog": {"items": [{"field": "status"}]},
+            "issue": {"key": "IT-1", "fields": {"status": {"statusCategory": {"key": "done"}}}}});
+        let mut no_device = done.clone();
+        no_device["issue"]["fields"]["customfield_10071"] = json!(null);
+        let (admitted, m) = metrics::scope(async { app.admit(jira, &no_device, &caller) }).await;
+        let Admitted::Ignored(reason) = admitted else {
+            panic!("acted")
+        };
+        assert!(
+            reason.contains("/issue/fields/customfield_10071"),
+            "{reason}"
+        );
+        assert_eq!(
+            (
+                m.get(metrics::names::UNMAPPED),
+                m.get(metrics::names::IGNORED)
+            ),
+            (1.0, 0.0)
+        );
+
+        let mut in_progress = done.clone();
+        in_progress["issue"]["fields"]["status"]["statusCategory"]["key"] = json!("indeterminate");
+        let (_, m) = metrics::scope(async { app.admit(jira, &in_progress, &caller) }).await;
+        assert_eq!(
+            (
+                m.get(metrics::names::UNMAPPED),
+                m.get(metrics::names::IGNORED)
+            ),
+            (0.0, 1.0)
+        );
+
+        let mut too_many = done;
+        let names: Vec<String> = (0..26).map(|i| format!("pc-{i}")).collect();
+        too_many["issue"]["fields"]["customfield_10071"] = json!(names);
+        let (admitted, m) = metrics::scope(async { app.admit(jira, &too_many, &caller) }).await;
+        let Admitted::Ignored(reason) = admitted else {
+            panic!("acted without a queue")
+        };
+        assert!(reason.contains("MAX_DEVICES (25)"), "{reason}");
+        assert_eq!(m.get(metrics::names::UNMAPPED), 1.0);
+    }
 }

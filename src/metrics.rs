@@ -33,6 +33,10 @@ static OUTSIDE: Mutex<Option<Collector>> = Mutex::new(None);
 pub mod names {
     pub const AUTH_REJECTED: &str = "AuthRejected";
     pub const IGNORED: &str = "Ignored";
+    /// An authenticated webhook delivery whose content maps to no request
+    /// (no ticket, no device, a bad value): answered 202, so only this
+    /// metric and its alarm tell the operator the mapping is wrong.
+    pub const UNMAPPED: &str = "Unmapped";
     pub const DEFENDER_THROTTLED: &str = "DefenderThrottled";
     pub const DEFENDER_ERRORS: &str = "DefenderErrors";
     pub const SECRET_FETCHES: &str = "SecretFetches";

@@ -1,7 +1,7 @@
 //! Replay protection in the warm instance: an authenticated delivery seen
-//! before (same source, same delivery id, same body) is answered from memory
-//! without calling Defender again, like Powertools' idempotency utility but
-//! without a table.
+//! before (same source, same delivery key) is answered from memory without
+//! calling Defender again, like Powertools' idempotency utility but without
+//! a table.
 //!
 //! It covers the common case, a sender retrying into the same warm
 //! instance. It does not cover a retry that lands on another instance or
@@ -9,6 +9,7 @@
 //! `already_pending`, so a replay can never offboard twice.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,8 +20,70 @@ use tokio::time::Instant;
 /// signature still admits is caught; long enough for Jira's and
 /// PagerDuty's retry schedules' first attempts.
 pub const REMEMBER_FOR: Duration = Duration::from_secs(15 * 60);
-/// Bounds memory: at 128 MB this is a few hundred KiB at most.
+/// Bounds the bookkeeping of many small answers.
 pub const MAX_ENTRIES: usize = 2_000;
+/// Bounds memory whatever the answers hold: 2,000 queue-mode answers of a
+/// few hundred KiB each would otherwise exhaust a 128 MB function.
+pub const MAX_BYTES: usize = 8 * 1024 * 1024;
+/// What an entry costs beyond its body: key, timestamps, map slots.
+const ENTRY_OVERHEAD: usize = 128;
+
+/// What identifies one delivery of one source, for this cache and for the
+/// durable ledger. Only a delivery id the signature covers may stand for
+/// the delivery; any other id could be changed by whoever replays it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeliveryKey {
+    source: String,
+    key: String,
+}
+
+impl DeliveryKey {
+    /// The sender's delivery id, where the signature covers it (Standard
+    /// Webhooks' `webhook-id`, an EventBridge event's `id`).
+    pub fn signed_id(source: &str, id: &str) -> Self {
+        Self {
+            source: source.to_string(),
+            key: format!("id:{id}"),
+        }
+    }
+
+    /// The body's SHA-256, for schemes that sign only the body (or nothing
+    /// a replayer cannot copy): the same bytes are the same delivery.
+    pub fn body_hash(source: &str, body: &[u8]) -> Self {
+        let digest: [u8; 32] = Sha256::digest(body).into();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Self {
+            source: source.to_string(),
+            key: format!("sha256:{hex}"),
+        }
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// `id:<delivery id>` or `sha256:<hex>`: the prefix keeps an id that
+    /// happens to look like a hash from meeting one.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Fixed-size, so the cache holds neither long ids nor payloads.
+    fn digest(&self) -> Digest32 {
+        let mut h = Sha256::new();
+        for part in [self.source.as_bytes(), self.key.as_bytes()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        h.finalize().into()
+    }
+}
+
+impl fmt::Display for DeliveryKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.source, self.key)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
@@ -28,12 +91,19 @@ pub struct Answer {
     pub body: String,
 }
 
-type Key = [u8; 32];
+impl Answer {
+    fn cost(&self) -> usize {
+        self.body.len() + ENTRY_OVERHEAD
+    }
+}
+
+type Digest32 = [u8; 32];
 
 #[derive(Default)]
 struct Inner {
-    answers: HashMap<Key, (Instant, Answer)>,
-    order: VecDeque<(Instant, Key)>,
+    answers: HashMap<Digest32, (Instant, Answer)>,
+    order: VecDeque<(Instant, Digest32)>,
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -41,45 +111,52 @@ pub struct ReplayCache {
     inner: Mutex<Inner>,
 }
 
-/// The key: source, delivery id and body, hashed so the cache holds no
-/// payloads.
-pub fn key(source: &str, delivery_id: &str, body: &[u8]) -> Key {
-    let mut h = Sha256::new();
-    for part in [source.as_bytes(), delivery_id.as_bytes()] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
-    }
-    h.update(body);
-    h.finalize().into()
-}
-
 impl ReplayCache {
-    pub fn get(&self, key: &Key) -> Option<Answer> {
+    pub fn get(&self, key: &DeliveryKey) -> Option<Answer> {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.expire(Instant::now());
-        g.answers.get(key).map(|(_, a)| a.clone())
+        g.answers.get(&key.digest()).map(|(_, a)| a.clone())
     }
 
-    /// Remembers a final answer. Answers a retry could change (503) are
-    /// not final and are not remembered.
-    pub fn put(&self, key: Key, answer: Answer) {
+    /// Remembers a final answer, evicting the oldest to stay within
+    /// `MAX_ENTRIES` and `MAX_BYTES`. Answers a retry could change (503)
+    /// are not final and are not remembered by the caller; an answer larger
+    /// than the whole budget is not remembered at all.
+    pub fn put(&self, key: &DeliveryKey, answer: Answer) {
+        let cost = answer.cost();
+        if cost > MAX_BYTES {
+            return;
+        }
         let now = Instant::now();
+        let digest = key.digest();
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.expire(now);
-        while g.answers.len() >= MAX_ENTRIES {
+        g.remove(&digest);
+        while g.answers.len() >= MAX_ENTRIES || g.bytes + cost > MAX_BYTES {
             match g.order.pop_front() {
-                Some((_, k)) => {
-                    g.answers.remove(&k);
-                }
+                Some((_, k)) => g.remove(&k),
                 None => break,
             }
         }
-        g.answers.insert(key, (now, answer));
-        g.order.push_back((now, key));
+        g.bytes += cost;
+        g.answers.insert(digest, (now, answer));
+        g.order.push_back((now, digest));
+    }
+
+    #[cfg(test)]
+    fn stored(&self) -> (usize, usize) {
+        let g = self.inner.lock().unwrap();
+        (g.answers.len(), g.bytes)
     }
 }
 
 impl Inner {
+    fn remove(&mut self, k: &Digest32) {
+        if let Some((_, a)) = self.answers.remove(k) {
+            self.bytes -= a.cost();
+        }
+    }
+
     fn expire(&mut self, now: Instant) {
         while let Some((at, k)) = self.order.front().copied() {
             if now.duration_since(at) < REMEMBER_FOR {
@@ -88,7 +165,7 @@ impl Inner {
             self.order.pop_front();
             // Only drop the answer if it is the one this entry recorded.
             if self.answers.get(&k).is_some_and(|(t, _)| *t == at) {
-                self.answers.remove(&k);
+                self.remove(&k);
             }
         }
     }
@@ -106,34 +183,94 @@ mod tests {
     }
 
     #[test]
-    fn the_key_binds_source_id_and_body() {
-        let k = key("jira", "id-1", b"{}");
-        assert_eq!(k, key("jira", "id-1", b"{}"));
-        assert_ne!(k, key("jira", "id-1", b"{ }"));
-        assert_ne!(k, key("pagerduty", "id-1", b"{}"));
-        assert_ne!(key("ab", "c", b""), key("a", "bc", b""));
+    fn a_signed_id_keys_by_id_and_an_unsigned_one_by_body() {
+        let k = DeliveryKey::signed_id("generic", "msg_1");
+        assert_eq!(k, DeliveryKey::signed_id("generic", "msg_1"));
+        assert_ne!(k, DeliveryKey::signed_id("tines", "msg_1"));
+        let h = DeliveryKey::body_hash("jira", b"{}");
+        assert_eq!(h, DeliveryKey::body_hash("jira", b"{}"));
+        assert_ne!(h, DeliveryKey::body_hash("jira", b"{ }"));
+        assert_ne!(h, DeliveryKey::body_hash("pagerduty", b"{}"));
+        assert_eq!(
+            h.key(),
+            "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+        );
+        // An id spelled like a hash is still not that hash's key.
+        let hex = h.key().trim_start_matches("sha256:");
+        assert_ne!(DeliveryKey::signed_id("jira", hex), h);
+        assert_ne!(
+            DeliveryKey::signed_id("ab", "c").digest(),
+            DeliveryKey::signed_id("a", "bc").digest()
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn remembers_for_a_while_then_forgets() {
         let c = ReplayCache::default();
-        let k = key("generic", "msg_1", b"{}");
-        c.put(k, answer(200));
+        let k = DeliveryKey::signed_id("generic", "msg_1");
+        c.put(&k, answer(200));
         assert_eq!(c.get(&k), Some(answer(200)));
         tokio::time::advance(REMEMBER_FOR - Duration::from_secs(1)).await;
         assert!(c.get(&k).is_some());
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(c.get(&k).is_none());
+        assert_eq!(c.stored(), (0, 0), "expiry gives the bytes back");
     }
 
     #[test]
-    fn stays_bounded() {
+    fn stays_bounded_by_count() {
         let c = ReplayCache::default();
+        let key = |i: usize| DeliveryKey::signed_id("s", &i.to_string());
         for i in 0..(MAX_ENTRIES + 10) {
-            c.put(key("s", &i.to_string(), b""), answer(200));
+            c.put(&key(i), answer(200));
         }
-        let g = c.inner.lock().unwrap();
-        assert_eq!(g.answers.len(), MAX_ENTRIES);
-        assert!(!g.answers.contains_key(&key("s", "0", b"")));
+        assert_eq!(c.stored().0, MAX_ENTRIES);
+        assert!(c.get(&key(0)).is_none());
+        assert!(c.get(&key(MAX_ENTRIES + 9)).is_some());
+    }
+
+    #[test]
+    fn stays_bounded_by_bytes_evicting_the_oldest() {
+        let c = ReplayCache::default();
+        // Large queue-mode answers: far fewer than MAX_ENTRIES of them
+        // would exceed the byte budget.
+        let big = Answer {
+            status: 202,
+            body: "x".repeat(256 * 1024),
+        };
+        let key = |i: usize| DeliveryKey::body_hash("jira", i.to_string().as_bytes());
+        let n = 200;
+        for i in 0..n {
+            c.put(&key(i), big.clone());
+        }
+        let (count, bytes) = c.stored();
+        assert!(bytes <= MAX_BYTES, "{bytes} bytes stored");
+        assert_eq!(count, MAX_BYTES / big.cost());
+        assert!(c.get(&key(0)).is_none(), "the oldest went first");
+        assert!(c.get(&key(n - 1)).is_some(), "the newest stays");
+        // A small answer still fits after the big ones.
+        c.put(&key(n), answer(200));
+        assert!(c.get(&key(n)).is_some());
+        assert!(c.stored().1 <= MAX_BYTES);
+        // One answer larger than the budget is not kept, and evicts nothing.
+        let before = c.stored();
+        let huge = Answer {
+            status: 200,
+            body: "y".repeat(MAX_BYTES + 1),
+        };
+        c.put(&key(n + 1), huge);
+        assert!(c.get(&key(n + 1)).is_none());
+        assert_eq!(c.stored(), before);
+    }
+
+    #[test]
+    fn putting_a_key_again_replaces_its_bytes() {
+        let c = ReplayCache::default();
+        let k = DeliveryKey::signed_id("generic", "msg_1");
+        c.put(&k, answer(200));
+        let once = c.stored();
+        c.put(&k, answer(202));
+        assert_eq!(c.stored(), once);
+        assert_eq!(c.get(&k), Some(answer(202)));
     }
 }

@@ -14,6 +14,7 @@
 //! of PagerDuty's list of `{name, value}` objects.
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -91,6 +92,15 @@ impl Pointer {
 
     pub fn resolve<'v>(&self, doc: &'v Value) -> Option<&'v Value> {
         self.resolve_all(doc).into_iter().next()
+    }
+
+    /// The one value a plain pointer (no `*` or `[key=value]`) reaches.
+    pub fn resolve_mut<'v>(&self, doc: &'v mut Value) -> Option<&'v mut Value> {
+        self.tokens.iter().try_fold(doc, |v, token| match v {
+            Value::Object(m) => m.get_mut(token),
+            Value::Array(items) => array_index(token).and_then(|i| items.get_mut(i)),
+            _ => None,
+        })
     }
 }
 
@@ -230,6 +240,139 @@ impl Template {
     }
 }
 
+/// How a sender writes the time into its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeUnit {
+    Millis,
+    Seconds,
+    Rfc3339,
+}
+
+/// How far ahead of this clock a body's time may be: the same tolerance
+/// Standard Webhooks allows its timestamp, for senders whose clocks drift.
+pub const MAX_FUTURE: Duration = Duration::from_secs(300);
+
+/// A delivery whose body time is outside the window. Each names the
+/// pointer, so an operator can see which field the check read.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StaleError {
+    #[error("the delivery carries no time at '{0}'")]
+    Missing(String),
+    #[error("the time at '{0}' cannot be read")]
+    Unreadable(String),
+    #[error(
+        "the time at '{pointer}' is {age_seconds} s old; at most {max_age_seconds} s is accepted"
+    )]
+    TooOld {
+        pointer: String,
+        age_seconds: u64,
+        max_age_seconds: u64,
+    },
+    #[error("the time at '{0}' is more than 300 s in the future")]
+    InTheFuture(String),
+}
+
+/// The optional `freshness` window: a captured delivery, validly signed,
+/// cannot be replayed once its body time has aged out, even into an
+/// instance whose replay cache never saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Freshness {
+    pub pointer: Pointer,
+    pub unit: TimeUnit,
+    pub max_age: Duration,
+}
+
+impl Freshness {
+    pub fn check(&self, doc: &Value, now: SystemTime) -> Result<(), StaleError> {
+        let name = || self.pointer.as_str().to_string();
+        let v = self
+            .pointer
+            .resolve(doc)
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| StaleError::Missing(name()))?;
+        let at = self.read(v).ok_or_else(|| StaleError::Unreadable(name()))?;
+        match now.duration_since(at) {
+            Ok(age) if age > self.max_age => Err(StaleError::TooOld {
+                pointer: name(),
+                age_seconds: age.as_secs(),
+                max_age_seconds: self.max_age.as_secs(),
+            }),
+            Ok(_) => Ok(()),
+            Err(ahead) if ahead.duration() > MAX_FUTURE => Err(StaleError::InTheFuture(name())),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Writes `now` where this window reads the time, in its unit: what a
+    /// sender does when it delivers, for tools and tests that resend old
+    /// samples.
+    pub fn stamp(&self, doc: &mut Value, now: SystemTime) {
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let v = match self.unit {
+            TimeUnit::Millis => Value::from(since.as_millis() as u64),
+            TimeUnit::Seconds => Value::from(since.as_secs()),
+            TimeUnit::Rfc3339 => Value::from(humantime::format_rfc3339_millis(now).to_string()),
+        };
+        if let Some(slot) = self.pointer.resolve_mut(doc) {
+            *slot = v;
+        }
+    }
+
+    fn read(&self, v: &Value) -> Option<SystemTime> {
+        match self.unit {
+            TimeUnit::Millis => epoch(v, 1_000),
+            TimeUnit::Seconds => epoch(v, 1),
+            TimeUnit::Rfc3339 => v.as_str().and_then(parse_rfc3339),
+        }
+    }
+}
+
+/// A count of `per_second` units since the epoch, as a number or a string
+/// of digits; negative, fractional or absurd values have no time.
+fn epoch(v: &Value, per_second: u64) -> Option<SystemTime> {
+    let n = match v {
+        Value::Number(n) => n.as_u64()?,
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().ok()?
+        }
+        _ => return None,
+    };
+    let d = Duration::from_secs(n / per_second)
+        .checked_add(Duration::from_millis((n % per_second) * 1_000 / per_second))?;
+    UNIX_EPOCH.checked_add(d)
+}
+
+/// RFC 3339 with `Z` or a numeric offset. humantime reads only UTC, so an
+/// offset is taken off by hand.
+fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    if !s.is_ascii() {
+        return None;
+    }
+    let (base, offset_secs) = match s.len().checked_sub(6).map(|i| s.split_at(i)) {
+        Some((base, off))
+            if matches!(off.as_bytes()[0], b'+' | b'-') && off.as_bytes()[3] == b':' =>
+        {
+            let h: u64 = off[1..3].parse().ok()?;
+            let m: u64 = off[4..6].parse().ok()?;
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let secs = (h * 3600 + m * 60) as i64;
+            (base, if off.starts_with('-') { -secs } else { secs })
+        }
+        _ => (s.strip_suffix('Z').or_else(|| s.strip_suffix('z'))?, 0),
+    };
+    let utc = humantime::parse_rfc3339(&format!("{base}Z")).ok()?;
+    // Local time = UTC + offset, so UTC = local - offset.
+    let shift = Duration::from_secs(offset_secs.unsigned_abs());
+    if offset_secs >= 0 {
+        utc.checked_sub(shift)
+    } else {
+        utc.checked_add(shift)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceDef {
     pub name: String,
@@ -241,6 +384,7 @@ pub struct SourceDef {
     pub comment: Template,
     /// The header that carries the sender's delivery id, for the audit line.
     pub id_header: Option<String>,
+    pub freshness: Option<Freshness>,
     /// EventBridge events this source takes (direct invocation).
     pub eventbridge: Option<EventBridgeMatch>,
 }
@@ -353,7 +497,10 @@ impl SourceDef {
         for p in &self.devices {
             for v in p.resolve_all(doc) {
                 let strings: Vec<&str> = match v {
-                    Value::Null => Vec::new(),
+                    // An object is a reference field (ServiceNow's
+                    // `{link, value}`); its text is reached by a deeper
+                    // pointer, and an object names no device by itself.
+                    Value::Null | Value::Object(_) => Vec::new(),
                     Value::String(s) => vec![s.as_str()],
                     Value::Array(items) => items
                         .iter()
@@ -415,7 +562,9 @@ pub const PRESETS: &str = r#"{
   "jira": {
     "auth": {"scheme": "hmac-sha256-hex", "header": "x-hub-signature", "prefix": "sha256=", "secret": "jira"},
     "id_header": "x-atlassian-webhook-identifier",
+    "freshness": {"pointer": "/timestamp", "unit": "ms", "max_age_seconds": 3600},
     "when": [{"pointer": "/webhookEvent", "in": ["jira:issue_updated"]},
+             {"pointer": "/changelog/items/*/field", "in": ["status"]},
              {"pointer": "/issue/fields/status/statusCategory/key", "in": ["done"]}],
     "ticket": "/issue/key",
     "devices": ["/issue/fields/customfield_10071"],
@@ -424,6 +573,7 @@ pub const PRESETS: &str = r#"{
   "pagerduty": {
     "auth": {"scheme": "hmac-sha256-hex", "header": "x-pagerduty-signature", "prefix": "v1=", "secret": "pagerduty"},
     "id_header": "x-webhook-id",
+    "freshness": {"pointer": "/event/occurred_at", "unit": "rfc3339", "max_age_seconds": 3600},
     "when": [{"pointer": "/event/event_type", "in": ["incident.custom_field_values.updated"]},
              {"pointer": "/event/data/changed_custom_fields/*/name", "in": ["mde_devices"]}],
     "ticket": ["/event/data/incident/id", "/event/data/id"],
@@ -432,9 +582,9 @@ pub const PRESETS: &str = r#"{
   },
   "servicenow": {
     "auth": {"scheme": "bearer", "secret": "servicenow"},
-    "when": [{"pointer": "/state", "in": ["Closed", "Resolved", "Closed Complete", "6", "7", "3"]}],
+    "when": [{"pointer": "/state", "in": ["Resolved", "Closed", "6", "7"]}],
     "ticket": "/number",
-    "devices": ["/cmdb_ci", "/mde_machine_id", "/devices"],
+    "devices": ["/cmdb_ci", "/cmdb_ci/display_value", "/mde_machine_id", "/devices"],
     "comment": "Offboarded on closure of {ticket}: {/short_description}"
   },
   "defender-incident": {
@@ -556,6 +706,7 @@ fn parse_def(
         "devices",
         "comment",
         "id_header",
+        "freshness",
         "eventbridge",
     ];
     if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
@@ -633,6 +784,10 @@ fn parse_def(
         Some(Value::String(s)) => Some(s.to_ascii_lowercase()),
         Some(_) => return Err(err("id_header", "must be a header name".into())),
     };
+    let freshness = match obj.get("freshness") {
+        None | Some(Value::Null) => None,
+        Some(f) => Some(parse_freshness(f).map_err(|(f, r)| err(&f, r))?),
+    };
     Ok(SourceDef {
         name: name.to_string(),
         auth,
@@ -641,7 +796,53 @@ fn parse_def(
         devices,
         comment,
         id_header,
+        freshness,
         eventbridge: parse_eventbridge(obj.get("eventbridge")).map_err(|(f, r)| err(&f, r))?,
+    })
+}
+
+fn parse_freshness(v: &Value) -> Result<Freshness, (String, String)> {
+    let bad = |k: &str, r: &str| (format!("freshness.{k}"), r.to_string());
+    let obj = v.as_object().ok_or_else(|| {
+        (
+            "freshness".to_string(),
+            "must be an object with pointer, unit and max_age_seconds".to_string(),
+        )
+    })?;
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["pointer", "unit", "max_age_seconds"].contains(&k.as_str()))
+    {
+        return Err(bad(
+            k,
+            "is not a known field (known: pointer, unit, max_age_seconds)",
+        ));
+    }
+    let pointer = obj
+        .get("pointer")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("pointer", "must be a JSON Pointer string"))
+        .and_then(|p| Pointer::parse(p).map_err(|r| (String::from("freshness.pointer"), r)))?;
+    let unit = match obj.get("unit").and_then(Value::as_str) {
+        Some("ms") => TimeUnit::Millis,
+        Some("s") => TimeUnit::Seconds,
+        Some("rfc3339") => TimeUnit::Rfc3339,
+        _ => return Err(bad("unit", "must be one of \"ms\", \"s\", \"rfc3339\"")),
+    };
+    let max_age = obj
+        .get("max_age_seconds")
+        .and_then(Value::as_u64)
+        .filter(|n| (1..=7 * 24 * 3600).contains(n))
+        .ok_or_else(|| {
+            bad(
+                "max_age_seconds",
+                "must be a whole number of seconds from 1 to 604800",
+            )
+        })?;
+    Ok(Freshness {
+        pointer,
+        unit,
+        max_age: Duration::from_secs(max_age),
     })
 }
 
@@ -830,6 +1031,125 @@ mod tests {
         assert_eq!(r.comment.as_str().chars().count(), 1000);
     }
 
+    fn window(unit: &str) -> Freshness {
+        parse_freshness(&json!({"pointer": "/t", "unit": unit, "max_age_seconds": 600})).unwrap()
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn freshness_reads_each_unit_and_refuses_old_future_and_missing() {
+        let now = at(1_800_000_000);
+        let ms = window("ms");
+        assert_eq!(ms.check(&json!({"t": 1_799_999_500_123u64}), now), Ok(()));
+        assert_eq!(ms.check(&json!({"t": "1799999500123"}), now), Ok(()));
+        assert!(matches!(
+            ms.check(&json!({"t": 1_799_999_000_000u64}), now),
+            Err(StaleError::TooOld {
+                age_seconds: 1000,
+                ..
+            })
+        ));
+        assert!(matches!(
+            ms.check(&json!({"t": 1_800_000_301_000u64}), now),
+            Err(StaleError::InTheFuture(_))
+        ));
+        assert_eq!(ms.check(&json!({"t": 1_800_000_299_000u64}), now), Ok(()));
+        assert_eq!(
+            ms.check(&json!({}), now),
+            Err(StaleError::Missing("/t".into()))
+        );
+        for bad in [
+            json!(null),
+            json!(-5),
+            json!(1.5e12),
+            json!("2019-1-30 15:51:34,870"),
+            json!(u64::MAX),
+        ] {
+            assert!(ms.check(&json!({"t": bad}), now).is_err(), "{bad}");
+        }
+        let s = window("s");
+        assert_eq!(s.check(&json!({"t": 1_799_999_500}), now), Ok(()));
+        assert!(s.check(&json!({"t": 1_799_999_000}), now).is_err());
+        let r = window("rfc3339");
+        // 1_800_000_000 is 2027-01-15T08:00:00Z.
+        assert_eq!(
+            r.check(&json!({"t": "2027-01-15T07:55:00.169Z"}), now),
+            Ok(())
+        );
+        assert_eq!(
+            r.check(&json!({"t": "2027-01-15T08:55:00+01:00"}), now),
+            Ok(())
+        );
+        assert_eq!(
+            r.check(&json!({"t": "2027-01-15T02:55:00-05:00"}), now),
+            Ok(())
+        );
+        assert!(r.check(&json!({"t": "2027-01-15T08:55:00Z"}), now).is_err());
+        assert!(
+            r.check(&json!({"t": "2020-10-02T18:45:22.169Z"}), now)
+                .is_err()
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2027-01-15T07:55:00",
+            "2027-01-15T07:55:00+25:00",
+            "2027-01-15T07:55:00ü+01:00",
+        ] {
+            assert!(
+                matches!(
+                    r.check(&json!({"t": bad}), now),
+                    Err(StaleError::Unreadable(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn stamping_now_makes_an_old_sample_fresh() {
+        let now = SystemTime::now();
+        for unit in ["ms", "s", "rfc3339"] {
+            let w = window(unit);
+            let mut doc = json!({"t": 0});
+            assert!(w.check(&doc, now).is_err());
+            w.stamp(&mut doc, now);
+            assert_eq!(w.check(&doc, now), Ok(()), "{unit}: {doc}");
+        }
+    }
+
+    #[test]
+    fn freshness_definitions_are_checked() {
+        for (f, field) in [
+            (
+                json!({"pointer": "/t", "unit": "minutes", "max_age_seconds": 60}),
+                "freshness.unit",
+            ),
+            (
+                json!({"pointer": "t", "unit": "s", "max_age_seconds": 60}),
+                "freshness.pointer",
+            ),
+            (
+                json!({"pointer": "/t", "unit": "s", "max_age_seconds": 0}),
+                "freshness.max_age_seconds",
+            ),
+            (
+                json!({"pointer": "/t", "unit": "s"}),
+                "freshness.max_age_seconds",
+            ),
+            (
+                json!({"pointer": "/t", "unit": "s", "max_age_seconds": 60, "skew": 1}),
+                "freshness.skew",
+            ),
+            (json!("/t"), "freshness"),
+        ] {
+            assert_eq!(parse_freshness(&f).unwrap_err().0, field, "{f}");
+        }
+    }
+
     #[test]
     fn presets_load_and_sources_replace_them_by_name() {
         let all = Sources::load(None).unwrap();
@@ -853,7 +1173,8 @@ mod tests {
         let s = Sources::load(Some(r#"{"sources": {"jira": {"extends": "jira", "devices": ["/issue/fields/customfield_12345"]}}}"#)).unwrap();
         let j = s.get("jira").unwrap();
         assert_eq!(j.devices, vec![ptr("/issue/fields/customfield_12345")]);
-        assert_eq!(j.when.len(), 2);
+        assert_eq!(j.when.len(), 3);
+        assert!(j.freshness.is_some(), "the preset's window is kept");
         assert!(matches!(j.auth, AuthDef::HmacSha256Hex { .. }));
     }
 

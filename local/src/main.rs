@@ -191,6 +191,21 @@ async fn send(file: &str, base: &str, secret_file: Option<String>) -> i32 {
     let secret: Value =
         serde_json::from_str(&secret_text).unwrap_or_else(|_| exit("the secret is not JSON"));
     let source = path.strip_prefix("/v1/webhooks/").unwrap_or("generic");
+    // The samples are old; a sender stamps its delivery when it sends it,
+    // and a preset with a freshness window refuses anything older.
+    let body = match mde_offboard::sources::Sources::default()
+        .get(source)
+        .and_then(|d| d.freshness.clone())
+    {
+        Some(window) => match serde_json::from_str::<Value>(&body) {
+            Ok(mut doc) => {
+                window.stamp(&mut doc, SystemTime::now());
+                doc.to_string()
+            }
+            Err(_) => body,
+        },
+        None => body,
+    };
     let key = secret["webhook_secrets"][source]
         .as_str()
         .or(secret["webhook_secrets"][source][0].as_str())
