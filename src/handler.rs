@@ -236,10 +236,12 @@ impl App {
             webhook_id: header(req.headers(), "webhook-id").map(str::to_string),
         };
         self.once(&caller, body, async {
-            let value: Value =
-                serde_json::from_slice(body).map_err(|e| ApiError::NotJson(e.to_string()))?;
-            let request = input::parse_generic(&value)?;
-            self.execute(request, &secret, &caller, deadline).await
+            let value = input::strict_json(body).map_err(|e| match e {
+                input::JsonError::Syntax(m) => ApiError::NotJson(m),
+                input::JsonError::Field(f) => ApiError::Field(f),
+            })?;
+            let body = input::parse_generic_body(&value, &self.config.callback_hosts)?;
+            self.execute(body.request, &secret, &caller, deadline).await
         })
         .await
     }
