@@ -105,6 +105,7 @@ impl ApiError {
             Self::Credentials(CredentialError::SecretUnavailable(_)) => "secret_unavailable",
             Self::Credentials(CredentialError::BadCredentials(_)) => "bad_credentials",
             Self::Credentials(CredentialError::LoginUnavailable(_)) => "login_unavailable",
+            Self::Credentials(CredentialError::LoginRedirected(_)) => "login_redirected",
             Self::Defender(_, Some(_)) => "defender_unavailable",
             Self::Defender(_, None) => "defender_error",
         }
