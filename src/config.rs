@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::input::{CallbackHosts, is_https_or_loopback};
 use crate::sources::Sources;
 
 /// A configuration value that is missing or cannot be used.
@@ -93,6 +94,8 @@ pub struct Config {
     pub rate_per_minute: usize,
     /// `MDE_MODE=worker`: drain the queue instead of serving HTTP.
     pub worker: bool,
+    /// `CALLBACK_HOSTS`: where a `callback_url` may point; empty refuses all.
+    pub callback_hosts: CallbackHosts,
 }
 
 impl Config {
@@ -181,7 +184,11 @@ impl Config {
                 ));
             }
         };
+        let callback_hosts = get("CALLBACK_HOSTS")
+            .map(|v| CallbackHosts::parse(&v))
+            .unwrap_or_default();
         Ok(Self {
+            callback_hosts,
             rate_per_minute,
             worker,
             metrics_namespace,
@@ -205,10 +212,15 @@ fn base_url(var: &'static str, v: &str) -> Result<String, ConfigError> {
     let v = v.trim().trim_end_matches('/');
     let parsed = reqwest::Url::parse(v)
         .map_err(|e| ConfigError::new(var, format!("'{v}' is not a URL ({e})")))?;
-    if !matches!(parsed.scheme(), "https" | "http") || parsed.host().is_none() {
+    if parsed.host().is_none() {
+        return Err(ConfigError::new(var, format!("'{v}' has no host")));
+    }
+    // The client secret and the bearer token travel to these hosts: plain
+    // http only where the traffic never leaves the machine.
+    if !is_https_or_loopback(&parsed) {
         return Err(ConfigError::new(
             var,
-            format!("'{v}' is not an http(s) URL"),
+            format!("'{v}' must be an https:// URL (http:// only for 127.0.0.1, ::1 or localhost)"),
         ));
     }
     Ok(v.to_string())
@@ -333,6 +345,51 @@ mod tests {
             let e = cfg(&[("SECRET_ID", "s"), (var, val)]).unwrap_err();
             assert_eq!(e.var, var, "{var}={val}");
         }
+    }
+
+    #[test]
+    fn api_and_login_urls_must_be_https_unless_loopback() {
+        for var in ["MDE_API_URL", "MDE_LOGIN_URL"] {
+            for bad in [
+                "http://api.securitycenter.microsoft.com",
+                "http://login.example.com:8080",
+                "http://10.0.0.5",
+                "http://127.0.0.2",
+                "http://localhost.evil.example",
+                "ws://127.0.0.1:9000",
+            ] {
+                let e = cfg(&[("SECRET_ID", "s"), (var, bad)]).unwrap_err();
+                assert_eq!(e.var, var, "{bad}");
+                assert!(e.reason.contains("https://"), "{e}");
+            }
+            for good in [
+                "https://api-eu.securitycenter.microsoft.com",
+                "http://127.0.0.1:9000",
+                "http://localhost:9000",
+                "http://LOCALHOST",
+                "http://[::1]:9000",
+                "https://127.0.0.1:9443",
+            ] {
+                assert!(
+                    cfg(&[("SECRET_ID", "s"), (var, good)]).is_ok(),
+                    "{var}={good}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn callback_hosts_are_a_lowercased_comma_list() {
+        let c = cfg(&[("SECRET_ID", "s")]).unwrap();
+        assert!(c.callback_hosts.is_empty());
+        let c = cfg(&[
+            ("SECRET_ID", "s"),
+            ("CALLBACK_HOSTS", " Hooks.Example.com, ,soar.example.org"),
+        ])
+        .unwrap();
+        assert!(c.callback_hosts.allows("hooks.example.com"));
+        assert!(c.callback_hosts.allows("SOAR.example.org"));
+        assert!(!c.callback_hosts.allows("example.com"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::limits::Deadline;
+use crate::limits::{Deadline, MAX_UPSTREAM_WAIT, later, parse_seconds, seconds_f64};
 
 /// The secret's JSON, validated. Webhook secrets are kept per source key,
 /// each a list so a rotation can accept the new and the old one.
@@ -130,6 +130,13 @@ pub enum CredentialError {
     /// The login endpoint is unreachable or failing.
     #[error("the login endpoint is unavailable: {0}")]
     LoginUnavailable(String),
+    /// The login endpoint answered a redirect. It is never followed: the
+    /// form holds the client secret, and a redirect would re-send it to
+    /// wherever `Location` points.
+    #[error(
+        "the login endpoint answered HTTP {0}, a redirect, which is never followed; check MDE_LOGIN_URL"
+    )]
+    LoginRedirected(u16),
 }
 
 impl CredentialError {
@@ -339,7 +346,7 @@ impl TokenProvider {
         let (token, lifetime) = self.fetch(secret, deadline).await?;
         *slot = Some(CachedToken {
             token: token.clone(),
-            refresh_at: Instant::now() + lifetime.saturating_sub(TOKEN_EARLY_REFRESH),
+            refresh_at: later(lifetime.saturating_sub(TOKEN_EARLY_REFRESH)),
             made_for: key,
         });
         Ok(token)
@@ -382,46 +389,93 @@ impl TokenProvider {
                     "could not connect".into()
                 })
             })?;
-        let status = resp.status();
+        let status = resp.status().as_u16();
         let bytes = resp
             .bytes()
             .await
             .map_err(|_| CredentialError::LoginUnavailable("the answer was cut off".into()))?;
-        if status.is_success() {
-            let t: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| {
-                CredentialError::LoginUnavailable(
-                    "the token answer is not the expected JSON".into(),
-                )
-            })?;
-            // Entra ID sends expires_in as a number; some proxies as a string.
-            let secs = match t.expires_in {
-                Some(Value::Number(n)) => n.as_u64(),
-                Some(Value::String(s)) => s.parse().ok(),
-                _ => None,
-            }
-            .unwrap_or(3599);
-            tracing::debug!(expires_in = secs, "token fetched");
-            return Ok((AccessToken(t.access_token), Duration::from_secs(secs)));
-        }
-        if status.is_server_error() || status.as_u16() == 429 {
-            return Err(CredentialError::LoginUnavailable(format!(
-                "HTTP {}",
-                status.as_u16()
-            )));
-        }
-        // Only the error code and AADSTS numbers: the description can echo
-        // request details, and never holds anything a user needs beyond them.
-        let body: Option<TokenErrorBody> = serde_json::from_slice(&bytes).ok();
-        let code = body
-            .as_ref()
-            .and_then(|b| b.error.clone())
-            .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
-        let aadsts = body
-            .and_then(|b| b.error_codes)
-            .map(|c| c.iter().map(|n| format!(" AADSTS{n}")).collect::<String>())
-            .unwrap_or_default();
-        Err(CredentialError::BadCredentials(format!("{code}{aadsts}")))
+        let (token, lifetime) = read_token_answer(status, &bytes)?;
+        tracing::debug!(expires_in_s = lifetime.as_secs(), "token fetched");
+        Ok((token, lifetime))
     }
+}
+
+/// Used when an answer has no usable `expires_in`: Entra ID's usual value.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3599);
+
+/// What the token endpoint's answer means. Pure, so the fuzzer drives it
+/// with any status and body.
+pub fn read_token_answer(
+    status: u16,
+    body: &[u8],
+) -> Result<(AccessToken, Duration), CredentialError> {
+    if (200..300).contains(&status) {
+        let t: TokenResponse = serde_json::from_slice(body).map_err(|_| {
+            CredentialError::LoginUnavailable("the token answer is not the expected JSON".into())
+        })?;
+        // The token goes into an Authorization header: a value that cannot
+        // be one would fail every Defender call as a "network error".
+        if t.access_token.is_empty() || !t.access_token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(CredentialError::LoginUnavailable(
+                "the token answer holds no usable access_token".into(),
+            ));
+        }
+        return Ok((
+            AccessToken(t.access_token),
+            token_lifetime(t.expires_in.as_ref()),
+        ));
+    }
+    if (300..400).contains(&status) {
+        return Err(CredentialError::LoginRedirected(status));
+    }
+    if status >= 500 || status == 429 {
+        return Err(CredentialError::LoginUnavailable(format!("HTTP {status}")));
+    }
+    // Only the error code and AADSTS numbers: the description can echo
+    // request details, and never holds anything a user needs beyond them.
+    let body: Option<TokenErrorBody> = serde_json::from_slice(body).ok();
+    let code = body
+        .as_ref()
+        .and_then(|b| b.error.as_deref())
+        .filter(|c| !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    let aadsts = body
+        .and_then(|b| b.error_codes)
+        .map(|c| {
+            c.iter()
+                .take(8)
+                .map(|n| format!(" AADSTS{n}"))
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    Err(CredentialError::BadCredentials(format!("{code}{aadsts}")))
+}
+
+/// `expires_in` as Entra ID sends it (a number) or as some proxies do (a
+/// string), read without panicking whatever it holds and capped at
+/// `MAX_UPSTREAM_WAIT`. Negative means already expired: the token serves
+/// this request and is not cached.
+pub fn token_lifetime(expires_in: Option<&Value>) -> Duration {
+    let from_f64 = |f: f64| {
+        if f < 0.0 {
+            Some(Duration::ZERO)
+        } else {
+            seconds_f64(f)
+        }
+    };
+    let parsed = match expires_in {
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(u) => Some(Duration::from_secs(u).min(MAX_UPSTREAM_WAIT)),
+            None => n.as_f64().and_then(from_f64),
+        },
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            parse_seconds(s).or_else(|| s.parse::<f64>().ok().and_then(from_f64))
+        }
+        _ => None,
+    };
+    parsed.unwrap_or(DEFAULT_TOKEN_LIFETIME)
 }
 
 #[cfg(test)]
@@ -504,5 +558,93 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         cache.get().await.unwrap();
         assert_eq!(src.0.load(Ordering::SeqCst), 2);
+    }
+    #[test]
+    fn expires_in_is_read_safely_whatever_it_holds() {
+        use serde_json::json;
+        let hour = MAX_UPSTREAM_WAIT;
+        let secs = Duration::from_secs;
+        for (v, want) in [
+            (json!(3599), secs(3599)),
+            (json!(86_400), hour),
+            (json!(u64::MAX), hour),
+            (json!(1e20), hour),
+            (json!(1.7976931348623157e308), hour),
+            (json!(-1), Duration::ZERO),
+            (json!(i64::MIN), Duration::ZERO),
+            (json!(-1e20), Duration::ZERO),
+            (json!(59.5), Duration::from_millis(59_500)),
+            (json!("3599"), secs(3599)),
+            (json!(" 120 "), secs(120)),
+            (json!("18446744073709551616"), hour),
+            (json!("1e20"), hour),
+            (json!("-5"), Duration::ZERO),
+            (json!("NaN"), secs(3599)),
+            (json!("inf"), secs(3599)),
+            (json!("soon"), secs(3599)),
+            (json!(""), secs(3599)),
+            (json!(null), secs(3599)),
+            (json!(true), secs(3599)),
+            (json!([3599]), secs(3599)),
+            (json!({"s": 1}), secs(3599)),
+        ] {
+            assert_eq!(token_lifetime(Some(&v)), want, "expires_in: {v}");
+        }
+        assert_eq!(token_lifetime(None), secs(3599));
+    }
+
+    #[test]
+    fn token_answers_are_classified_without_echoing_details() {
+        let ok =
+            read_token_answer(200, br#"{"access_token":"eyJ.a.b","expires_in":"1e300"}"#).unwrap();
+        assert_eq!((ok.0.expose(), ok.1), ("eyJ.a.b", MAX_UPSTREAM_WAIT));
+        for status in [301, 302, 303, 307, 308] {
+            assert_eq!(
+                read_token_answer(status, b""),
+                Err(CredentialError::LoginRedirected(status))
+            );
+        }
+        for body in [
+            &br#"{"access_token":""}"#[..],
+            br#"{"access_token":"a b"}"#,
+            br#"{"access_token":"a\nb"}"#,
+            br#"{"access_token":5}"#,
+            b"<html>",
+        ] {
+            assert!(
+                matches!(
+                    read_token_answer(200, body),
+                    Err(CredentialError::LoginUnavailable(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(read_token_answer(503, b"").unwrap_err().is_retryable());
+        assert!(read_token_answer(429, b"").unwrap_err().is_retryable());
+        let e = read_token_answer(
+            401,
+            br#"{"error":"invalid_client","error_description":"secret hunter2","error_codes":[7000215]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            CredentialError::BadCredentials("invalid_client AADSTS7000215".into())
+        );
+        let e = read_token_answer(400, br#"{"error":"line\nbreak"}"#).unwrap_err();
+        assert_eq!(e, CredentialError::BadCredentials("HTTP 400".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_expires_in_caches_for_at_most_an_hour() {
+        // The real provider's caching arithmetic with a lifetime far past
+        // what an Instant can hold.
+        let refresh_at = later(
+            token_lifetime(Some(&serde_json::json!(u64::MAX))).saturating_sub(TOKEN_EARLY_REFRESH),
+        );
+        assert_eq!(
+            refresh_at - Instant::now(),
+            MAX_UPSTREAM_WAIT - TOKEN_EARLY_REFRESH
+        );
     }
 }

@@ -88,6 +88,10 @@ pub enum DefenderError {
     Forbidden,
     #[error("Defender is throttling; retry after {}s", retry_after.as_secs())]
     Throttled { retry_after: Duration },
+    /// A 3xx: never followed, since it would carry the bearer token to
+    /// wherever `Location` points.
+    #[error("Defender answered HTTP {0}, a redirect, which is never followed; check MDE_API_URL")]
+    Redirected(u16),
     #[error("Defender is unavailable: {0}")]
     Unavailable(String),
     #[error("the Lambda deadline left no time for this call")]
@@ -249,12 +253,12 @@ impl HttpDefender {
                         StatusCode::FORBIDDEN => return Err(DefenderError::Forbidden),
                         StatusCode::NOT_FOUND => return Err(DefenderError::NotFound),
                         StatusCode::TOO_MANY_REQUESTS => {
-                            let retry_after = resp
-                                .headers()
-                                .get(reqwest::header::RETRY_AFTER)
-                                .and_then(|v| v.to_str().ok())
-                                .and_then(|v| parse_retry_after(v, SystemTime::now()))
-                                .unwrap_or(Duration::from_secs(5));
+                            let retry_after = throttle_wait(
+                                resp.headers()
+                                    .get(reqwest::header::RETRY_AFTER)
+                                    .map(|v| v.as_bytes()),
+                                SystemTime::now(),
+                            );
                             tracing::warn!(method = %method, path = path_and_query, retry_after_s = retry_after.as_secs_f64(), "Defender throttled");
                             metrics::count(metrics::names::DEFENDER_THROTTLED);
                             // Everyone in this instance waits, not just us.
@@ -269,16 +273,14 @@ impl HttpDefender {
                             metrics::count(metrics::names::DEFENDER_ERRORS);
                             format!("HTTP {}", s.as_u16())
                         }
+                        s if s.is_redirection() => {
+                            return Err(DefenderError::Redirected(s.as_u16()));
+                        }
                         s => {
                             let bytes = resp.bytes().await.unwrap_or_default();
-                            let code = serde_json::from_slice::<ErrorBody>(&bytes)
-                                .ok()
-                                .and_then(|b| b.error)
-                                .and_then(|d| d.code)
-                                .unwrap_or_else(|| "Unknown".into());
                             return Err(DefenderError::Refused {
                                 status: s.as_u16(),
-                                code,
+                                code: refusal_code(&bytes),
                             });
                         }
                     }
@@ -305,9 +307,7 @@ impl HttpDefender {
         let bytes = self
             .call(kind, method, path_and_query, body, deadline)
             .await?;
-        serde_json::from_slice(&bytes).map_err(|_| {
-            DefenderError::Unavailable("Defender's answer is not the expected JSON".into())
-        })
+        read_json(&bytes)
     }
 
     /// Opens the TLS connection to the API host so the first real call does
@@ -320,6 +320,46 @@ impl HttpDefender {
             .send()
             .await;
     }
+}
+
+/// Used when a 429 carries no usable `Retry-After`.
+pub const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(5);
+
+/// The wait a 429 asks for, from the raw `Retry-After` bytes: anything
+/// unreadable is the default, anything huge at most an hour.
+pub fn throttle_wait(retry_after: Option<&[u8]>, now: SystemTime) -> Duration {
+    retry_after
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| parse_retry_after(v, now))
+        .unwrap_or(DEFAULT_THROTTLE_WAIT)
+}
+
+/// Defender's `error.code` from a refusal's body. It ends up in answers and
+/// logs, so only a short identifier is kept; anything else is `Unknown`.
+pub fn refusal_code(body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .and_then(|b| b.error)
+        .and_then(|d| d.code)
+        .filter(|c| {
+            !c.is_empty()
+                && c.len() <= 64
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        })
+        .unwrap_or_else(|| "Unknown".into())
+}
+
+/// A 2xx body as the type expected; anything else is a transient failure.
+pub fn read_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DefenderError> {
+    serde_json::from_slice(bytes).map_err(|_| {
+        DefenderError::Unavailable("Defender's answer is not the expected JSON".into())
+    })
+}
+
+/// The list answer of `GET /api/machines?$filter=...`.
+pub fn read_machine_list(bytes: &[u8]) -> Result<Vec<Machine>, DefenderError> {
+    read_json::<MachineList>(bytes).map(|l| l.value)
 }
 
 /// Percent-encodes a query value (RFC 3986 unreserved characters pass).
@@ -482,5 +522,55 @@ mod tests {
             .retry_after()
             .is_none()
         );
+    }
+    #[test]
+    fn a_429_wait_is_read_safely_from_any_header_bytes() {
+        let now = SystemTime::now();
+        let hour = crate::limits::MAX_UPSTREAM_WAIT;
+        for (v, want) in [
+            (Some(&b"1e20"[..]), hour),
+            (Some(b"18446744073709551615"), hour),
+            (Some(b"-3"), DEFAULT_THROTTLE_WAIT),
+            (Some(b"NaN"), DEFAULT_THROTTLE_WAIT),
+            (Some(b"inf"), DEFAULT_THROTTLE_WAIT),
+            (Some(b"\xff\xfe"), DEFAULT_THROTTLE_WAIT),
+            (Some(b"2.5"), Duration::from_millis(2500)),
+            (Some(b"7"), Duration::from_secs(7)),
+            (None, DEFAULT_THROTTLE_WAIT),
+        ] {
+            assert_eq!(throttle_wait(v, now), want, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn refusal_codes_are_short_identifiers_or_unknown() {
+        assert_eq!(
+            refusal_code(br#"{"error":{"code":"ActiveRequestAlreadyExists","message":"m"}}"#),
+            "ActiveRequestAlreadyExists"
+        );
+        for body in [
+            &br#"{"error":{"code":"line\nbreak"}}"#[..],
+            br#"{"error":{"code":""}}"#,
+            br#"{"error":{"code":7}}"#,
+            br#"{"error":"x"}"#,
+            b"<html>",
+            b"",
+        ] {
+            assert_eq!(
+                refusal_code(body),
+                "Unknown",
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let long = format!(r#"{{"error":{{"code":"{}"}}}}"#, "A".repeat(65));
+        assert_eq!(refusal_code(long.as_bytes()), "Unknown");
+    }
+
+    #[test]
+    fn a_redirect_is_neither_retried_nor_a_refusal_code() {
+        let e = DefenderError::Redirected(307);
+        assert!(e.retry_after().is_none());
+        assert!(e.to_string().contains("307") && e.to_string().contains("never followed"));
     }
 }

@@ -114,9 +114,13 @@ impl App {
                 (EventKind::EventBridge, Some(def)) if source != EVENTBRIDGE => def.map(event)?,
                 (EventKind::EventBridge, _) => {
                     let detail = event.get("detail").cloned().unwrap_or(Value::Null);
-                    Mapped::Act(input::parse_generic(&detail)?)
+                    Mapped::Act(
+                        input::parse_generic_body(&detail, &self.config.callback_hosts)?.request,
+                    )
                 }
-                _ => Mapped::Act(input::parse_generic(event)?),
+                _ => Mapped::Act(
+                    input::parse_generic_body(event, &self.config.callback_hosts)?.request,
+                ),
             };
             match mapped {
                 Mapped::Act(request) => self.execute(request, &secret, &caller, deadline).await,

@@ -66,10 +66,13 @@ impl ApiError {
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotJson(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) | Self::Stale(_) => StatusCode::UNAUTHORIZED,
-            Self::Field(FieldError::Missing { .. } | FieldError::WrongType { .. }) => {
-                StatusCode::BAD_REQUEST
-            }
-            Self::Field(FieldError::OutOfBounds { .. })
+            Self::Field(
+                FieldError::Missing { .. }
+                | FieldError::WrongType { .. }
+                | FieldError::Unknown { .. }
+                | FieldError::Duplicate { .. },
+            ) => StatusCode::BAD_REQUEST,
+            Self::Field(FieldError::OutOfBounds { .. } | FieldError::CallbackNotAllowed { .. })
             | Self::TooManyDevices { .. }
             | Self::QueueNotConfigured => StatusCode::UNPROCESSABLE_ENTITY,
             Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -93,6 +96,11 @@ impl ApiError {
             Self::Field(FieldError::Missing { .. }) => "missing_field",
             Self::Field(FieldError::WrongType { .. }) => "wrong_type",
             Self::Field(FieldError::OutOfBounds { .. }) => "invalid_value",
+            Self::Field(FieldError::Unknown { .. }) => "unknown_field",
+            // A repeated key is malformed JSON for this API, whatever a
+            // lenient parser makes of it.
+            Self::Field(FieldError::Duplicate { .. }) => "invalid_json",
+            Self::Field(FieldError::CallbackNotAllowed { .. }) => "callback_not_allowed",
             Self::TooManyDevices { .. } => "too_many_devices",
             Self::QueueNotConfigured => "queue_not_configured",
             Self::QueueUnavailable(_) => "queue_unavailable",
@@ -101,6 +109,7 @@ impl ApiError {
             Self::Credentials(CredentialError::SecretUnavailable(_)) => "secret_unavailable",
             Self::Credentials(CredentialError::BadCredentials(_)) => "bad_credentials",
             Self::Credentials(CredentialError::LoginUnavailable(_)) => "login_unavailable",
+            Self::Credentials(CredentialError::LoginRedirected(_)) => "login_redirected",
             Self::Defender(_, Some(_)) => "defender_unavailable",
             Self::Defender(_, None) => "defender_error",
         }

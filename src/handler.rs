@@ -104,9 +104,12 @@ impl App {
     }
 
     /// The HTTP client every adapter shares: rustls, pooled connections kept
-    /// warm between invocations.
+    /// warm between invocations. It never follows a redirect: a 307 from the
+    /// login host would re-send the form holding the client secret, and one
+    /// from the API the bearer token, to wherever `Location` points.
     pub fn http_client() -> reqwest::Client {
         reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("mde-offboard/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(3))
             .pool_idle_timeout(Duration::from_secs(240))
@@ -238,10 +241,12 @@ impl App {
         // Standard Webhooks signs its webhook-id.
         let key = delivery_key(GENERIC, caller.webhook_id.as_deref(), body);
         self.once(&caller, &key, async {
-            let value: Value =
-                serde_json::from_slice(body).map_err(|e| ApiError::NotJson(e.to_string()))?;
-            let request = input::parse_generic(&value)?;
-            self.execute(request, &secret, &caller, deadline).await
+            let value = input::strict_json(body).map_err(|e| match e {
+                input::JsonError::Syntax(m) => ApiError::NotJson(m),
+                input::JsonError::Field(f) => ApiError::Field(f),
+            })?;
+            let body = input::parse_generic_body(&value, &self.config.callback_hosts)?;
+            self.execute(body.request, &secret, &caller, deadline).await
         })
         .await
     }
@@ -666,17 +671,123 @@ fn route_path(req: &Request) -> String {
     path.to_string()
 }
 
+/// The caller's address for the audit line. API Gateway (HTTP API, REST
+/// API) and Function URLs put the connection's address in the request
+/// context; any header is the caller's own writing there. An ALB has no
+/// context address, so it is the last `X-Forwarded-For` entry: the one the
+/// ALB appended, after whatever the caller sent.
 fn source_ip(req: &Request) -> Option<String> {
-    match req.request_context_ref() {
+    let ip = match req.request_context_ref() {
         Some(RequestContext::ApiGatewayV2(c)) => c.http.source_ip.clone(),
         Some(RequestContext::ApiGatewayV1(c)) => c.identity.source_ip.clone(),
+        Some(RequestContext::Alb(_)) => req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::to_string),
         _ => None,
+    }?;
+    // Only an address is written to the audit log, never free text.
+    ip.trim()
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| ip.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(v: Value) -> Request {
+        lambda_http::request::from_str(&v.to_string()).expect("a valid event")
     }
-    .or_else(|| {
-        header(req.headers(), "x-forwarded-for")
-            .and_then(|v| v.split(',').next())
-            .map(|s| s.trim().to_string())
-    })
+
+    const SPOOF: &str = "198.51.100.66, 192.0.2.99";
+
+    #[test]
+    fn http_api_source_ip_is_the_context_never_a_header() {
+        let req = event(json!({
+            "version": "2.0", "routeKey": "$default", "rawPath": "/v1/offboard",
+            "rawQueryString": "",
+            "headers": {"x-forwarded-for": SPOOF, "x-real-ip": "198.51.100.67"},
+            "requestContext": {"accountId": "1", "apiId": "a", "domainName": "d",
+                "domainPrefix": "d", "requestId": "r", "routeKey": "$default",
+                "stage": "$default", "time": "t", "timeEpoch": 0,
+                "http": {"method": "POST", "path": "/v1/offboard", "protocol": "HTTP/1.1",
+                    "sourceIp": "203.0.113.10", "userAgent": "u"}},
+            "body": "{}", "isBase64Encoded": false
+        }));
+        assert_eq!(source_ip(&req).as_deref(), Some("203.0.113.10"));
+    }
+
+    #[test]
+    fn rest_api_source_ip_is_the_identity_never_a_header() {
+        let req = event(json!({
+            "resource": "/v1/offboard", "path": "/v1/offboard", "httpMethod": "POST",
+            "headers": {"X-Forwarded-For": SPOOF},
+            "multiValueHeaders": {"X-Forwarded-For": [SPOOF]},
+            "queryStringParameters": null, "multiValueQueryStringParameters": null,
+            "pathParameters": null, "stageVariables": null,
+            "requestContext": {"accountId": "1", "apiId": "a", "stage": "prod",
+                "requestId": "r", "resourcePath": "/v1/offboard", "httpMethod": "POST",
+                "path": "/prod/v1/offboard",
+                "identity": {"sourceIp": "203.0.113.11", "userAgent": "u"}},
+            "body": "{}", "isBase64Encoded": false
+        }));
+        assert_eq!(source_ip(&req).as_deref(), Some("203.0.113.11"));
+    }
+
+    fn alb(headers: Value, multi: Option<Value>) -> Request {
+        let mut v = json!({
+            "requestContext": {"elb": {"targetGroupArn":
+                "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/mde/abc"}},
+            "httpMethod": "POST", "path": "/v1/offboard", "queryStringParameters": {},
+            "headers": headers, "body": "{}", "isBase64Encoded": false
+        });
+        if let Some(m) = multi {
+            v.as_object_mut().unwrap().remove("headers");
+            v["multiValueHeaders"] = m;
+            v["multiValueQueryStringParameters"] = json!({});
+            v.as_object_mut().unwrap().remove("queryStringParameters");
+        }
+        event(v)
+    }
+
+    #[test]
+    fn alb_source_ip_is_the_last_forwarded_for_entry() {
+        // The caller wrote the first two entries; the ALB appended the last.
+        let req = alb(
+            json!({"x-forwarded-for": "198.51.100.66, 192.0.2.99, 203.0.113.12"}),
+            None,
+        );
+        assert_eq!(source_ip(&req).as_deref(), Some("203.0.113.12"));
+        let req = alb(json!({"x-forwarded-for": "203.0.113.13"}), None);
+        assert_eq!(source_ip(&req).as_deref(), Some("203.0.113.13"));
+        let req = alb(
+            json!({}),
+            Some(json!({"x-forwarded-for": ["198.51.100.66", "2001:db8::7"]})),
+        );
+        assert_eq!(source_ip(&req).as_deref(), Some("2001:db8::7"));
+        // Not an address: nothing rather than text from the request.
+        let req = alb(
+            json!({"x-forwarded-for": "203.0.113.1, evil<script>"}),
+            None,
+        );
+        assert_eq!(source_ip(&req), None);
+        assert_eq!(source_ip(&alb(json!({}), None)), None);
+    }
+
+    #[test]
+    fn without_a_request_context_no_header_is_believed() {
+        let mut req = Request::new(Body::Empty);
+        req.headers_mut()
+            .insert("x-forwarded-for", "198.51.100.66".parse().unwrap());
+        assert_eq!(source_ip(&req), None);
+    }
 }
 
 #[cfg(test)]

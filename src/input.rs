@@ -4,9 +4,11 @@
 //! module a `MachineId` is always 40 lowercase hex characters and a
 //! `Comment` never holds a control character.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use serde::Serialize;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -27,6 +29,20 @@ pub enum FieldError {
     },
     #[error("field '{field}' {reason}")]
     OutOfBounds { field: String, reason: String },
+    /// A field the generic body does not define: a typo such as `dryRun`
+    /// must never be read as "not given" and offboard for real.
+    #[error("field '{field}' is not part of the body{}", hint.map(|h| format!(" (did you mean '{h}'?)")).unwrap_or_default())]
+    Unknown {
+        field: String,
+        hint: Option<&'static str>,
+    },
+    /// A key given twice: parsers disagree on which copy wins, so neither is
+    /// trusted.
+    #[error("field '{field}' is given twice")]
+    Duplicate { field: String },
+    /// A `callback_url` this deployment may not call.
+    #[error("field '{field}' {reason}")]
+    CallbackNotAllowed { field: String, reason: String },
 }
 
 impl FieldError {
@@ -34,7 +50,10 @@ impl FieldError {
         match self {
             Self::Missing { field }
             | Self::WrongType { field, .. }
-            | Self::OutOfBounds { field, .. } => field,
+            | Self::OutOfBounds { field, .. }
+            | Self::Unknown { field, .. }
+            | Self::Duplicate { field }
+            | Self::CallbackNotAllowed { field, .. } => field,
         }
     }
 
@@ -45,6 +64,29 @@ impl FieldError {
         }
     }
 }
+
+/// Characters that change how text is shown without being seen: bidi
+/// overrides, isolates and marks, zero-width spaces and joiners, the BOM.
+/// In a ticket, comment or device name they let an audit line or the
+/// Defender portal read differently from what was sent.
+pub fn is_hidden_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+            | '\u{061C}'
+            | '\u{2060}'
+    )
+}
+
+/// Refused in every value a person reads later (ticket, comment, device).
+fn is_unsafe_char(c: char) -> bool {
+    c.is_control() || is_hidden_format(c)
+}
+
+const UNSAFE_CHARS: &str = "must not contain control characters or invisible formatting characters (bidirectional or zero-width)";
 
 /// A Defender machine id: the 40-hex-character SHA-1 Defender assigns.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -80,8 +122,10 @@ impl DeviceName {
         if s.chars().count() > MAX_DEVICE_CHARS {
             return Err("is longer than 255 characters");
         }
-        if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err("must not contain spaces or control characters");
+        if s.chars().any(|c| c.is_whitespace() || is_unsafe_char(c)) {
+            return Err(
+                "must not contain spaces, control characters or invisible formatting characters",
+            );
         }
         Ok(Self(s.to_string()))
     }
@@ -151,11 +195,8 @@ impl Ticket {
                 format!("must be at most {MAX_TICKET_CHARS} characters"),
             ));
         }
-        if s.chars().any(char::is_control) {
-            return Err(FieldError::bounds(
-                field,
-                "must not contain control characters",
-            ));
+        if s.chars().any(is_unsafe_char) {
+            return Err(FieldError::bounds(field, UNSAFE_CHARS));
         }
         Ok(Self(s.to_string()))
     }
@@ -180,21 +221,19 @@ impl Comment {
                 format!("must be at most {MAX_COMMENT_CHARS} characters"),
             ));
         }
-        if s.chars().any(char::is_control) {
-            return Err(FieldError::bounds(
-                field,
-                "must not contain control characters",
-            ));
+        if s.chars().any(is_unsafe_char) {
+            return Err(FieldError::bounds(field, UNSAFE_CHARS));
         }
         Ok(Self(s.to_string()))
     }
 
-    /// For text pulled from someone else's payload: control characters
-    /// become spaces and the result is cut to the limit instead of refused.
+    /// For text pulled from someone else's payload: control and invisible
+    /// formatting characters become spaces and the result is cut to the
+    /// limit instead of refused.
     pub fn sanitize(s: &str) -> Option<Self> {
         let cleaned: String = s
             .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
+            .map(|c| if is_unsafe_char(c) { ' ' } else { c })
             .take(MAX_COMMENT_CHARS)
             .collect();
         let cleaned = cleaned.trim();
@@ -232,12 +271,56 @@ impl OffboardRequest {
     }
 }
 
-/// Validates the generic body (`POST /v1/offboard`).
+/// The fields the generic body defines; anything else is refused.
+pub const GENERIC_FIELDS: [&str; 6] = [
+    "ticket",
+    "comment",
+    "devices",
+    "dry_run",
+    "mode",
+    "callback_url",
+];
+
+/// The first field not in `GENERIC_FIELDS`, with the field it was probably
+/// meant to be (`dryRun`, `dry-run` and `DRY_RUN` all mean `dry_run`).
+fn unknown_field(obj: &Map<String, Value>) -> Option<FieldError> {
+    let fold = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !matches!(c, '_' | '-' | ' '))
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let key = obj.keys().find(|k| !GENERIC_FIELDS.contains(&k.as_str()))?;
+    let folded = fold(key);
+    Some(FieldError::Unknown {
+        field: key.clone(),
+        hint: GENERIC_FIELDS.into_iter().find(|f| fold(f) == folded),
+    })
+}
+
+/// The generic body, validated; `callback_url` is kept beside the request
+/// so the request type every route shares stays as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenericBody {
+    pub request: OffboardRequest,
+    pub callback_url: Option<CallbackUrl>,
+}
+
+/// Validates the generic body (`POST /v1/offboard`), refusing every
+/// `callback_url` (no `CALLBACK_HOSTS`).
 pub fn parse_generic(body: &Value) -> Result<OffboardRequest, FieldError> {
+    parse_generic_body(body, &CallbackHosts::default()).map(|b| b.request)
+}
+
+/// Validates the generic body; a `callback_url` must be on one of `hosts`.
+pub fn parse_generic_body(body: &Value, hosts: &CallbackHosts) -> Result<GenericBody, FieldError> {
     let obj = body.as_object().ok_or_else(|| FieldError::WrongType {
         field: "body".into(),
         expected: "a JSON object",
     })?;
+    if let Some(e) = unknown_field(obj) {
+        return Err(e);
+    }
     let ticket = Ticket::parse("ticket", required_str(obj, "ticket")?)?;
     let comment = Comment::parse("comment", required_str(obj, "comment")?)?;
     let devices = match obj.get("devices") {
@@ -284,13 +367,206 @@ pub fn parse_generic(body: &Value) -> Result<OffboardRequest, FieldError> {
             });
         }
     };
-    Ok(OffboardRequest {
-        ticket,
-        comment,
-        devices,
-        dry_run,
-        mode,
+    let callback_url = match obj.get("callback_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(CallbackUrl::parse("callback_url", s, hosts)?),
+        Some(_) => {
+            return Err(FieldError::WrongType {
+                field: "callback_url".into(),
+                expected: "a string",
+            });
+        }
+    };
+    Ok(GenericBody {
+        request: OffboardRequest {
+            ticket,
+            comment,
+            devices,
+            dry_run,
+            mode,
+        },
+        callback_url,
     })
+}
+
+/// Whether a URL's host is the machine itself: the only place plain
+/// `http://` is accepted (tests and the local run).
+pub fn is_loopback(url: &reqwest::Url) -> bool {
+    // The URL parser writes IP hosts in canonical form (`127.1` becomes
+    // `127.0.0.1`, `[0::1]` becomes `[::1]`), so these strings are enough.
+    url.host_str()
+        .is_some_and(|h| h.eq_ignore_ascii_case("localhost") || h == "127.0.0.1" || h == "[::1]")
+}
+
+/// `https://`, or any scheme of http(s) on a loopback host.
+pub fn is_https_or_loopback(url: &reqwest::Url) -> bool {
+    url.scheme() == "https" || (url.scheme() == "http" && is_loopback(url))
+}
+
+/// `CALLBACK_HOSTS`: the hosts a `callback_url` may point at, lowercased.
+/// Empty refuses every callback.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallbackHosts(Vec<String>);
+
+impl CallbackHosts {
+    pub fn parse(list: &str) -> Self {
+        Self(
+            list.split(',')
+                .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+        )
+    }
+
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.');
+        self.0.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A `callback_url` on an allowed host: the function will POST outcomes
+/// there, so it must not be a way to reach anything else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackUrl(reqwest::Url);
+
+impl CallbackUrl {
+    pub fn parse(field: &str, s: &str, hosts: &CallbackHosts) -> Result<Self, FieldError> {
+        let refuse = |reason: String| FieldError::CallbackNotAllowed {
+            field: field.to_string(),
+            reason,
+        };
+        let url = reqwest::Url::parse(s.trim()).map_err(|_| refuse("is not a URL".into()))?;
+        if !is_https_or_loopback(&url) {
+            return Err(refuse("must be an https:// URL".into()));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(refuse("must not carry credentials".into()));
+        }
+        let host = url.host_str().unwrap_or_default().to_string();
+        if !hosts.allows(host.trim_start_matches('[').trim_end_matches(']')) {
+            return Err(refuse(if hosts.is_empty() {
+                "is not allowed: no CALLBACK_HOSTS are configured".into()
+            } else {
+                format!("points at '{host}', which is not in CALLBACK_HOSTS")
+            }));
+        }
+        Ok(Self(url))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+/// Why a body is not JSON the generic route accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum JsonError {
+    #[error("{0}")]
+    Syntax(String),
+    #[error(transparent)]
+    Field(#[from] FieldError),
+}
+
+/// Parses JSON like `serde_json::from_slice::<Value>`, except that an object
+/// holding a key twice is refused: `Value` silently keeps the last copy, so
+/// `"dry_run": true, ..., "dry_run": false` would offboard for real.
+pub fn strict_json(bytes: &[u8]) -> Result<Value, JsonError> {
+    let duplicate = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = StrictValue {
+        duplicate: &duplicate,
+    }
+    .deserialize(&mut de)
+    .and_then(|v| de.end().map(|()| v));
+    match (parsed, duplicate.into_inner()) {
+        (_, Some(field)) => Err(FieldError::Duplicate { field }.into()),
+        (Ok(v), None) => Ok(v),
+        (Err(e), None) => Err(JsonError::Syntax(e.to_string())),
+    }
+}
+
+/// Builds a `Value`, noting the first duplicated key it meets.
+#[derive(Clone, Copy)]
+struct StrictValue<'a> {
+    duplicate: &'a RefCell<Option<String>>,
+}
+
+impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        self.deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(v) = seq.next_element_seed(self)? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut obj = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if obj.contains_key(&key) {
+                let e = de::Error::custom(format_args!("field '{key}' is given twice"));
+                *self.duplicate.borrow_mut() = Some(key);
+                return Err(e);
+            }
+            let v = map.next_value_seed(self)?;
+            obj.insert(key, v);
+        }
+        Ok(Value::Object(obj))
+    }
 }
 
 fn required_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a str, FieldError> {
@@ -475,5 +751,171 @@ mod tests {
         assert!(c.as_str().starts_with("a b x"));
         assert_eq!(c.as_str().chars().count(), MAX_COMMENT_CHARS);
         assert!(Comment::sanitize("\n\n").is_none());
+    }
+    #[test]
+    fn unknown_fields_are_refused_by_name_with_a_hint() {
+        for (key, hint) in [
+            ("dryRun", Some("dry_run")),
+            ("dry-run", Some("dry_run")),
+            ("DRY_RUN", Some("dry_run")),
+            ("Devices", Some("devices")),
+            ("callbackUrl", Some("callback_url")),
+            ("force", None),
+        ] {
+            let e = err(|o| {
+                o.insert(key.into(), json!(true));
+            });
+            assert_eq!(
+                e,
+                FieldError::Unknown {
+                    field: key.into(),
+                    hint
+                },
+                "{key}"
+            );
+            assert!(e.to_string().contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn every_contract_field_is_accepted() {
+        let b = json!({"ticket": "T", "comment": "c", "devices": [ID], "dry_run": true,
+            "mode": "now", "callback_url": null});
+        let r = parse_generic(&b).unwrap();
+        assert!(r.dry_run);
+    }
+
+    fn strict(text: &str) -> Result<Value, JsonError> {
+        strict_json(text.as_bytes())
+    }
+
+    #[test]
+    fn strict_json_refuses_a_key_given_twice_anywhere() {
+        let dup = |f: &str| Err(JsonError::Field(FieldError::Duplicate { field: f.into() }));
+        assert_eq!(
+            strict(
+                r#"{"ticket":"T","dry_run":true,"comment":"c","devices":["a"],"dry_run":false}"#
+            ),
+            dup("dry_run")
+        );
+        assert_eq!(strict(r#"{"a":{"b":1,"b":1}}"#), dup("b"));
+        assert_eq!(strict(r#"{"a":[{"x":1},{"y":2,"y":3}]}"#), dup("y"));
+        // The same key in sibling objects is not a duplicate.
+        assert_eq!(
+            strict(r#"{"a":{"k":1},"b":{"k":2}}"#).unwrap(),
+            json!({"a":{"k":1},"b":{"k":2}})
+        );
+    }
+
+    #[test]
+    fn strict_json_reads_what_serde_json_reads() {
+        for text in [
+            r#"{"ticket":"T","n":-1,"u":18446744073709551615,"f":1.5e300,"b":false,"z":null,"s":"\u00e9\n"}"#,
+            r#"[1,[2,[3]],{"a":[]}]"#,
+            " \"x\" ",
+            "0",
+        ] {
+            let lenient: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(strict(text).unwrap(), lenient, "{text}");
+        }
+        for bad in [
+            "",
+            "{",
+            r#"{"a":1} x"#,
+            "[1,]",
+            "{\"a\" 1}",
+            &"[".repeat(200),
+        ] {
+            assert!(
+                matches!(strict(bad), Err(JsonError::Syntax(_))),
+                "{bad:?}: {:?}",
+                strict(bad)
+            );
+        }
+    }
+
+    const HIDDEN: [char; 16] = [
+        '\u{200B}', '\u{200C}', '\u{200D}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}',
+        '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+        '\u{FEFF}', '\u{061C}',
+    ];
+
+    #[test]
+    fn bidi_and_zero_width_characters_are_refused_in_every_value() {
+        for c in HIDDEN {
+            for (key, value, field) in [
+                ("ticket", json!(format!("INC{c}001")), "ticket"),
+                ("comment", json!(format!("retired {c}laptop")), "comment"),
+                (
+                    "devices",
+                    json!([ID, format!("LAPTOP{c}-17")]),
+                    "devices[1]",
+                ),
+            ] {
+                let e = err(|o| {
+                    o.insert(key.into(), value.clone());
+                });
+                assert!(
+                    matches!(e, FieldError::OutOfBounds { .. }),
+                    "{key} U+{:04X}: {e:?}",
+                    c as u32
+                );
+                assert_eq!(e.field(), field);
+            }
+        }
+        assert!(DeviceRef::parse("laptop\u{202E}gpj.exe").is_err());
+    }
+
+    #[test]
+    fn sanitize_replaces_hidden_formatting_too() {
+        let c = Comment::sanitize("INC1 \u{202E}deliver\u{200B}ed\u{FEFF}").unwrap();
+        assert_eq!(c.as_str(), "INC1  deliver ed");
+        assert!(!c.as_str().chars().any(is_hidden_format));
+    }
+
+    fn hosts(list: &str) -> CallbackHosts {
+        CallbackHosts::parse(list)
+    }
+
+    #[test]
+    fn callback_url_must_be_https_on_a_listed_host() {
+        let with = |url: Value, h: &CallbackHosts| {
+            let mut b = ok_body();
+            b["callback_url"] = url;
+            parse_generic_body(&b, h)
+        };
+        let listed = hosts("hooks.example.com,localhost,127.0.0.1");
+        let ok = with(json!("https://hooks.example.com/mde?x=1"), &listed).unwrap();
+        assert_eq!(
+            ok.callback_url.unwrap().as_str(),
+            "https://hooks.example.com/mde?x=1"
+        );
+        assert!(with(json!("HTTPS://Hooks.Example.COM/"), &listed).is_ok());
+        assert!(with(json!("http://127.0.0.1:9000/cb"), &listed).is_ok());
+        assert!(with(json!("http://localhost:9000/cb"), &listed).is_ok());
+        for (url, h) in [
+            ("https://hooks.example.com/", CallbackHosts::default()),
+            ("http://hooks.example.com/", listed.clone()),
+            ("https://evil.example.com/", listed.clone()),
+            ("https://hooks.example.com.evil.example/", listed.clone()),
+            ("https://user:pw@hooks.example.com/", listed.clone()),
+            ("ftp://hooks.example.com/", listed.clone()),
+            ("not a url", listed.clone()),
+        ] {
+            let e = with(json!(url), &h).unwrap_err();
+            assert!(
+                matches!(e, FieldError::CallbackNotAllowed { ref field, .. } if field == "callback_url"),
+                "{url}: {e:?}"
+            );
+        }
+        let e = with(json!(5), &listed).unwrap_err();
+        assert!(matches!(e, FieldError::WrongType { ref field, .. } if field == "callback_url"));
+        // Without hosts, the plain entry point refuses every callback.
+        let mut b = ok_body();
+        b["callback_url"] = json!("https://hooks.example.com/");
+        assert!(matches!(
+            parse_generic(&b),
+            Err(FieldError::CallbackNotAllowed { .. })
+        ));
     }
 }

@@ -15,6 +15,18 @@ pub const DEFAULT_BUDGET: Duration = Duration::from_secs(28);
 /// No single HTTP call may take longer than this, deadline permitting.
 pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest wait an upstream number may ask for (`Retry-After`, a
+/// token's `expires_in`): whatever it says, nothing waits or caches longer.
+pub const MAX_UPSTREAM_WAIT: Duration = Duration::from_secs(3600);
+
+/// `now + d` without the panic `Instant + Duration` has on overflow: a
+/// point too far to represent is as good as a day away for every caller.
+pub fn later(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400))
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline {
     at: Instant,
@@ -22,9 +34,7 @@ pub struct Deadline {
 
 impl Deadline {
     pub fn after(budget: Duration) -> Self {
-        Self {
-            at: Instant::now() + budget,
-        }
+        Self { at: later(budget) }
     }
 
     /// From the Runtime API's `Lambda-Runtime-Deadline-Ms` (unix millis).
@@ -176,7 +186,7 @@ impl RateLimiter {
 
     /// After a 429: nobody calls again before `retry_after` has passed.
     pub async fn block_for(&self, retry_after: Duration) {
-        let until = Instant::now() + retry_after;
+        let until = later(retry_after);
         let mut st = self.state.lock().await;
         st.blocked_until = Some(st.blocked_until.map_or(until, |t| t.max(until)));
     }
@@ -223,20 +233,36 @@ impl Default for Limiters {
 }
 
 /// Reads `Retry-After` as seconds or an HTTP date; Defender sends seconds.
+/// Whatever the header holds (`1e20`, `18446744073709551615`, `-1`, `NaN`,
+/// a date in 9999, garbage) the answer is `None` or at most one hour:
+/// `Duration::from_secs_f64` panics on huge values, and an `Instant` plus a
+/// huge duration overflows.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if let Some(d) = parse_seconds(v) {
+        return Some(d);
     }
-    if let Ok(secs) = v.parse::<f64>()
-        && secs.is_finite()
-        && secs >= 0.0
-    {
-        return Some(Duration::from_secs_f64(secs));
+    httpdate::parse_http_date(v).ok().map(|t| {
+        t.duration_since(now)
+            .unwrap_or_default()
+            .min(MAX_UPSTREAM_WAIT)
+    })
+}
+
+/// A non-negative number of seconds written as an integer or a decimal,
+/// capped at `MAX_UPSTREAM_WAIT`; negative, NaN and infinite are `None`.
+pub fn parse_seconds(v: &str) -> Option<Duration> {
+    if let Ok(n) = v.parse::<u64>() {
+        return Some(Duration::from_secs(n).min(MAX_UPSTREAM_WAIT));
     }
-    httpdate::parse_http_date(v)
-        .ok()
-        .map(|t| t.duration_since(now).unwrap_or_default())
+    v.parse::<f64>().ok().and_then(seconds_f64)
+}
+
+/// `secs` as a duration capped at `MAX_UPSTREAM_WAIT`, clamped before the
+/// conversion so it cannot panic.
+pub fn seconds_f64(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && secs >= 0.0)
+        .then(|| Duration::from_secs_f64(secs.min(MAX_UPSTREAM_WAIT.as_secs_f64())))
 }
 
 /// Whole seconds for a `Retry-After` header, never 0.
@@ -282,6 +308,59 @@ mod tests {
         assert_eq!(retry_after_secs(Duration::ZERO), 1);
         assert_eq!(retry_after_secs(Duration::from_millis(2500)), 3);
         assert_eq!(retry_after_secs(Duration::from_secs(30)), 30);
+    }
+
+    #[test]
+    fn retry_after_never_panics_and_waits_at_most_an_hour() {
+        let now = SystemTime::now();
+        let hour = Some(MAX_UPSTREAM_WAIT);
+        for (v, want) in [
+            ("1e20", hour),
+            ("1E308", hour),
+            ("18446744073709551615", hour),
+            ("18446744073709551616", hour),
+            ("99999999999999999999999999999", hour),
+            ("3600", hour),
+            ("3601", hour),
+            ("3599.5", Some(Duration::from_millis(3_599_500))),
+            ("0", Some(Duration::ZERO)),
+            ("-0", Some(Duration::ZERO)),
+            ("1.5", Some(Duration::from_millis(1500))),
+            ("+2", Some(Duration::from_secs(2))),
+            ("-1", None),
+            ("-1e20", None),
+            ("-0.5", None),
+            ("NaN", None),
+            ("nan", None),
+            ("inf", None),
+            ("-inf", None),
+            ("infinity", None),
+            ("", None),
+            ("   ", None),
+            ("5s", None),
+            ("0x10", None),
+            ("\u{0}", None),
+            ("Sun, 06 Nov 1994 08:49:37", None),
+            ("Sun, 06 Nov 1994 08:49:37 GMT", Some(Duration::ZERO)),
+            ("Fri, 31 Dec 9999 23:59:59 GMT", hour),
+        ] {
+            assert_eq!(parse_retry_after(v, now), want, "Retry-After: {v:?}");
+        }
+        assert_eq!(seconds_f64(f64::MAX), hour);
+        assert_eq!(seconds_f64(f64::MIN_POSITIVE), Some(Duration::ZERO));
+        assert_eq!(seconds_f64(f64::NAN), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_budgets_and_blocks_do_not_overflow_the_clock() {
+        let d = Deadline::after(Duration::MAX);
+        assert!(d.usable() > Duration::from_secs(3600));
+        let d = Deadline::from_epoch_millis(u64::MAX);
+        assert!(d.fits(Duration::from_secs(3600)));
+        let l = RateLimiter::defender();
+        l.block_for(Duration::MAX).await;
+        let short = Deadline::after(Duration::from_secs(10));
+        assert!(l.acquire(&short).await.is_err());
     }
 
     #[tokio::test(start_paused = true)]

@@ -201,3 +201,108 @@ async fn login_rejecting_the_scope_is_bad_credentials() {
             .contains("invalid_scope")
     );
 }
+
+/// A second fake standing for wherever a redirect points: it must see nothing.
+async fn elsewhere() -> mde_testkit::FakeDefender {
+    mde_testkit::FakeDefender::start(mde_testkit::demo_machines()).await
+}
+
+#[tokio::test]
+async fn a_login_redirect_is_not_followed_and_the_secret_never_leaves() {
+    let h = Harness::new().await;
+    let other = elsewhere().await;
+    let target = format!(
+        "{}/{}/oauth2/v2.0/token",
+        other.url(),
+        mde_testkit::defender::TENANT_ID
+    );
+    for status in [307, 308, 302] {
+        h.fake.fault(Api::Login, Fault::redirect(status, &target));
+        let (code, b, _) = h.offboard(&body(&[ids::WIN11])).await;
+        assert_eq!(code, 500, "{b}");
+        assert_eq!(b["error"]["code"], "login_redirected");
+        let msg = b["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(&status.to_string()) && msg.contains("MDE_LOGIN_URL"),
+            "{msg}"
+        );
+    }
+    assert!(
+        other.calls().is_empty(),
+        "the redirect target received {:?}",
+        other.calls()
+    );
+    assert_eq!(h.fake.count(Api::AnyDefender), 0);
+    assert_eq!(h.offboard(&body(&[ids::WIN11])).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_defender_redirect_is_not_followed_with_the_bearer_token() {
+    let h = Harness::new().await;
+    let other = elsewhere().await;
+    let target = format!("{}/api/machines/{}", other.url(), ids::WIN11);
+    h.fake.fault(Api::GetMachine, Fault::redirect(307, &target));
+    let (status, b, _) = h.offboard(&body(&[ids::WIN11])).await;
+    assert_eq!(status, 200, "not curable by a retry: {b}");
+    let r = &results(&b)[0];
+    assert_eq!(r["status"], "failed");
+    assert!(
+        r["detail"].as_str().unwrap().contains("never followed"),
+        "{r}"
+    );
+    assert!(other.calls().is_empty(), "{:?}", other.calls());
+    assert!(h.fake.accepted_offboards().is_empty());
+}
+
+#[tokio::test]
+async fn any_retry_after_is_read_safely_and_capped_at_an_hour() {
+    for (value, want) in [
+        ("1e20", "3600"),
+        ("18446744073709551615", "3600"),
+        ("99999999999999999999999", "3600"),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", "3600"),
+        ("-1", "5"),
+        ("NaN", "5"),
+        ("inf", "5"),
+        ("soon", "5"),
+    ] {
+        let h = Harness::new().await;
+        h.fake.fault(Api::GetMachine, Fault::throttle_raw(value));
+        let req = with_deadline(
+            signed("POST", "/v1/offboard", &body(&[ids::WIN11]).to_string()),
+            Duration::from_millis(2500),
+        );
+        let (status, b, resp) = h.send(req).await;
+        assert_eq!(status, 503, "Retry-After {value:?}: {b}");
+        assert_eq!(resp.headers()["retry-after"], want, "Retry-After {value:?}");
+        assert_eq!(results(&b)[0]["status"], "failed");
+        assert!(h.fake.accepted_offboards().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_huge_expires_in_is_capped_and_reused() {
+    for v in [json!(u64::MAX), json!("18446744073709551615"), json!(1e300)] {
+        let h = Harness::new().await;
+        h.fake.set_raw_expires_in(v.clone());
+        for _ in 0..2 {
+            let (status, b, _) = h.offboard(&body(&[ids::WIN11])).await;
+            assert_eq!(status, 200, "expires_in {v}: {b}");
+        }
+        assert_eq!(h.fake.count(Api::Login), 1, "expires_in {v}");
+    }
+}
+
+#[tokio::test]
+async fn a_negative_expires_in_is_used_once_and_never_cached() {
+    let h = Harness::new().await;
+    h.fake.set_raw_expires_in(json!(-1));
+    let mut logins = 0;
+    for _ in 0..2 {
+        let (status, b, _) = h.offboard(&body(&[ids::WIN11])).await;
+        assert_eq!(status, 200, "{b}");
+        // Read as 3599 before: the already-expired token was cached an hour.
+        assert!(h.fake.count(Api::Login) > logins, "a new token per request");
+        logins = h.fake.count(Api::Login);
+    }
+}

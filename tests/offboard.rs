@@ -586,3 +586,108 @@ async fn a_retry_after_a_503_is_processed_again() {
     assert!(!resp.headers().contains_key("x-mde-replay"));
     assert_eq!(results(&answer)[0]["status"], "offboard_requested");
 }
+
+#[tokio::test]
+async fn a_misspelt_dry_run_is_refused_and_nothing_is_called() {
+    let h = Harness::new().await;
+    for key in ["dryRun", "dry-run", "DryRun", "dry_run ", "simulate"] {
+        let mut b = body(&[ids::WIN11]);
+        b[key] = json!(true);
+        let (status, resp, _) = h.offboard(&b).await;
+        assert_eq!(status, 400, "{key}: {resp}");
+        assert_eq!(resp["error"]["code"], "unknown_field");
+        assert!(
+            resp["error"]["message"].as_str().unwrap().contains(key),
+            "{resp}"
+        );
+    }
+    assert_eq!(h.fake.count(Api::AnyDefender) + h.fake.count(Api::Login), 0);
+}
+
+#[tokio::test]
+async fn a_field_given_twice_is_refused_whichever_copy_would_win() {
+    let h = Harness::new().await;
+    for raw in [
+        format!(
+            r#"{{"ticket":"INC1","comment":"c","devices":["{}"],"dry_run":true,"dry_run":false}}"#,
+            ids::WIN11
+        ),
+        format!(
+            r#"{{"ticket":"INC1","comment":"c","devices":["{}"],"devices":["{}"]}}"#,
+            ids::WIN10,
+            ids::WIN11
+        ),
+    ] {
+        let (status, resp, _) = h.send(signed("POST", "/v1/offboard", &raw)).await;
+        assert_eq!(status, 400, "{raw}: {resp}");
+        assert_eq!(resp["error"]["code"], "invalid_json");
+        let msg = resp["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("dry_run") || msg.contains("devices"), "{msg}");
+        assert!(msg.contains("twice"), "{msg}");
+    }
+    assert_eq!(h.fake.count(Api::AnyDefender) + h.fake.count(Api::Login), 0);
+}
+
+#[tokio::test]
+async fn invisible_formatting_in_a_value_is_422_naming_the_field() {
+    let h = Harness::new().await;
+    let cases = [
+        ("ticket", json!("INC\u{202E}1"), "ticket"),
+        ("comment", json!("retired\u{200B}"), "comment"),
+        (
+            "devices",
+            json!(["laptop-17\u{2066}.contoso.com"]),
+            "devices[0]",
+        ),
+        ("comment", json!("\u{FEFF}wiped"), "comment"),
+    ];
+    for (key, value, field) in cases {
+        let mut b = body(&[ids::WIN11]);
+        b[key] = value;
+        let (status, resp, _) = h.offboard(&b).await;
+        assert_eq!(status, 422, "{key}: {resp}");
+        assert!(
+            resp["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("'{field}'")),
+            "{resp}"
+        );
+    }
+    assert_eq!(h.fake.count(Api::AnyDefender), 0);
+}
+
+#[tokio::test]
+async fn a_callback_url_must_be_https_on_a_listed_host() {
+    let h = Harness::new().await;
+    let mut b = body(&[ids::WIN11]);
+    b["callback_url"] = json!("https://hooks.example.com/mde");
+    let (status, resp, _) = h.offboard(&b).await;
+    assert_eq!(status, 422, "no CALLBACK_HOSTS: {resp}");
+    assert_eq!(resp["error"]["code"], "callback_not_allowed");
+    assert!(
+        resp["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("callback_url")
+    );
+
+    let h = Harness::with(Options {
+        env: vec![("CALLBACK_HOSTS", "hooks.example.com".into())],
+        ..Default::default()
+    })
+    .await;
+    for bad in [
+        "http://hooks.example.com/mde",
+        "https://other.example.com/mde",
+    ] {
+        b["callback_url"] = json!(bad);
+        let (status, resp, _) = h.offboard(&b).await;
+        assert_eq!(status, 422, "{bad}: {resp}");
+        assert_eq!(resp["error"]["code"], "callback_not_allowed");
+    }
+    assert_eq!(h.fake.count(Api::AnyDefender), 0);
+    b["callback_url"] = json!("https://hooks.example.com/mde");
+    let (status, resp, _) = h.offboard(&b).await;
+    assert_eq!(status, 200, "{resp}");
+}

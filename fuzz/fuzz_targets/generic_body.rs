@@ -1,21 +1,48 @@
-//! The generic body (`POST /v1/offboard`): bytes → JSON → `parse_generic`.
-//! Whatever it accepts must hold the invariants the rest of the code
-//! relies on.
+//! The generic body (`POST /v1/offboard`): bytes → `strict_json` →
+//! `parse_generic`, as the handler reads it. Whatever it accepts must hold
+//! the invariants the rest of the code relies on; the strict parse must
+//! agree with serde_json on every body without a repeated key.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use mde_offboard::input::{
-    DeviceRef, MAX_COMMENT_CHARS, MAX_DEVICE_CHARS, MAX_TICKET_CHARS, parse_generic,
+    DeviceRef, GENERIC_FIELDS, JsonError, MAX_COMMENT_CHARS, MAX_DEVICE_CHARS, MAX_TICKET_CHARS,
+    is_hidden_format, parse_generic, strict_json,
 };
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(value) = serde_json::from_slice::<Value>(data) else {
-        return;
+    let lenient = serde_json::from_slice::<Value>(data);
+    let value = match strict_json(data) {
+        Ok(v) => {
+            assert_eq!(lenient.ok().as_ref(), Some(&v), "strict and lenient differ");
+            v
+        }
+        // A repeated key is the only thing the strict parse refuses that
+        // serde_json reads; a syntax error is one for both.
+        Err(JsonError::Field(_)) => return,
+        Err(JsonError::Syntax(_)) => {
+            assert!(lenient.is_err(), "strict refused what serde_json reads");
+            return;
+        }
     };
     let Ok(req) = parse_generic(&value) else {
         return;
     };
+    let keys = value.as_object().expect("an accepted body is an object");
+    assert!(
+        keys.keys().all(|k| GENERIC_FIELDS.contains(&k.as_str())),
+        "accepted an unknown field"
+    );
+    for text in [req.ticket.as_str(), req.comment.as_str()]
+        .into_iter()
+        .chain(req.devices.iter().map(|d| d.given.as_str()))
+    {
+        assert!(
+            !text.chars().any(is_hidden_format),
+            "hidden format in {text:?}"
+        );
+    }
     assert!(!req.devices.is_empty(), "no devices");
 
     let ticket = req.ticket.as_str();

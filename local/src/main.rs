@@ -141,13 +141,13 @@ async fn handle(
     let (mut parts, body) = req.into_parts();
     // One byte over the limit is enough for the handler to answer 413.
     let bytes = to_bytes(body, MAX_BODY_BYTES + 1).await.unwrap_or_default();
-    parts.headers.insert(
-        "x-forwarded-for",
-        peer.ip()
-            .to_string()
-            .parse()
-            .expect("an IP is a valid header"),
-    );
+    // As an HTTP API would: the peer's address in the request context, the
+    // only place the function reads `source_ip` from.
+    let mut ctx = lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequestContext::default();
+    ctx.http.source_ip = Some(peer.ip().to_string());
+    parts
+        .extensions
+        .insert(lambda_http::request::RequestContext::ApiGatewayV2(ctx));
     let req = lambda_http::Request::from_parts(parts, Body::from(bytes.to_vec()));
     let resp = app.handle(req).await;
     let (parts, body) = resp.into_parts();

@@ -90,6 +90,33 @@ pub enum Fault {
     Status { status: u16, code: String },
     /// Wait this long, then answer normally.
     Delay(Duration),
+    /// Exactly this answer: any status, headers (a `Retry-After` of `1e20`,
+    /// a redirect's `Location`) and body.
+    Answer {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+}
+
+impl Fault {
+    /// A redirect to `location`, as a hijacked or misconfigured host sends.
+    pub fn redirect(status: u16, location: &str) -> Self {
+        Self::Answer {
+            status,
+            headers: vec![("location".into(), location.into())],
+            body: String::new(),
+        }
+    }
+
+    /// A 429 whose `Retry-After` holds `value` verbatim.
+    pub fn throttle_raw(value: &str) -> Self {
+        Self::Answer {
+            status: 429,
+            headers: vec![("retry-after".into(), value.into())],
+            body: error_body("TooManyRequests", "Rate limit is exceeded.").to_string(),
+        }
+    }
 }
 
 /// One request the fake saw.
@@ -114,7 +141,7 @@ struct Inner {
     tokens: HashMap<String, ()>,
     token_seq: u64,
     action_seq: u64,
-    expires_in: u64,
+    expires_in: Value,
     offboard_status: u16,
     faults: VecDeque<(Api, Option<String>, Fault)>,
     calls: Vec<Call>,
@@ -135,7 +162,7 @@ impl FakeDefender {
     pub async fn start_on(bind: &str, machines: Vec<FakeMachine>) -> Self {
         let inner = Arc::new(Mutex::new(Inner {
             machines,
-            expires_in: 3599,
+            expires_in: json!(3599),
             offboard_status: 201,
             ..Default::default()
         }));
@@ -190,7 +217,12 @@ impl FakeDefender {
     }
 
     pub fn set_token_lifetime(&self, secs: u64) {
-        self.lock().expires_in = secs;
+        self.lock().expires_in = json!(secs);
+    }
+
+    /// The token answer's `expires_in` as given: huge, negative, a string.
+    pub fn set_raw_expires_in(&self, v: Value) {
+        self.lock().expires_in = v;
     }
 
     /// The success status of the offboard call: the docs say 201 in one
@@ -299,6 +331,26 @@ async fn intercept(st: &Shared, mut call: Call) -> Result<Call, Response> {
         }
         Some(Fault::Status { status, code }) => {
             Some((status, reply(status, error_body(&code, "Scripted failure"))))
+        }
+        Some(Fault::Answer {
+            status,
+            headers,
+            body,
+        }) => {
+            let mut r = (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                body,
+            )
+                .into_response();
+            for (k, v) in headers {
+                if let (Ok(k), Ok(v)) = (
+                    axum::http::HeaderName::from_bytes(k.as_bytes()),
+                    axum::http::HeaderValue::from_bytes(v.as_bytes()),
+                ) {
+                    r.headers_mut().insert(k, v);
+                }
+            }
+            Some((status, r))
         }
     };
     if let Some((status, r)) = answer {
@@ -421,7 +473,7 @@ async fn token(
         inner.token_seq += 1;
         let t = format!("fake-access-token-{}-eyJ0eXAiOiJKV1Qi", inner.token_seq);
         inner.tokens.insert(t.clone(), ());
-        let expires_in = inner.expires_in;
+        let expires_in = inner.expires_in.clone();
         drop(inner);
         reply(
             200,
