@@ -1,21 +1,45 @@
 //! Webhook authentication: who is calling.
 //!
-//! Pure functions over headers, raw body bytes, secrets and the current time.
-//! Every comparison of a secret-derived value is constant-time (`hmac`'s
-//! `verify_slice` and `subtle`), and the reasons returned never contain a
-//! signature or a secret.
+//! `AuthDef` owns a source's schemes: it parses their definition, refuses a
+//! request that lacks every header its schemes read (before any secret is
+//! fetched), enforces the key rules on the secrets it is given, and says
+//! which delivery id, if any, the signature covers. The verifiers below it
+//! are pure functions over headers, raw body bytes, keys and the current
+//! time. Every comparison of a secret-derived value is constant-time and
+//! leaks no length, and the reasons returned never contain a signature or
+//! a secret.
 
 use base64::Engine as _;
+use base64::alphabet;
 use base64::engine::general_purpose::STANDARD as B64;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use lambda_http::http::HeaderMap;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
+
+use crate::credentials::AppSecret;
 
 type HmacSha256 = Hmac<Sha256>;
 
 /// Standard Webhooks' tolerance for clock skew and replay.
 pub const TOLERANCE_SECONDS: i64 = 300;
+
+/// Least key material a webhook secret must hold: bytes after decoding a
+/// `whsec_` value, characters otherwise (the password part for `basic`).
+pub const MIN_KEY_LEN: usize = 16;
+
+/// `whsec_` secrets as the official libraries read them: Python's
+/// `b64decode(secret + "==")` takes padded and unpadded text alike and
+/// ignores stray trailing bits.
+const WHSEC: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AuthError {
@@ -27,19 +51,54 @@ pub enum AuthError {
     StaleTimestamp,
     #[error("no signature matches")]
     NoMatch,
-    #[error("no webhook secret is configured for '{0}'")]
+    #[error("no webhook secret is configured at webhook_secrets.{0}")]
     NoSecret(String),
+    /// A configuration error: the key is named, its value never.
+    #[error("webhook_secrets.{key} {problem}; the source refuses every call until it is fixed")]
+    WeakKey { key: String, problem: KeyProblem },
 }
 
-/// The key bytes of a Standard Webhooks secret: base64 after `whsec_`, or the
-/// raw bytes of a secret without that prefix.
-pub fn standard_key(secret: &str) -> Vec<u8> {
-    match secret.strip_prefix("whsec_") {
-        Some(b64) => B64
-            .decode(b64.trim())
-            .unwrap_or_else(|_| secret.as_bytes().to_vec()),
-        None => secret.as_bytes().to_vec(),
+impl AuthError {
+    /// The operator's mistake, not the caller's: worth a warning in the log.
+    pub fn is_config_error(&self) -> bool {
+        matches!(self, Self::NoSecret(_) | Self::WeakKey { .. })
     }
+}
+
+/// Why a webhook secret's value cannot be used as a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum KeyProblem {
+    #[error("is not base64 after 'whsec_'")]
+    NotBase64,
+    #[error("holds fewer than 16 bytes of key")]
+    TooShort,
+    #[error("is not 'user:password'")]
+    NotUserPassword,
+}
+
+/// The key bytes of a Standard Webhooks secret: base64 after `whsec_`
+/// (padded or not), or the raw bytes of a secret without that prefix. An
+/// undecodable `whsec_` value is an error, never raw bytes: falling back
+/// would turn a typo into a key nobody chose.
+pub fn standard_key(secret: &str) -> Result<Vec<u8>, KeyProblem> {
+    match secret.strip_prefix("whsec_") {
+        Some(b64) => WHSEC.decode(b64.trim()).map_err(|_| KeyProblem::NotBase64),
+        None => Ok(secret.as_bytes().to_vec()),
+    }
+}
+
+/// Checks one secret value against the key rules.
+fn check_key(value: &str) -> Result<(), KeyProblem> {
+    if value.starts_with("whsec_") {
+        return match standard_key(value)? {
+            k if k.len() < MIN_KEY_LEN => Err(KeyProblem::TooShort),
+            _ => Ok(()),
+        };
+    }
+    if value.chars().count() < MIN_KEY_LEN {
+        return Err(KeyProblem::TooShort);
+    }
+    Ok(())
 }
 
 /// Headers a Standard Webhooks request carries.
@@ -50,9 +109,45 @@ pub struct StandardHeaders<'a> {
     pub signature: Option<&'a str>,
 }
 
+impl<'a> StandardHeaders<'a> {
+    /// `webhook-*`, or Svix's `svix-*` (the same scheme under its older
+    /// names) when none of the `webhook-*` headers is there.
+    pub fn from_headers(headers: &'a HeaderMap) -> Self {
+        let set = |prefix: &str| Self {
+            id: header(headers, &format!("{prefix}-id")),
+            timestamp: header(headers, &format!("{prefix}-timestamp")),
+            signature: header(headers, &format!("{prefix}-signature")),
+        };
+        let standard = set("webhook");
+        if standard.id.is_none() && standard.timestamp.is_none() && standard.signature.is_none() {
+            let svix = set("svix");
+            if svix.id.is_some() || svix.timestamp.is_some() || svix.signature.is_some() {
+                return svix;
+            }
+        }
+        standard
+    }
+
+    fn require(&self) -> Result<(&'a str, &'a str, &'a str), AuthError> {
+        Ok((
+            self.id.ok_or(AuthError::MissingHeader("webhook-id"))?,
+            self.timestamp
+                .ok_or(AuthError::MissingHeader("webhook-timestamp"))?,
+            self.signature
+                .ok_or(AuthError::MissingHeader("webhook-signature"))?,
+        ))
+    }
+}
+
 /// Signs `{id}.{timestamp}.{body}`, for tests, the local sender and docs.
+/// An undecodable secret signs with an empty key, which no source accepts.
 pub fn standard_sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mac = standard_mac(&standard_key(secret), id, timestamp, body);
+    let mac = standard_mac(
+        &standard_key(secret).unwrap_or_default(),
+        id,
+        timestamp,
+        body,
+    );
     format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
 }
 
@@ -67,20 +162,15 @@ fn standard_mac(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> HmacSha256
 }
 
 /// Verifies a Standard Webhooks request against any of `secrets` (several
-/// during a rotation). `now` is unix seconds.
+/// during a rotation). `now` is unix seconds. A secret that is not a key
+/// (see `standard_key`) or is empty never matches.
 pub fn verify_standard(
     h: StandardHeaders<'_>,
     body: &[u8],
     secrets: &[String],
     now: i64,
 ) -> Result<(), AuthError> {
-    let id = h.id.ok_or(AuthError::MissingHeader("webhook-id"))?;
-    let ts_raw = h
-        .timestamp
-        .ok_or(AuthError::MissingHeader("webhook-timestamp"))?;
-    let sig = h
-        .signature
-        .ok_or(AuthError::MissingHeader("webhook-signature"))?;
+    let (id, ts_raw, sig) = h.require()?;
     if id.is_empty() {
         return Err(AuthError::Malformed("webhook-id"));
     }
@@ -107,8 +197,12 @@ pub fn verify_standard(
         return Err(AuthError::NoMatch);
     }
     let mut matched = false;
-    for secret in secrets {
-        let mac = standard_mac(&standard_key(secret), id, ts, body);
+    for key in secrets
+        .iter()
+        .filter_map(|s| standard_key(s).ok())
+        .filter(|k| !k.is_empty())
+    {
+        let mac = standard_mac(&key, id, ts, body);
         for c in &candidates {
             // `verify_slice` is constant-time; keep looping so timing does
             // not tell which secret or entry matched.
@@ -124,7 +218,7 @@ pub fn verify_standard(
 
 /// HMAC-SHA256 of the raw body, lowercase hex, after `prefix` in one
 /// header; the header may hold several comma-separated values (PagerDuty
-/// sends one per active secret).
+/// sends one per active secret). An empty secret never matches.
 pub fn verify_hmac_hex(
     header_value: Option<&str>,
     header_name: &'static str,
@@ -143,7 +237,7 @@ pub fn verify_hmac_hex(
         return Err(AuthError::NoMatch);
     }
     let mut matched = false;
-    for secret in secrets {
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
         let mut mac =
             HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
         mac.update(body);
@@ -170,7 +264,22 @@ pub fn hmac_hex(secret: &str, body: &[u8]) -> String {
         .collect()
 }
 
-/// `Authorization: Bearer <secret>`, compared in constant time.
+/// Whether `given` equals one of `secrets`, in time that depends on
+/// neither value's length nor on which secret matched: both sides are
+/// hashed to 32 bytes first, and every secret is compared.
+fn matches_any(given: &[u8], secrets: &[String]) -> bool {
+    let given = Sha256::digest(given);
+    let mut matched = subtle::Choice::from(0);
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        matched |= given
+            .as_slice()
+            .ct_eq(Sha256::digest(secret.as_bytes()).as_slice());
+    }
+    bool::from(matched)
+}
+
+/// `Authorization: Bearer <secret>`, compared in constant time without
+/// leaking the token's length.
 pub fn verify_bearer(authorization: Option<&str>, secrets: &[String]) -> Result<(), AuthError> {
     let value = authorization.ok_or(AuthError::MissingHeader("authorization"))?;
     let (scheme, token) = value
@@ -180,12 +289,7 @@ pub fn verify_bearer(authorization: Option<&str>, secrets: &[String]) -> Result<
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::Malformed("authorization"));
     }
-    let token = token.trim().as_bytes();
-    let mut matched = subtle::Choice::from(0);
-    for secret in secrets {
-        matched |= token.ct_eq(secret.as_bytes());
-    }
-    if bool::from(matched) {
+    if matches_any(token.trim().as_bytes(), secrets) {
         Ok(())
     } else {
         Err(AuthError::NoMatch)
@@ -201,6 +305,245 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
         .collect()
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// One way a source lets a caller in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scheme {
+    StandardWebhooks {
+        secret: String,
+    },
+    HmacSha256Hex {
+        header: String,
+        prefix: String,
+        secret: String,
+    },
+    Bearer {
+        secret: String,
+    },
+}
+
+impl Scheme {
+    /// The key of `webhook_secrets` this scheme reads.
+    pub fn secret_key(&self) -> &str {
+        match self {
+            Self::StandardWebhooks { secret }
+            | Self::HmacSha256Hex { secret, .. }
+            | Self::Bearer { secret } => secret,
+        }
+    }
+
+    /// Whether the request carries what this scheme reads; cheap, and
+    /// asked before any secret is fetched.
+    fn presented(&self, req: &Presented<'_>) -> Result<(), AuthError> {
+        match self {
+            Self::StandardWebhooks { .. } => StandardHeaders::from_headers(req.headers)
+                .require()
+                .map(|_| ()),
+            // Header names in a definition are free text; a name that is
+            // not a valid header is simply never present.
+            Self::HmacSha256Hex { header: name, .. } => header(req.headers, name)
+                .map(|_| ())
+                .ok_or(AuthError::MissingHeader("signature header")),
+            Self::Bearer { .. } => header(req.headers, "authorization")
+                .map(|_| ())
+                .ok_or(AuthError::MissingHeader("authorization")),
+        }
+    }
+
+    /// This scheme's secrets, each checked against the key rules.
+    fn keys<'s>(&self, secret: &'s AppSecret) -> Result<&'s [String], AuthError> {
+        let key = self.secret_key();
+        let values = secret.webhook_secrets(key);
+        if values.is_empty() {
+            return Err(AuthError::NoSecret(key.to_string()));
+        }
+        for v in values {
+            check_key(v).map_err(|problem| AuthError::WeakKey {
+                key: key.to_string(),
+                problem,
+            })?;
+        }
+        Ok(values)
+    }
+
+    fn verify(&self, req: &Presented<'_>, keys: &[String]) -> Result<Admitted, AuthError> {
+        match self {
+            Self::StandardWebhooks { .. } => {
+                let h = StandardHeaders::from_headers(req.headers);
+                verify_standard(h, req.body, keys, req.now)?;
+                // The id is part of the signed content: a delivery id the
+                // replay cache may trust.
+                Ok(Admitted {
+                    delivery_id: h.id.map(str::to_string),
+                })
+            }
+            Self::HmacSha256Hex {
+                header: name,
+                prefix,
+                ..
+            } => {
+                let value = header(req.headers, name);
+                verify_hmac_hex(value, "signature header", prefix, req.body, keys)?;
+                Ok(Admitted::unsigned_id())
+            }
+            Self::Bearer { .. } => {
+                verify_bearer(header(req.headers, "authorization"), keys)?;
+                Ok(Admitted::unsigned_id())
+            }
+        }
+    }
+
+    fn parse(v: &Value, field: &str) -> Result<Self, (String, String)> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| (field.to_string(), "must be an object".to_string()))?;
+        let s = |k: &str| -> Result<String, (String, String)> {
+            obj.get(k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    (
+                        format!("{field}.{k}"),
+                        "is required and must be a non-empty string".to_string(),
+                    )
+                })
+        };
+        let secret = s("secret")?;
+        match s("scheme")?.as_str() {
+            "standard-webhooks" => Ok(Self::StandardWebhooks { secret }),
+            "hmac-sha256-hex" => Ok(Self::HmacSha256Hex {
+                header: s("header")?.to_ascii_lowercase(),
+                prefix: obj
+                    .get("prefix")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                secret,
+            }),
+            "bearer" => Ok(Self::Bearer { secret }),
+            other => Err((
+                format!("{field}.scheme"),
+                format!("'{other}' is not one of standard-webhooks, hmac-sha256-hex, bearer"),
+            )),
+        }
+    }
+}
+
+/// What a request presents to be authenticated.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    pub headers: &'a HeaderMap,
+    /// The raw body, as signed.
+    pub body: &'a [u8],
+    /// Unix seconds when it arrived.
+    pub now: i64,
+}
+
+/// A request one of the schemes admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The sender's delivery id, only where the signature covers it
+    /// (Standard Webhooks' `webhook-id`); anything else in a header could
+    /// be changed by whoever replays the request.
+    pub delivery_id: Option<String>,
+}
+
+impl Admitted {
+    fn unsigned_id() -> Self {
+        Self { delivery_id: None }
+    }
+}
+
+/// A source's authentication: one scheme or several, any one of which
+/// admits the call (so a sender can move to another scheme without
+/// downtime).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthDef {
+    schemes: Vec<Scheme>,
+}
+
+impl AuthDef {
+    /// Standard Webhooks with `webhook_secrets.<key>`: the generic route's
+    /// default.
+    pub fn standard(key: &str) -> Self {
+        Self {
+            schemes: vec![Scheme::StandardWebhooks {
+                secret: key.to_string(),
+            }],
+        }
+    }
+
+    pub fn schemes(&self) -> &[Scheme] {
+        &self.schemes
+    }
+
+    /// Parses a source's `auth`: one scheme object or a non-empty list of
+    /// them. Errors are `(field, reason)`.
+    pub fn parse(v: Option<&Value>) -> Result<Self, (String, String)> {
+        let schemes = match v {
+            Some(Value::Object(_)) => vec![Scheme::parse(v.expect("matched"), "auth")?],
+            _ => {
+                return Err((
+                    "auth".to_string(),
+                    "is required and must be an object".to_string(),
+                ));
+            }
+        };
+        Ok(Self { schemes })
+    }
+
+    /// Refuses a request that carries nothing any scheme reads: no secret
+    /// is fetched for it, so a flood of bare requests costs nothing.
+    pub fn precheck(&self, req: &Presented<'_>) -> Result<(), AuthError> {
+        let mut first = None;
+        for s in &self.schemes {
+            match s.presented(req) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        Err(first.unwrap_or(AuthError::NoMatch))
+    }
+
+    /// Verifies a request with the secrets in `secret`. Every scheme's keys
+    /// must pass the key rules, or the source refuses every call: a broken
+    /// key is fixed by the operator, not worked around by another scheme.
+    pub fn verify(&self, req: &Presented<'_>, secret: &AppSecret) -> Result<Admitted, AuthError> {
+        let keyed: Vec<(&Scheme, &[String])> = self
+            .schemes
+            .iter()
+            .map(|s| s.keys(secret).map(|k| (s, k)))
+            .collect::<Result<_, _>>()?;
+        let mut first = None;
+        for (scheme, keys) in keyed {
+            if let Err(e) = scheme.presented(req) {
+                first.get_or_insert(e);
+                continue;
+            }
+            match scheme.verify(req, keys) {
+                Ok(admitted) => return Ok(admitted),
+                Err(e) => {
+                    // A scheme whose headers were there says more about
+                    // the refusal than one whose headers were missing.
+                    if first
+                        .as_ref()
+                        .is_none_or(|f| matches!(f, AuthError::MissingHeader(_)))
+                    {
+                        first = Some(e);
+                    }
+                }
+            }
+        }
+        Err(first.unwrap_or(AuthError::NoMatch))
+    }
 }
 
 #[cfg(test)]
@@ -334,7 +677,7 @@ mod tests {
 
     #[test]
     fn a_secret_without_prefix_is_raw_bytes() {
-        assert_eq!(standard_key("plain"), b"plain");
+        assert_eq!(standard_key("plain").unwrap(), b"plain");
         let sig = standard_sign("plain", "id", 10, b"{}");
         let h = StandardHeaders {
             id: Some("id"),
@@ -413,5 +756,192 @@ mod tests {
             verify_bearer(Some("Bearer tok-new"), &[]),
             Err(AuthError::NoMatch)
         );
+    }
+
+    // The spec vector's key, unpadded (as the Python library's docs show
+    // secrets) and padded.
+    const KEY_UNPADDED: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn app_secret(webhook_secrets: Value) -> AppSecret {
+        AppSecret::parse(
+            &serde_json::json!({"tenant_id": "t", "client_id": "c", "client_secret": "s",
+                "webhook_secrets": webhook_secrets})
+            .to_string(),
+        )
+        .unwrap()
+    }
+
+    fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                lambda_http::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    fn presented<'a>(h: &'a HeaderMap, body: &'a [u8]) -> Presented<'a> {
+        Presented {
+            headers: h,
+            body,
+            now: SPEC_TS,
+        }
+    }
+
+    #[test]
+    fn whsec_keys_decode_padded_or_not_and_never_fall_back_to_raw_bytes() {
+        // 17 bytes: base64 text whose padding matters.
+        let padded = "whsec_bmV3LXNlY3JldC0xMjM0NTY=";
+        let unpadded = "whsec_bmV3LXNlY3JldC0xMjM0NTY";
+        assert_eq!(standard_key(padded).unwrap(), b"new-secret-123456");
+        assert_eq!(standard_key(unpadded).unwrap(), b"new-secret-123456");
+        assert_eq!(standard_key("whsec_not*base64"), Err(KeyProblem::NotBase64));
+        assert_eq!(standard_key("whsec_").unwrap(), b"");
+        assert_eq!(check_key("whsec_"), Err(KeyProblem::TooShort));
+        assert_eq!(check_key("whsec_bmV3c2VjcmV0"), Err(KeyProblem::TooShort));
+        assert_eq!(check_key("whsec_not*base64"), Err(KeyProblem::NotBase64));
+        assert_eq!(check_key("fifteen-chars-x"), Err(KeyProblem::TooShort));
+        assert_eq!(check_key("sixteen-chars-xx"), Ok(()));
+        assert_eq!(check_key(KEY_UNPADDED), Ok(()));
+        assert_eq!(check_key(unpadded), Ok(()));
+    }
+
+    #[test]
+    fn a_signature_with_an_empty_or_undecodable_key_never_verifies() {
+        let ts = SPEC_TS.to_string();
+        for weak in ["whsec_", "whsec_not*base64"] {
+            let sig = standard_sign(weak, SPEC_ID, SPEC_TS, SPEC_BODY);
+            assert_eq!(
+                verify_standard(headers(&sig, &ts), SPEC_BODY, &secrets(&[weak]), SPEC_TS),
+                Err(AuthError::NoMatch),
+                "{weak}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_weak_or_missing_key_refuses_every_call_and_names_the_key() {
+        let ts = SPEC_TS.to_string();
+        let good_sig = standard_sign("whsec_", SPEC_ID, SPEC_TS, SPEC_BODY);
+        let h = header_map(&[
+            ("webhook-id", SPEC_ID),
+            ("webhook-timestamp", &ts),
+            ("webhook-signature", &good_sig),
+        ]);
+        let def = AuthDef::standard("generic");
+        for (value, problem) in [
+            (serde_json::json!("whsec_"), KeyProblem::TooShort),
+            (serde_json::json!("whsec_%%%%"), KeyProblem::NotBase64),
+            (serde_json::json!("short"), KeyProblem::TooShort),
+            // One weak value in a rotation list is enough to refuse.
+            (
+                serde_json::json!([SPEC_SECRET, "whsec_"]),
+                KeyProblem::TooShort,
+            ),
+        ] {
+            let s = app_secret(serde_json::json!({ "generic": value }));
+            let e = def.verify(&presented(&h, SPEC_BODY), &s).unwrap_err();
+            assert_eq!(
+                e,
+                AuthError::WeakKey {
+                    key: "generic".into(),
+                    problem
+                }
+            );
+            assert!(e.is_config_error());
+            let msg = e.to_string();
+            assert!(msg.contains("webhook_secrets.generic"), "{msg}");
+            assert!(
+                !msg.contains("whsec_%") && !msg.contains("short\""),
+                "{msg}"
+            );
+        }
+        let e = def
+            .verify(
+                &presented(&h, SPEC_BODY),
+                &app_secret(serde_json::json!({})),
+            )
+            .unwrap_err();
+        assert_eq!(e, AuthError::NoSecret("generic".into()));
+        assert!(e.to_string().contains("webhook_secrets.generic"));
+    }
+
+    #[test]
+    fn the_signed_webhook_id_is_the_delivery_id_and_svix_headers_are_read() {
+        let ts = SPEC_TS.to_string();
+        let s = app_secret(serde_json::json!({ "generic": SPEC_SECRET }));
+        let def = AuthDef::standard("generic");
+        for prefix in ["webhook", "svix"] {
+            let h = header_map(&[
+                (&format!("{prefix}-id"), SPEC_ID),
+                (&format!("{prefix}-timestamp"), &ts),
+                (&format!("{prefix}-signature"), SPEC_SIG),
+            ]);
+            assert_eq!(
+                def.verify(&presented(&h, SPEC_BODY), &s),
+                Ok(Admitted {
+                    delivery_id: Some(SPEC_ID.into())
+                }),
+                "{prefix}"
+            );
+        }
+        // With webhook-* present, svix-* is not read: no mixing of sets.
+        let h = header_map(&[
+            ("webhook-id", SPEC_ID),
+            ("svix-timestamp", &ts),
+            ("svix-signature", SPEC_SIG),
+        ]);
+        assert_eq!(
+            def.precheck(&presented(&h, SPEC_BODY)),
+            Err(AuthError::MissingHeader("webhook-timestamp"))
+        );
+    }
+
+    #[test]
+    fn an_unsigned_id_header_is_never_a_delivery_id() {
+        let s = app_secret(serde_json::json!({ "sn": "snow-bearer-token-never-log" }));
+        let def = AuthDef::parse(Some(
+            &serde_json::json!({"scheme": "bearer", "secret": "sn"}),
+        ))
+        .unwrap();
+        let h = header_map(&[
+            ("authorization", "Bearer snow-bearer-token-never-log"),
+            ("webhook-id", "msg_chosen_by_anyone"),
+        ]);
+        assert_eq!(
+            def.verify(&presented(&h, b"{}"), &s),
+            Ok(Admitted { delivery_id: None })
+        );
+    }
+
+    #[test]
+    fn precheck_refuses_a_request_without_the_schemes_header() {
+        let def = AuthDef::parse(Some(&serde_json::json!(
+            {"scheme": "hmac-sha256-hex", "header": "X-Hub-Signature", "prefix": "sha256=", "secret": "jira"}
+        )))
+        .unwrap();
+        let bare = HeaderMap::new();
+        assert_eq!(
+            def.precheck(&presented(&bare, b"{}")),
+            Err(AuthError::MissingHeader("signature header"))
+        );
+        let h = header_map(&[("x-hub-signature", "sha256=00")]);
+        assert_eq!(def.precheck(&presented(&h, b"{}")), Ok(()));
+        assert_eq!(
+            AuthDef::standard("generic").precheck(&presented(&bare, b"{}")),
+            Err(AuthError::MissingHeader("webhook-id"))
+        );
+    }
+
+    #[test]
+    fn bearer_tokens_of_any_length_compare_by_digest() {
+        let s = secrets(&["a-token-of-sixteen+", "x"]);
+        assert!(matches_any(b"a-token-of-sixteen+", &s));
+        assert!(matches_any(b"x", &s));
+        assert!(!matches_any(b"a-token-of-sixteen", &s));
+        assert!(!matches_any(b"a-token-of-sixteen++", &s));
+        assert!(!matches_any(b"", &secrets(&[""])));
     }
 }

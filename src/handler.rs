@@ -12,7 +12,7 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use crate::auth::{self, StandardHeaders};
+use crate::auth::{Admitted, AuthDef, Presented};
 use crate::config::Config;
 use crate::credentials::{AppSecret, SecretCache, SecretSource, TokenProvider};
 use crate::defender::{Defender, DefenderError, HttpDefender};
@@ -23,7 +23,7 @@ use crate::metrics;
 use crate::offboard::{DeviceResult, Offboarder, Status};
 use crate::queue::{Queue, QueuedDevice};
 use crate::replay::{self, ReplayCache};
-use crate::sources::{AuthDef, Mapped};
+use crate::sources::Mapped;
 
 /// Bodies above this are refused before any work (413).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -228,12 +228,11 @@ impl App {
         deadline: &Deadline,
     ) -> Result<Response<Body>, ApiError> {
         let body = body_bytes(req)?;
-        let secret = self.secrets.get().await?;
-        verify_standard(req.headers(), body, &secret, GENERIC)?;
+        let (secret, admitted) = self.authenticate(req, body, &self.generic_auth()).await?;
         let caller = Caller {
             source: GENERIC.into(),
             source_ip: source_ip(req),
-            webhook_id: header(req.headers(), "webhook-id").map(str::to_string),
+            webhook_id: admitted.delivery_id,
         };
         self.once(&caller, body, async {
             let value: Value =
@@ -295,18 +294,19 @@ impl App {
             .get(name)
             .ok_or_else(|| ApiError::UnknownSource(name.to_string()))?;
         let body = body_bytes(req)?;
-        let secret = self.secrets.get().await?;
-        verify_source(req.headers(), body, &secret, &def.auth)?;
-        let id_header = match def.auth {
-            AuthDef::StandardWebhooks { .. } => Some("webhook-id"),
-            _ => def.id_header.as_deref(),
-        };
+        let (secret, admitted) = self.authenticate(req, body, &def.auth).await?;
+        // An id the signature does not cover still names the delivery in
+        // the audit line.
+        let webhook_id = admitted.delivery_id.or_else(|| {
+            def.id_header
+                .as_deref()
+                .and_then(|h| header(req.headers(), h))
+                .map(str::to_string)
+        });
         let caller = Caller {
             source: name.to_string(),
             source_ip: source_ip(req),
-            webhook_id: id_header
-                .and_then(|h| header(req.headers(), h))
-                .map(str::to_string),
+            webhook_id,
         };
         self.once(&caller, body, async {
             let value: Value =
@@ -324,6 +324,35 @@ impl App {
         }
         })
         .await
+    }
+
+    /// The auth of the generic route and the action route.
+    fn generic_auth(&self) -> AuthDef {
+        AuthDef::standard(GENERIC)
+    }
+
+    /// Checks a request as `auth` says. A request without the headers its
+    /// schemes read is refused before the secret is fetched, so unsigned
+    /// floods cost no Secrets Manager call.
+    async fn authenticate(
+        &self,
+        req: &Request,
+        body: &[u8],
+        auth: &AuthDef,
+    ) -> Result<(Arc<AppSecret>, Admitted), ApiError> {
+        let presented = Presented {
+            headers: req.headers(),
+            body,
+            now: unix_now(),
+        };
+        auth.precheck(&presented)?;
+        let secret = self.secrets.get().await?;
+        let admitted = auth.verify(&presented, &secret).inspect_err(|e| {
+            if e.is_config_error() {
+                tracing::warn!(reason = %e, "webhook secret configuration error");
+            }
+        })?;
+        Ok((secret, admitted))
     }
 
     /// The shared pipeline every route ends in.
@@ -452,8 +481,7 @@ impl App {
         deadline: &Deadline,
     ) -> Result<Response<Body>, ApiError> {
         let body = body_bytes(req)?;
-        let secret = self.secrets.get().await?;
-        verify_standard(req.headers(), body, &secret, GENERIC)?;
+        let (secret, _) = self.authenticate(req, body, &self.generic_auth()).await?;
         // MachineAction ids are GUIDs; anything else cannot exist.
         if action_id.len() > 64
             || !action_id
@@ -518,59 +546,6 @@ pub(crate) fn audit_line(r: &DeviceResult, ticket: &str, caller: &Caller, dry_ru
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn verify_standard(
-    headers: &HeaderMap,
-    body: &[u8],
-    secret: &AppSecret,
-    key: &str,
-) -> Result<(), ApiError> {
-    verify_source(
-        headers,
-        body,
-        secret,
-        &AuthDef::StandardWebhooks {
-            secret: key.to_string(),
-        },
-    )
-}
-
-/// Checks a request as its source's scheme says. A source whose secret key
-/// is absent from the secret refuses every call: fail closed.
-fn verify_source(
-    headers: &HeaderMap,
-    body: &[u8],
-    secret: &AppSecret,
-    def: &AuthDef,
-) -> Result<(), ApiError> {
-    let key = def.secret_key();
-    let secrets = secret.webhook_secrets(key);
-    if secrets.is_empty() {
-        return Err(auth::AuthError::NoSecret(key.to_string()).into());
-    }
-    match def {
-        AuthDef::StandardWebhooks { .. } => {
-            let h = StandardHeaders {
-                id: header(headers, "webhook-id"),
-                timestamp: header(headers, "webhook-timestamp"),
-                signature: header(headers, "webhook-signature"),
-            };
-            auth::verify_standard(h, body, secrets, unix_now())?
-        }
-        AuthDef::HmacSha256Hex {
-            header: name,
-            prefix,
-            ..
-        } => {
-            // Header names in a definition are free text; a name that is
-            // not a valid header simply never matches.
-            let value = header(headers, name);
-            auth::verify_hmac_hex(value, "signature header", prefix, body, secrets)?
-        }
-        AuthDef::Bearer { .. } => auth::verify_bearer(header(headers, "authorization"), secrets)?,
-    }
-    Ok(())
 }
 
 fn unix_now() -> i64 {

@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use crate::auth::AuthDef;
 use crate::input::{Comment, Device, FieldError, Mode, OffboardRequest, Ticket, parse_device};
 
 /// A definition that cannot be used; init stops with this line.
@@ -136,31 +137,6 @@ pub fn scalar_text(v: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthDef {
-    StandardWebhooks {
-        secret: String,
-    },
-    HmacSha256Hex {
-        header: String,
-        prefix: String,
-        secret: String,
-    },
-    Bearer {
-        secret: String,
-    },
-}
-
-impl AuthDef {
-    pub fn secret_key(&self) -> &str {
-        match self {
-            Self::StandardWebhooks { secret }
-            | Self::HmacSha256Hex { secret, .. }
-            | Self::Bearer { secret } => secret,
-        }
     }
 }
 
@@ -501,7 +477,7 @@ fn parse_def(
             format!("is not a known field (known: {})", known.join(", ")),
         ));
     }
-    let auth = parse_auth(obj.get("auth")).map_err(|(f, r)| err(&f, r))?;
+    let auth = AuthDef::parse(obj.get("auth")).map_err(|(f, r)| err(&f, r))?;
     let when = match obj.get("when") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items
@@ -579,45 +555,6 @@ fn parse_def(
         comment,
         id_header,
     })
-}
-
-fn parse_auth(v: Option<&Value>) -> Result<AuthDef, (String, String)> {
-    let obj = v.and_then(Value::as_object).ok_or_else(|| {
-        (
-            "auth".to_string(),
-            "is required and must be an object".to_string(),
-        )
-    })?;
-    let s = |k: &str| -> Result<String, (String, String)> {
-        obj.get(k)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .ok_or_else(|| {
-                (
-                    format!("auth.{k}"),
-                    "is required and must be a non-empty string".to_string(),
-                )
-            })
-    };
-    let secret = s("secret")?;
-    match s("scheme")?.as_str() {
-        "standard-webhooks" => Ok(AuthDef::StandardWebhooks { secret }),
-        "hmac-sha256-hex" => Ok(AuthDef::HmacSha256Hex {
-            header: s("header")?.to_ascii_lowercase(),
-            prefix: obj
-                .get("prefix")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            secret,
-        }),
-        "bearer" => Ok(AuthDef::Bearer { secret }),
-        other => Err((
-            "auth.scheme".into(),
-            format!("'{other}' is not one of standard-webhooks, hmac-sha256-hex, bearer"),
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -777,8 +714,8 @@ mod tests {
         let custom = Sources::load(Some(r#"{"sources": {"jira": {"auth": {"scheme": "bearer", "secret": "j"}, "ticket": "/k", "devices": "/d"},
             "tines": {"auth": {"scheme": "standard-webhooks", "secret": "tines"}, "ticket": "/t", "devices": ["/d"]}}}"#)).unwrap();
         assert_eq!(
-            custom.get("jira").unwrap().auth,
-            AuthDef::Bearer { secret: "j".into() }
+            custom.get("jira").unwrap().auth.schemes(),
+            [crate::auth::Scheme::Bearer { secret: "j".into() }]
         );
         assert!(custom.get("pagerduty").is_some());
         assert!(custom.get("tines").is_some());
@@ -790,7 +727,10 @@ mod tests {
         let j = s.get("jira").unwrap();
         assert_eq!(j.devices, vec![ptr("/issue/fields/customfield_12345")]);
         assert_eq!(j.when.len(), 2);
-        assert!(matches!(j.auth, AuthDef::HmacSha256Hex { .. }));
+        assert!(matches!(
+            j.auth.schemes(),
+            [crate::auth::Scheme::HmacSha256Hex { .. }]
+        ));
     }
 
     #[test]
