@@ -51,6 +51,10 @@ pub enum AuthError {
     StaleTimestamp,
     #[error("no signature matches")]
     NoMatch,
+    #[error("the request context holds no IAM caller")]
+    NoIamIdentity,
+    #[error("the IAM caller is not one of the source's principals")]
+    PrincipalNotAllowed,
     #[error("no webhook secret is configured at webhook_secrets.{0}")]
     NoSecret(String),
     /// A configuration error: the key is named, its value never.
@@ -87,15 +91,19 @@ pub fn standard_key(secret: &str) -> Result<Vec<u8>, KeyProblem> {
     }
 }
 
-/// Checks one secret value against the key rules.
-fn check_key(value: &str) -> Result<(), KeyProblem> {
+/// Checks one secret value against the key rules for `scheme`.
+fn check_key(scheme: &Scheme, value: &str) -> Result<(), KeyProblem> {
     if value.starts_with("whsec_") {
         return match standard_key(value)? {
             k if k.len() < MIN_KEY_LEN => Err(KeyProblem::TooShort),
             _ => Ok(()),
         };
     }
-    if value.chars().count() < MIN_KEY_LEN {
+    let material = match scheme {
+        Scheme::Basic { .. } => value.split_once(':').ok_or(KeyProblem::NotUserPassword)?.1,
+        _ => value,
+    };
+    if material.chars().count() < MIN_KEY_LEN {
         return Err(KeyProblem::TooShort);
     }
     Ok(())
@@ -296,6 +304,65 @@ pub fn verify_bearer(authorization: Option<&str>, secrets: &[String]) -> Result<
     }
 }
 
+/// `Authorization: Basic base64(user:password)` against secrets holding
+/// `user:password`, compared by digest like a bearer token.
+pub fn verify_basic(authorization: Option<&str>, secrets: &[String]) -> Result<(), AuthError> {
+    let value = authorization.ok_or(AuthError::MissingHeader("authorization"))?;
+    let (scheme, encoded) = value
+        .trim()
+        .split_once(' ')
+        .ok_or(AuthError::Malformed("authorization"))?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(AuthError::Malformed("authorization"));
+    }
+    let pair = WHSEC
+        .decode(encoded.trim())
+        .map_err(|_| AuthError::Malformed("authorization"))?;
+    if matches_any(&pair, secrets) {
+        Ok(())
+    } else {
+        Err(AuthError::NoMatch)
+    }
+}
+
+/// A header whose whole value is the secret (EventBridge connections,
+/// SOAR HTTP actions).
+pub fn verify_api_key(value: Option<&str>, secrets: &[String]) -> Result<(), AuthError> {
+    let value = value.ok_or(AuthError::MissingHeader("api key header"))?;
+    if matches_any(value.trim().as_bytes(), secrets) {
+        Ok(())
+    } else {
+        Err(AuthError::NoMatch)
+    }
+}
+
+/// An ARN pattern from `principals`: `*` matches any run of characters,
+/// everything else itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalPattern(String);
+
+impl PrincipalPattern {
+    pub fn matches(&self, arn: &str) -> bool {
+        let mut parts = self.0.split('*');
+        let first = parts.next().unwrap_or("");
+        let Some(mut rest) = arn.strip_prefix(first) else {
+            return false;
+        };
+        let tail: Vec<&str> = parts.collect();
+        let Some((last, middle)) = tail.split_last() else {
+            // No `*`: the whole ARN must be the pattern.
+            return rest.is_empty();
+        };
+        for part in middle {
+            match rest.find(part) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+        rest.len() >= last.len() && rest.ends_with(last)
+    }
+}
+
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     // `from_str_radix` accepts a leading '+': only hex digits are hex here.
     if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -325,15 +392,29 @@ pub enum Scheme {
     Bearer {
         secret: String,
     },
+    Basic {
+        secret: String,
+    },
+    ApiKey {
+        header: String,
+        secret: String,
+    },
+    /// Authorised by AWS IAM before the request reached the function.
+    Iam {
+        principals: Vec<PrincipalPattern>,
+    },
 }
 
 impl Scheme {
-    /// The key of `webhook_secrets` this scheme reads.
-    pub fn secret_key(&self) -> &str {
+    /// The key of `webhook_secrets` this scheme reads; `iam` reads none.
+    pub fn secret_key(&self) -> Option<&str> {
         match self {
             Self::StandardWebhooks { secret }
             | Self::HmacSha256Hex { secret, .. }
-            | Self::Bearer { secret } => secret,
+            | Self::Bearer { secret }
+            | Self::Basic { secret }
+            | Self::ApiKey { secret, .. } => Some(secret),
+            Self::Iam { .. } => None,
         }
     }
 
@@ -349,21 +430,27 @@ impl Scheme {
             Self::HmacSha256Hex { header: name, .. } => header(req.headers, name)
                 .map(|_| ())
                 .ok_or(AuthError::MissingHeader("signature header")),
-            Self::Bearer { .. } => header(req.headers, "authorization")
+            Self::Bearer { .. } | Self::Basic { .. } => header(req.headers, "authorization")
                 .map(|_| ())
                 .ok_or(AuthError::MissingHeader("authorization")),
+            Self::ApiKey { header: name, .. } => header(req.headers, name)
+                .map(|_| ())
+                .ok_or(AuthError::MissingHeader("api key header")),
+            Self::Iam { .. } => req.caller_arn.map(|_| ()).ok_or(AuthError::NoIamIdentity),
         }
     }
 
     /// This scheme's secrets, each checked against the key rules.
     fn keys<'s>(&self, secret: &'s AppSecret) -> Result<&'s [String], AuthError> {
-        let key = self.secret_key();
+        let Some(key) = self.secret_key() else {
+            return Ok(&[]);
+        };
         let values = secret.webhook_secrets(key);
         if values.is_empty() {
             return Err(AuthError::NoSecret(key.to_string()));
         }
         for v in values {
-            check_key(v).map_err(|problem| AuthError::WeakKey {
+            check_key(self, v).map_err(|problem| AuthError::WeakKey {
                 key: key.to_string(),
                 problem,
             })?;
@@ -395,6 +482,22 @@ impl Scheme {
                 verify_bearer(header(req.headers, "authorization"), keys)?;
                 Ok(Admitted::unsigned_id())
             }
+            Self::Basic { .. } => {
+                verify_basic(header(req.headers, "authorization"), keys)?;
+                Ok(Admitted::unsigned_id())
+            }
+            Self::ApiKey { header: name, .. } => {
+                verify_api_key(header(req.headers, name), keys)?;
+                Ok(Admitted::unsigned_id())
+            }
+            Self::Iam { principals } => {
+                let arn = req.caller_arn.ok_or(AuthError::NoIamIdentity)?;
+                if principals.iter().any(|p| p.matches(arn)) {
+                    Ok(Admitted::unsigned_id())
+                } else {
+                    Err(AuthError::PrincipalNotAllowed)
+                }
+            }
         }
     }
 
@@ -414,8 +517,34 @@ impl Scheme {
                     )
                 })
         };
+        let scheme = s("scheme")?;
+        if scheme == "iam" {
+            if obj.contains_key("secret") {
+                return Err((
+                    format!("{field}.secret"),
+                    "is not taken by iam: IAM authorises the caller".to_string(),
+                ));
+            }
+            let principals = obj
+                .get("principals")
+                .and_then(Value::as_array)
+                .filter(|a| !a.is_empty())
+                .and_then(|a| {
+                    a.iter()
+                        .map(|p| p.as_str().filter(|p| !p.is_empty()))
+                        .map(|p| p.map(|p| PrincipalPattern(p.to_string())))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .ok_or_else(|| {
+                    (
+                        format!("{field}.principals"),
+                        "is required and must be a non-empty array of ARNs".to_string(),
+                    )
+                })?;
+            return Ok(Self::Iam { principals });
+        }
         let secret = s("secret")?;
-        match s("scheme")?.as_str() {
+        match scheme.as_str() {
             "standard-webhooks" => Ok(Self::StandardWebhooks { secret }),
             "hmac-sha256-hex" => Ok(Self::HmacSha256Hex {
                 header: s("header")?.to_ascii_lowercase(),
@@ -427,9 +556,16 @@ impl Scheme {
                 secret,
             }),
             "bearer" => Ok(Self::Bearer { secret }),
+            "basic" => Ok(Self::Basic { secret }),
+            "api-key" => Ok(Self::ApiKey {
+                header: s("header")?.to_ascii_lowercase(),
+                secret,
+            }),
             other => Err((
                 format!("{field}.scheme"),
-                format!("'{other}' is not one of standard-webhooks, hmac-sha256-hex, bearer"),
+                format!(
+                    "'{other}' is not one of standard-webhooks, hmac-sha256-hex, bearer, basic, api-key, iam"
+                ),
             )),
         }
     }
@@ -443,6 +579,9 @@ pub struct Presented<'a> {
     pub body: &'a [u8],
     /// Unix seconds when it arrived.
     pub now: i64,
+    /// The IAM caller's ARN from the request context (set by AWS, never by
+    /// a header).
+    pub caller_arn: Option<&'a str>,
 }
 
 /// A request one of the schemes admitted.
@@ -459,6 +598,10 @@ impl Admitted {
         Self { delivery_id: None }
     }
 }
+
+/// The built-in source of `/v1/offboard` and the action and ticket routes,
+/// and its default key of `webhook_secrets`.
+pub const GENERIC_KEY: &str = "generic";
 
 /// A source's authentication: one scheme or several, any one of which
 /// admits the call (so a sender can move to another scheme without
@@ -487,15 +630,40 @@ impl AuthDef {
     /// them. Errors are `(field, reason)`.
     pub fn parse(v: Option<&Value>) -> Result<Self, (String, String)> {
         let schemes = match v {
-            Some(Value::Object(_)) => vec![Scheme::parse(v.expect("matched"), "auth")?],
+            Some(one @ Value::Object(_)) => vec![Scheme::parse(one, "auth")?],
+            Some(Value::Array(list)) if !list.is_empty() => list
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Scheme::parse(s, &format!("auth[{i}]")))
+                .collect::<Result<_, _>>()?,
             _ => {
                 return Err((
                     "auth".to_string(),
-                    "is required and must be an object".to_string(),
+                    "is required and must be a scheme object or a non-empty list of them"
+                        .to_string(),
                 ));
             }
         };
         Ok(Self { schemes })
+    }
+
+    /// The built-in source `generic`'s definition in `SOURCES`: only its
+    /// `auth` may change, since its mapping is the generic body.
+    pub fn parse_generic(def: &Value) -> Result<Self, (String, String)> {
+        let obj = def
+            .as_object()
+            .ok_or_else(|| (String::new(), "must be an object".to_string()))?;
+        if let Some(k) = obj.keys().find(|k| k.as_str() != "auth") {
+            return Err((
+                k.clone(),
+                "cannot be set: the generic source takes only 'auth' (its mapping is the generic body)"
+                    .to_string(),
+            ));
+        }
+        match obj.get("auth") {
+            None => Ok(Self::standard(GENERIC_KEY)),
+            v => Self::parse(v),
+        }
     }
 
     /// Refuses a request that carries nothing any scheme reads: no secret
@@ -522,26 +690,22 @@ impl AuthDef {
             .iter()
             .map(|s| s.keys(secret).map(|k| (s, k)))
             .collect::<Result<_, _>>()?;
-        let mut first = None;
+        // A scheme whose credentials were there says more about the
+        // refusal than one whose credentials were missing.
+        let (mut missing, mut failed) = (None, None);
         for (scheme, keys) in keyed {
             if let Err(e) = scheme.presented(req) {
-                first.get_or_insert(e);
+                missing.get_or_insert(e);
                 continue;
             }
             match scheme.verify(req, keys) {
                 Ok(admitted) => return Ok(admitted),
                 Err(e) => {
-                    // A scheme whose headers were there says more about
-                    // the refusal than one whose headers were missing.
-                    if first
-                        .as_ref()
-                        .is_none_or(|f| matches!(f, AuthError::MissingHeader(_)))
-                    {
-                        first = Some(e);
-                    }
+                    failed.get_or_insert(e);
                 }
             }
         }
+        let first = failed.or(missing);
         Err(first.unwrap_or(AuthError::NoMatch))
     }
 }
@@ -762,6 +926,10 @@ mod tests {
     // secrets) and padded.
     const KEY_UNPADDED: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+    const BEARER: Scheme = Scheme::Bearer {
+        secret: String::new(),
+    };
+
     fn app_secret(webhook_secrets: Value) -> AppSecret {
         AppSecret::parse(
             &serde_json::json!({"tenant_id": "t", "client_id": "c", "client_secret": "s",
@@ -787,6 +955,7 @@ mod tests {
             headers: h,
             body,
             now: SPEC_TS,
+            caller_arn: None,
         }
     }
 
@@ -799,13 +968,22 @@ mod tests {
         assert_eq!(standard_key(unpadded).unwrap(), b"new-secret-123456");
         assert_eq!(standard_key("whsec_not*base64"), Err(KeyProblem::NotBase64));
         assert_eq!(standard_key("whsec_").unwrap(), b"");
-        assert_eq!(check_key("whsec_"), Err(KeyProblem::TooShort));
-        assert_eq!(check_key("whsec_bmV3c2VjcmV0"), Err(KeyProblem::TooShort));
-        assert_eq!(check_key("whsec_not*base64"), Err(KeyProblem::NotBase64));
-        assert_eq!(check_key("fifteen-chars-x"), Err(KeyProblem::TooShort));
-        assert_eq!(check_key("sixteen-chars-xx"), Ok(()));
-        assert_eq!(check_key(KEY_UNPADDED), Ok(()));
-        assert_eq!(check_key(unpadded), Ok(()));
+        assert_eq!(check_key(&BEARER, "whsec_"), Err(KeyProblem::TooShort));
+        assert_eq!(
+            check_key(&BEARER, "whsec_bmV3c2VjcmV0"),
+            Err(KeyProblem::TooShort)
+        );
+        assert_eq!(
+            check_key(&BEARER, "whsec_not*base64"),
+            Err(KeyProblem::NotBase64)
+        );
+        assert_eq!(
+            check_key(&BEARER, "fifteen-chars-x"),
+            Err(KeyProblem::TooShort)
+        );
+        assert_eq!(check_key(&BEARER, "sixteen-chars-xx"), Ok(()));
+        assert_eq!(check_key(&BEARER, KEY_UNPADDED), Ok(()));
+        assert_eq!(check_key(&BEARER, unpadded), Ok(()));
     }
 
     #[test]
@@ -943,5 +1121,216 @@ mod tests {
         assert!(!matches_any(b"a-token-of-sixteen", &s));
         assert!(!matches_any(b"a-token-of-sixteen++", &s));
         assert!(!matches_any(b"", &secrets(&[""])));
+    }
+
+    fn def(v: Value) -> AuthDef {
+        AuthDef::parse(Some(&v)).unwrap()
+    }
+
+    fn with_arn<'a>(h: &'a HeaderMap, arn: Option<&'a str>) -> Presented<'a> {
+        Presented {
+            caller_arn: arn,
+            ..presented(h, b"{}")
+        }
+    }
+
+    #[test]
+    fn principal_patterns_match_any_run_at_a_star() {
+        let p = |s: &str| PrincipalPattern(s.to_string());
+        let arn = "arn:aws:sts::123456789012:assumed-role/soar-playbook/run-42";
+        assert!(p(arn).matches(arn));
+        assert!(p("*").matches(arn));
+        assert!(p("arn:aws:sts::123456789012:assumed-role/soar-*/*").matches(arn));
+        assert!(p("arn:aws:sts::*:assumed-role/*/run-42").matches(arn));
+        assert!(!p("arn:aws:sts::123456789012:assumed-role/soar-playbook").matches(arn));
+        assert!(!p("arn:aws:sts::123456789012:assumed-role/soar-*/run-4").matches(arn));
+        assert!(!p("arn:aws:sts::210987654321:*").matches(arn));
+        assert!(!p("a*a").matches("a"));
+        assert!(p("a*a").matches("aa"));
+    }
+
+    #[test]
+    fn basic_accepts_the_pair_refuses_others_and_rotates() {
+        let s = app_secret(serde_json::json!({
+            "sn": ["mde-offboard:new-password-0123456", "mde-offboard:old-password-0123456"]}));
+        let d = def(serde_json::json!({"scheme": "basic", "secret": "sn"}));
+        let basic = |pair: &str| format!("Basic {}", B64.encode(pair));
+        for good in [
+            "mde-offboard:new-password-0123456",
+            "mde-offboard:old-password-0123456",
+        ] {
+            let h = header_map(&[("authorization", &basic(good))]);
+            assert!(d.verify(&presented(&h, b"{}"), &s).is_ok(), "{good}");
+        }
+        for (value, want) in [
+            (
+                basic("mde-offboard:new-password-012345"),
+                AuthError::NoMatch,
+            ),
+            (basic("other:new-password-0123456"), AuthError::NoMatch),
+            (
+                "Basic %%%".to_string(),
+                AuthError::Malformed("authorization"),
+            ),
+            (
+                "Bearer mde-offboard:new-password-0123456".to_string(),
+                AuthError::Malformed("authorization"),
+            ),
+        ] {
+            let h = header_map(&[("authorization", &value)]);
+            assert_eq!(d.verify(&presented(&h, b"{}"), &s), Err(want), "{value}");
+        }
+        let bare = HeaderMap::new();
+        assert_eq!(
+            d.precheck(&presented(&bare, b"{}")),
+            Err(AuthError::MissingHeader("authorization"))
+        );
+        // The key rules read the password part.
+        for (weak, problem) in [
+            ("mde-offboard:short", KeyProblem::TooShort),
+            ("no-colon-but-long-enough", KeyProblem::NotUserPassword),
+        ] {
+            let s = app_secret(serde_json::json!({ "sn": weak }));
+            let h = header_map(&[("authorization", &basic(weak))]);
+            assert_eq!(
+                d.verify(&presented(&h, b"{}"), &s),
+                Err(AuthError::WeakKey {
+                    key: "sn".into(),
+                    problem
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn api_key_compares_the_whole_header_value() {
+        let s = app_secret(
+            serde_json::json!({"eb": ["eventbridge-key-new-0001", "eventbridge-key-old-0001"]}),
+        );
+        let d =
+            def(serde_json::json!({"scheme": "api-key", "header": "X-API-Key", "secret": "eb"}));
+        for (value, ok) in [
+            ("eventbridge-key-new-0001", true),
+            ("eventbridge-key-old-0001", true),
+            ("eventbridge-key-new-000", false),
+            ("eventbridge-key-new-00011", false),
+            ("Bearer eventbridge-key-new-0001", false),
+        ] {
+            let h = header_map(&[("x-api-key", value)]);
+            assert_eq!(d.verify(&presented(&h, b"{}"), &s).is_ok(), ok, "{value}");
+        }
+        let h = header_map(&[("authorization", "eventbridge-key-new-0001")]);
+        assert_eq!(
+            d.precheck(&presented(&h, b"{}")),
+            Err(AuthError::MissingHeader("api key header"))
+        );
+    }
+
+    #[test]
+    fn iam_matches_the_context_caller_and_needs_no_secret() {
+        let d = def(serde_json::json!({"scheme": "iam",
+            "principals": ["arn:aws:iam::123456789012:user/xsoar", "arn:aws:sts::123456789012:assumed-role/soar-*/*"]}));
+        let no_secrets = app_secret(serde_json::json!({}));
+        let h = HeaderMap::new();
+        for (arn, want) in [
+            (Some("arn:aws:iam::123456789012:user/xsoar"), Ok(())),
+            (
+                Some("arn:aws:sts::123456789012:assumed-role/soar-pb/run-1"),
+                Ok(()),
+            ),
+            (
+                Some("arn:aws:iam::123456789012:user/xsoar2"),
+                Err(AuthError::PrincipalNotAllowed),
+            ),
+            (None, Err(AuthError::NoIamIdentity)),
+        ] {
+            assert_eq!(
+                d.verify(&with_arn(&h, arn), &no_secrets).map(|_| ()),
+                want,
+                "{arn:?}"
+            );
+        }
+        assert_eq!(
+            d.precheck(&with_arn(&h, None)),
+            Err(AuthError::NoIamIdentity)
+        );
+        // A header cannot stand in for the context.
+        let forged = header_map(&[("x-amz-user-arn", "arn:aws:iam::123456789012:user/xsoar")]);
+        assert_eq!(
+            d.precheck(&with_arn(&forged, None)),
+            Err(AuthError::NoIamIdentity)
+        );
+    }
+
+    #[test]
+    fn a_list_admits_by_any_scheme() {
+        let d = def(serde_json::json!([
+            {"scheme": "iam", "principals": ["arn:aws:iam::123456789012:user/xsoar"]},
+            {"scheme": "api-key", "header": "x-api-key", "secret": "soar"}
+        ]));
+        let s = app_secret(serde_json::json!({"soar": "soar-api-key-000000001"}));
+        let key = header_map(&[("x-api-key", "soar-api-key-000000001")]);
+        let wrong = header_map(&[("x-api-key", "soar-api-key-000000002")]);
+        let none = HeaderMap::new();
+        assert!(d.verify(&with_arn(&key, None), &s).is_ok());
+        assert!(
+            d.verify(
+                &with_arn(&none, Some("arn:aws:iam::123456789012:user/xsoar")),
+                &s
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            d.verify(&with_arn(&wrong, None), &s),
+            Err(AuthError::NoMatch)
+        );
+        assert!(d.precheck(&with_arn(&none, None)).is_err());
+        // A broken key anywhere in the list closes the source.
+        let weak = app_secret(serde_json::json!({"soar": "short"}));
+        assert!(matches!(
+            d.verify(
+                &with_arn(&none, Some("arn:aws:iam::123456789012:user/xsoar")),
+                &weak
+            ),
+            Err(AuthError::WeakKey { .. })
+        ));
+    }
+
+    #[test]
+    fn definitions_name_the_field_at_fault() {
+        for (v, field) in [
+            (serde_json::json!({"scheme": "iam"}), "auth.principals"),
+            (
+                serde_json::json!({"scheme": "iam", "principals": ["*"], "secret": "x"}),
+                "auth.secret",
+            ),
+            (
+                serde_json::json!({"scheme": "api-key", "secret": "x"}),
+                "auth.header",
+            ),
+            (
+                serde_json::json!({"scheme": "oauth", "secret": "x"}),
+                "auth.scheme",
+            ),
+            (
+                serde_json::json!([{"scheme": "bearer", "secret": "x"}, {"scheme": "basic"}]),
+                "auth[1].secret",
+            ),
+            (serde_json::json!([]), "auth"),
+        ] {
+            assert_eq!(AuthDef::parse(Some(&v)).unwrap_err().0, field, "{v}");
+        }
+        assert_eq!(
+            AuthDef::parse_generic(
+                &serde_json::json!({"auth": {"scheme": "bearer", "secret": "g"}, "ticket": "/t"})
+            )
+            .unwrap_err()
+            .0,
+            "ticket"
+        );
+        assert_eq!(
+            AuthDef::parse_generic(&serde_json::json!({})).unwrap(),
+            AuthDef::standard("generic")
+        );
     }
 }

@@ -28,8 +28,8 @@ use crate::sources::Mapped;
 /// Bodies above this are refused before any work (413).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// The webhook secret key of the generic route and the action route.
-const GENERIC: &str = "generic";
+/// The built-in source of the generic route and the action route.
+const GENERIC: &str = crate::auth::GENERIC_KEY;
 
 pub struct App {
     pub(crate) config: Config,
@@ -228,7 +228,7 @@ impl App {
         deadline: &Deadline,
     ) -> Result<Response<Body>, ApiError> {
         let body = body_bytes(req)?;
-        let (secret, admitted) = self.authenticate(req, body, &self.generic_auth()).await?;
+        let (secret, admitted) = self.authenticate(req, body, self.generic_auth()).await?;
         let caller = Caller {
             source: GENERIC.into(),
             source_ip: source_ip(req),
@@ -326,9 +326,10 @@ impl App {
         .await
     }
 
-    /// The auth of the generic route and the action route.
-    fn generic_auth(&self) -> AuthDef {
-        AuthDef::standard(GENERIC)
+    /// The auth of the built-in source `generic`: the generic route, the
+    /// action routes and the ticket route.
+    fn generic_auth(&self) -> &AuthDef {
+        self.config.sources.generic_auth()
     }
 
     /// Checks a request as `auth` says. A request without the headers its
@@ -340,10 +341,12 @@ impl App {
         body: &[u8],
         auth: &AuthDef,
     ) -> Result<(Arc<AppSecret>, Admitted), ApiError> {
+        let arn = caller_arn(req);
         let presented = Presented {
             headers: req.headers(),
             body,
             now: unix_now(),
+            caller_arn: arn.as_deref(),
         };
         auth.precheck(&presented)?;
         let secret = self.secrets.get().await?;
@@ -481,7 +484,7 @@ impl App {
         deadline: &Deadline,
     ) -> Result<Response<Body>, ApiError> {
         let body = body_bytes(req)?;
-        let (secret, _) = self.authenticate(req, body, &self.generic_auth()).await?;
+        let (secret, _) = self.authenticate(req, body, self.generic_auth()).await?;
         // MachineAction ids are GUIDs; anything else cannot exist.
         if action_id.len() > 64
             || !action_id
@@ -579,6 +582,22 @@ fn route_path(req: &Request) -> String {
         }
     }
     path.to_string()
+}
+
+/// The IAM caller's ARN, where AWS authorised the call: an HTTP API or a
+/// Function URL with `AWS_IAM` (`requestContext.authorizer.iam`), or a
+/// REST API with IAM authorisation (`requestContext.identity.userArn`).
+fn caller_arn(req: &Request) -> Option<String> {
+    match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(c)) => c
+            .authorizer
+            .as_ref()
+            .and_then(|a| a.iam.as_ref())
+            .and_then(|iam| iam.user_arn.clone()),
+        Some(RequestContext::ApiGatewayV1(c)) => c.identity.user_arn.clone(),
+        _ => None,
+    }
+    .filter(|arn| !arn.is_empty())
 }
 
 fn source_ip(req: &Request) -> Option<String> {

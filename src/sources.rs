@@ -378,14 +378,18 @@ pub const PRESETS: &str = r#"{
 
 /// Every source this instance serves, by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sources(BTreeMap<String, SourceDef>);
+pub struct Sources {
+    defs: BTreeMap<String, SourceDef>,
+    /// The built-in source `generic`: only its auth is configurable.
+    generic: AuthDef,
+}
 
 impl Sources {
     /// The presets, with `SOURCES` (a path, or inline JSON) laid over them.
     pub fn load(sources_env: Option<&str>) -> Result<Self, String> {
         let presets: Value = serde_json::from_str(PRESETS).expect("the presets are valid JSON");
         let presets = presets.as_object().expect("an object").clone();
-        let user: Map<String, Value> = match sources_env.map(str::trim) {
+        let mut user: Map<String, Value> = match sources_env.map(str::trim) {
             None | Some("") => Map::new(),
             Some(text) => {
                 let json_text = if text.starts_with('{') {
@@ -401,6 +405,17 @@ impl Sources {
                     _ => return Err("must be a JSON object with an object 'sources'".into()),
                 }
             }
+        };
+        let generic = match user.remove(crate::auth::GENERIC_KEY) {
+            None => AuthDef::standard(crate::auth::GENERIC_KEY),
+            Some(def) => AuthDef::parse_generic(&def).map_err(|(field, reason)| {
+                SourceError {
+                    source_name: crate::auth::GENERIC_KEY.to_string(),
+                    field,
+                    reason,
+                }
+                .to_string()
+            })?,
         };
         let mut defs = BTreeMap::new();
         for (name, def) in presets.iter().filter(|(n, _)| !user.contains_key(*n)) {
@@ -424,15 +439,20 @@ impl Sources {
                 parse_def(name, def, &presets).map_err(|e| e.to_string())?,
             );
         }
-        Ok(Self(defs))
+        Ok(Self { defs, generic })
     }
 
     pub fn get(&self, name: &str) -> Option<&SourceDef> {
-        self.0.get(name)
+        self.defs.get(name)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(String::as_str)
+        self.defs.keys().map(String::as_str)
+    }
+
+    /// How the built-in source `generic` authenticates.
+    pub fn generic_auth(&self) -> &AuthDef {
+        &self.generic
     }
 }
 
@@ -741,7 +761,7 @@ mod tests {
                 "'auth'",
             ),
             (
-                r#"{"sources": {"x": {"auth": {"scheme": "basic", "secret": "s"}, "ticket": "/t", "devices": "/d"}}}"#,
+                r#"{"sources": {"x": {"auth": {"scheme": "oauth", "secret": "s"}, "ticket": "/t", "devices": "/d"}}}"#,
                 "'auth.scheme'",
             ),
             (

@@ -339,3 +339,204 @@ async fn bearer_tokens_of_another_length_are_refused_and_the_right_one_admitted(
         .await;
     assert!(status == 200 || status == 202, "{status}: {answer}");
 }
+
+fn fixture(name: &str) -> Value {
+    let text = std::fs::read_to_string(format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("events/{name}: {e}"));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn event(v: &Value) -> Request {
+    lambda_http::request::from_str(&v.to_string()).expect("a valid event")
+}
+
+/// The generic source behind IAM for the SOAR's role, or its API key:
+/// the list a team uses while it moves from one to the other.
+const GENERIC_IAM_OR_KEY: &str = r#"{"sources": {"generic": {"auth": [
+    {"scheme": "iam", "principals": ["arn:aws:sts::123456789012:assumed-role/soar-*/*",
+                                     "arn:aws:iam::123456789012:user/xsoar-integration"]},
+    {"scheme": "api-key", "header": "x-api-key", "secret": "soar"}]}}}"#;
+
+fn soar_secret() -> Value {
+    let mut s = base_secret();
+    s["webhook_secrets"]["soar"] =
+        json!(["soar-api-key-new-00000001", "soar-api-key-old-00000001"]);
+    s
+}
+
+/// An HTTP API (payload 2.0) event whose route has IAM authorisation.
+fn http_api_iam(arn: &str) -> Value {
+    let b = fixture("function-url-iam.json")["body"].clone();
+    let mut e = events::http_api_v2("POST", "/v1/offboard", &[], b.as_str().unwrap());
+    e["requestContext"]["authorizer"] = json!({"iam": {"accessKey": "ASIAEXAMPLE",
+        "accountId": "123456789012", "callerId": "AROAEXAMPLEID:run", "cognitoIdentity": null,
+        "principalOrgId": null, "userArn": arn, "userId": "AROAEXAMPLEID:run"}});
+    e
+}
+
+#[tokio::test]
+async fn iam_callers_are_read_from_each_request_context_shape() {
+    let h = Harness::with(soar_secret(), &[("SOURCES", GENERIC_IAM_OR_KEY)]).await;
+    let furl = fixture("function-url-iam.json");
+    let rest = fixture("rest-api-iam.json");
+    let http = http_api_iam("arn:aws:sts::123456789012:assumed-role/soar-playbook/run-7");
+    for (name, e) in [
+        ("function url", &furl),
+        ("rest api", &rest),
+        ("http api", &http),
+    ] {
+        let (status, answer) = h.send(event(e)).await;
+        assert_eq!(status, 200, "{name}: {answer}");
+        assert_eq!(
+            answer["results"][0]["device"],
+            ids::WIN11,
+            "{name}: {answer}"
+        );
+    }
+    let fetched = h.fetches();
+    // Another principal, in each shape: refused.
+    let mut furl_other = furl.clone();
+    furl_other["requestContext"]["authorizer"]["iam"]["userArn"] =
+        json!("arn:aws:sts::123456789012:assumed-role/intern/run-1");
+    let mut rest_other = rest.clone();
+    rest_other["requestContext"]["identity"]["userArn"] =
+        json!("arn:aws:iam::123456789012:user/xsoar-integration-2");
+    let http_other = http_api_iam("arn:aws:sts::999999999999:assumed-role/soar-playbook/run-7");
+    for (name, e) in [
+        ("function url", &furl_other),
+        ("rest api", &rest_other),
+        ("http api", &http_other),
+    ] {
+        let (status, answer) = h.send(event(e)).await;
+        assert_eq!(status, 401, "{name}: {answer}");
+    }
+    // No identity in the context (a Function URL with AuthType NONE): refused
+    // without a secret fetch, whatever the headers claim.
+    let mut anonymous = furl.clone();
+    anonymous["requestContext"]
+        .as_object_mut()
+        .unwrap()
+        .remove("authorizer");
+    anonymous["headers"]["x-amz-user-arn"] =
+        json!("arn:aws:sts::123456789012:assumed-role/soar-playbook/run-7");
+    let mut rest_anonymous = rest.clone();
+    rest_anonymous["requestContext"]["identity"]["userArn"] = Value::Null;
+    // A fresh instance, so a cached secret cannot hide a fetch.
+    let fresh = Harness::with(soar_secret(), &[("SOURCES", GENERIC_IAM_OR_KEY)]).await;
+    for e in [&anonymous, &rest_anonymous] {
+        let (status, answer) = fresh.send(event(e)).await;
+        assert_eq!(status, 401, "{answer}");
+    }
+    assert_eq!(
+        fresh.fetches(),
+        0,
+        "no secret fetch for a call with no identity"
+    );
+    assert!(fetched >= 1);
+}
+
+#[tokio::test]
+async fn the_generic_sources_auth_list_admits_an_api_key_with_rotation() {
+    let h = Harness::with(soar_secret(), &[("SOURCES", GENERIC_IAM_OR_KEY)]).await;
+    let b = body();
+    for key in ["soar-api-key-new-00000001", "soar-api-key-old-00000001"] {
+        let (status, answer) = h
+            .send(request("/v1/offboard", &[("x-api-key", key)], &b))
+            .await;
+        assert_eq!(status, 200, "{key}: {answer}");
+    }
+    for key in [
+        "soar-api-key-new-0000000",
+        "soar-api-key-new-000000011",
+        "x",
+    ] {
+        let (status, answer) = h
+            .send(request("/v1/offboard", &[("x-api-key", key)], &b))
+            .await;
+        assert_eq!(status, 401, "{key}: {answer}");
+    }
+    // Standard Webhooks no longer admits: the generic source's auth was
+    // replaced. A fresh instance, so a cached secret cannot hide a fetch.
+    let fresh = Harness::with(soar_secret(), &[("SOURCES", GENERIC_IAM_OR_KEY)]).await;
+    let ts = now();
+    let sig = standard_sign(GENERIC_WEBHOOK_SECRET, "msg_sw", ts, b.as_bytes());
+    let ts = ts.to_string();
+    let (status, _) = fresh
+        .send(request(
+            "/v1/offboard",
+            &[
+                ("webhook-id", "msg_sw"),
+                ("webhook-timestamp", &ts),
+                ("webhook-signature", &sig),
+            ],
+            &b,
+        ))
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(fresh.fetches(), 0, "refused before the secret fetch");
+    // The action route uses the same auth.
+    let (status, answer) = h
+        .send(event(&events::http_api_v2(
+            "GET",
+            "/v1/actions/6b0a7c1e-0000-4000-8000-000000000001",
+            &[("x-api-key", "soar-api-key-new-00000001")],
+            "",
+        )))
+        .await;
+    assert_ne!(status, 401, "{answer}");
+}
+
+#[test]
+fn the_generic_source_takes_only_auth() {
+    let e = Config::from_lookup(|k| match k {
+        "SECRET_ID" => Some("s".into()),
+        "SOURCES" => Some(
+            r#"{"sources": {"generic": {"auth": {"scheme": "bearer", "secret": "g"}, "devices": "/d"}}}"#
+                .into(),
+        ),
+        _ => None,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("generic") && e.contains("devices"), "{e}");
+}
+
+#[tokio::test]
+async fn servicenow_basic_auth_from_its_event_file() {
+    let mut secret = base_secret();
+    secret["webhook_secrets"]["servicenow-basic"] = json!(["mde-offboard:REPLACED-BY-THE-SENDER"]);
+    let sources = r#"{"sources": {"servicenow": {"extends": "servicenow",
+        "auth": [{"scheme": "basic", "secret": "servicenow-basic"},
+                 {"scheme": "bearer", "secret": "servicenow"}]}}}"#;
+    let h = Harness::with(secret, &[("SOURCES", sources)]).await;
+    let e = fixture("servicenow-basic.json");
+    let (status, answer) = h.send(event(&e)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["ticket"], "INC0012345", "{answer}");
+    // The bearer of the same list still admits.
+    let mut bearer = e.clone();
+    bearer["headers"]["authorization"] = json!("Bearer snow-bearer-token-never-log");
+    let (status, answer) = h.send(event(&bearer)).await;
+    assert_eq!(status, 200, "{answer}");
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    for pair in [
+        "mde-offboard:REPLACED-BY-THE-SENDEr",
+        "mde-offboarx:REPLACED-BY-THE-SENDER",
+        "mde-offboard:",
+    ] {
+        let mut wrong = e.clone();
+        wrong["headers"]["authorization"] = json!(format!("Basic {}", engine.encode(pair)));
+        let (status, answer) = h.send(event(&wrong)).await;
+        assert_eq!(status, 401, "{pair}: {answer}");
+    }
+    let fresh = Harness::with(base_secret(), &[("SOURCES", sources)]).await;
+    let mut bare = e.clone();
+    bare["headers"]
+        .as_object_mut()
+        .unwrap()
+        .remove("authorization");
+    let (status, _) = fresh.send(event(&bare)).await;
+    assert_eq!(status, 401);
+    assert_eq!(fresh.fetches(), 0, "refused before the secret fetch");
+}
