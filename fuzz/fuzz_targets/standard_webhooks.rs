@@ -68,10 +68,12 @@ fuzz_target!(|data: &[u8]| {
             parsed.filter(|t| (NOW as i128 - *t as i128).abs() <= TOLERANCE_SECONDS as i128);
         let expected = match fresh {
             // An undecodable `whsec_` secret is no key and never matches.
-            Some(t) if !id.is_empty() => secrets.iter().filter(|s| standard_key(s).is_ok()).any(|s| {
-                let want = standard_sign(s, id, t, body);
-                sig.split_whitespace().any(|e| e == want)
-            }),
+            Some(t) if !id.is_empty() => {
+                secrets.iter().filter(|s| standard_key(s).is_ok()).any(|s| {
+                    let want = standard_sign(s, id, t, body);
+                    sig.split_whitespace().any(|e| e == want)
+                })
+            }
             _ => false,
         };
         assert_eq!(got.is_ok(), expected, "verify_standard: {got:?}");
