@@ -142,9 +142,8 @@ fn python_sign(lib: &str, secret: &str, id: &str, ts: i64, body: &str) -> String
 
 #[tokio::test]
 async fn requests_signed_by_the_official_python_libraries_are_accepted() {
-    // The same 24-byte key written padded and unpadded; the unpadded form
-    // is what the libraries generate and what decoded to nothing useful
-    // before (a strict decoder refuses it).
+    // The same 17-byte key written padded and unpadded: a strict decoder
+    // refuses the unpadded form, which the libraries accept.
     let unpadded = "whsec_bmV3LXNlY3JldC0xMjM0NTY";
     let padded = "whsec_bmV3LXNlY3JldC0xMjM0NTY=";
     let pairs = [
@@ -241,8 +240,8 @@ async fn weak_keys_refuse_every_call_and_the_log_names_the_key_not_the_value() {
         assert!(!log.contains(weak), "{weak} was logged: {log}");
         assert!(!answer.to_string().contains(weak), "{answer}");
     }
-    // The Python library accepts the "whsec_" key's empty signature; we do
-    // not. A signature by it is refused just the same.
+    // The Python library signs with a 5-byte key without complaint; the
+    // function refuses that key, whoever made the signature.
     let h = Harness::with(with_generic(json!("whsec_c2hvcnQ")), &[]).await;
     let b = body();
     let ts = now();
