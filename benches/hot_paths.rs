@@ -21,7 +21,7 @@ fn signature(c: &mut Criterion) {
     let ts = 1_795_683_600i64;
     let sig = standard_sign(SECRET, "msg_1", ts, &body);
     let secrets = vec![SECRET.to_string()];
-    let key = standard_key(SECRET);
+    let key = standard_key(SECRET).unwrap();
     let mut g = c.benchmark_group("signature_256KiB");
     g.bench_function("baseline_hmac_sha256", |b| {
         b.iter(|| {

@@ -1,21 +1,45 @@
 //! Webhook authentication: who is calling.
 //!
-//! Pure functions over headers, raw body bytes, secrets and the current time.
-//! Every comparison of a secret-derived value is constant-time (`hmac`'s
-//! `verify_slice` and `subtle`), and the reasons returned never contain a
-//! signature or a secret.
+//! `AuthDef` owns a source's schemes: it parses their definition, refuses a
+//! request that lacks every header its schemes read (before any secret is
+//! fetched), enforces the key rules on the secrets it is given, and says
+//! which delivery id, if any, the signature covers. The verifiers below it
+//! are pure functions over headers, raw body bytes, keys and the current
+//! time. Every comparison of a secret-derived value is constant-time and
+//! leaks no length, and the reasons returned never contain a signature or
+//! a secret.
 
 use base64::Engine as _;
+use base64::alphabet;
 use base64::engine::general_purpose::STANDARD as B64;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use lambda_http::http::HeaderMap;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
+
+use crate::credentials::AppSecret;
 
 type HmacSha256 = Hmac<Sha256>;
 
 /// Standard Webhooks' tolerance for clock skew and replay.
 pub const TOLERANCE_SECONDS: i64 = 300;
+
+/// Least key material a webhook secret must hold: bytes after decoding a
+/// `whsec_` value, characters otherwise (the password part for `basic`).
+pub const MIN_KEY_LEN: usize = 16;
+
+/// `whsec_` secrets as the official libraries read them: Python's
+/// `b64decode(secret + "==")` takes padded and unpadded text alike and
+/// ignores stray trailing bits.
+const WHSEC: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AuthError {
@@ -27,19 +51,62 @@ pub enum AuthError {
     StaleTimestamp,
     #[error("no signature matches")]
     NoMatch,
-    #[error("no webhook secret is configured for '{0}'")]
+    #[error("the request context holds no IAM caller")]
+    NoIamIdentity,
+    #[error("the IAM caller is not one of the source's principals")]
+    PrincipalNotAllowed,
+    #[error("no webhook secret is configured at webhook_secrets.{0}")]
     NoSecret(String),
+    /// A configuration error: the key is named, its value never.
+    #[error("webhook_secrets.{key} {problem}; the source refuses every call until it is fixed")]
+    WeakKey { key: String, problem: KeyProblem },
 }
 
-/// The key bytes of a Standard Webhooks secret: base64 after `whsec_`, or the
-/// raw bytes of a secret without that prefix.
-pub fn standard_key(secret: &str) -> Vec<u8> {
-    match secret.strip_prefix("whsec_") {
-        Some(b64) => B64
-            .decode(b64.trim())
-            .unwrap_or_else(|_| secret.as_bytes().to_vec()),
-        None => secret.as_bytes().to_vec(),
+impl AuthError {
+    /// The operator's mistake, not the caller's: worth a warning in the log.
+    pub fn is_config_error(&self) -> bool {
+        matches!(self, Self::NoSecret(_) | Self::WeakKey { .. })
     }
+}
+
+/// Why a webhook secret's value cannot be used as a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum KeyProblem {
+    #[error("is not base64 after 'whsec_'")]
+    NotBase64,
+    #[error("holds fewer than 16 bytes of key")]
+    TooShort,
+    #[error("is not 'user:password'")]
+    NotUserPassword,
+}
+
+/// The key bytes of a Standard Webhooks secret: base64 after `whsec_`
+/// (padded or not), or the raw bytes of a secret without that prefix. An
+/// undecodable `whsec_` value is an error, never raw bytes: falling back
+/// would turn a typo into a key nobody chose.
+pub fn standard_key(secret: &str) -> Result<Vec<u8>, KeyProblem> {
+    match secret.strip_prefix("whsec_") {
+        Some(b64) => WHSEC.decode(b64.trim()).map_err(|_| KeyProblem::NotBase64),
+        None => Ok(secret.as_bytes().to_vec()),
+    }
+}
+
+/// Checks one secret value against the key rules for `scheme`.
+fn check_key(scheme: &Scheme, value: &str) -> Result<(), KeyProblem> {
+    if value.starts_with("whsec_") {
+        return match standard_key(value)? {
+            k if k.len() < MIN_KEY_LEN => Err(KeyProblem::TooShort),
+            _ => Ok(()),
+        };
+    }
+    let material = match scheme {
+        Scheme::Basic { .. } => value.split_once(':').ok_or(KeyProblem::NotUserPassword)?.1,
+        _ => value,
+    };
+    if material.chars().count() < MIN_KEY_LEN {
+        return Err(KeyProblem::TooShort);
+    }
+    Ok(())
 }
 
 /// Headers a Standard Webhooks request carries.
@@ -50,9 +117,45 @@ pub struct StandardHeaders<'a> {
     pub signature: Option<&'a str>,
 }
 
+impl<'a> StandardHeaders<'a> {
+    /// `webhook-*`, or Svix's `svix-*` (the same scheme under its older
+    /// names) when none of the `webhook-*` headers is there.
+    pub fn from_headers(headers: &'a HeaderMap) -> Self {
+        let set = |prefix: &str| Self {
+            id: header(headers, &format!("{prefix}-id")),
+            timestamp: header(headers, &format!("{prefix}-timestamp")),
+            signature: header(headers, &format!("{prefix}-signature")),
+        };
+        let standard = set("webhook");
+        if standard.id.is_none() && standard.timestamp.is_none() && standard.signature.is_none() {
+            let svix = set("svix");
+            if svix.id.is_some() || svix.timestamp.is_some() || svix.signature.is_some() {
+                return svix;
+            }
+        }
+        standard
+    }
+
+    fn require(&self) -> Result<(&'a str, &'a str, &'a str), AuthError> {
+        Ok((
+            self.id.ok_or(AuthError::MissingHeader("webhook-id"))?,
+            self.timestamp
+                .ok_or(AuthError::MissingHeader("webhook-timestamp"))?,
+            self.signature
+                .ok_or(AuthError::MissingHeader("webhook-signature"))?,
+        ))
+    }
+}
+
 /// Signs `{id}.{timestamp}.{body}`, for tests, the local sender and docs.
+/// An undecodable secret signs with an empty key, which no source accepts.
 pub fn standard_sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mac = standard_mac(&standard_key(secret), id, timestamp, body);
+    let mac = standard_mac(
+        &standard_key(secret).unwrap_or_default(),
+        id,
+        timestamp,
+        body,
+    );
     format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
 }
 
@@ -67,20 +170,15 @@ fn standard_mac(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> HmacSha256
 }
 
 /// Verifies a Standard Webhooks request against any of `secrets` (several
-/// during a rotation). `now` is unix seconds.
+/// during a rotation). `now` is unix seconds. A secret that is not a key
+/// (see `standard_key`) or is empty never matches.
 pub fn verify_standard(
     h: StandardHeaders<'_>,
     body: &[u8],
     secrets: &[String],
     now: i64,
 ) -> Result<(), AuthError> {
-    let id = h.id.ok_or(AuthError::MissingHeader("webhook-id"))?;
-    let ts_raw = h
-        .timestamp
-        .ok_or(AuthError::MissingHeader("webhook-timestamp"))?;
-    let sig = h
-        .signature
-        .ok_or(AuthError::MissingHeader("webhook-signature"))?;
+    let (id, ts_raw, sig) = h.require()?;
     if id.is_empty() {
         return Err(AuthError::Malformed("webhook-id"));
     }
@@ -107,8 +205,12 @@ pub fn verify_standard(
         return Err(AuthError::NoMatch);
     }
     let mut matched = false;
-    for secret in secrets {
-        let mac = standard_mac(&standard_key(secret), id, ts, body);
+    for key in secrets
+        .iter()
+        .filter_map(|s| standard_key(s).ok())
+        .filter(|k| !k.is_empty())
+    {
+        let mac = standard_mac(&key, id, ts, body);
         for c in &candidates {
             // `verify_slice` is constant-time; keep looping so timing does
             // not tell which secret or entry matched.
@@ -124,7 +226,7 @@ pub fn verify_standard(
 
 /// HMAC-SHA256 of the raw body, lowercase hex, after `prefix` in one
 /// header; the header may hold several comma-separated values (PagerDuty
-/// sends one per active secret).
+/// sends one per active secret). An empty secret never matches.
 pub fn verify_hmac_hex(
     header_value: Option<&str>,
     header_name: &'static str,
@@ -143,7 +245,7 @@ pub fn verify_hmac_hex(
         return Err(AuthError::NoMatch);
     }
     let mut matched = false;
-    for secret in secrets {
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
         let mut mac =
             HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
         mac.update(body);
@@ -170,7 +272,22 @@ pub fn hmac_hex(secret: &str, body: &[u8]) -> String {
         .collect()
 }
 
-/// `Authorization: Bearer <secret>`, compared in constant time.
+/// Whether `given` equals one of `secrets`, in time that depends on
+/// neither value's length nor on which secret matched: both sides are
+/// hashed to 32 bytes first, and every secret is compared.
+fn matches_any(given: &[u8], secrets: &[String]) -> bool {
+    let given = Sha256::digest(given);
+    let mut matched = subtle::Choice::from(0);
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        matched |= given
+            .as_slice()
+            .ct_eq(Sha256::digest(secret.as_bytes()).as_slice());
+    }
+    bool::from(matched)
+}
+
+/// `Authorization: Bearer <secret>`, compared in constant time without
+/// leaking the token's length.
 pub fn verify_bearer(authorization: Option<&str>, secrets: &[String]) -> Result<(), AuthError> {
     let value = authorization.ok_or(AuthError::MissingHeader("authorization"))?;
     let (scheme, token) = value
@@ -180,15 +297,69 @@ pub fn verify_bearer(authorization: Option<&str>, secrets: &[String]) -> Result<
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::Malformed("authorization"));
     }
-    let token = token.trim().as_bytes();
-    let mut matched = subtle::Choice::from(0);
-    for secret in secrets {
-        matched |= token.ct_eq(secret.as_bytes());
-    }
-    if bool::from(matched) {
+    if matches_any(token.trim().as_bytes(), secrets) {
         Ok(())
     } else {
         Err(AuthError::NoMatch)
+    }
+}
+
+/// `Authorization: Basic base64(user:password)` against secrets holding
+/// `user:password`, compared by digest like a bearer token.
+pub fn verify_basic(authorization: Option<&str>, secrets: &[String]) -> Result<(), AuthError> {
+    let value = authorization.ok_or(AuthError::MissingHeader("authorization"))?;
+    let (scheme, encoded) = value
+        .trim()
+        .split_once(' ')
+        .ok_or(AuthError::Malformed("authorization"))?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(AuthError::Malformed("authorization"));
+    }
+    let pair = WHSEC
+        .decode(encoded.trim())
+        .map_err(|_| AuthError::Malformed("authorization"))?;
+    if matches_any(&pair, secrets) {
+        Ok(())
+    } else {
+        Err(AuthError::NoMatch)
+    }
+}
+
+/// A header whose whole value is the secret (EventBridge connections,
+/// SOAR HTTP actions).
+pub fn verify_api_key(value: Option<&str>, secrets: &[String]) -> Result<(), AuthError> {
+    let value = value.ok_or(AuthError::MissingHeader("api key header"))?;
+    if matches_any(value.trim().as_bytes(), secrets) {
+        Ok(())
+    } else {
+        Err(AuthError::NoMatch)
+    }
+}
+
+/// An ARN pattern from `principals`: `*` matches any run of characters,
+/// everything else itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrincipalPattern(String);
+
+impl PrincipalPattern {
+    pub fn matches(&self, arn: &str) -> bool {
+        let mut parts = self.0.split('*');
+        let first = parts.next().unwrap_or("");
+        let Some(mut rest) = arn.strip_prefix(first) else {
+            return false;
+        };
+        let tail: Vec<&str> = parts.collect();
+        let Some((last, middle)) = tail.split_last() else {
+            // No `*`: the whole ARN must be the pattern.
+            return rest.is_empty();
+        };
+        for part in middle {
+            match rest.find(part) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+        rest.len() >= last.len() && rest.ends_with(last)
     }
 }
 
@@ -201,6 +372,342 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
         .collect()
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// One way a source lets a caller in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scheme {
+    StandardWebhooks {
+        secret: String,
+    },
+    HmacSha256Hex {
+        header: String,
+        prefix: String,
+        secret: String,
+    },
+    Bearer {
+        secret: String,
+    },
+    Basic {
+        secret: String,
+    },
+    ApiKey {
+        header: String,
+        secret: String,
+    },
+    /// Authorised by AWS IAM before the request reached the function.
+    Iam {
+        principals: Vec<PrincipalPattern>,
+    },
+}
+
+impl Scheme {
+    /// The key of `webhook_secrets` this scheme reads; `iam` reads none.
+    pub fn secret_key(&self) -> Option<&str> {
+        match self {
+            Self::StandardWebhooks { secret }
+            | Self::HmacSha256Hex { secret, .. }
+            | Self::Bearer { secret }
+            | Self::Basic { secret }
+            | Self::ApiKey { secret, .. } => Some(secret),
+            Self::Iam { .. } => None,
+        }
+    }
+
+    /// Whether the request carries what this scheme reads; cheap, and
+    /// asked before any secret is fetched.
+    fn presented(&self, req: &Presented<'_>) -> Result<(), AuthError> {
+        match self {
+            Self::StandardWebhooks { .. } => StandardHeaders::from_headers(req.headers)
+                .require()
+                .map(|_| ()),
+            // Header names in a definition are free text; a name that is
+            // not a valid header is simply never present.
+            Self::HmacSha256Hex { header: name, .. } => header(req.headers, name)
+                .map(|_| ())
+                .ok_or(AuthError::MissingHeader("signature header")),
+            Self::Bearer { .. } | Self::Basic { .. } => header(req.headers, "authorization")
+                .map(|_| ())
+                .ok_or(AuthError::MissingHeader("authorization")),
+            Self::ApiKey { header: name, .. } => header(req.headers, name)
+                .map(|_| ())
+                .ok_or(AuthError::MissingHeader("api key header")),
+            Self::Iam { .. } => req.caller_arn.map(|_| ()).ok_or(AuthError::NoIamIdentity),
+        }
+    }
+
+    /// This scheme's secrets, each checked against the key rules.
+    fn keys<'s>(&self, secret: &'s AppSecret) -> Result<&'s [String], AuthError> {
+        let Some(key) = self.secret_key() else {
+            return Ok(&[]);
+        };
+        let values = secret.webhook_secrets(key);
+        if values.is_empty() {
+            return Err(AuthError::NoSecret(key.to_string()));
+        }
+        for v in values {
+            check_key(self, v).map_err(|problem| AuthError::WeakKey {
+                key: key.to_string(),
+                problem,
+            })?;
+        }
+        Ok(values)
+    }
+
+    fn verify(&self, req: &Presented<'_>, keys: &[String]) -> Result<Admitted, AuthError> {
+        match self {
+            Self::StandardWebhooks { .. } => {
+                let h = StandardHeaders::from_headers(req.headers);
+                verify_standard(h, req.body, keys, req.now)?;
+                // The id is part of the signed content: a delivery id the
+                // replay cache may trust.
+                Ok(Admitted {
+                    delivery_id: h.id.map(str::to_string),
+                })
+            }
+            Self::HmacSha256Hex {
+                header: name,
+                prefix,
+                ..
+            } => {
+                let value = header(req.headers, name);
+                verify_hmac_hex(value, "signature header", prefix, req.body, keys)?;
+                Ok(Admitted::unsigned_id())
+            }
+            Self::Bearer { .. } => {
+                verify_bearer(header(req.headers, "authorization"), keys)?;
+                Ok(Admitted::unsigned_id())
+            }
+            Self::Basic { .. } => {
+                verify_basic(header(req.headers, "authorization"), keys)?;
+                Ok(Admitted::unsigned_id())
+            }
+            Self::ApiKey { header: name, .. } => {
+                verify_api_key(header(req.headers, name), keys)?;
+                Ok(Admitted::unsigned_id())
+            }
+            Self::Iam { principals } => {
+                let arn = req.caller_arn.ok_or(AuthError::NoIamIdentity)?;
+                if principals.iter().any(|p| p.matches(arn)) {
+                    Ok(Admitted::unsigned_id())
+                } else {
+                    Err(AuthError::PrincipalNotAllowed)
+                }
+            }
+        }
+    }
+
+    fn parse(v: &Value, field: &str) -> Result<Self, (String, String)> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| (field.to_string(), "must be an object".to_string()))?;
+        let s = |k: &str| -> Result<String, (String, String)> {
+            obj.get(k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    (
+                        format!("{field}.{k}"),
+                        "is required and must be a non-empty string".to_string(),
+                    )
+                })
+        };
+        let scheme = s("scheme")?;
+        if scheme == "iam" {
+            if obj.contains_key("secret") {
+                return Err((
+                    format!("{field}.secret"),
+                    "is not taken by iam: IAM authorises the caller".to_string(),
+                ));
+            }
+            let principals = obj
+                .get("principals")
+                .and_then(Value::as_array)
+                .filter(|a| !a.is_empty())
+                .and_then(|a| {
+                    a.iter()
+                        .map(|p| p.as_str().filter(|p| !p.is_empty()))
+                        .map(|p| p.map(|p| PrincipalPattern(p.to_string())))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .ok_or_else(|| {
+                    (
+                        format!("{field}.principals"),
+                        "is required and must be a non-empty array of ARNs".to_string(),
+                    )
+                })?;
+            return Ok(Self::Iam { principals });
+        }
+        let secret = s("secret")?;
+        match scheme.as_str() {
+            "standard-webhooks" => Ok(Self::StandardWebhooks { secret }),
+            "hmac-sha256-hex" => Ok(Self::HmacSha256Hex {
+                header: s("header")?.to_ascii_lowercase(),
+                prefix: obj
+                    .get("prefix")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                secret,
+            }),
+            "bearer" => Ok(Self::Bearer { secret }),
+            "basic" => Ok(Self::Basic { secret }),
+            "api-key" => Ok(Self::ApiKey {
+                header: s("header")?.to_ascii_lowercase(),
+                secret,
+            }),
+            other => Err((
+                format!("{field}.scheme"),
+                format!(
+                    "'{other}' is not one of standard-webhooks, hmac-sha256-hex, bearer, basic, api-key, iam"
+                ),
+            )),
+        }
+    }
+}
+
+/// What a request presents to be authenticated.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    pub headers: &'a HeaderMap,
+    /// The raw body, as signed.
+    pub body: &'a [u8],
+    /// Unix seconds when it arrived.
+    pub now: i64,
+    /// The IAM caller's ARN from the request context (set by AWS, never by
+    /// a header).
+    pub caller_arn: Option<&'a str>,
+}
+
+/// A request one of the schemes admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The sender's delivery id, only where the signature covers it
+    /// (Standard Webhooks' `webhook-id`); anything else in a header could
+    /// be changed by whoever replays the request.
+    pub delivery_id: Option<String>,
+}
+
+impl Admitted {
+    fn unsigned_id() -> Self {
+        Self { delivery_id: None }
+    }
+}
+
+/// The built-in source of `/v1/offboard` and the action and ticket routes,
+/// and its default key of `webhook_secrets`.
+pub const GENERIC_KEY: &str = "generic";
+
+/// A source's authentication: one scheme or several, any one of which
+/// admits the call (so a sender can move to another scheme without
+/// downtime).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthDef {
+    schemes: Vec<Scheme>,
+}
+
+impl AuthDef {
+    /// Standard Webhooks with `webhook_secrets.<key>`: the generic route's
+    /// default.
+    pub fn standard(key: &str) -> Self {
+        Self {
+            schemes: vec![Scheme::StandardWebhooks {
+                secret: key.to_string(),
+            }],
+        }
+    }
+
+    pub fn schemes(&self) -> &[Scheme] {
+        &self.schemes
+    }
+
+    /// Parses a source's `auth`: one scheme object or a non-empty list of
+    /// them. Errors are `(field, reason)`.
+    pub fn parse(v: Option<&Value>) -> Result<Self, (String, String)> {
+        let schemes = match v {
+            Some(one @ Value::Object(_)) => vec![Scheme::parse(one, "auth")?],
+            Some(Value::Array(list)) if !list.is_empty() => list
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Scheme::parse(s, &format!("auth[{i}]")))
+                .collect::<Result<_, _>>()?,
+            _ => {
+                return Err((
+                    "auth".to_string(),
+                    "is required and must be a scheme object or a non-empty list of them"
+                        .to_string(),
+                ));
+            }
+        };
+        Ok(Self { schemes })
+    }
+
+    /// The built-in source `generic`'s definition in `SOURCES`: only its
+    /// `auth` may change, since its mapping is the generic body.
+    pub fn parse_generic(def: &Value) -> Result<Self, (String, String)> {
+        let obj = def
+            .as_object()
+            .ok_or_else(|| (String::new(), "must be an object".to_string()))?;
+        if let Some(k) = obj.keys().find(|k| k.as_str() != "auth") {
+            return Err((
+                k.clone(),
+                "cannot be set: the generic source takes only 'auth' (its mapping is the generic body)"
+                    .to_string(),
+            ));
+        }
+        match obj.get("auth") {
+            None => Ok(Self::standard(GENERIC_KEY)),
+            v => Self::parse(v),
+        }
+    }
+
+    /// Refuses a request that carries nothing any scheme reads: no secret
+    /// is fetched for it, so a flood of bare requests costs nothing.
+    pub fn precheck(&self, req: &Presented<'_>) -> Result<(), AuthError> {
+        let mut first = None;
+        for s in &self.schemes {
+            match s.presented(req) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        Err(first.unwrap_or(AuthError::NoMatch))
+    }
+
+    /// Verifies a request with the secrets in `secret`. Every scheme's keys
+    /// must pass the key rules, or the source refuses every call: a broken
+    /// key is fixed by the operator, not worked around by another scheme.
+    pub fn verify(&self, req: &Presented<'_>, secret: &AppSecret) -> Result<Admitted, AuthError> {
+        let keyed: Vec<(&Scheme, &[String])> = self
+            .schemes
+            .iter()
+            .map(|s| s.keys(secret).map(|k| (s, k)))
+            .collect::<Result<_, _>>()?;
+        // A scheme whose credentials were there says more about the
+        // refusal than one whose credentials were missing.
+        let (mut missing, mut failed) = (None, None);
+        for (scheme, keys) in keyed {
+            if let Err(e) = scheme.presented(req) {
+                missing.get_or_insert(e);
+                continue;
+            }
+            match scheme.verify(req, keys) {
+                Ok(admitted) => return Ok(admitted),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        let first = failed.or(missing);
+        Err(first.unwrap_or(AuthError::NoMatch))
+    }
 }
 
 #[cfg(test)]
@@ -334,7 +841,7 @@ mod tests {
 
     #[test]
     fn a_secret_without_prefix_is_raw_bytes() {
-        assert_eq!(standard_key("plain"), b"plain");
+        assert_eq!(standard_key("plain").unwrap(), b"plain");
         let sig = standard_sign("plain", "id", 10, b"{}");
         let h = StandardHeaders {
             id: Some("id"),
@@ -412,6 +919,418 @@ mod tests {
         assert_eq!(
             verify_bearer(Some("Bearer tok-new"), &[]),
             Err(AuthError::NoMatch)
+        );
+    }
+
+    // The spec vector's key, unpadded (as the Python library's docs show
+    // secrets) and padded.
+    const KEY_UNPADDED: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    const BEARER: Scheme = Scheme::Bearer {
+        secret: String::new(),
+    };
+
+    fn app_secret(webhook_secrets: Value) -> AppSecret {
+        AppSecret::parse(
+            &serde_json::json!({"tenant_id": "t", "client_id": "c", "client_secret": "s",
+                "webhook_secrets": webhook_secrets})
+            .to_string(),
+        )
+        .unwrap()
+    }
+
+    fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                lambda_http::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    fn presented<'a>(h: &'a HeaderMap, body: &'a [u8]) -> Presented<'a> {
+        Presented {
+            headers: h,
+            body,
+            now: SPEC_TS,
+            caller_arn: None,
+        }
+    }
+
+    #[test]
+    fn whsec_keys_decode_padded_or_not_and_never_fall_back_to_raw_bytes() {
+        // 17 bytes: base64 text whose padding matters.
+        let padded = "whsec_bmV3LXNlY3JldC0xMjM0NTY=";
+        let unpadded = "whsec_bmV3LXNlY3JldC0xMjM0NTY";
+        assert_eq!(standard_key(padded).unwrap(), b"new-secret-123456");
+        assert_eq!(standard_key(unpadded).unwrap(), b"new-secret-123456");
+        assert_eq!(standard_key("whsec_not*base64"), Err(KeyProblem::NotBase64));
+        assert_eq!(standard_key("whsec_").unwrap(), b"");
+        assert_eq!(check_key(&BEARER, "whsec_"), Err(KeyProblem::TooShort));
+        assert_eq!(
+            check_key(&BEARER, "whsec_bmV3c2VjcmV0"),
+            Err(KeyProblem::TooShort)
+        );
+        assert_eq!(
+            check_key(&BEARER, "whsec_not*base64"),
+            Err(KeyProblem::NotBase64)
+        );
+        assert_eq!(
+            check_key(&BEARER, "fifteen-chars-x"),
+            Err(KeyProblem::TooShort)
+        );
+        assert_eq!(check_key(&BEARER, "sixteen-chars-xx"), Ok(()));
+        assert_eq!(check_key(&BEARER, KEY_UNPADDED), Ok(()));
+        assert_eq!(check_key(&BEARER, unpadded), Ok(()));
+    }
+
+    #[test]
+    fn a_signature_with_an_empty_or_undecodable_key_never_verifies() {
+        let ts = SPEC_TS.to_string();
+        for weak in ["whsec_", "whsec_not*base64"] {
+            let sig = standard_sign(weak, SPEC_ID, SPEC_TS, SPEC_BODY);
+            assert_eq!(
+                verify_standard(headers(&sig, &ts), SPEC_BODY, &secrets(&[weak]), SPEC_TS),
+                Err(AuthError::NoMatch),
+                "{weak}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_weak_or_missing_key_refuses_every_call_and_names_the_key() {
+        let ts = SPEC_TS.to_string();
+        let good_sig = standard_sign("whsec_", SPEC_ID, SPEC_TS, SPEC_BODY);
+        let h = header_map(&[
+            ("webhook-id", SPEC_ID),
+            ("webhook-timestamp", &ts),
+            ("webhook-signature", &good_sig),
+        ]);
+        let def = AuthDef::standard("generic");
+        for (value, problem) in [
+            (serde_json::json!("whsec_"), KeyProblem::TooShort),
+            (serde_json::json!("whsec_%%%%"), KeyProblem::NotBase64),
+            (serde_json::json!("short"), KeyProblem::TooShort),
+            // One weak value in a rotation list is enough to refuse.
+            (
+                serde_json::json!([SPEC_SECRET, "whsec_"]),
+                KeyProblem::TooShort,
+            ),
+        ] {
+            let s = app_secret(serde_json::json!({ "generic": value }));
+            let e = def.verify(&presented(&h, SPEC_BODY), &s).unwrap_err();
+            assert_eq!(
+                e,
+                AuthError::WeakKey {
+                    key: "generic".into(),
+                    problem
+                }
+            );
+            assert!(e.is_config_error());
+            let msg = e.to_string();
+            assert!(msg.contains("webhook_secrets.generic"), "{msg}");
+            assert!(
+                !msg.contains("whsec_%") && !msg.contains("short\""),
+                "{msg}"
+            );
+        }
+        let e = def
+            .verify(
+                &presented(&h, SPEC_BODY),
+                &app_secret(serde_json::json!({})),
+            )
+            .unwrap_err();
+        assert_eq!(e, AuthError::NoSecret("generic".into()));
+        assert!(e.to_string().contains("webhook_secrets.generic"));
+    }
+
+    #[test]
+    fn the_signed_webhook_id_is_the_delivery_id_and_svix_headers_are_read() {
+        let ts = SPEC_TS.to_string();
+        let s = app_secret(serde_json::json!({ "generic": SPEC_SECRET }));
+        let def = AuthDef::standard("generic");
+        for prefix in ["webhook", "svix"] {
+            let h = header_map(&[
+                (&format!("{prefix}-id"), SPEC_ID),
+                (&format!("{prefix}-timestamp"), &ts),
+                (&format!("{prefix}-signature"), SPEC_SIG),
+            ]);
+            assert_eq!(
+                def.verify(&presented(&h, SPEC_BODY), &s),
+                Ok(Admitted {
+                    delivery_id: Some(SPEC_ID.into())
+                }),
+                "{prefix}"
+            );
+        }
+        // With webhook-* present, svix-* is not read: no mixing of sets.
+        let h = header_map(&[
+            ("webhook-id", SPEC_ID),
+            ("svix-timestamp", &ts),
+            ("svix-signature", SPEC_SIG),
+        ]);
+        assert_eq!(
+            def.precheck(&presented(&h, SPEC_BODY)),
+            Err(AuthError::MissingHeader("webhook-timestamp"))
+        );
+    }
+
+    #[test]
+    fn an_unsigned_id_header_is_never_a_delivery_id() {
+        let s = app_secret(serde_json::json!({ "sn": "snow-bearer-token-never-log" }));
+        let def = AuthDef::parse(Some(
+            &serde_json::json!({"scheme": "bearer", "secret": "sn"}),
+        ))
+        .unwrap();
+        let h = header_map(&[
+            ("authorization", "Bearer snow-bearer-token-never-log"),
+            ("webhook-id", "msg_chosen_by_anyone"),
+        ]);
+        assert_eq!(
+            def.verify(&presented(&h, b"{}"), &s),
+            Ok(Admitted { delivery_id: None })
+        );
+    }
+
+    #[test]
+    fn precheck_refuses_a_request_without_the_schemes_header() {
+        let def = AuthDef::parse(Some(&serde_json::json!(
+            {"scheme": "hmac-sha256-hex", "header": "X-Hub-Signature", "prefix": "sha256=", "secret": "jira"}
+        )))
+        .unwrap();
+        let bare = HeaderMap::new();
+        assert_eq!(
+            def.precheck(&presented(&bare, b"{}")),
+            Err(AuthError::MissingHeader("signature header"))
+        );
+        let h = header_map(&[("x-hub-signature", "sha256=00")]);
+        assert_eq!(def.precheck(&presented(&h, b"{}")), Ok(()));
+        assert_eq!(
+            AuthDef::standard("generic").precheck(&presented(&bare, b"{}")),
+            Err(AuthError::MissingHeader("webhook-id"))
+        );
+    }
+
+    #[test]
+    fn bearer_tokens_of_any_length_compare_by_digest() {
+        let s = secrets(&["a-token-of-sixteen+", "x"]);
+        assert!(matches_any(b"a-token-of-sixteen+", &s));
+        assert!(matches_any(b"x", &s));
+        assert!(!matches_any(b"a-token-of-sixteen", &s));
+        assert!(!matches_any(b"a-token-of-sixteen++", &s));
+        assert!(!matches_any(b"", &secrets(&[""])));
+    }
+
+    fn def(v: Value) -> AuthDef {
+        AuthDef::parse(Some(&v)).unwrap()
+    }
+
+    fn with_arn<'a>(h: &'a HeaderMap, arn: Option<&'a str>) -> Presented<'a> {
+        Presented {
+            caller_arn: arn,
+            ..presented(h, b"{}")
+        }
+    }
+
+    #[test]
+    fn principal_patterns_match_any_run_at_a_star() {
+        let p = |s: &str| PrincipalPattern(s.to_string());
+        let arn = "arn:aws:sts::123456789012:assumed-role/soar-playbook/run-42";
+        assert!(p(arn).matches(arn));
+        assert!(p("*").matches(arn));
+        assert!(p("arn:aws:sts::123456789012:assumed-role/soar-*/*").matches(arn));
+        assert!(p("arn:aws:sts::*:assumed-role/*/run-42").matches(arn));
+        assert!(!p("arn:aws:sts::123456789012:assumed-role/soar-playbook").matches(arn));
+        assert!(!p("arn:aws:sts::123456789012:assumed-role/soar-*/run-4").matches(arn));
+        assert!(!p("arn:aws:sts::210987654321:*").matches(arn));
+        assert!(!p("a*a").matches("a"));
+        assert!(p("a*a").matches("aa"));
+    }
+
+    #[test]
+    fn basic_accepts_the_pair_refuses_others_and_rotates() {
+        let s = app_secret(serde_json::json!({
+            "sn": ["mde-offboard:new-password-0123456", "mde-offboard:old-password-0123456"]}));
+        let d = def(serde_json::json!({"scheme": "basic", "secret": "sn"}));
+        let basic = |pair: &str| format!("Basic {}", B64.encode(pair));
+        for good in [
+            "mde-offboard:new-password-0123456",
+            "mde-offboard:old-password-0123456",
+        ] {
+            let h = header_map(&[("authorization", &basic(good))]);
+            assert!(d.verify(&presented(&h, b"{}"), &s).is_ok(), "{good}");
+        }
+        for (value, want) in [
+            (
+                basic("mde-offboard:new-password-012345"),
+                AuthError::NoMatch,
+            ),
+            (basic("other:new-password-0123456"), AuthError::NoMatch),
+            (
+                "Basic %%%".to_string(),
+                AuthError::Malformed("authorization"),
+            ),
+            (
+                "Bearer mde-offboard:new-password-0123456".to_string(),
+                AuthError::Malformed("authorization"),
+            ),
+        ] {
+            let h = header_map(&[("authorization", &value)]);
+            assert_eq!(d.verify(&presented(&h, b"{}"), &s), Err(want), "{value}");
+        }
+        let bare = HeaderMap::new();
+        assert_eq!(
+            d.precheck(&presented(&bare, b"{}")),
+            Err(AuthError::MissingHeader("authorization"))
+        );
+        // The key rules read the password part.
+        for (weak, problem) in [
+            ("mde-offboard:short", KeyProblem::TooShort),
+            ("no-colon-but-long-enough", KeyProblem::NotUserPassword),
+        ] {
+            let s = app_secret(serde_json::json!({ "sn": weak }));
+            let h = header_map(&[("authorization", &basic(weak))]);
+            assert_eq!(
+                d.verify(&presented(&h, b"{}"), &s),
+                Err(AuthError::WeakKey {
+                    key: "sn".into(),
+                    problem
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn api_key_compares_the_whole_header_value() {
+        let s = app_secret(
+            serde_json::json!({"eb": ["eventbridge-key-new-0001", "eventbridge-key-old-0001"]}),
+        );
+        let d =
+            def(serde_json::json!({"scheme": "api-key", "header": "X-API-Key", "secret": "eb"}));
+        for (value, ok) in [
+            ("eventbridge-key-new-0001", true),
+            ("eventbridge-key-old-0001", true),
+            ("eventbridge-key-new-000", false),
+            ("eventbridge-key-new-00011", false),
+            ("Bearer eventbridge-key-new-0001", false),
+        ] {
+            let h = header_map(&[("x-api-key", value)]);
+            assert_eq!(d.verify(&presented(&h, b"{}"), &s).is_ok(), ok, "{value}");
+        }
+        let h = header_map(&[("authorization", "eventbridge-key-new-0001")]);
+        assert_eq!(
+            d.precheck(&presented(&h, b"{}")),
+            Err(AuthError::MissingHeader("api key header"))
+        );
+    }
+
+    #[test]
+    fn iam_matches_the_context_caller_and_needs_no_secret() {
+        let d = def(serde_json::json!({"scheme": "iam",
+            "principals": ["arn:aws:iam::123456789012:user/xsoar", "arn:aws:sts::123456789012:assumed-role/soar-*/*"]}));
+        let no_secrets = app_secret(serde_json::json!({}));
+        let h = HeaderMap::new();
+        for (arn, want) in [
+            (Some("arn:aws:iam::123456789012:user/xsoar"), Ok(())),
+            (
+                Some("arn:aws:sts::123456789012:assumed-role/soar-pb/run-1"),
+                Ok(()),
+            ),
+            (
+                Some("arn:aws:iam::123456789012:user/xsoar2"),
+                Err(AuthError::PrincipalNotAllowed),
+            ),
+            (None, Err(AuthError::NoIamIdentity)),
+        ] {
+            assert_eq!(
+                d.verify(&with_arn(&h, arn), &no_secrets).map(|_| ()),
+                want,
+                "{arn:?}"
+            );
+        }
+        assert_eq!(
+            d.precheck(&with_arn(&h, None)),
+            Err(AuthError::NoIamIdentity)
+        );
+        // A header cannot stand in for the context.
+        let forged = header_map(&[("x-amz-user-arn", "arn:aws:iam::123456789012:user/xsoar")]);
+        assert_eq!(
+            d.precheck(&with_arn(&forged, None)),
+            Err(AuthError::NoIamIdentity)
+        );
+    }
+
+    #[test]
+    fn a_list_admits_by_any_scheme() {
+        let d = def(serde_json::json!([
+            {"scheme": "iam", "principals": ["arn:aws:iam::123456789012:user/xsoar"]},
+            {"scheme": "api-key", "header": "x-api-key", "secret": "soar"}
+        ]));
+        let s = app_secret(serde_json::json!({"soar": "soar-api-key-000000001"}));
+        let key = header_map(&[("x-api-key", "soar-api-key-000000001")]);
+        let wrong = header_map(&[("x-api-key", "soar-api-key-000000002")]);
+        let none = HeaderMap::new();
+        assert!(d.verify(&with_arn(&key, None), &s).is_ok());
+        assert!(
+            d.verify(
+                &with_arn(&none, Some("arn:aws:iam::123456789012:user/xsoar")),
+                &s
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            d.verify(&with_arn(&wrong, None), &s),
+            Err(AuthError::NoMatch)
+        );
+        assert!(d.precheck(&with_arn(&none, None)).is_err());
+        // A broken key anywhere in the list closes the source.
+        let weak = app_secret(serde_json::json!({"soar": "short"}));
+        assert!(matches!(
+            d.verify(
+                &with_arn(&none, Some("arn:aws:iam::123456789012:user/xsoar")),
+                &weak
+            ),
+            Err(AuthError::WeakKey { .. })
+        ));
+    }
+
+    #[test]
+    fn definitions_name_the_field_at_fault() {
+        for (v, field) in [
+            (serde_json::json!({"scheme": "iam"}), "auth.principals"),
+            (
+                serde_json::json!({"scheme": "iam", "principals": ["*"], "secret": "x"}),
+                "auth.secret",
+            ),
+            (
+                serde_json::json!({"scheme": "api-key", "secret": "x"}),
+                "auth.header",
+            ),
+            (
+                serde_json::json!({"scheme": "oauth", "secret": "x"}),
+                "auth.scheme",
+            ),
+            (
+                serde_json::json!([{"scheme": "bearer", "secret": "x"}, {"scheme": "basic"}]),
+                "auth[1].secret",
+            ),
+            (serde_json::json!([]), "auth"),
+        ] {
+            assert_eq!(AuthDef::parse(Some(&v)).unwrap_err().0, field, "{v}");
+        }
+        assert_eq!(
+            AuthDef::parse_generic(
+                &serde_json::json!({"auth": {"scheme": "bearer", "secret": "g"}, "ticket": "/t"})
+            )
+            .unwrap_err()
+            .0,
+            "ticket"
+        );
+        assert_eq!(
+            AuthDef::parse_generic(&serde_json::json!({})).unwrap(),
+            AuthDef::standard("generic")
         );
     }
 }

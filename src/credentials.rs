@@ -229,13 +229,25 @@ impl SecretSource for StaticSecret {
     }
 }
 
+/// How long a failed fetch is answered from memory. Short, so a fixed
+/// secret or a recovered Secrets Manager is seen within seconds; long
+/// enough that a flood of requests while it fails is a trickle of
+/// GetSecretValue calls, not a flood of them.
+pub const SECRET_FAILURE_TTL: Duration = Duration::from_secs(3);
+
+/// The last fetch's outcome and when it was made.
+enum Fetched {
+    Secret(Instant, Arc<AppSecret>),
+    Failed(Instant, CredentialError),
+}
+
 /// Caches the parsed secret for a max age, like Powertools' parameters
-/// utility. One fetch at a time: concurrent callers wait for it instead of
-/// each calling Secrets Manager.
+/// utility, and a failure for `SECRET_FAILURE_TTL`. One fetch at a time:
+/// concurrent callers wait for it instead of each calling Secrets Manager.
 pub struct SecretCache {
     source: Arc<dyn SecretSource>,
     ttl: Duration,
-    cached: Mutex<Option<(Instant, Arc<AppSecret>)>>,
+    cached: Mutex<Option<Fetched>>,
 }
 
 impl SecretCache {
@@ -249,17 +261,31 @@ impl SecretCache {
 
     pub async fn get(&self) -> Result<Arc<AppSecret>, CredentialError> {
         let mut slot = self.cached.lock().await;
-        if let Some((at, secret)) = slot.as_ref()
-            && at.elapsed() < self.ttl
-        {
-            return Ok(secret.clone());
+        match slot.as_ref() {
+            Some(Fetched::Secret(at, secret)) if at.elapsed() < self.ttl => {
+                return Ok(secret.clone());
+            }
+            Some(Fetched::Failed(at, e)) if at.elapsed() < SECRET_FAILURE_TTL => {
+                return Err(e.clone());
+            }
+            _ => {}
         }
         crate::metrics::count(crate::metrics::names::SECRET_FETCHES);
-        let text = self.source.fetch().await?;
-        let secret = Arc::new(AppSecret::parse(&text)?);
-        tracing::debug!(tenant_id = %secret.tenant_id, client_id = %secret.client_id, "secret fetched");
-        *slot = Some((Instant::now(), secret.clone()));
-        Ok(secret)
+        let fetched = match self.source.fetch().await {
+            Ok(text) => AppSecret::parse(&text).map(Arc::new),
+            Err(e) => Err(e),
+        };
+        match fetched {
+            Ok(secret) => {
+                tracing::debug!(tenant_id = %secret.tenant_id, client_id = %secret.client_id, "secret fetched");
+                *slot = Some(Fetched::Secret(Instant::now(), secret.clone()));
+                Ok(secret)
+            }
+            Err(e) => {
+                *slot = Some(Fetched::Failed(Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
     }
 }
 
@@ -545,6 +571,73 @@ mod tests {
             self.0.fetch_add(1, Ordering::SeqCst);
             Box::pin(async { Ok(GOOD.to_string()) })
         }
+    }
+
+    struct Failing(AtomicUsize);
+    impl SecretSource for Failing {
+        fn fetch(&self) -> BoxFuture<'_, Result<String, CredentialError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                // A slow failure, so concurrent callers really overlap.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Err(CredentialError::SecretUnavailable(
+                    "ThrottlingException".into(),
+                ))
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_secrets_manager_sees_one_call_per_failure_window_not_a_flood() {
+        let src = Arc::new(Failing(AtomicUsize::new(0)));
+        let cache = Arc::new(SecretCache::new(src.clone(), Duration::from_secs(300)));
+        let flood: Vec<_> = (0..200)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get().await })
+            })
+            .collect();
+        for r in futures_util::future::join_all(flood).await {
+            assert!(matches!(
+                r.unwrap(),
+                Err(CredentialError::SecretUnavailable(_))
+            ));
+        }
+        assert_eq!(src.0.load(Ordering::SeqCst), 1, "single flight");
+        tokio::time::advance(SECRET_FAILURE_TTL - Duration::from_secs(1)).await;
+        for _ in 0..50 {
+            assert!(cache.get().await.is_err());
+        }
+        assert_eq!(src.0.load(Ordering::SeqCst), 1, "the failure is remembered");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(cache.get().await.is_err());
+        assert_eq!(src.0.load(Ordering::SeqCst), 2, "and then retried");
+    }
+
+    struct Recovering(AtomicUsize);
+    impl SecretSource for Recovering {
+        fn fetch(&self) -> BoxFuture<'_, Result<String, CredentialError>> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if n == 0 {
+                    Err(CredentialError::SecretUnavailable("timed out".into()))
+                } else {
+                    Ok(GOOD.to_string())
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_secrets_manager_is_used_once_the_failure_window_ends() {
+        let src = Arc::new(Recovering(AtomicUsize::new(0)));
+        let cache = SecretCache::new(src.clone(), Duration::from_secs(300));
+        assert!(cache.get().await.is_err());
+        tokio::time::advance(SECRET_FAILURE_TTL).await;
+        assert_eq!(cache.get().await.unwrap().tenant_id, "t");
+        tokio::time::advance(Duration::from_secs(200)).await;
+        cache.get().await.unwrap();
+        assert_eq!(src.0.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]

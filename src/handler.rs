@@ -12,7 +12,7 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use crate::auth::{self, StandardHeaders};
+use crate::auth::{Admitted, AuthDef, Presented};
 use crate::config::Config;
 use crate::credentials::{AppSecret, SecretCache, SecretSource, TokenProvider};
 use crate::defender::{Defender, DefenderError, HttpDefender};
@@ -23,13 +23,13 @@ use crate::metrics;
 use crate::offboard::{DeviceResult, Offboarder, Status};
 use crate::queue::{Queue, QueuedDevice};
 use crate::replay::{self, DeliveryKey, ReplayCache};
-use crate::sources::{AuthDef, Mapped, SourceDef};
+use crate::sources::{Mapped, SourceDef};
 
 /// Bodies above this are refused before any work (413).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// The webhook secret key of the generic route and the action route.
-const GENERIC: &str = "generic";
+/// The built-in source of the generic route and the action route.
+const GENERIC: &str = crate::auth::GENERIC_KEY;
 
 pub struct App {
     pub(crate) config: Config,
@@ -231,12 +231,11 @@ impl App {
         deadline: &Deadline,
     ) -> Result<Response<Body>, ApiError> {
         let body = body_bytes(req)?;
-        let secret = self.secrets.get().await?;
-        verify_standard(req.headers(), body, &secret, GENERIC)?;
+        let (secret, admitted) = self.authenticate(req, body, self.generic_auth()).await?;
         let caller = Caller {
             source: GENERIC.into(),
             source_ip: source_ip(req),
-            webhook_id: header(req.headers(), "webhook-id").map(str::to_string),
+            webhook_id: admitted.delivery_id,
         };
         // Standard Webhooks signs its webhook-id.
         let key = delivery_key(GENERIC, caller.webhook_id.as_deref(), body);
@@ -301,8 +300,16 @@ impl App {
             .get(name)
             .ok_or_else(|| ApiError::UnknownSource(name.to_string()))?;
         let body = body_bytes(req)?;
-        let secret = self.secrets.get().await?;
-        verify_source(req.headers(), body, &secret, &def.auth)?;
+        let (secret, admitted) = self.authenticate(req, body, &def.auth).await?;
+        // Only an id the signature covers keys replay; an unsigned one
+        // still names the delivery in the audit line.
+        let signed_id = admitted.delivery_id.clone();
+        let webhook_id = admitted.delivery_id.or_else(|| {
+            def.id_header
+                .as_deref()
+                .and_then(|h| header(req.headers(), h))
+                .map(str::to_string)
+        });
         // A sender whose body is not JSON is misconfigured, not sending
         // content it could not fix: that stays a 400.
         let value: Value =
@@ -310,27 +317,16 @@ impl App {
         if let Some(f) = &def.freshness {
             f.check(&value, SystemTime::now())?;
         }
-        // An id header the signature does not cover is logged for audit,
-        // but never keys replay: a replayer could change it at will.
-        let id_is_signed = matches!(def.auth, AuthDef::StandardWebhooks { .. });
-        let id_header = if id_is_signed {
-            Some("webhook-id")
-        } else {
-            def.id_header.as_deref()
-        };
         let caller = Caller {
             source: name.to_string(),
             source_ip: source_ip(req),
-            webhook_id: id_header
-                .and_then(|h| header(req.headers(), h))
-                .map(str::to_string),
+            webhook_id,
         };
-        let signed_id = caller.webhook_id.as_deref().filter(|_| id_is_signed);
-        let key = delivery_key(name, signed_id, body);
+        let key = delivery_key(name, signed_id.as_deref(), body);
         self.once(&caller, &key, async {
             match self.admit(def, &value, &caller) {
-                Admitted::Act(request) => self.execute(request, &secret, &caller, deadline).await,
-                Admitted::Ignored(reason) => Ok(json_response(
+                Intake::Act(request) => self.execute(request, &secret, &caller, deadline).await,
+                Intake::Ignored(reason) => Ok(json_response(
                     StatusCode::ACCEPTED,
                     &json!({"status": "ignored", "reason": reason}),
                 )),
@@ -341,19 +337,19 @@ impl App {
 
     /// What a webhook delivery becomes: a request to run, or a reason to
     /// ignore it, counted and logged here so every ignored path is seen.
-    fn admit(&self, def: &SourceDef, doc: &Value, caller: &Caller) -> Admitted {
+    fn admit(&self, def: &SourceDef, doc: &Value, caller: &Caller) -> Intake {
         let webhook_id = caller.webhook_id.as_deref().unwrap_or("");
         let unmapped = |reason: String| {
             metrics::count(metrics::names::UNMAPPED);
             tracing::warn!(source = %def.name, webhook_id, reason = %reason, "delivery unmapped; nothing called");
-            Admitted::Ignored(reason)
+            Intake::Ignored(reason)
         };
         let mut request = match def.map(doc) {
             Ok(Mapped::Act(r)) => r,
             Ok(Mapped::Ignored { reason }) => {
                 metrics::count(metrics::names::IGNORED);
                 tracing::info!(source = %def.name, webhook_id, reason = %reason, "event ignored");
-                return Admitted::Ignored(reason);
+                return Intake::Ignored(reason);
             }
             Err(e) => return unmapped(format!("unmapped: {e}")),
         };
@@ -373,7 +369,39 @@ impl App {
             }
             request.mode = Mode::Queue;
         }
-        Admitted::Act(request)
+        Intake::Act(request)
+    }
+
+    /// The auth of the built-in source `generic`: the generic route, the
+    /// action routes and the ticket route.
+    fn generic_auth(&self) -> &AuthDef {
+        self.config.sources.generic_auth()
+    }
+
+    /// Checks a request as `auth` says. A request without the headers its
+    /// schemes read is refused before the secret is fetched, so unsigned
+    /// floods cost no Secrets Manager call.
+    async fn authenticate(
+        &self,
+        req: &Request,
+        body: &[u8],
+        auth: &AuthDef,
+    ) -> Result<(Arc<AppSecret>, Admitted), ApiError> {
+        let arn = caller_arn(req);
+        let presented = Presented {
+            headers: req.headers(),
+            body,
+            now: unix_now(),
+            caller_arn: arn.as_deref(),
+        };
+        auth.precheck(&presented)?;
+        let secret = self.secrets.get().await?;
+        let admitted = auth.verify(&presented, &secret).inspect_err(|e| {
+            if e.is_config_error() {
+                tracing::warn!(reason = %e, "webhook secret configuration error");
+            }
+        })?;
+        Ok((secret, admitted))
     }
 
     /// The shared pipeline every route ends in.
@@ -502,8 +530,7 @@ impl App {
         deadline: &Deadline,
     ) -> Result<Response<Body>, ApiError> {
         let body = body_bytes(req)?;
-        let secret = self.secrets.get().await?;
-        verify_standard(req.headers(), body, &secret, GENERIC)?;
+        let (secret, _) = self.authenticate(req, body, self.generic_auth()).await?;
         // MachineAction ids are GUIDs; anything else cannot exist.
         if action_id.len() > 64
             || !action_id
@@ -567,7 +594,7 @@ pub(crate) fn audit_line(r: &DeviceResult, ticket: &str, caller: &Caller, dry_ru
 }
 
 /// A webhook delivery, once its content is judged.
-enum Admitted {
+enum Intake {
     Act(OffboardRequest),
     Ignored(String),
 }
@@ -583,59 +610,6 @@ fn delivery_key(source: &str, signed_id: Option<&str>, body: &[u8]) -> DeliveryK
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn verify_standard(
-    headers: &HeaderMap,
-    body: &[u8],
-    secret: &AppSecret,
-    key: &str,
-) -> Result<(), ApiError> {
-    verify_source(
-        headers,
-        body,
-        secret,
-        &AuthDef::StandardWebhooks {
-            secret: key.to_string(),
-        },
-    )
-}
-
-/// Checks a request as its source's scheme says. A source whose secret key
-/// is absent from the secret refuses every call: fail closed.
-fn verify_source(
-    headers: &HeaderMap,
-    body: &[u8],
-    secret: &AppSecret,
-    def: &AuthDef,
-) -> Result<(), ApiError> {
-    let key = def.secret_key();
-    let secrets = secret.webhook_secrets(key);
-    if secrets.is_empty() {
-        return Err(auth::AuthError::NoSecret(key.to_string()).into());
-    }
-    match def {
-        AuthDef::StandardWebhooks { .. } => {
-            let h = StandardHeaders {
-                id: header(headers, "webhook-id"),
-                timestamp: header(headers, "webhook-timestamp"),
-                signature: header(headers, "webhook-signature"),
-            };
-            auth::verify_standard(h, body, secrets, unix_now())?
-        }
-        AuthDef::HmacSha256Hex {
-            header: name,
-            prefix,
-            ..
-        } => {
-            // Header names in a definition are free text; a name that is
-            // not a valid header simply never matches.
-            let value = header(headers, name);
-            auth::verify_hmac_hex(value, "signature header", prefix, body, secrets)?
-        }
-        AuthDef::Bearer { .. } => auth::verify_bearer(header(headers, "authorization"), secrets)?,
-    }
-    Ok(())
 }
 
 fn unix_now() -> i64 {
@@ -669,6 +643,22 @@ fn route_path(req: &Request) -> String {
         }
     }
     path.to_string()
+}
+
+/// The IAM caller's ARN, where AWS authorised the call: an HTTP API or a
+/// Function URL with `AWS_IAM` (`requestContext.authorizer.iam`), or a
+/// REST API with IAM authorisation (`requestContext.identity.userArn`).
+fn caller_arn(req: &Request) -> Option<String> {
+    match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(c)) => c
+            .authorizer
+            .as_ref()
+            .and_then(|a| a.iam.as_ref())
+            .and_then(|iam| iam.user_arn.clone()),
+        Some(RequestContext::ApiGatewayV1(c)) => c.identity.user_arn.clone(),
+        _ => None,
+    }
+    .filter(|arn| !arn.is_empty())
 }
 
 /// The caller's address for the audit line. API Gateway (HTTP API, REST
@@ -791,7 +781,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod tests {
+mod intake_tests {
     use super::*;
     use crate::credentials::StaticSecret;
     use crate::sources::Sources;
@@ -829,7 +819,7 @@ mod tests {
         let mut no_device = done.clone();
         no_device["issue"]["fields"]["customfield_10071"] = json!(null);
         let (admitted, m) = metrics::scope(async { app.admit(jira, &no_device, &caller) }).await;
-        let Admitted::Ignored(reason) = admitted else {
+        let Intake::Ignored(reason) = admitted else {
             panic!("acted")
         };
         assert!(
@@ -859,7 +849,7 @@ mod tests {
         let names: Vec<String> = (0..26).map(|i| format!("pc-{i}")).collect();
         too_many["issue"]["fields"]["customfield_10071"] = json!(names);
         let (admitted, m) = metrics::scope(async { app.admit(jira, &too_many, &caller) }).await;
-        let Admitted::Ignored(reason) = admitted else {
+        let Intake::Ignored(reason) = admitted else {
             panic!("acted without a queue")
         };
         assert!(reason.contains("MAX_DEVICES (25)"), "{reason}");

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+use crate::auth::AuthDef;
 use crate::input::{Comment, Device, FieldError, Mode, OffboardRequest, Ticket, parse_device};
 
 /// A definition that cannot be used; init stops with this line.
@@ -146,31 +147,6 @@ pub fn scalar_text(v: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthDef {
-    StandardWebhooks {
-        secret: String,
-    },
-    HmacSha256Hex {
-        header: String,
-        prefix: String,
-        secret: String,
-    },
-    Bearer {
-        secret: String,
-    },
-}
-
-impl AuthDef {
-    pub fn secret_key(&self) -> &str {
-        match self {
-            Self::StandardWebhooks { secret }
-            | Self::HmacSha256Hex { secret, .. }
-            | Self::Bearer { secret } => secret,
-        }
     }
 }
 
@@ -600,14 +576,18 @@ pub const PRESETS: &str = r#"{
 
 /// Every source this instance serves, by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sources(BTreeMap<String, SourceDef>);
+pub struct Sources {
+    defs: BTreeMap<String, SourceDef>,
+    /// The built-in source `generic`: only its auth is configurable.
+    generic: AuthDef,
+}
 
 impl Sources {
     /// The presets, with `SOURCES` (a path, or inline JSON) laid over them.
     pub fn load(sources_env: Option<&str>) -> Result<Self, String> {
         let presets: Value = serde_json::from_str(PRESETS).expect("the presets are valid JSON");
         let presets = presets.as_object().expect("an object").clone();
-        let user: Map<String, Value> = match sources_env.map(str::trim) {
+        let mut user: Map<String, Value> = match sources_env.map(str::trim) {
             None | Some("") => Map::new(),
             Some(text) => {
                 let json_text = if text.starts_with('{') {
@@ -623,6 +603,17 @@ impl Sources {
                     _ => return Err("must be a JSON object with an object 'sources'".into()),
                 }
             }
+        };
+        let generic = match user.remove(crate::auth::GENERIC_KEY) {
+            None => AuthDef::standard(crate::auth::GENERIC_KEY),
+            Some(def) => AuthDef::parse_generic(&def).map_err(|(field, reason)| {
+                SourceError {
+                    source_name: crate::auth::GENERIC_KEY.to_string(),
+                    field,
+                    reason,
+                }
+                .to_string()
+            })?,
         };
         let mut defs = BTreeMap::new();
         for (name, def) in presets.iter().filter(|(n, _)| !user.contains_key(*n)) {
@@ -646,22 +637,27 @@ impl Sources {
                 parse_def(name, def, &presets).map_err(|e| e.to_string())?,
             );
         }
-        Ok(Self(defs))
+        Ok(Self { defs, generic })
     }
 
     pub fn get(&self, name: &str) -> Option<&SourceDef> {
-        self.0.get(name)
+        self.defs.get(name)
     }
 
     /// The first source (by name) whose `eventbridge` lists match the event.
     pub fn for_eventbridge(&self, event: &Value) -> Option<&SourceDef> {
-        self.0
+        self.defs
             .values()
             .find(|d| d.eventbridge.as_ref().is_some_and(|m| m.matches(event)))
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(String::as_str)
+        self.defs.keys().map(String::as_str)
+    }
+
+    /// How the built-in source `generic` authenticates.
+    pub fn generic_auth(&self) -> &AuthDef {
+        &self.generic
     }
 }
 
@@ -715,7 +711,7 @@ fn parse_def(
             format!("is not a known field (known: {})", known.join(", ")),
         ));
     }
-    let auth = parse_auth(obj.get("auth")).map_err(|(f, r)| err(&f, r))?;
+    let auth = AuthDef::parse(obj.get("auth")).map_err(|(f, r)| err(&f, r))?;
     let when = match obj.get("when") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items
@@ -844,45 +840,6 @@ fn parse_freshness(v: &Value) -> Result<Freshness, (String, String)> {
         unit,
         max_age: Duration::from_secs(max_age),
     })
-}
-
-fn parse_auth(v: Option<&Value>) -> Result<AuthDef, (String, String)> {
-    let obj = v.and_then(Value::as_object).ok_or_else(|| {
-        (
-            "auth".to_string(),
-            "is required and must be an object".to_string(),
-        )
-    })?;
-    let s = |k: &str| -> Result<String, (String, String)> {
-        obj.get(k)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .ok_or_else(|| {
-                (
-                    format!("auth.{k}"),
-                    "is required and must be a non-empty string".to_string(),
-                )
-            })
-    };
-    let secret = s("secret")?;
-    match s("scheme")?.as_str() {
-        "standard-webhooks" => Ok(AuthDef::StandardWebhooks { secret }),
-        "hmac-sha256-hex" => Ok(AuthDef::HmacSha256Hex {
-            header: s("header")?.to_ascii_lowercase(),
-            prefix: obj
-                .get("prefix")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            secret,
-        }),
-        "bearer" => Ok(AuthDef::Bearer { secret }),
-        other => Err((
-            "auth.scheme".into(),
-            format!("'{other}' is not one of standard-webhooks, hmac-sha256-hex, bearer"),
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -1161,8 +1118,8 @@ mod tests {
         let custom = Sources::load(Some(r#"{"sources": {"jira": {"auth": {"scheme": "bearer", "secret": "j"}, "ticket": "/k", "devices": "/d"},
             "tines": {"auth": {"scheme": "standard-webhooks", "secret": "tines"}, "ticket": "/t", "devices": ["/d"]}}}"#)).unwrap();
         assert_eq!(
-            custom.get("jira").unwrap().auth,
-            AuthDef::Bearer { secret: "j".into() }
+            custom.get("jira").unwrap().auth.schemes(),
+            [crate::auth::Scheme::Bearer { secret: "j".into() }]
         );
         assert!(custom.get("pagerduty").is_some());
         assert!(custom.get("tines").is_some());
@@ -1175,7 +1132,10 @@ mod tests {
         assert_eq!(j.devices, vec![ptr("/issue/fields/customfield_12345")]);
         assert_eq!(j.when.len(), 3);
         assert!(j.freshness.is_some(), "the preset's window is kept");
-        assert!(matches!(j.auth, AuthDef::HmacSha256Hex { .. }));
+        assert!(matches!(
+            j.auth.schemes(),
+            [crate::auth::Scheme::HmacSha256Hex { .. }]
+        ));
     }
 
     #[test]
@@ -1186,7 +1146,7 @@ mod tests {
                 "'auth'",
             ),
             (
-                r#"{"sources": {"x": {"auth": {"scheme": "basic", "secret": "s"}, "ticket": "/t", "devices": "/d"}}}"#,
+                r#"{"sources": {"x": {"auth": {"scheme": "oauth", "secret": "s"}, "ticket": "/t", "devices": "/d"}}}"#,
                 "'auth.scheme'",
             ),
             (
