@@ -16,10 +16,11 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-/// Longer than Standard Webhooks' 300 s tolerance, so every replay a
-/// signature still admits is caught; long enough for Jira's and
-/// PagerDuty's retry schedules' first attempts.
-pub const REMEMBER_FOR: Duration = Duration::from_secs(15 * 60);
+/// As long as the presets' freshness windows (and far longer than Standard
+/// Webhooks' 300 s tolerance), so a replay that the time checks still admit
+/// meets this cache in a warm instance; the byte bound keeps the longer
+/// memory affordable.
+pub const REMEMBER_FOR: Duration = Duration::from_secs(60 * 60);
 /// Bounds the bookkeeping of many small answers.
 pub const MAX_ENTRIES: usize = 2_000;
 /// Bounds memory whatever the answers hold: 2,000 queue-mode answers of a

@@ -1079,6 +1079,15 @@ mod tests {
     }
 
     #[test]
+    fn preset_windows_fit_inside_the_replay_memory() {
+        let all = Sources::default();
+        for name in ["jira", "pagerduty"] {
+            let w = all.get(name).unwrap().freshness.clone().expect(name);
+            assert!(w.max_age <= crate::replay::REMEMBER_FOR, "{name}");
+        }
+    }
+
+    #[test]
     fn freshness_definitions_are_checked() {
         for (f, field) in [
             (
