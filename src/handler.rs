@@ -14,14 +14,14 @@ use tracing::Instrument;
 
 use crate::auth::{self, StandardHeaders};
 use crate::config::Config;
-use crate::credentials::{AppSecret, SecretCache, SecretSource, TokenProvider};
+use crate::credentials::{AppSecret, CredentialError, SecretCache, SecretSource, TokenProvider};
 use crate::defender::{Defender, DefenderError, HttpDefender};
 use crate::error::ApiError;
 use crate::input::{self, Mode, OffboardRequest};
 use crate::limits::{DEFAULT_BUDGET, Deadline, Limiters, retry_after_secs};
 use crate::metrics;
 use crate::offboard::{DeviceResult, Offboarder, Status};
-use crate::queue::{Queue, QueuedDevice};
+use crate::queue::{self, Queue, QueueKeys, QueueWriter, QueuedDevice, Shortfall};
 use crate::replay::{self, ReplayCache};
 use crate::sources::{AuthDef, Mapped};
 
@@ -29,7 +29,7 @@ use crate::sources::{AuthDef, Mapped};
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The webhook secret key of the generic route and the action route.
-const GENERIC: &str = "generic";
+pub(crate) const GENERIC: &str = "generic";
 
 pub struct App {
     pub(crate) config: Config,
@@ -38,7 +38,7 @@ pub struct App {
     defender: Arc<dyn Defender>,
     http_defender: Option<Arc<HttpDefender>>,
     pub(crate) offboarder: Offboarder,
-    queue: Option<Arc<dyn Queue>>,
+    queue: Option<QueueWriter>,
     replay: ReplayCache,
     pub(crate) cold: AtomicBool,
 }
@@ -99,7 +99,7 @@ impl App {
 
     /// Enables `"mode": "queue"` with this queue.
     pub fn with_queue(mut self, queue: Arc<dyn Queue>) -> Self {
-        self.queue = Some(queue);
+        self.queue = Some(QueueWriter::new(queue));
         self
     }
 
@@ -336,7 +336,9 @@ impl App {
     ) -> Result<Response<Body>, ApiError> {
         let dry_run = self.config.dry_run || request.dry_run;
         if request.mode == Mode::Queue {
-            return self.enqueue(request, caller, dry_run).await;
+            return self
+                .enqueue(request, secret, caller, dry_run, deadline)
+                .await;
         }
         if request.devices.len() > self.config.max_devices {
             return Err(ApiError::TooManyDevices {
@@ -386,54 +388,80 @@ impl App {
             .expect("static headers are valid"))
     }
 
-    /// `"mode": "queue"`: one message per device for the worker, 202 with
-    /// what was queued.
+    /// `"mode": "queue"`: one sealed message per distinct device for the
+    /// worker, 202 with what was queued. Messages this instance put on the
+    /// queue lately are not sent again, so a retry of a partly queued
+    /// request adds only what is missing.
     async fn enqueue(
         &self,
         request: OffboardRequest,
+        secret: &AppSecret,
         caller: &Caller,
         dry_run: bool,
+        deadline: &Deadline,
     ) -> Result<Response<Body>, ApiError> {
-        let queue = self.queue.as_ref().ok_or(ApiError::QueueNotConfigured)?;
-        if request.devices.len() > self.config.max_queued_devices {
+        let writer = self.queue.as_ref().ok_or(ApiError::QueueNotConfigured)?;
+        let mut seen = std::collections::HashSet::new();
+        let devices: Vec<&input::Device> = request
+            .devices
+            .iter()
+            .filter(|d| seen.insert(d.target.key()))
+            .collect();
+        if devices.len() > self.config.max_queued_devices {
             return Err(ApiError::TooManyDevices {
-                given: request.devices.len(),
+                given: devices.len(),
                 max: self.config.max_queued_devices,
                 hint: " in queue mode",
             });
         }
-        let comment = request.defender_comment();
-        let items: Vec<QueuedDevice> = request
-            .devices
+        let keys = QueueKeys::from_secret(secret)
+            .map_err(|e| CredentialError::BadSecret(e.to_string()))?;
+        let enqueued_at = unix_now();
+        let outgoing: Vec<(queue::WorkHash, String)> = devices
             .iter()
-            .map(|d| QueuedDevice {
-                ticket: request.ticket.as_str().to_string(),
-                comment: comment.clone(),
-                device: d.given.clone(),
-                dry_run,
-                source: caller.source.clone(),
-                webhook_id: caller.webhook_id.clone(),
+            .map(|d| {
+                let item = QueuedDevice {
+                    source: caller.source.clone(),
+                    ticket: request.ticket.as_str().to_string(),
+                    comment: request.comment.as_str().to_string(),
+                    device: d.given.clone(),
+                    dry_run,
+                    webhook_id: caller.webhook_id.clone(),
+                    enqueued_at,
+                };
+                (item.work_hash(&d.target.key()), item)
             })
+            .filter(|(hash, _)| !writer.recent.contains(hash))
+            .map(|(hash, item)| (hash, keys.seal(&item)))
             .collect();
-        queue
-            .send_all(&items)
-            .await
-            .map_err(|e| ApiError::QueueUnavailable(e.to_string()))?;
-        metrics::add(metrics::names::QUEUED, items.len() as f64);
+        let already = devices.len() - outgoing.len();
+        let sent = send_sealed(writer, &outgoing, deadline).await;
+        metrics::add(
+            metrics::names::QUEUED,
+            sent.as_ref().map_or_else(|(n, _)| *n, |n| *n) as f64,
+        );
+        if let Err((n, shortfall)) = sent {
+            tracing::warn!(
+                source = %caller.source,
+                ticket = request.ticket.as_str(),
+                queued = n + already,
+                of = devices.len(),
+                reason = %shortfall,
+                "not every device was queued; a retry queues the rest"
+            );
+            return Err(ApiError::QueueUnavailable(shortfall));
+        }
         tracing::info!(
             target: "audit",
             event = "devices_queued",
             source = %caller.source,
             ticket = request.ticket.as_str(),
-            count = items.len(),
+            count = devices.len(),
+            already_queued = already,
             webhook_id = caller.webhook_id.as_deref().unwrap_or(""),
             "devices queued"
         );
-        let queued: Vec<Value> = request
-            .devices
-            .iter()
-            .map(|d| json!({"device": d.given}))
-            .collect();
+        let queued: Vec<Value> = devices.iter().map(|d| json!({"device": d.given})).collect();
         Ok(json_response(
             StatusCode::ACCEPTED,
             &json!({
@@ -478,6 +506,62 @@ impl App {
             Err(e) => Err(ApiError::Defender(e.to_string(), e.retry_after())),
         }
     }
+}
+
+/// Least time a batch is started with: a batch cut off by the deadline
+/// leaves the caller unsure what was queued.
+const QUEUE_BATCH_TIME: Duration = Duration::from_millis(500);
+
+/// Sends sealed messages ten at a time, each batch only while the deadline
+/// allows, and remembers each message the queue took. Answers how many were
+/// sent, or how many before it stopped and why.
+async fn send_sealed(
+    writer: &QueueWriter,
+    outgoing: &[(queue::WorkHash, String)],
+    deadline: &Deadline,
+) -> Result<usize, (usize, Shortfall)> {
+    let mut sent = 0;
+    for chunk in outgoing.chunks(queue::BATCH) {
+        let mut pending: Vec<&(queue::WorkHash, String)> = chunk.iter().collect();
+        // One resend of the entries SQS did not take; a second refusal is
+        // the caller's to retry.
+        for _attempt in 0..2 {
+            let timeout = match deadline.call_timeout() {
+                Some(t) if deadline.fits(QUEUE_BATCH_TIME) => t,
+                _ => return Err((sent, Shortfall::OutOfTime)),
+            };
+            let bodies: Vec<String> = pending.iter().map(|(_, b)| b.clone()).collect();
+            let refused = match tokio::time::timeout(timeout, writer.port.send_batch(&bodies)).await
+            {
+                Ok(Ok(refused)) => refused,
+                Ok(Err(e)) => {
+                    // The SDK's text names the queue URL and the account:
+                    // for the log only.
+                    tracing::warn!(error = %e, "the queue did not take a batch");
+                    return Err((sent, Shortfall::NotTaken));
+                }
+                Err(_) => return Err((sent, Shortfall::OutOfTime)),
+            };
+            let mut left = Vec::new();
+            for (i, entry) in pending.into_iter().enumerate() {
+                if refused.contains(&i) {
+                    left.push(entry);
+                } else {
+                    writer.recent.insert(entry.0);
+                    sent += 1;
+                }
+            }
+            pending = left;
+            if pending.is_empty() {
+                break;
+            }
+        }
+        if !pending.is_empty() {
+            tracing::warn!(refused = pending.len(), "the queue refused messages twice");
+            return Err((sent, Shortfall::NotTaken));
+        }
+    }
+    Ok(sent)
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
