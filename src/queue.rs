@@ -19,7 +19,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD as B64, STANDARD_NO_PAD as B64_NO_PAD};
+use base64::alphabet;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD as B64};
 use futures_util::future::BoxFuture;
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
@@ -40,6 +42,14 @@ const MAC_PURPOSE: &[u8] = b"mde-offboard queue message v1\n";
 /// Label of the key derived from the whole SecretString when the secret has
 /// no `webhook_secrets.queue`.
 const DERIVE_LABEL: &[u8] = b"mde-offboard queue mac v1";
+/// `whsec_` keys as the official Standard Webhooks libraries read them:
+/// padded or not, trailing bits ignored.
+const WHSEC_B64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
 /// The `webhook_secrets` key of the queue's own MAC keys.
 pub const QUEUE_SECRET_KEY: &str = "queue";
 /// Same rule as every webhook secret: a shorter key is guessable.
@@ -163,12 +173,9 @@ pub fn derive_key(secret_string: &str) -> [u8; 32] {
 /// One `webhook_secrets.queue` value as key bytes, by the webhook key rules.
 fn key_bytes(value: &str) -> Result<Vec<u8>, QueueKeyError> {
     let bytes = match value.strip_prefix("whsec_") {
-        Some(b64) => {
-            let b64 = b64.trim().trim_end_matches('=');
-            B64_NO_PAD
-                .decode(b64)
-                .map_err(|_| QueueKeyError::NotBase64)?
-        }
+        Some(b64) => WHSEC_B64
+            .decode(b64.trim())
+            .map_err(|_| QueueKeyError::NotBase64)?,
         None => value.as_bytes().to_vec(),
     };
     if bytes.len() < MIN_KEY_BYTES {
