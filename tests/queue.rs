@@ -828,3 +828,74 @@ async fn queueing_stops_before_the_deadline() {
         "a batch starts only with 500 ms left"
     );
 }
+
+#[tokio::test]
+async fn a_weak_queue_key_fails_closed_on_both_sides() {
+    let mut secret: Value = serde_json::from_str(&mde_testkit::secret_json()).unwrap();
+    secret["webhook_secrets"]["queue"] = json!("whsec_");
+    let port = Arc::new(FlakyQueue::default());
+    port.healed.store(true, Ordering::SeqCst);
+    let Harness { app, fake, .. } = Harness::with(Options {
+        secret: secret.to_string(),
+        ..Default::default()
+    })
+    .await;
+    let app = app.with_queue(port.clone());
+    let h = Harness {
+        app,
+        fake,
+        secret_name: String::new(),
+    };
+    let (status, b, _) = h
+        .offboard(&json!({"ticket": "T", "comment": "c", "devices": [ids::WIN11], "mode": "queue"}))
+        .await;
+    assert_eq!(
+        (status, b["error"]["code"].as_str()),
+        (500, Some("bad_secret")),
+        "{b}"
+    );
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(message.contains("webhook_secrets.queue"), "{message}");
+    assert!(port.taken.lock().unwrap().is_empty(), "nothing queued");
+
+    // Nor does the worker fall back to the derived key: a message sealed
+    // with it goes back.
+    let mut msg = SqsMessage::default();
+    msg.message_id = Some("m1".into());
+    msg.body = Some(seal_by_hand(&secret.to_string(), &queued(ids::WIN11)));
+    let (answer, _) = h
+        .app
+        .handle_queue_metered(
+            event_of(vec![msg]),
+            "test",
+            deadline_ms(Duration::from_secs(20)),
+        )
+        .await;
+    assert_eq!(answer.batch_item_failures.len(), 1);
+    assert!(h.fake.calls().is_empty());
+}
+
+/// The wire format written out from the README, with the key derived from
+/// the whole SecretString.
+fn seal_by_hand(secret_text: &str, item: &QueuedDevice) -> String {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    let derived = mde_offboard::queue::derive_key(secret_text);
+    let text = serde_json::to_string(item).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&derived).unwrap();
+    mac.update(b"mde-offboard queue message v1\n");
+    mac.update(text.as_bytes());
+    let tag = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    json!({"v": 1, "mac": tag, "msg": text}).to_string()
+}
+
+#[test]
+fn the_wire_format_is_the_documented_one() {
+    let text = mde_testkit::secret_json();
+    let item = queued(ids::WIN11);
+    assert_eq!(
+        keys_of(&text).open(&seal_by_hand(&text, &item)),
+        Ok(item.clone())
+    );
+    assert_eq!(keys_of(&text).seal(&item), seal_by_hand(&text, &item));
+}
