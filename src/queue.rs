@@ -605,6 +605,18 @@ mod tests {
         assert_ne!(a.work_hash(ID), a.work_hash("laptop-1"));
     }
 
+    proptest::proptest! {
+        /// Whatever sits on the queue, opening it answers, never panics,
+        /// and nothing but a seal of ours opens.
+        #[test]
+        fn opening_outside_bytes_never_panics(body in ".{0,300}", msg in ".{0,200}", mac in "[A-Za-z0-9+/=]{0,60}") {
+            let keys = QueueKeys::from_secret(&secret("")).unwrap();
+            proptest::prop_assert!(keys.open(&body).is_err());
+            let env = serde_json::json!({"v": 1, "mac": mac, "msg": msg}).to_string();
+            proptest::prop_assert!(keys.open(&env).is_err());
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn recently_sent_forgets_after_a_while_and_stays_bounded() {
         let r = RecentlySent::default();
