@@ -21,7 +21,7 @@ use crate::input::{self, Mode, OffboardRequest};
 use crate::limits::{DEFAULT_BUDGET, Deadline, Limiters, retry_after_secs};
 use crate::metrics;
 use crate::offboard::{DeviceResult, Offboarder, Status};
-use crate::queue::{self, Queue, QueueKeys, QueueWriter, QueuedDevice, Shortfall};
+use crate::queue::{self, Queue, QueueKeys, QueueWriter, QueuedDevice};
 use crate::replay::{self, ReplayCache};
 use crate::sources::{AuthDef, Mapped};
 
@@ -435,7 +435,7 @@ impl App {
             .map(|(hash, item)| (hash, keys.seal(&item)))
             .collect();
         let already = devices.len() - outgoing.len();
-        let sent = send_sealed(writer, &outgoing, deadline).await;
+        let sent = writer.send(&outgoing, deadline).await;
         metrics::add(
             metrics::names::QUEUED,
             sent.as_ref().map_or_else(|(n, _)| *n, |n| *n) as f64,
@@ -506,62 +506,6 @@ impl App {
             Err(e) => Err(ApiError::Defender(e.to_string(), e.retry_after())),
         }
     }
-}
-
-/// Least time a batch is started with: a batch cut off by the deadline
-/// leaves the caller unsure what was queued.
-const QUEUE_BATCH_TIME: Duration = Duration::from_millis(500);
-
-/// Sends sealed messages ten at a time, each batch only while the deadline
-/// allows, and remembers each message the queue took. Answers how many were
-/// sent, or how many before it stopped and why.
-async fn send_sealed(
-    writer: &QueueWriter,
-    outgoing: &[(queue::WorkHash, String)],
-    deadline: &Deadline,
-) -> Result<usize, (usize, Shortfall)> {
-    let mut sent = 0;
-    for chunk in outgoing.chunks(queue::BATCH) {
-        let mut pending: Vec<&(queue::WorkHash, String)> = chunk.iter().collect();
-        // One resend of the entries SQS did not take; a second refusal is
-        // the caller's to retry.
-        for _attempt in 0..2 {
-            let timeout = match deadline.call_timeout() {
-                Some(t) if deadline.fits(QUEUE_BATCH_TIME) => t,
-                _ => return Err((sent, Shortfall::OutOfTime)),
-            };
-            let bodies: Vec<String> = pending.iter().map(|(_, b)| b.clone()).collect();
-            let refused = match tokio::time::timeout(timeout, writer.port.send_batch(&bodies)).await
-            {
-                Ok(Ok(refused)) => refused,
-                Ok(Err(e)) => {
-                    // The SDK's text names the queue URL and the account:
-                    // for the log only.
-                    tracing::warn!(error = %e, "the queue did not take a batch");
-                    return Err((sent, Shortfall::NotTaken));
-                }
-                Err(_) => return Err((sent, Shortfall::OutOfTime)),
-            };
-            let mut left = Vec::new();
-            for (i, entry) in pending.into_iter().enumerate() {
-                if refused.contains(&i) {
-                    left.push(entry);
-                } else {
-                    writer.recent.insert(entry.0);
-                    sent += 1;
-                }
-            }
-            pending = left;
-            if pending.is_empty() {
-                break;
-            }
-        }
-        if !pending.is_empty() {
-            tracing::warn!(refused = pending.len(), "the queue refused messages twice");
-            return Err((sent, Shortfall::NotTaken));
-        }
-    }
-    Ok(sent)
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Body> {

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::credentials::AppSecret;
 use crate::input::{Comment, Device, FieldError, Ticket, parse_device};
+use crate::limits::Deadline;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -359,6 +360,10 @@ impl RecentlySent {
     }
 }
 
+/// Least time a batch is started with: a batch cut off by the deadline
+/// leaves the caller unsure what was queued.
+const QUEUE_BATCH_TIME: Duration = Duration::from_millis(500);
+
 /// The queue as the request path uses it: the port and what this instance
 /// sent lately.
 pub struct QueueWriter {
@@ -372,6 +377,58 @@ impl QueueWriter {
             port,
             recent: RecentlySent::default(),
         }
+    }
+
+    /// Sends sealed messages ten at a time, each batch only while the deadline
+    /// allows, and remembers each message the queue took. Answers how many were
+    /// sent, or how many before it stopped and why.
+    pub(crate) async fn send(
+        &self,
+        outgoing: &[(WorkHash, String)],
+        deadline: &Deadline,
+    ) -> Result<usize, (usize, Shortfall)> {
+        let mut sent = 0;
+        for chunk in outgoing.chunks(BATCH) {
+            let mut pending: Vec<&(WorkHash, String)> = chunk.iter().collect();
+            // One resend of the entries SQS did not take; a second refusal is
+            // the caller's to retry.
+            for _attempt in 0..2 {
+                let timeout = match deadline.call_timeout() {
+                    Some(t) if deadline.fits(QUEUE_BATCH_TIME) => t,
+                    _ => return Err((sent, Shortfall::OutOfTime)),
+                };
+                let bodies: Vec<String> = pending.iter().map(|(_, b)| b.clone()).collect();
+                let refused =
+                    match tokio::time::timeout(timeout, self.port.send_batch(&bodies)).await {
+                        Ok(Ok(refused)) => refused,
+                        Ok(Err(e)) => {
+                            // The SDK's text names the queue URL and the account:
+                            // for the log only.
+                            tracing::warn!(error = %e, "the queue did not take a batch");
+                            return Err((sent, Shortfall::NotTaken));
+                        }
+                        Err(_) => return Err((sent, Shortfall::OutOfTime)),
+                    };
+                let mut left = Vec::new();
+                for (i, entry) in pending.into_iter().enumerate() {
+                    if refused.contains(&i) {
+                        left.push(entry);
+                    } else {
+                        self.recent.insert(entry.0);
+                        sent += 1;
+                    }
+                }
+                pending = left;
+                if pending.is_empty() {
+                    break;
+                }
+            }
+            if !pending.is_empty() {
+                tracing::warn!(refused = pending.len(), "the queue refused messages twice");
+                return Err((sent, Shortfall::NotTaken));
+            }
+        }
+        Ok(sent)
     }
 }
 
