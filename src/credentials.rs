@@ -24,6 +24,9 @@ pub struct AppSecret {
     pub client_id: String,
     pub client_secret: String,
     pub webhook_secrets: BTreeMap<String, Vec<String>>,
+    /// The queue's MAC key when the secret names none (`queue::derive_key`);
+    /// kept instead of the SecretString itself.
+    pub(crate) derived_queue_key: [u8; 32],
 }
 
 impl fmt::Debug for AppSecret {
@@ -100,6 +103,7 @@ impl AppSecret {
             client_id,
             client_secret,
             webhook_secrets,
+            derived_queue_key: crate::queue::derive_key(text),
         })
     }
 

@@ -46,8 +46,8 @@ pub enum ApiError {
     QueueNotConfigured,
     #[error("Defender knows no machine action '{0}'")]
     ActionNotFound(String),
-    #[error("the queue is unavailable: {0}")]
-    QueueUnavailable(String),
+    #[error("{0}")]
+    QueueUnavailable(crate::queue::Shortfall),
     #[error("no webhook source is named '{0}'")]
     UnknownSource(String),
     #[error(transparent)]

@@ -14,14 +14,14 @@ use tracing::Instrument;
 
 use crate::auth::{Admitted, AuthDef, Presented};
 use crate::config::Config;
-use crate::credentials::{AppSecret, SecretCache, SecretSource, TokenProvider};
+use crate::credentials::{AppSecret, CredentialError, SecretCache, SecretSource, TokenProvider};
 use crate::defender::{Defender, DefenderError, HttpDefender};
 use crate::error::ApiError;
 use crate::input::{self, Mode, OffboardRequest};
 use crate::limits::{DEFAULT_BUDGET, Deadline, Limiters, retry_after_secs};
 use crate::metrics;
 use crate::offboard::{DeviceResult, Offboarder, Status};
-use crate::queue::{Queue, QueuedDevice};
+use crate::queue::{self, Queue, QueueKeys, QueueWriter, QueuedDevice};
 use crate::replay::{self, DeliveryKey, ReplayCache};
 use crate::sources::{Mapped, SourceDef};
 
@@ -29,7 +29,7 @@ use crate::sources::{Mapped, SourceDef};
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The built-in source of the generic route and the action route.
-const GENERIC: &str = crate::auth::GENERIC_KEY;
+pub(crate) const GENERIC: &str = crate::auth::GENERIC_KEY;
 
 pub struct App {
     pub(crate) config: Config,
@@ -38,7 +38,7 @@ pub struct App {
     defender: Arc<dyn Defender>,
     http_defender: Option<Arc<HttpDefender>>,
     pub(crate) offboarder: Offboarder,
-    queue: Option<Arc<dyn Queue>>,
+    queue: Option<QueueWriter>,
     replay: ReplayCache,
     pub(crate) cold: AtomicBool,
 }
@@ -99,7 +99,7 @@ impl App {
 
     /// Enables `"mode": "queue"` with this queue.
     pub fn with_queue(mut self, queue: Arc<dyn Queue>) -> Self {
-        self.queue = Some(queue);
+        self.queue = Some(QueueWriter::new(queue));
         self
     }
 
@@ -414,7 +414,9 @@ impl App {
     ) -> Result<Response<Body>, ApiError> {
         let dry_run = self.config.dry_run || request.dry_run;
         if request.mode == Mode::Queue {
-            return self.enqueue(request, caller, dry_run).await;
+            return self
+                .enqueue(request, secret, caller, dry_run, deadline)
+                .await;
         }
         if request.devices.len() > self.config.max_devices {
             return Err(ApiError::TooManyDevices {
@@ -464,54 +466,80 @@ impl App {
             .expect("static headers are valid"))
     }
 
-    /// `"mode": "queue"`: one message per device for the worker, 202 with
-    /// what was queued.
+    /// `"mode": "queue"`: one sealed message per distinct device for the
+    /// worker, 202 with what was queued. Messages this instance put on the
+    /// queue lately are not sent again, so a retry of a partly queued
+    /// request adds only what is missing.
     async fn enqueue(
         &self,
         request: OffboardRequest,
+        secret: &AppSecret,
         caller: &Caller,
         dry_run: bool,
+        deadline: &Deadline,
     ) -> Result<Response<Body>, ApiError> {
-        let queue = self.queue.as_ref().ok_or(ApiError::QueueNotConfigured)?;
-        if request.devices.len() > self.config.max_queued_devices {
+        let writer = self.queue.as_ref().ok_or(ApiError::QueueNotConfigured)?;
+        let mut seen = std::collections::HashSet::new();
+        let devices: Vec<&input::Device> = request
+            .devices
+            .iter()
+            .filter(|d| seen.insert(d.target.key()))
+            .collect();
+        if devices.len() > self.config.max_queued_devices {
             return Err(ApiError::TooManyDevices {
-                given: request.devices.len(),
+                given: devices.len(),
                 max: self.config.max_queued_devices,
                 hint: " in queue mode",
             });
         }
-        let comment = request.defender_comment();
-        let items: Vec<QueuedDevice> = request
-            .devices
+        let keys = QueueKeys::from_secret(secret)
+            .map_err(|e| CredentialError::BadSecret(e.to_string()))?;
+        let enqueued_at = unix_now();
+        let outgoing: Vec<(queue::WorkHash, String)> = devices
             .iter()
-            .map(|d| QueuedDevice {
-                ticket: request.ticket.as_str().to_string(),
-                comment: comment.clone(),
-                device: d.given.clone(),
-                dry_run,
-                source: caller.source.clone(),
-                webhook_id: caller.webhook_id.clone(),
+            .map(|d| {
+                let item = QueuedDevice {
+                    source: caller.source.clone(),
+                    ticket: request.ticket.as_str().to_string(),
+                    comment: request.comment.as_str().to_string(),
+                    device: d.given.clone(),
+                    dry_run,
+                    webhook_id: caller.webhook_id.clone(),
+                    enqueued_at,
+                };
+                (item.work_hash(&d.target.key()), item)
             })
+            .filter(|(hash, _)| !writer.recent.contains(hash))
+            .map(|(hash, item)| (hash, keys.seal(&item)))
             .collect();
-        queue
-            .send_all(&items)
-            .await
-            .map_err(|e| ApiError::QueueUnavailable(e.to_string()))?;
-        metrics::add(metrics::names::QUEUED, items.len() as f64);
+        let already = devices.len() - outgoing.len();
+        let sent = writer.send(&outgoing, deadline).await;
+        metrics::add(
+            metrics::names::QUEUED,
+            sent.as_ref().map_or_else(|(n, _)| *n, |n| *n) as f64,
+        );
+        if let Err((n, shortfall)) = sent {
+            tracing::warn!(
+                source = %caller.source,
+                ticket = request.ticket.as_str(),
+                queued = n + already,
+                of = devices.len(),
+                reason = %shortfall,
+                "not every device was queued; a retry queues the rest"
+            );
+            return Err(ApiError::QueueUnavailable(shortfall));
+        }
         tracing::info!(
             target: "audit",
             event = "devices_queued",
             source = %caller.source,
             ticket = request.ticket.as_str(),
-            count = items.len(),
+            count = devices.len(),
+            already_queued = already,
             webhook_id = caller.webhook_id.as_deref().unwrap_or(""),
             "devices queued"
         );
-        let queued: Vec<Value> = request
-            .devices
-            .iter()
-            .map(|d| json!({"device": d.given}))
-            .collect();
+        let queued: Vec<Value> = devices.iter().map(|d| json!({"device": d.given})).collect();
         Ok(json_response(
             StatusCode::ACCEPTED,
             &json!({

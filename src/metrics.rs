@@ -32,6 +32,8 @@ static OUTSIDE: Mutex<Option<Collector>> = Mutex::new(None);
 /// Metric names, in one place so the template's alarms and this code agree.
 pub mod names {
     pub const AUTH_REJECTED: &str = "AuthRejected";
+    /// Queue messages the worker refused (no valid MAC, or a field invalid).
+    pub const REJECTED: &str = "Rejected";
     pub const IGNORED: &str = "Ignored";
     /// An authenticated webhook delivery whose content maps to no request
     /// (no ticket, no device, a bad value): answered 202, so only this

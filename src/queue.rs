@@ -2,41 +2,437 @@
 //! Defender's pace. SQS keeps what the request could not do in time, the
 //! event source mapping's MaximumConcurrency bounds the parallel workers,
 //! and a dead-letter queue catches what keeps failing; no scheduler of ours.
+//!
+//! The queue is a trust boundary: any principal with `sqs:SendMessage` could
+//! otherwise have the worker offboard a device of its choosing. So every
+//! message is sealed with a MAC whose key comes from the secret (never from
+//! the queue), and the worker opens it and re-validates every field as the
+//! HTTP path does before anything is called.
+//!
+//! Wire layout: `{"v":1,"mac":"<base64>","msg":"<JSON text>"}`. The MAC is
+//! over the exact bytes of `msg` (after a purpose label carrying the
+//! version), so nothing is MACed that a JSON re-serialisation could change.
 
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD as B64};
 use futures_util::future::BoxFuture;
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
+use tokio::time::Instant;
 
-/// What the worker needs to offboard one device, exactly as the request
-/// gave it.
+use crate::credentials::AppSecret;
+use crate::input::{Comment, Device, FieldError, Ticket, parse_device};
+use crate::limits::Deadline;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The envelope version this build writes and the only one it opens.
+pub const ENVELOPE_VERSION: u64 = 1;
+/// Bound into every MAC, so a MAC made for anything else (another version,
+/// another use of the same key) never verifies as a queue message.
+const MAC_PURPOSE: &[u8] = b"mde-offboard queue message v1\n";
+/// Label of the key derived from the whole SecretString when the secret has
+/// no `webhook_secrets.queue`.
+const DERIVE_LABEL: &[u8] = b"mde-offboard queue mac v1";
+/// `whsec_` keys as the official Standard Webhooks libraries read them:
+/// padded or not, trailing bits ignored.
+const WHSEC_B64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+/// The `webhook_secrets` key of the queue's own MAC keys.
+pub const QUEUE_SECRET_KEY: &str = "queue";
+/// Same rule as every webhook secret: a shorter key is guessable.
+pub const MIN_KEY_BYTES: usize = 16;
+
+/// What the worker needs to offboard one device, as the request gave it.
+/// Strict: a field this build does not know is a message it did not write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QueuedDevice {
+    pub source: String,
     pub ticket: String,
-    /// The comment as Defender will receive it (`<ticket>: <comment>`).
+    /// The request's comment, without the ticket (the worker builds the
+    /// Defender comment from both, as the HTTP path does).
     pub comment: String,
     pub device: String,
     pub dry_run: bool,
+    pub webhook_id: Option<String>,
+    /// Unix seconds; for the audit trail and the DLQ's reader.
+    pub enqueued_at: i64,
+}
+
+impl QueuedDevice {
+    /// Two messages with this hash are the same work, whichever delivery
+    /// asked for it and when: the retry memory's key. `device_key` is the
+    /// device's canonical key (ids lowercased, names case-folded).
+    pub fn work_hash(&self, device_key: &str) -> WorkHash {
+        // A JSON array is an unambiguous encoding of the tuple.
+        let tuple = serde_json::json!([
+            self.source,
+            self.ticket,
+            self.comment,
+            device_key,
+            self.dry_run
+        ]);
+        WorkHash(Sha256::digest(tuple.to_string().as_bytes()).into())
+    }
+}
+
+/// A queued device whose every field passed the HTTP path's checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedDevice {
     pub source: String,
-    #[serde(default)]
+    pub ticket: Ticket,
+    pub comment: Comment,
+    pub device: Device,
+    pub dry_run: bool,
     pub webhook_id: Option<String>,
 }
 
+impl VerifiedDevice {
+    /// The text sent to Defender as `Comment`, as on the HTTP path.
+    pub fn defender_comment(&self) -> String {
+        format!("{}: {}", self.ticket.as_str(), self.comment.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WorkHash([u8; 32]);
+
+/// Why the worker refused a message. None of these quotes the message.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Rejection {
+    #[error("the message is not a sealed queue message")]
+    NotSealed,
+    #[error("the message's envelope version is not {ENVELOPE_VERSION}")]
+    UnknownVersion,
+    #[error("the message's MAC does not verify")]
+    BadMac,
+    #[error("the sealed message is not a queued device")]
+    Malformed,
+    #[error("the message names an unknown source")]
+    UnknownSource,
+    #[error("the message's {0}")]
+    Field(FieldError),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    v: u64,
+    mac: String,
+    msg: String,
+}
+
+/// A MAC key, never printed.
+#[derive(Clone, PartialEq, Eq)]
+struct MacKey(Vec<u8>);
+
+impl fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MacKey(<redacted>)")
+    }
+}
+
+/// The queue's MAC keys: sign with the first, accept any (rotation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys(Vec<MacKey>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum QueueKeyError {
+    #[error(
+        "the secret's key 'webhook_secrets.queue' holds a value with less than {MIN_KEY_BYTES} bytes of key"
+    )]
+    Weak,
+    #[error("the secret's key 'webhook_secrets.queue' holds a whsec_ value that is not base64")]
+    NotBase64,
+}
+
+/// The key used when the secret names no `queue` key: HMAC-SHA256 keyed with
+/// the whole SecretString. Rotating any part of the secret therefore
+/// invalidates messages in flight (they end in the DLQ); set
+/// `webhook_secrets.queue` to rotate the rest independently.
+pub fn derive_key(secret_string: &str) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(secret_string.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(DERIVE_LABEL);
+    mac.finalize().into_bytes().into()
+}
+
+/// One `webhook_secrets.queue` value as key bytes, by the webhook key rules.
+fn key_bytes(value: &str) -> Result<Vec<u8>, QueueKeyError> {
+    let bytes = match value.strip_prefix("whsec_") {
+        Some(b64) => WHSEC_B64
+            .decode(b64.trim())
+            .map_err(|_| QueueKeyError::NotBase64)?,
+        None => value.as_bytes().to_vec(),
+    };
+    if bytes.len() < MIN_KEY_BYTES {
+        return Err(QueueKeyError::Weak);
+    }
+    Ok(bytes)
+}
+
+impl QueueKeys {
+    /// `webhook_secrets.queue` when the secret has it, else the key derived
+    /// from the whole SecretString.
+    pub fn from_secret(secret: &AppSecret) -> Result<Self, QueueKeyError> {
+        let configured = secret.webhook_secrets(QUEUE_SECRET_KEY);
+        if configured.is_empty() {
+            return Ok(Self(vec![MacKey(secret.derived_queue_key.to_vec())]));
+        }
+        configured
+            .iter()
+            .map(|v| key_bytes(v).map(MacKey))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+    }
+
+    /// The message body for SQS: the item's JSON and its MAC.
+    pub fn seal(&self, item: &QueuedDevice) -> String {
+        let msg = serde_json::to_string(item).expect("plain data serialises");
+        let mac = self.mac(&self.0[0], &msg).finalize().into_bytes();
+        serde_json::to_string(&Envelope {
+            v: ENVELOPE_VERSION,
+            mac: B64.encode(mac),
+            msg,
+        })
+        .expect("plain data serialises")
+    }
+
+    /// Verifies the MAC (constant time, against every key) and only then
+    /// reads the content.
+    pub fn open(&self, body: &str) -> Result<QueuedDevice, Rejection> {
+        let env: Envelope = serde_json::from_str(body).map_err(|_| Rejection::NotSealed)?;
+        if env.v != ENVELOPE_VERSION {
+            return Err(Rejection::UnknownVersion);
+        }
+        let tag = B64
+            .decode(env.mac.as_bytes())
+            .map_err(|_| Rejection::BadMac)?;
+        let verified = self
+            .0
+            .iter()
+            .any(|k| self.mac(k, &env.msg).verify_slice(&tag).is_ok());
+        if !verified {
+            return Err(Rejection::BadMac);
+        }
+        serde_json::from_str(&env.msg).map_err(|_| Rejection::Malformed)
+    }
+
+    fn mac(&self, key: &MacKey, msg: &str) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&key.0).expect("HMAC takes keys of any length");
+        mac.update(MAC_PURPOSE);
+        mac.update(msg.as_bytes());
+        mac
+    }
+}
+
+/// Re-validates a queued device as the HTTP path validates a request. A
+/// valid MAC proves who wrote it, not that the writer's checks were the ones
+/// this build makes.
+pub fn validate(
+    item: QueuedDevice,
+    known_source: impl Fn(&str) -> bool,
+) -> Result<VerifiedDevice, Rejection> {
+    if !known_source(&item.source) {
+        return Err(Rejection::UnknownSource);
+    }
+    let ticket = Ticket::parse("ticket", &item.ticket).map_err(Rejection::Field)?;
+    let comment = Comment::parse("comment", &item.comment).map_err(Rejection::Field)?;
+    let device = parse_device("device", &item.device).map_err(Rejection::Field)?;
+    Ok(VerifiedDevice {
+        source: item.source,
+        ticket,
+        comment,
+        device,
+        dry_run: item.dry_run,
+        webhook_id: item.webhook_id,
+    })
+}
+
+/// Why a batch was not (wholly) taken. The text is for the function's own
+/// log: an SDK error names the queue URL and the account id.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum QueueError {
-    #[error("the queue did not take {failed} of {total} messages: {reason}")]
-    Unavailable {
-        failed: usize,
-        total: usize,
-        reason: String,
-    },
+    #[error("the queue could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the queue refused {refused} of {total} messages")]
+    Refused { refused: usize, total: usize },
 }
 
-/// Port: where queued devices go.
+/// What the caller of a queued request is told when not every device was
+/// queued. Fixed sentences: the SDK's error (queue URL, account id) stays in
+/// the function's log.
+#[derive(Debug, Clone, Copy, Error, PartialEq, Eq)]
+pub enum Shortfall {
+    #[error("the queue did not take every device; retry the request")]
+    NotTaken,
+    #[error("the request ran out of time before every device was queued; retry the request")]
+    OutOfTime,
+}
+
+/// Port: where sealed messages go, at most ten per call. `Ok` holds the
+/// indexes of the bodies the queue did not take (empty: all taken); `Err`
+/// means none was.
 pub trait Queue: Send + Sync {
-    fn send_all<'a>(&'a self, items: &'a [QueuedDevice]) -> BoxFuture<'a, Result<(), QueueError>>;
+    fn send_batch<'a>(
+        &'a self,
+        bodies: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<usize>, QueueError>>;
 }
 
-/// Adapter: Amazon SQS, ten messages per `SendMessageBatch`.
+/// Most messages one `send_batch` takes (SQS's `SendMessageBatch` limit).
+pub const BATCH: usize = 10;
+
+/// How long a warm instance remembers a message SQS accepted, so a retry of
+/// a partly queued request does not queue it again.
+pub const RECENT_FOR: Duration = Duration::from_secs(15 * 60);
+/// Bound of that memory (a hash and an instant each: about 1 MB).
+pub const RECENT_MAX: usize = 20_000;
+
+/// Messages this instance has put on the queue lately. Per instance: a retry
+/// that lands on another instance queues again, and the worker's Defender
+/// check (`already_pending`) is the backstop.
+#[derive(Debug, Default)]
+pub struct RecentlySent {
+    inner: Mutex<RecentInner>,
+}
+
+#[derive(Debug, Default)]
+struct RecentInner {
+    at: HashMap<WorkHash, Instant>,
+    order: VecDeque<(WorkHash, Instant)>,
+}
+
+impl RecentInner {
+    fn expire(&mut self, now: Instant) {
+        while let Some((h, t)) = self.order.front().copied() {
+            if now.saturating_duration_since(t) < RECENT_FOR && self.order.len() <= RECENT_MAX {
+                break;
+            }
+            self.order.pop_front();
+            // A hash sent again later has a newer entry; keep that one.
+            if self.at.get(&h) == Some(&t) {
+                self.at.remove(&h);
+            }
+        }
+    }
+}
+
+impl RecentlySent {
+    pub fn contains(&self, h: &WorkHash) -> bool {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.expire(Instant::now());
+        g.at.contains_key(h)
+    }
+
+    pub fn insert(&self, h: WorkHash) {
+        let now = Instant::now();
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.at.insert(h, now);
+        g.order.push_back((h, now));
+        g.expire(now);
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .at
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Least time a batch is started with: a batch cut off by the deadline
+/// leaves the caller unsure what was queued.
+const QUEUE_BATCH_TIME: Duration = Duration::from_millis(500);
+
+/// The queue as the request path uses it: the port and what this instance
+/// sent lately.
+pub struct QueueWriter {
+    pub(crate) port: std::sync::Arc<dyn Queue>,
+    pub(crate) recent: RecentlySent,
+}
+
+impl QueueWriter {
+    pub fn new(port: std::sync::Arc<dyn Queue>) -> Self {
+        Self {
+            port,
+            recent: RecentlySent::default(),
+        }
+    }
+
+    /// Sends sealed messages ten at a time, each batch only while the deadline
+    /// allows, and remembers each message the queue took. Answers how many were
+    /// sent, or how many before it stopped and why.
+    pub(crate) async fn send(
+        &self,
+        outgoing: &[(WorkHash, String)],
+        deadline: &Deadline,
+    ) -> Result<usize, (usize, Shortfall)> {
+        let mut sent = 0;
+        for chunk in outgoing.chunks(BATCH) {
+            let mut pending: Vec<&(WorkHash, String)> = chunk.iter().collect();
+            // One resend of the entries SQS did not take; a second refusal is
+            // the caller's to retry.
+            for _attempt in 0..2 {
+                let timeout = match deadline.call_timeout() {
+                    Some(t) if deadline.fits(QUEUE_BATCH_TIME) => t,
+                    _ => return Err((sent, Shortfall::OutOfTime)),
+                };
+                let bodies: Vec<String> = pending.iter().map(|(_, b)| b.clone()).collect();
+                let refused =
+                    match tokio::time::timeout(timeout, self.port.send_batch(&bodies)).await {
+                        Ok(Ok(refused)) => refused,
+                        Ok(Err(e)) => {
+                            // The SDK's text names the queue URL and the account:
+                            // for the log only.
+                            tracing::warn!(error = %e, "the queue did not take a batch");
+                            return Err((sent, Shortfall::NotTaken));
+                        }
+                        Err(_) => return Err((sent, Shortfall::OutOfTime)),
+                    };
+                let mut left = Vec::new();
+                for (i, entry) in pending.into_iter().enumerate() {
+                    if refused.contains(&i) {
+                        left.push(entry);
+                    } else {
+                        self.recent.insert(entry.0);
+                        sent += 1;
+                    }
+                }
+                pending = left;
+                if pending.is_empty() {
+                    break;
+                }
+            }
+            if !pending.is_empty() {
+                tracing::warn!(refused = pending.len(), "the queue refused messages twice");
+                return Err((sent, Shortfall::NotTaken));
+            }
+        }
+        Ok(sent)
+    }
+}
+
+/// Adapter: Amazon SQS `SendMessageBatch`.
 pub struct SqsQueue {
     /// Built on first use, like the Secrets Manager client.
     client: tokio::sync::OnceCell<aws_sdk_sqs::Client>,
@@ -60,68 +456,235 @@ impl SqsQueue {
 }
 
 impl Queue for SqsQueue {
-    fn send_all<'a>(&'a self, items: &'a [QueuedDevice]) -> BoxFuture<'a, Result<(), QueueError>> {
+    fn send_batch<'a>(
+        &'a self,
+        bodies: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<usize>, QueueError>> {
         use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
         Box::pin(async move {
-            let total = items.len();
             let client = self
                 .client
                 .get_or_init(|| async {
                     aws_sdk_sqs::Client::new(crate::runtime::sdk_config().await)
                 })
                 .await;
-            for (chunk_no, chunk) in items.chunks(10).enumerate() {
-                let mut pending: Vec<(String, String)> = chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, item)| {
-                        (
-                            format!("d{}", chunk_no * 10 + i),
-                            serde_json::to_string(item).expect("plain data serialises"),
-                        )
-                    })
-                    .collect();
-                // One resend of the entries SQS did not take; a second
-                // refusal is the caller's to retry (the whole request is
-                // safe to repeat: the worker's Defender check dedups).
-                for attempt in 0..2 {
-                    let entries = pending
-                        .iter()
-                        .map(|(id, body)| {
-                            SendMessageBatchRequestEntry::builder()
-                                .id(id)
-                                .message_body(body)
-                                .build()
-                                .expect("id and body are set")
-                        })
-                        .collect::<Vec<_>>();
-                    let out = client
-                        .send_message_batch()
-                        .queue_url(&self.url)
-                        .set_entries(Some(entries))
-                        .send()
-                        .await
-                        .map_err(|e| QueueError::Unavailable {
-                            failed: total,
-                            total,
-                            reason: aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
-                        })?;
-                    let failed: Vec<String> =
-                        out.failed().iter().map(|f| f.id().to_string()).collect();
-                    pending.retain(|(id, _)| failed.contains(id));
-                    if pending.is_empty() {
-                        break;
-                    }
-                    if attempt == 1 {
-                        return Err(QueueError::Unavailable {
-                            failed: pending.len(),
-                            total,
-                            reason: "SendMessageBatch refused some entries twice".into(),
-                        });
-                    }
-                }
-            }
-            Ok(())
+            let entries = bodies
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body)
+                        .build()
+                        .expect("id and body are set")
+                })
+                .collect::<Vec<_>>();
+            let out = client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| {
+                    QueueError::Unreachable(aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
+                })?;
+            Ok(out
+                .failed()
+                .iter()
+                .filter_map(|f| f.id().parse::<usize>().ok())
+                .collect())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
+
+    fn secret(extra: &str) -> AppSecret {
+        AppSecret::parse(&format!(
+            r#"{{"tenant_id":"t","client_id":"c","client_secret":"s","webhook_secrets":{{"generic":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"{extra}}}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn item() -> QueuedDevice {
+        QueuedDevice {
+            source: "generic".into(),
+            ticket: "INC1".into(),
+            comment: "retired".into(),
+            device: ID.into(),
+            dry_run: false,
+            webhook_id: Some("msg_1".into()),
+            enqueued_at: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn sealed_messages_open_and_tampered_ones_do_not() {
+        let keys = QueueKeys::from_secret(&secret("")).unwrap();
+        let body = keys.seal(&item());
+        assert_eq!(keys.open(&body).unwrap(), item());
+
+        // The device swapped inside the MACed text.
+        let tampered = body.replace(ID, &"f".repeat(40));
+        assert_ne!(tampered, body);
+        assert_eq!(keys.open(&tampered), Err(Rejection::BadMac));
+        // The bare content, as an attacker with SendMessage would write it.
+        let bare = serde_json::to_string(&item()).unwrap();
+        assert_eq!(keys.open(&bare), Err(Rejection::NotSealed));
+        // Another version number in front of a valid MAC.
+        let v2 = body.replacen("\"v\":1", "\"v\":2", 1);
+        assert_eq!(keys.open(&v2), Err(Rejection::UnknownVersion));
+    }
+
+    #[test]
+    fn a_mac_without_the_purpose_label_does_not_verify() {
+        let keys = QueueKeys::from_secret(&secret("")).unwrap();
+        let msg = serde_json::to_string(&item()).unwrap();
+        let mut plain = HmacSha256::new_from_slice(&keys.0[0].0).unwrap();
+        plain.update(msg.as_bytes());
+        let body = serde_json::json!({"v": 1, "mac": B64.encode(plain.finalize().into_bytes()), "msg": msg});
+        assert_eq!(keys.open(&body.to_string()), Err(Rejection::BadMac));
+    }
+
+    #[test]
+    fn the_derived_key_changes_with_any_part_of_the_secret() {
+        let a = QueueKeys::from_secret(&secret("")).unwrap();
+        let b = QueueKeys::from_secret(&secret(r#","jira":"another-secret-of-length""#)).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(b.open(&a.seal(&item())), Err(Rejection::BadMac));
+    }
+
+    #[test]
+    fn a_configured_queue_key_signs_with_the_first_and_accepts_any() {
+        let old = "0123456789abcdef-old";
+        let new = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let before = QueueKeys::from_secret(&secret(&format!(r#","queue":"{old}""#))).unwrap();
+        let during =
+            QueueKeys::from_secret(&secret(&format!(r#","queue":["{new}","{old}"]"#))).unwrap();
+        let after = QueueKeys::from_secret(&secret(&format!(r#","queue":"{new}""#))).unwrap();
+        let in_flight = before.seal(&item());
+        assert!(during.open(&in_flight).is_ok(), "old messages still open");
+        assert!(after.open(&during.seal(&item())).is_ok(), "new key signs");
+        assert_eq!(after.open(&in_flight), Err(Rejection::BadMac));
+        // The rest of the secret may rotate without touching queue messages.
+        let other = QueueKeys::from_secret(&secret(&format!(
+            r#","queue":"{new}","jira":"rotated-jira-secret-1""#
+        )))
+        .unwrap();
+        assert!(other.open(&after.seal(&item())).is_ok());
+    }
+
+    #[test]
+    fn queue_keys_follow_the_webhook_key_rules() {
+        for weak in ["whsec_", "short", "whsec_c2hvcnQ="] {
+            assert_eq!(
+                QueueKeys::from_secret(&secret(&format!(r#","queue":"{weak}""#))),
+                Err(QueueKeyError::Weak),
+                "{weak}"
+            );
+        }
+        assert_eq!(
+            QueueKeys::from_secret(&secret(r#","queue":"whsec_not base64!!!!!!!!!!""#)),
+            Err(QueueKeyError::NotBase64)
+        );
+        // Unpadded base64, as the official libraries accept.
+        assert!(
+            QueueKeys::from_secret(&secret(
+                r#","queue":"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS""#
+            ))
+            .is_ok()
+        );
+        assert!(
+            QueueKeyError::Weak
+                .to_string()
+                .contains("webhook_secrets.queue")
+        );
+    }
+
+    #[test]
+    fn validation_is_the_http_paths() {
+        let known = |s: &str| s == "generic";
+        assert!(validate(item(), known).is_ok());
+        let cases: Vec<(QueuedDevice, &str)> = vec![
+            (
+                QueuedDevice {
+                    source: "nobody".into(),
+                    ..item()
+                },
+                "source",
+            ),
+            (
+                QueuedDevice {
+                    ticket: " ".into(),
+                    ..item()
+                },
+                "ticket",
+            ),
+            (
+                QueuedDevice {
+                    comment: "a\u{7}b".into(),
+                    ..item()
+                },
+                "comment",
+            ),
+            (
+                QueuedDevice {
+                    device: "two words".into(),
+                    ..item()
+                },
+                "device",
+            ),
+        ];
+        for (bad, what) in cases {
+            let e = validate(bad, known).unwrap_err();
+            assert!(e.to_string().contains(what), "{what}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_work_hash_ignores_delivery_and_time_but_not_the_work() {
+        let a = item();
+        let b = QueuedDevice {
+            webhook_id: Some("msg_2".into()),
+            enqueued_at: 1_800_000_000,
+            ..item()
+        };
+        assert_eq!(a.work_hash(ID), b.work_hash(ID));
+        let c = QueuedDevice {
+            dry_run: true,
+            ..item()
+        };
+        assert_ne!(a.work_hash(ID), c.work_hash(ID));
+        assert_ne!(a.work_hash(ID), a.work_hash("laptop-1"));
+    }
+
+    proptest::proptest! {
+        /// Whatever sits on the queue, opening it answers, never panics,
+        /// and nothing but a seal of ours opens.
+        #[test]
+        fn opening_outside_bytes_never_panics(body in ".{0,300}", msg in ".{0,200}", mac in "[A-Za-z0-9+/=]{0,60}") {
+            let keys = QueueKeys::from_secret(&secret("")).unwrap();
+            proptest::prop_assert!(keys.open(&body).is_err());
+            let env = serde_json::json!({"v": 1, "mac": mac, "msg": msg}).to_string();
+            proptest::prop_assert!(keys.open(&env).is_err());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recently_sent_forgets_after_a_while_and_stays_bounded() {
+        let r = RecentlySent::default();
+        let h = item().work_hash(ID);
+        r.insert(h);
+        assert!(r.contains(&h));
+        tokio::time::advance(RECENT_FOR + Duration::from_secs(1)).await;
+        assert!(!r.contains(&h));
+        for i in 0..(RECENT_MAX + 100) {
+            r.insert(item().work_hash(&i.to_string()));
+        }
+        assert_eq!(r.len(), RECENT_MAX);
     }
 }

@@ -7,17 +7,22 @@
 //! later and, after the queue's maxReceiveCount, moves it to the
 //! dead-letter queue. Nothing is dropped, and a redelivered message that
 //! was in fact done comes back `already_pending` from Defender.
+//!
+//! A message is acted on only when its MAC verifies and every field passes
+//! the HTTP path's checks (see `queue`): anyone with `sqs:SendMessage` can
+//! write to the queue, so its content is no more trusted than a request.
+//! A refused message is a batch item failure too, so it ends in the DLQ
+//! where an operator sees it.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 
 use crate::App;
-use crate::handler::{Caller, audit_line};
-use crate::input::parse_device;
+use crate::handler::{Caller, GENERIC, audit_line};
 use crate::limits::{DEFAULT_BUDGET, Deadline};
 use crate::metrics;
 use crate::offboard::Status;
-use crate::queue::QueuedDevice;
+use crate::queue::{self, QueueKeys, QueuedDevice, VerifiedDevice};
 
 impl App {
     /// One batch of queued devices; answers the messages to retry.
@@ -27,6 +32,21 @@ impl App {
         request_id: &str,
         deadline_ms: u64,
     ) -> SqsBatchResponse {
+        let (answer, collected) = self
+            .handle_queue_metered(event, request_id, deadline_ms)
+            .await;
+        collected.emit(&self.config.metrics_namespace, "queue", request_id);
+        answer
+    }
+
+    /// As `handle_queue`, answering the batch's metrics instead of writing
+    /// them (tests read them).
+    pub async fn handle_queue_metered(
+        &self,
+        event: SqsEvent,
+        request_id: &str,
+        deadline_ms: u64,
+    ) -> (SqsBatchResponse, metrics::Collector) {
         let deadline = if deadline_ms > 0 {
             Deadline::from_epoch_millis(deadline_ms)
         } else {
@@ -37,19 +57,51 @@ impl App {
         let work = async {
             let mut answer = SqsBatchResponse::default();
             let ids = event.records.iter().filter_map(|r| r.message_id.clone());
-            // Credentials are per batch: without them nothing can be done,
-            // and every message goes back to the queue.
-            let ready = match self.secrets.get().await {
-                Ok(secret) => self.tokens.get(&secret, &deadline).await.map(|_| ()),
-                Err(e) => Err(e),
+            // The MAC key is in the secret: without it no message can be
+            // trusted, and every one goes back to the queue.
+            let keys = match self.secrets.get().await {
+                Ok(secret) => QueueKeys::from_secret(&secret)
+                    .map(|k| (secret, k))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
             };
-            if let Err(e) = ready {
-                tracing::warn!(error = %e, records = event.records.len(), "no credentials; the batch goes back to the queue");
-                answer.set_failures(ids);
+            let (secret, keys) = match keys {
+                Ok(k) => k,
+                Err(reason) => {
+                    tracing::warn!(error = %reason, records = event.records.len(), "no queue key; the batch goes back to the queue");
+                    answer.set_failures(ids);
+                    return answer;
+                }
+            };
+            // Refused messages never reach Defender, nor cost a token.
+            let mut accepted = Vec::new();
+            for record in &event.records {
+                match self.verify_record(&keys, record) {
+                    Ok(item) => accepted.push((record, item)),
+                    Err(()) => {
+                        if let Some(id) = &record.message_id {
+                            answer.add_failure(id.clone());
+                        }
+                    }
+                }
+            }
+            if accepted.is_empty() {
                 return answer;
             }
-            for record in &event.records {
-                if !self.handle_record(record, &deadline).await
+            if let Err(e) = self.tokens.get(&secret, &deadline).await {
+                tracing::warn!(error = %e, records = accepted.len(), "no token; the messages go back to the queue");
+                answer.set_failures(
+                    answer
+                        .batch_item_failures
+                        .iter()
+                        .map(|f| f.item_identifier.clone())
+                        .chain(accepted.iter().filter_map(|(r, _)| r.message_id.clone()))
+                        .collect::<Vec<_>>(),
+                );
+                return answer;
+            }
+            for (record, item) in accepted {
+                if !self.handle_verified(item, &deadline).await
                     && let Some(id) = &record.message_id
                 {
                     answer.add_failure(id.clone());
@@ -58,37 +110,54 @@ impl App {
             answer
         }
         .instrument(span);
-        let (answer, collected) = metrics::scope(work).await;
-        collected.emit(&self.config.metrics_namespace, "queue", request_id);
-        answer
+        metrics::scope(work).await
+    }
+
+    /// Opens a message and re-validates it; a refusal is audited and
+    /// counted here, and the message left for the dead-letter queue.
+    fn verify_record(&self, keys: &QueueKeys, record: &SqsMessage) -> Result<VerifiedDevice, ()> {
+        let message_id = record.message_id.as_deref().unwrap_or("");
+        let opened = keys.open(record.body.as_deref().unwrap_or(""));
+        let known = |s: &str| {
+            [GENERIC, crate::direct::EVENTBRIDGE, crate::direct::INVOKE].contains(&s)
+                || self.config.sources.get(s).is_some()
+        };
+        let checked = opened.clone().and_then(|item| queue::validate(item, known));
+        checked.map_err(|reason| {
+            metrics::count(metrics::names::REJECTED);
+            // Fields are quoted only when the MAC proved this function wrote
+            // them; an unsealed message's claims would be a false audit line.
+            let sealed = opened.ok();
+            let field = |f: fn(&QueuedDevice) -> &str| sealed.as_ref().map(f).unwrap_or("");
+            tracing::warn!(
+                target: "audit",
+                event = "device_outcome",
+                source = field(|i| &i.source),
+                ticket = field(|i| &i.ticket),
+                device = field(|i| &i.device),
+                machine_id = "",
+                computer_dns_name = "",
+                status = "rejected",
+                action_id = "",
+                detail = %reason,
+                dry_run = sealed.as_ref().is_some_and(|i| i.dry_run),
+                source_ip = "",
+                webhook_id = field(|i| i.webhook_id.as_deref().unwrap_or("")),
+                message_id,
+                "queue message rejected; left for the dead-letter queue"
+            );
+        })
     }
 
     /// `true` when the message is done with (whatever the outcome), `false`
     /// when SQS should deliver it again.
-    async fn handle_record(&self, record: &SqsMessage, deadline: &Deadline) -> bool {
-        let item: QueuedDevice = match record.body.as_deref().map(serde_json::from_str) {
-            Some(Ok(item)) => item,
-            _ => {
-                tracing::error!(
-                    message_id = record.message_id.as_deref().unwrap_or(""),
-                    "not a queued device; left for the dead-letter queue"
-                );
-                return false;
-            }
-        };
-        let device = match parse_device("device", &item.device) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(reason = %e, "a queued device that cannot be parsed; left for the dead-letter queue");
-                return false;
-            }
-        };
+    async fn handle_verified(&self, item: VerifiedDevice, deadline: &Deadline) -> bool {
         let dry_run = item.dry_run || self.config.dry_run;
         let results = self
             .offboarder
             .run(
-                std::slice::from_ref(&device),
-                &item.comment,
+                std::slice::from_ref(&item.device),
+                &item.defender_comment(),
                 dry_run,
                 deadline,
             )
@@ -99,7 +168,7 @@ impl App {
             source_ip: None,
             webhook_id: item.webhook_id.clone(),
         };
-        audit_line(r, &item.ticket, &caller, dry_run);
+        audit_line(r, item.ticket.as_str(), &caller, dry_run);
         metrics::count(r.status.as_str());
         r.status != Status::Failed
     }

@@ -157,19 +157,19 @@ struct MemInner {
 }
 
 impl mde_offboard::queue::Queue for MemQueue {
-    fn send_all<'a>(
+    fn send_batch<'a>(
         &'a self,
-        items: &'a [mde_offboard::queue::QueuedDevice],
-    ) -> futures_util::future::BoxFuture<'a, Result<(), mde_offboard::queue::QueueError>> {
+        bodies: &'a [String],
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<usize>, mde_offboard::queue::QueueError>>
+    {
         Box::pin(async move {
             let mut q = self.inner.lock().unwrap();
-            for item in items {
+            for body in bodies {
                 q.seq += 1;
                 let id = format!("m{}", q.seq);
-                q.visible
-                    .push_back((id, serde_json::to_string(item).unwrap()));
+                q.visible.push_back((id, body.clone()));
             }
-            Ok(())
+            Ok(Vec::new())
         })
     }
 }
@@ -372,4 +372,530 @@ async fn two_thousand_devices_lose_nothing_and_respect_the_limits() {
         elapsed.as_secs_f64(),
         elapsed.as_secs_f64() / MINUTE.as_secs_f64()
     );
+}
+
+// ---- The queue as a trust boundary (issue 11, item 1 and the queue part of 11).
+
+use mde_offboard::credentials::AppSecret;
+use mde_offboard::queue::{Queue, QueueError, QueueKeys, QueuedDevice};
+use serde_json::Value;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Log lines as the function writes them, captured for one test thread.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Logs {
+    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        use tracing_subscriber::prelude::*;
+        let logs = Logs::default();
+        let sub = tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::INFO)
+            .with(mde_offboard::logging::JsonLayer::new(logs.clone()));
+        let guard = tracing::subscriber::set_default(sub);
+        (logs, guard)
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        String::from_utf8(self.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+fn keys_of(secret_text: &str) -> QueueKeys {
+    QueueKeys::from_secret(&AppSecret::parse(secret_text).unwrap()).unwrap()
+}
+
+fn queued(device: &str) -> QueuedDevice {
+    QueuedDevice {
+        source: "jira".into(),
+        ticket: "INC-666".into(),
+        comment: "approved".into(),
+        device: device.into(),
+        dry_run: false,
+        webhook_id: None,
+        enqueued_at: now(),
+    }
+}
+
+async fn put(queue: &str, body: &str) -> String {
+    sqs_client()
+        .send_message()
+        .queue_url(queue)
+        .message_body(body)
+        .send()
+        .await
+        .unwrap()
+        .message_id
+        .unwrap()
+}
+
+/// Everything on the queue, held invisible for a minute.
+async fn take_all(queue: &str) -> Vec<SqsMessage> {
+    let mut all = Vec::new();
+    loop {
+        let batch = receive(queue, 60).await;
+        if batch.is_empty() {
+            return all;
+        }
+        all.extend(batch.into_iter().map(|(m, _)| m));
+    }
+}
+
+fn event_of(records: Vec<SqsMessage>) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    event.records = records;
+    event
+}
+
+fn deadline_ms(budget: Duration) -> u64 {
+    (std::time::SystemTime::now() + budget)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn messages_the_function_did_not_seal_are_never_acted_on() {
+    let queue = new_queue().await;
+    let h = Harness::with(Options {
+        queue_url: Some(queue.clone()),
+        ..Default::default()
+    })
+    .await;
+    // A genuine message from the request path, to splice a MAC from.
+    let (status, b, _) = h
+        .offboard(&json!({"ticket": "INC-1", "comment": "retired", "devices": [ids::WIN10], "mode": "queue"}))
+        .await;
+    assert_eq!(status, 202, "{b}");
+    let genuine = take_all(&queue).await;
+    assert_eq!(genuine.len(), 1);
+    let envelope: Value = serde_json::from_str(genuine[0].body.as_deref().unwrap()).unwrap();
+    assert!(envelope["mac"].is_string(), "{envelope}");
+
+    let victim = ids::WIN11;
+    // What a principal with sqs:SendMessage wrote before: no MAC at all.
+    let bare = json!({"ticket": "INC-666", "comment": "INC-666: approved", "device": victim, "dry_run": false, "source": "jira"});
+    // The genuine MAC over other content: the device swapped.
+    let spliced = json!({
+        "v": 1,
+        "mac": envelope["mac"],
+        "msg": envelope["msg"].as_str().unwrap().replace(ids::WIN10, victim),
+    });
+    // A well-formed seal made with a key that is not the function's.
+    let mut other: Value = serde_json::from_str(&mde_testkit::secret_json()).unwrap();
+    other["client_secret"] = json!("a guess at the client secret");
+    let forged = keys_of(&other.to_string()).seal(&queued(victim));
+    // The function's own key over fields the HTTP path refuses.
+    let keys = keys_of(&mde_testkit::secret_json());
+    let unknown_source = keys.seal(&QueuedDevice {
+        source: "nobody".into(),
+        ..queued(victim)
+    });
+    let control_comment = keys.seal(&QueuedDevice {
+        comment: "approved\u{1b}[2K".into(),
+        ..queued(victim)
+    });
+    let mut written = HashSet::new();
+    for body in [
+        bare.to_string(),
+        spliced.to_string(),
+        forged,
+        unknown_source,
+        control_comment,
+    ] {
+        written.insert(put(&queue, &body).await);
+    }
+
+    let (logs, guard) = Logs::capture();
+    let batch = take_all(&queue).await;
+    assert_eq!(batch.len(), 5);
+    let (answer, metrics) = h
+        .app
+        .handle_queue_metered(
+            event_of(batch),
+            "test",
+            deadline_ms(Duration::from_secs(20)),
+        )
+        .await;
+    drop(guard);
+    let failed: HashSet<String> = answer
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    assert_eq!(failed, written, "every one goes back, to end in the DLQ");
+    assert!(
+        h.fake.calls().is_empty(),
+        "no Defender call, not even a token: {:?}",
+        h.fake.calls()
+    );
+    assert_eq!(metrics.get("Rejected"), 5.0);
+    let rejected: Vec<Value> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l["logger"] == "audit" && l["event"] == "device_outcome")
+        .collect();
+    assert_eq!(rejected.len(), 5, "{}", logs.text());
+    assert!(rejected.iter().all(|l| l["status"] == "rejected"));
+    let reasons: Vec<&str> = rejected
+        .iter()
+        .map(|l| l["detail"].as_str().unwrap())
+        .collect();
+    assert!(reasons.contains(&"the message is not a sealed queue message"));
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| **r == "the message's MAC does not verify")
+            .count(),
+        2
+    );
+    assert!(reasons.contains(&"the message names an unknown source"));
+    assert!(reasons.iter().any(|r| r.contains("comment")));
+    // Unsealed claims are not repeated as if they were facts.
+    assert!(
+        rejected
+            .iter()
+            .filter(|l| l["detail"] != "the message names an unknown source"
+                && !l["detail"].as_str().unwrap().contains("comment"))
+            .all(|l| l["device"] == "" && l["ticket"] == ""),
+        "{rejected:?}"
+    );
+
+    // The genuine message is acted on.
+    let answer = h
+        .app
+        .handle_queue(
+            event_of(genuine),
+            "test",
+            deadline_ms(Duration::from_secs(20)),
+        )
+        .await;
+    assert!(answer.batch_item_failures.is_empty());
+    let offboards = h.fake.accepted_offboards();
+    assert_eq!(offboards.len(), 1);
+    assert!(
+        offboards[0].path.contains(ids::WIN10),
+        "{}",
+        offboards[0].path
+    );
+    let sent: Value = serde_json::from_str(&offboards[0].body).unwrap();
+    assert_eq!(sent["Comment"], "INC-1: retired");
+}
+
+#[tokio::test]
+async fn a_device_named_many_times_is_queued_once() {
+    let queue = new_queue().await;
+    let h = Harness::with(Options {
+        queue_url: Some(queue.clone()),
+        ..Default::default()
+    })
+    .await;
+    let mut devices: Vec<String> = (0..500)
+        .map(|i| {
+            if i % 2 == 0 {
+                ids::WIN11.to_string()
+            } else {
+                ids::WIN11.to_uppercase()
+            }
+        })
+        .collect();
+    devices.extend([
+        "Laptop-7.contoso.com".to_string(),
+        "LAPTOP-7.CONTOSO.COM".to_string(),
+        " laptop-7.contoso.com".to_string(),
+    ]);
+    let (status, b, _) = h
+        .offboard(
+            &json!({"ticket": "CHG-9", "comment": "dedupe", "devices": devices, "mode": "queue"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{b}");
+    assert_eq!(
+        b["queued"],
+        json!([{"device": ids::WIN11}, {"device": "Laptop-7.contoso.com"}])
+    );
+    assert_eq!(take_all(&queue).await.len(), 2);
+}
+
+/// A queue port that takes the first `ok_batches` batches, then takes only
+/// the first seven entries of the next one, then fails, until healed.
+#[derive(Default)]
+struct FlakyQueue {
+    ok_batches: usize,
+    calls: AtomicUsize,
+    healed: std::sync::atomic::AtomicBool,
+    taken: Mutex<Vec<String>>,
+}
+
+/// What the SDK's error text looks like: it names the account and the queue.
+const SDK_TEXT: &str = "service error: QueueDoesNotExist: https://sqs.us-east-1.amazonaws.com/123456789012/mde-offboard-queue";
+
+impl Queue for FlakyQueue {
+    fn send_batch<'a>(
+        &'a self,
+        bodies: &'a [String],
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<usize>, QueueError>> {
+        Box::pin(async move {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let mut taken = self.taken.lock().unwrap();
+            if self.healed.load(Ordering::SeqCst) || n < self.ok_batches {
+                taken.extend(bodies.iter().cloned());
+                return Ok(Vec::new());
+            }
+            if n == self.ok_batches {
+                taken.extend(bodies.iter().take(7).cloned());
+                return Ok((7..bodies.len()).collect());
+            }
+            Err(QueueError::Unreachable(SDK_TEXT.into()))
+        })
+    }
+}
+
+fn devices_in(bodies: &[String]) -> Vec<String> {
+    bodies
+        .iter()
+        .map(|b| {
+            let env: Value = serde_json::from_str(b).unwrap();
+            let msg: Value = serde_json::from_str(env["msg"].as_str().unwrap()).unwrap();
+            msg["device"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+fn assert_names_no_queue(b: &Value) {
+    let text = b.to_string();
+    for leak in ["sqs.", "123456789012", "mde-offboard-queue", "amazonaws"] {
+        assert!(!text.contains(leak), "{leak} in {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_retry_of_a_partly_queued_request_queues_only_the_rest() {
+    let port = Arc::new(FlakyQueue {
+        ok_batches: 1,
+        ..Default::default()
+    });
+    let Harness { app, fake, .. } = Harness::new().await;
+    let h = Harness {
+        app: app.with_queue(port.clone()),
+        fake,
+        secret_name: String::new(),
+    };
+    let devices: Vec<String> = (0..25).map(|i| format!("pc-{i}.contoso.com")).collect();
+    let body =
+        json!({"ticket": "CHG-7", "comment": "partial", "devices": devices, "mode": "queue"});
+    let (status, b, resp) = h.offboard(&body).await;
+    assert_eq!(
+        (status, b["error"]["code"].as_str()),
+        (503, Some("queue_unavailable")),
+        "{b}"
+    );
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_names_no_queue(&b);
+    assert_eq!(port.taken.lock().unwrap().len(), 17, "10, then 7 of 10");
+
+    port.healed.store(true, Ordering::SeqCst);
+    // The sender's retry: a new delivery with the same content.
+    let (status, b, _) = h.offboard(&body).await;
+    assert_eq!(status, 202, "{b}");
+    assert_eq!(b["queued"].as_array().unwrap().len(), 25);
+    let taken = devices_in(&port.taken.lock().unwrap());
+    let distinct: HashSet<&String> = taken.iter().collect();
+    assert_eq!(taken.len(), 25, "no device queued twice: {taken:?}");
+    assert_eq!(distinct.len(), 25);
+}
+
+#[tokio::test]
+async fn a_queue_error_names_neither_the_queue_nor_the_account() {
+    let missing = format!(
+        "{}/123456789012/mde-offboard-queue",
+        mde_testkit::moto::moto().endpoint
+    );
+    let Harness { app, fake, .. } = Harness::new().await;
+    let h = Harness {
+        app: app.with_queue(Arc::new(mde_offboard::queue::SqsQueue::new(
+            sqs_client(),
+            missing,
+        ))),
+        fake,
+        secret_name: String::new(),
+    };
+    let (logs, guard) = Logs::capture();
+    let (status, b, _) = h
+        .offboard(&json!({"ticket": "T", "comment": "c", "devices": [ids::WIN11], "mode": "queue"}))
+        .await;
+    drop(guard);
+    assert_eq!(
+        (status, b["error"]["code"].as_str()),
+        (503, Some("queue_unavailable")),
+        "{b}"
+    );
+    assert_names_no_queue(&b);
+    // The operator still has the SDK's reason.
+    assert!(
+        logs.text().contains("the queue did not take a batch"),
+        "{}",
+        logs.text()
+    );
+}
+
+/// SQS answering in 400 ms, on tokio's paused clock: the request path's
+/// time is all simulated, nothing here waits for real.
+struct SlowQueue {
+    batches: AtomicUsize,
+}
+
+impl Queue for SlowQueue {
+    fn send_batch<'a>(
+        &'a self,
+        _bodies: &'a [String],
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<usize>, QueueError>> {
+        Box::pin(async move {
+            self.batches.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Ok(Vec::new())
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn queueing_stops_before_the_deadline() {
+    let port = Arc::new(SlowQueue {
+        batches: AtomicUsize::new(0),
+    });
+    let env: HashMap<&str, String> = HashMap::from([
+        ("SECRET_ID", "local".to_string()),
+        ("MDE_API_URL", "http://127.0.0.1:9".to_string()),
+        ("MDE_LOGIN_URL", "http://127.0.0.1:9".to_string()),
+    ]);
+    let app = App::new(
+        Config::from_lookup(|k| env.get(k).cloned()).unwrap(),
+        Arc::new(StaticSecret(mde_testkit::secret_json())),
+        App::http_client(),
+    )
+    .with_queue(port.clone());
+    let devices: Vec<String> = (0..100).map(|i| format!("pc-{i}.contoso.com")).collect();
+    let body =
+        json!({"ticket": "T", "comment": "c", "devices": devices, "mode": "queue"}).to_string();
+    // 1.5 s is kept back for the answer; 1 s is left for the queue.
+    let req = with_deadline(
+        signed("POST", "/v1/offboard", &body),
+        Duration::from_millis(2500),
+    );
+    let resp = app.handle(req).await;
+    assert_eq!(resp.status(), 503);
+    let b: Value = match resp.body() {
+        lambda_http::Body::Text(t) => serde_json::from_str(t).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(b["error"]["code"], "queue_unavailable");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ran out of time"),
+        "{b}"
+    );
+    assert_eq!(
+        port.batches.load(Ordering::SeqCst),
+        2,
+        "a batch starts only with 500 ms left"
+    );
+}
+
+#[tokio::test]
+async fn a_weak_queue_key_fails_closed_on_both_sides() {
+    let mut secret: Value = serde_json::from_str(&mde_testkit::secret_json()).unwrap();
+    secret["webhook_secrets"]["queue"] = json!("whsec_");
+    let port = Arc::new(FlakyQueue::default());
+    port.healed.store(true, Ordering::SeqCst);
+    let Harness { app, fake, .. } = Harness::with(Options {
+        secret: secret.to_string(),
+        ..Default::default()
+    })
+    .await;
+    let app = app.with_queue(port.clone());
+    let h = Harness {
+        app,
+        fake,
+        secret_name: String::new(),
+    };
+    let (status, b, _) = h
+        .offboard(&json!({"ticket": "T", "comment": "c", "devices": [ids::WIN11], "mode": "queue"}))
+        .await;
+    assert_eq!(
+        (status, b["error"]["code"].as_str()),
+        (500, Some("bad_secret")),
+        "{b}"
+    );
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(message.contains("webhook_secrets.queue"), "{message}");
+    assert!(port.taken.lock().unwrap().is_empty(), "nothing queued");
+
+    // Nor does the worker fall back to the derived key: a message sealed
+    // with it goes back.
+    let mut msg = SqsMessage::default();
+    msg.message_id = Some("m1".into());
+    msg.body = Some(seal_by_hand(&secret.to_string(), &queued(ids::WIN11)));
+    let (answer, _) = h
+        .app
+        .handle_queue_metered(
+            event_of(vec![msg]),
+            "test",
+            deadline_ms(Duration::from_secs(20)),
+        )
+        .await;
+    assert_eq!(answer.batch_item_failures.len(), 1);
+    assert!(h.fake.calls().is_empty());
+}
+
+/// The wire format written out from the README, with the key derived from
+/// the whole SecretString.
+fn seal_by_hand(secret_text: &str, item: &QueuedDevice) -> String {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    let derived = mde_offboard::queue::derive_key(secret_text);
+    let text = serde_json::to_string(item).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&derived).unwrap();
+    mac.update(b"mde-offboard queue message v1\n");
+    mac.update(text.as_bytes());
+    let tag = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    json!({"v": 1, "mac": tag, "msg": text}).to_string()
+}
+
+#[test]
+fn the_wire_format_is_the_documented_one() {
+    let text = mde_testkit::secret_json();
+    let item = queued(ids::WIN11);
+    assert_eq!(
+        keys_of(&text).open(&seal_by_hand(&text, &item)),
+        Ok(item.clone())
+    );
+    assert_eq!(keys_of(&text).seal(&item), seal_by_hand(&text, &item));
 }
