@@ -622,6 +622,14 @@ impl AuthDef {
         }
     }
 
+    /// No scheme at all: every HTTP call is refused. For sources that only
+    /// EventBridge reaches, where IAM admitted the event before it arrived.
+    pub fn none() -> Self {
+        Self {
+            schemes: Vec::new(),
+        }
+    }
+
     pub fn schemes(&self) -> &[Scheme] {
         &self.schemes
     }

@@ -16,12 +16,11 @@ use tracing::Instrument;
 use crate::App;
 use crate::dispatch::EventKind;
 use crate::error::ApiError;
-use crate::handler::Caller;
+use crate::handler::{Caller, Intake};
 use crate::input;
 use crate::limits::{DEFAULT_BUDGET, Deadline};
 use crate::metrics;
 use crate::replay::DeliveryKey;
-use crate::sources::Mapped;
 
 /// The built-in source of EventBridge events no definition claims.
 pub const EVENTBRIDGE: &str = "eventbridge";
@@ -110,31 +109,31 @@ impl App {
         };
         let secret = self.secrets.get().await?;
         self.once(&caller, &key, async {
-            let mapped = match (kind, self.config.sources.get(source)) {
-                (EventKind::EventBridge, Some(def)) if source != EVENTBRIDGE => def.map(event)?,
+            let intake = match (kind, self.config.sources.get(source)) {
+                // A source's mapping: content it cannot map is ignored,
+                // as for webhooks, since the rule's sender cannot fix it.
+                (EventKind::EventBridge, Some(def)) if source != EVENTBRIDGE => {
+                    self.admit(def, event, &caller)
+                }
                 (EventKind::EventBridge, _) => {
                     let detail = event.get("detail").cloned().unwrap_or(Value::Null);
-                    Mapped::Act(
+                    Intake::Act(
                         input::parse_generic_body(&detail, &self.config.callback_hosts)?.request,
                     )
                 }
-                _ => Mapped::Act(
+                _ => Intake::Act(
                     input::parse_generic_body(event, &self.config.callback_hosts)?.request,
                 ),
             };
-            match mapped {
-                Mapped::Act(request) => self.execute(request, &secret, &caller, deadline).await,
-                Mapped::Ignored { reason } => {
-                    metrics::count(metrics::names::IGNORED);
-                    tracing::info!(source, reason = %reason, "event ignored");
-                    Ok(Response::builder()
-                        .status(StatusCode::ACCEPTED)
-                        .header("content-type", "application/json")
-                        .body(Body::Text(
-                            json!({"status": "ignored", "reason": reason}).to_string(),
-                        ))
-                        .expect("static headers are valid"))
-                }
+            match intake {
+                Intake::Act(request) => self.execute(request, &secret, &caller, deadline).await,
+                Intake::Ignored(reason) => Ok(Response::builder()
+                    .status(StatusCode::ACCEPTED)
+                    .header("content-type", "application/json")
+                    .body(Body::Text(
+                        json!({"status": "ignored", "reason": reason}).to_string(),
+                    ))
+                    .expect("static headers are valid")),
             }
         })
         .await

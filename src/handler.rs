@@ -337,7 +337,7 @@ impl App {
 
     /// What a webhook delivery becomes: a request to run, or a reason to
     /// ignore it, counted and logged here so every ignored path is seen.
-    fn admit(&self, def: &SourceDef, doc: &Value, caller: &Caller) -> Intake {
+    pub(crate) fn admit(&self, def: &SourceDef, doc: &Value, caller: &Caller) -> Intake {
         let webhook_id = caller.webhook_id.as_deref().unwrap_or("");
         let unmapped = |reason: String| {
             metrics::count(metrics::names::UNMAPPED);
@@ -622,7 +622,7 @@ pub(crate) fn audit_line(r: &DeviceResult, ticket: &str, caller: &Caller, dry_ru
 }
 
 /// A webhook delivery, once its content is judged.
-enum Intake {
+pub(crate) enum Intake {
     Act(OffboardRequest),
     Ignored(String),
 }

@@ -711,7 +711,12 @@ fn parse_def(
             format!("is not a known field (known: {})", known.join(", ")),
         ));
     }
-    let auth = AuthDef::parse(obj.get("auth")).map_err(|(f, r)| err(&f, r))?;
+    // A source only EventBridge reaches needs no HTTP auth: IAM admitted
+    // its events, and without `auth` its webhook route refuses every call.
+    let auth = match (obj.get("auth"), obj.get("eventbridge")) {
+        (None, Some(_)) => AuthDef::none(),
+        (v, _) => AuthDef::parse(v).map_err(|(f, r)| err(&f, r))?,
+    };
     let when = match obj.get("when") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items
