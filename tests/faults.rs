@@ -53,7 +53,11 @@ async fn recovered(h: &Harness, proxy: &FlakyProxy) -> (u16, serde_json::Value) 
     let fetches = proxy.secret_fetches();
     let (status, b, _) = h.offboard(&body(&[ids::WIN11])).await;
     assert_eq!(status, 503, "inside the failure window: {b}");
-    assert_eq!(proxy.secret_fetches(), fetches, "no fetch inside the window");
+    assert_eq!(
+        proxy.secret_fetches(),
+        fetches,
+        "no fetch inside the window"
+    );
     let until = Instant::now() + mde_offboard::credentials::SECRET_FAILURE_TTL * 3;
     loop {
         let (status, b, _) = h.offboard(&body(&[ids::WIN11])).await;
