@@ -546,6 +546,9 @@ pub struct DynamoLedger {
     table: String,
     /// Closed budget buckets never change: read once per instance.
     closed_buckets: Mutex<HashMap<i64, u32>>,
+    /// Items per Query page; DynamoDB's 1 MB pages unless set (tests set
+    /// it to show that every page is read).
+    page_size: Option<i32>,
 }
 
 impl DynamoLedger {
@@ -554,6 +557,7 @@ impl DynamoLedger {
             client: tokio::sync::OnceCell::new_with(Some(client)),
             table,
             closed_buckets: Mutex::default(),
+            page_size: None,
         }
     }
 
@@ -562,7 +566,13 @@ impl DynamoLedger {
             client: tokio::sync::OnceCell::new(),
             table,
             closed_buckets: Mutex::default(),
+            page_size: None,
         }
+    }
+
+    pub fn with_page_size(mut self, items: i32) -> Self {
+        self.page_size = Some(items);
+        self
     }
 
     async fn client(&self) -> &aws_sdk_dynamodb::Client {
@@ -590,6 +600,7 @@ impl DynamoLedger {
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression(key_condition)
+                .set_limit(self.page_size)
                 .set_exclusive_start_key(start.take());
             q = match index {
                 Some(i) => q.index_name(i),
