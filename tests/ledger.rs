@@ -17,6 +17,7 @@ use mde_offboard::ledger::{
 };
 use mde_testkit::moto;
 use mde_testkit::proxy::{FlakyProxy, Mode};
+use mde_testkit::serial::SerialProxy;
 use serde_json::Value;
 
 const TABLE_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testkit/ledger-table.json");
@@ -120,6 +121,22 @@ async fn ledger() -> (DynamoLedger, String) {
     (DynamoLedger::new(client(), table.clone()), table)
 }
 
+fn moto_addr() -> std::net::SocketAddr {
+    moto::moto()
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap()
+}
+
+/// A client whose requests reach moto one at a time (see
+/// `mde_testkit::serial`): DynamoDB applies writes to an item in order, and
+/// moto does not, so concurrency tests go through it.
+async fn serial_client() -> (aws_sdk_dynamodb::Client, SerialProxy) {
+    let proxy = SerialProxy::start(moto_addr()).await;
+    (client_at(&proxy.url()), proxy)
+}
+
 /// Synthetic times in the future: moto never expires them by TTL, and the
 /// tests decide what "now" is.
 fn at(secs: u64) -> SystemTime {
@@ -200,8 +217,10 @@ async fn a_delivery_is_claimed_completed_and_replayed_by_another_instance() {
 
 #[tokio::test]
 async fn two_concurrent_claims_one_starts_one_waits() {
-    let (a, table) = ledger().await;
-    let b = DynamoLedger::new(client(), table);
+    let (_, table) = ledger().await;
+    let (c, _proxy) = serial_client().await;
+    let a = DynamoLedger::new(c.clone(), table.clone());
+    let b = DynamoLedger::new(c, table);
     for n in 0..5u8 {
         let k = key(n);
         let (x, y) = tokio::join!(a.begin(&k, at(0), at(30)), b.begin(&k, at(0), at(30)));
@@ -363,9 +382,10 @@ async fn a_final_status_is_kept_and_an_unknown_record_is_not_created() {
 #[tokio::test]
 async fn the_budget_is_never_exceeded_by_twenty_concurrent_takers() {
     let (_, table) = ledger().await;
+    let (c, _proxy) = serial_client().await;
     // Four instances, five takers each, all in the same bucket.
     let instances: Vec<Arc<DynamoLedger>> = (0..4)
-        .map(|_| Arc::new(DynamoLedger::new(client(), table.clone())))
+        .map(|_| Arc::new(DynamoLedger::new(c.clone(), table.clone())))
         .collect();
     let tasks: Vec<_> = (0..20)
         .map(|i| {
@@ -399,12 +419,7 @@ async fn the_budget_counts_earlier_buckets_and_grants_in_part() {
 /// The whole ledger behind a proxy that can be taken down.
 async fn behind_proxy() -> (DynamoLedger, FlakyProxy) {
     let table = new_table().await;
-    let target = moto::moto()
-        .endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let proxy = FlakyProxy::start(target).await;
+    let proxy = FlakyProxy::start(moto_addr()).await;
     (DynamoLedger::new(client_at(&proxy.url()), table), proxy)
 }
 
