@@ -1198,7 +1198,7 @@ impl Ledger for InMemoryLedger {
                 .cloned()
                 .collect();
             // DynamoDB's order: by sort key, which is machine then action.
-            out.sort_by(|a, b| a.key().sk().cmp(&b.key().sk()));
+            out.sort_by_key(|r| r.key().sk());
             Ok(out)
         }))
     }
@@ -1214,10 +1214,7 @@ impl Ledger for InMemoryLedger {
                 .filter(|r| r.machine_id == machine_id)
                 .cloned()
                 .collect();
-            out.sort_by(|a, b| {
-                (format_time(a.requested_at), &a.ticket)
-                    .cmp(&(format_time(b.requested_at), &b.ticket))
-            });
+            out.sort_by_key(|r| (format_time(r.requested_at), r.ticket.clone()));
             Ok(out)
         }))
     }
