@@ -12,6 +12,8 @@ use futures_util::future::BoxFuture;
 
 use super::*;
 
+/// Attribute names. Every expression aliases them (`#st`, ...): `state`,
+/// `owner`, `count` and `source` are DynamoDB reserved words.
 mod attr {
     pub const STATE: &str = "state";
     pub const OWNER: &str = "owner";
