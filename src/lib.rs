@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod error;
 pub mod handler;
 pub mod input;
+pub mod ledger;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

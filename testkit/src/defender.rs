@@ -77,6 +77,7 @@ pub enum Api {
     GetMachine,
     Offboard,
     GetAction,
+    Cancel,
     /// Any Defender API call (not login).
     AnyDefender,
 }
@@ -172,6 +173,7 @@ impl FakeDefender {
             .route("/api/machines/{id}", get(get_machine))
             .route("/api/machines/{id}/offboard", post(offboard))
             .route("/api/machineactions/{id}", get(get_action))
+            .route("/api/machineactions/{id}/cancel", post(cancel_action))
             .fallback(fallback)
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind(bind)
@@ -277,6 +279,11 @@ impl FakeDefender {
         {
             st.pending.remove(&mid);
         }
+    }
+
+    /// The action as `GET /api/machineactions/{id}` would answer it.
+    pub fn action(&self, action_id: &str) -> Option<Value> {
+        self.lock().actions.get(action_id).cloned()
     }
 
     pub fn reset_calls(&self) {
@@ -704,6 +711,69 @@ async fn get_action(
             ),
         ),
     };
+    record(&st, call, r)
+}
+
+/// `POST /api/machineactions/{id}/cancel` with `{"Comment"}`: an action not
+/// yet final becomes `Cancelled` and the answer is the MachineAction (200,
+/// as documented). Defender documents no error code for an action already
+/// final; the fake answers 400 in Defender's error shape, so the function
+/// must judge by the action's status rather than by a code.
+async fn cancel_action(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let call = match admit(&st, new_call(Api::Cancel, &method, &uri, &headers, &body)).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let comment = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("Comment").and_then(Value::as_str).map(str::to_string));
+    let Some(comment) = comment else {
+        return record(
+            &st,
+            call,
+            reply(400, error_body("InvalidRequestBody", "Comment is required")),
+        );
+    };
+    let mut inner = st.lock().expect("fake state");
+    let r = match inner.actions.get(&id).cloned() {
+        None => reply(
+            404,
+            error_body(
+                "ResourceNotFound",
+                &format!("Machine action {id} was not found"),
+            ),
+        ),
+        Some(a) if !matches!(a["status"].as_str(), Some("Pending" | "InProgress")) => reply(
+            400,
+            error_body(
+                "InvalidRequest",
+                &format!(
+                    "Machine action {id} is in a final state ({}) and cannot be cancelled",
+                    a["status"].as_str().unwrap_or("unknown")
+                ),
+            ),
+        ),
+        Some(mut a) => {
+            a["status"] = json!("Cancelled");
+            a["cancellationRequestor"] = json!("Analyst@contoso.com");
+            a["cancellationComment"] = json!(comment);
+            a["cancellationDateTimeUtc"] = json!("2026-11-25T09:30:00.0000000Z");
+            a["lastUpdateDateTimeUtc"] = json!("2026-11-25T09:30:00.0000000Z");
+            if let Some(mid) = a["machineId"].as_str() {
+                inner.pending.remove(mid);
+            }
+            inner.actions.insert(id, a.clone());
+            reply(200, a)
+        }
+    };
+    drop(inner);
     record(&st, call, r)
 }
 

@@ -7,6 +7,7 @@ pub mod events;
 pub mod moto;
 pub mod proxy;
 pub mod runtime;
+pub mod serial;
 
 pub use defender::{Api, Call, FakeDefender, FakeMachine, Fault};
 pub use runtime::{FakeRuntime, Outcome};

@@ -1,0 +1,482 @@
+//! The durable ledger against moto's DynamoDB over HTTP, through the real
+//! SDK client with the function's time limits; the table is created from
+//! `testkit/ledger-table.json`, the definition the template shares.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+};
+use mde_offboard::ledger::{
+    ANSWER_KEPT_FOR, ActionStatus, Begin, DeviceRecord, DynamoLedger, IdempotencyKey, Ledger,
+    LedgerError, RecordKey, RecordedOutcome, StatusUpdate, StoredAnswer, dynamodb_client, schema,
+};
+use mde_testkit::moto;
+use mde_testkit::proxy::{FlakyProxy, Mode};
+use mde_testkit::serial::SerialProxy;
+use serde_json::Value;
+
+const TABLE_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testkit/ledger-table.json");
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn table_def() -> Value {
+    let text = std::fs::read_to_string(TABLE_JSON).expect("testkit/ledger-table.json");
+    serde_json::from_str(&text).expect("the table definition is JSON")
+}
+
+fn client_at(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    dynamodb_client(
+        aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests")),
+    )
+}
+
+fn client() -> aws_sdk_dynamodb::Client {
+    client_at(&moto::moto().endpoint)
+}
+
+fn key_schema(v: &Value) -> Vec<KeySchemaElement> {
+    v.as_array()
+        .expect("KeySchema")
+        .iter()
+        .map(|k| {
+            KeySchemaElement::builder()
+                .attribute_name(k["AttributeName"].as_str().unwrap())
+                .key_type(KeyType::from(k["KeyType"].as_str().unwrap()))
+                .build()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// A new table in moto, made from the shared definition; returns its name.
+async fn new_table() -> String {
+    let def = table_def();
+    let name = format!(
+        "mde-ledger-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    );
+    let mut create = client()
+        .create_table()
+        .table_name(&name)
+        .billing_mode(BillingMode::from(def["BillingMode"].as_str().unwrap()))
+        .set_key_schema(Some(key_schema(&def["KeySchema"])));
+    for a in def["AttributeDefinitions"].as_array().unwrap() {
+        create = create.attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(a["AttributeName"].as_str().unwrap())
+                .attribute_type(ScalarAttributeType::from(
+                    a["AttributeType"].as_str().unwrap(),
+                ))
+                .build()
+                .unwrap(),
+        );
+    }
+    for g in def["GlobalSecondaryIndexes"].as_array().unwrap() {
+        create = create.global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(g["IndexName"].as_str().unwrap())
+                .set_key_schema(Some(key_schema(&g["KeySchema"])))
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::from(
+                            g["Projection"]["ProjectionType"].as_str().unwrap(),
+                        ))
+                        .build(),
+                )
+                .build()
+                .unwrap(),
+        );
+    }
+    create.send().await.expect("create the table in moto");
+    let ttl = &def["TimeToLiveSpecification"];
+    client()
+        .update_time_to_live()
+        .table_name(&name)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name(ttl["AttributeName"].as_str().unwrap())
+                .enabled(ttl["Enabled"].as_bool().unwrap())
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("TTL on the table");
+    name
+}
+
+async fn ledger() -> (DynamoLedger, String) {
+    let table = new_table().await;
+    (DynamoLedger::new(client(), table.clone()), table)
+}
+
+fn moto_addr() -> std::net::SocketAddr {
+    moto::moto()
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap()
+}
+
+/// A client whose requests reach moto one at a time (see
+/// `mde_testkit::serial`): DynamoDB applies writes to an item in order, and
+/// moto does not, so concurrency tests go through it.
+async fn serial_client() -> (aws_sdk_dynamodb::Client, SerialProxy) {
+    let proxy = SerialProxy::start(moto_addr()).await;
+    (client_at(&proxy.url()), proxy)
+}
+
+/// Synthetic times in the future: moto never expires them by TTL, and the
+/// tests decide what "now" is.
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+}
+
+fn key(n: u8) -> IdempotencyKey {
+    IdempotencyKey::from([n; 32])
+}
+
+fn answer() -> StoredAnswer {
+    StoredAnswer {
+        status: 200,
+        body: r#"{"ticket":"INC-1","results":[]}"#.into(),
+    }
+}
+
+fn record(ticket: &str, machine: &str, action: &str, t: u64) -> DeviceRecord {
+    DeviceRecord {
+        ticket: ticket.into(),
+        machine_id: machine.into(),
+        device: format!("{machine}.contoso.com"),
+        status: RecordedOutcome::OffboardRequested,
+        action_id: action.into(),
+        action_status: ActionStatus::Pending,
+        requested_at: at(t),
+        updated_at: at(t),
+        source: "generic".into(),
+    }
+}
+
+#[test]
+fn the_table_definition_has_the_keys_the_adapter_writes() {
+    let def = table_def();
+    let names: Vec<&str> = def["KeySchema"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["AttributeName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [schema::PK, schema::SK]);
+    let gsi = &def["GlobalSecondaryIndexes"][0];
+    assert_eq!(gsi["IndexName"], schema::BY_MACHINE);
+    assert_eq!(gsi["KeySchema"][0]["AttributeName"], schema::GSI1_PK);
+    assert_eq!(gsi["KeySchema"][1]["AttributeName"], schema::GSI1_SK);
+    assert_eq!(gsi["Projection"]["ProjectionType"], "ALL");
+    assert_eq!(
+        def["TimeToLiveSpecification"]["AttributeName"],
+        schema::EXPIRES_AT
+    );
+    assert_eq!(def["BillingMode"], "PAY_PER_REQUEST");
+    assert_eq!(
+        def["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"],
+        true
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_is_claimed_completed_and_replayed_by_another_instance() {
+    let (a, table) = ledger().await;
+    let b = DynamoLedger::new(client(), table);
+    assert_eq!(a.begin(&key(1), at(0), at(30)).await, Ok(Begin::Started));
+    assert_eq!(
+        b.begin(&key(1), at(10), at(40)).await,
+        Ok(Begin::InProgress {
+            retry_after: Duration::from_secs(20)
+        })
+    );
+    a.complete(&key(1), &answer(), at(10) + ANSWER_KEPT_FOR)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.begin(&key(1), at(20), at(50)).await,
+        Ok(Begin::Done(answer()))
+    );
+    assert_eq!(b.begin(&key(2), at(20), at(50)).await, Ok(Begin::Started));
+}
+
+#[tokio::test]
+async fn two_concurrent_claims_one_starts_one_waits() {
+    let (_, table) = ledger().await;
+    let (c, _proxy) = serial_client().await;
+    let a = DynamoLedger::new(c.clone(), table.clone());
+    let b = DynamoLedger::new(c, table);
+    for n in 0..5u8 {
+        let k = key(n);
+        let (x, y) = tokio::join!(a.begin(&k, at(0), at(30)), b.begin(&k, at(0), at(30)));
+        let mut got = [x.unwrap(), y.unwrap()];
+        got.sort_by_key(|g| matches!(g, Begin::Started));
+        assert!(
+            matches!(got, [Begin::InProgress { .. }, Begin::Started]),
+            "{got:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_claim_whose_holder_died_is_taken_over_after_its_deadline() {
+    let (l, _) = ledger().await;
+    l.begin(&key(1), at(0), at(30)).await.unwrap();
+    assert!(matches!(
+        l.begin(&key(1), at(30), at(60)).await,
+        Ok(Begin::InProgress { .. })
+    ));
+    assert_eq!(l.begin(&key(1), at(31), at(61)).await, Ok(Begin::Started));
+}
+
+#[tokio::test]
+async fn an_answer_past_its_expiry_is_not_replayed_though_ttl_has_not_deleted_it() {
+    let (l, table) = ledger().await;
+    l.begin(&key(7), at(0), at(30)).await.unwrap();
+    l.complete(&key(7), &answer(), at(100)).await.unwrap();
+    let pk = format!("IDEM#{}", "07".repeat(32));
+    let stored = client()
+        .get_item()
+        .table_name(&table)
+        .key(schema::PK, AttributeValue::S(pk))
+        .key(schema::SK, AttributeValue::S("IDEM".into()))
+        .send()
+        .await
+        .unwrap();
+    assert!(stored.item().is_some(), "the expired item is still there");
+    assert_eq!(
+        l.begin(&key(7), at(100), at(130)).await,
+        Ok(Begin::Done(answer()))
+    );
+    assert_eq!(l.begin(&key(7), at(101), at(131)).await, Ok(Begin::Started));
+}
+
+#[tokio::test]
+async fn abandon_frees_a_claim_and_leaves_an_answer() {
+    let (l, _) = ledger().await;
+    l.begin(&key(1), at(0), at(30)).await.unwrap();
+    l.abandon(&key(1)).await.unwrap();
+    assert_eq!(l.begin(&key(1), at(1), at(31)).await, Ok(Begin::Started));
+    l.complete(&key(1), &answer(), at(1000)).await.unwrap();
+    l.abandon(&key(1)).await.unwrap();
+    l.abandon(&key(9)).await.unwrap();
+    assert_eq!(
+        l.begin(&key(1), at(2), at(32)).await,
+        Ok(Begin::Done(answer()))
+    );
+}
+
+#[tokio::test]
+async fn a_tickets_records_come_back_from_one_paginated_query() {
+    let (_, table) = ledger().await;
+    let l = DynamoLedger::new(client(), table).with_page_size(2);
+    for (i, m) in ["m5", "m3", "m1", "m4", "m2"].iter().enumerate() {
+        l.record_device(&record("INC-1", m, &format!("a-{m}"), i as u64))
+            .await
+            .unwrap();
+    }
+    l.record_device(&record("INC-2", "m1", "a-other", 9))
+        .await
+        .unwrap();
+    let got = l.ticket_records("INC-1").await.unwrap();
+    let machines: Vec<&str> = got.iter().map(|r| r.machine_id.as_str()).collect();
+    assert_eq!(machines, ["m1", "m2", "m3", "m4", "m5"]);
+    assert_eq!(got[0], record("INC-1", "m1", "a-m1", 2));
+    assert!(l.ticket_records("INC-3").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_machines_history_spans_tickets_oldest_first() {
+    let (l, _) = ledger().await;
+    l.record_device(&record("INC-2", "m1", "a2", 50))
+        .await
+        .unwrap();
+    l.record_device(&record("INC-1", "m1", "a1", 10))
+        .await
+        .unwrap();
+    l.record_device(&record("INC-1", "m2", "a3", 20))
+        .await
+        .unwrap();
+    let tickets: Vec<String> = l
+        .machine_records("m1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.ticket)
+        .collect();
+    assert_eq!(tickets, ["INC-1", "INC-2"]);
+}
+
+#[tokio::test]
+async fn a_repeat_record_keeps_the_first_time_and_the_tracked_status() {
+    let (l, _) = ledger().await;
+    let first = record("INC-1", "m1", "a1", 5);
+    l.record_device(&first).await.unwrap();
+    assert_eq!(
+        l.update_action_status(&first.key(), ActionStatus::InProgress, at(7))
+            .await,
+        Ok(StatusUpdate::Updated)
+    );
+    let mut again = record("INC-1", "m1", "a1", 9);
+    again.status = RecordedOutcome::AlreadyPending;
+    l.record_device(&again).await.unwrap();
+    let got = l.ticket_records("INC-1").await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].requested_at, at(5));
+    assert_eq!(got[0].updated_at, at(9));
+    assert_eq!(got[0].status, RecordedOutcome::AlreadyPending);
+    assert_eq!(got[0].action_status, ActionStatus::InProgress);
+}
+
+#[tokio::test]
+async fn a_final_status_is_kept_and_an_unknown_record_is_not_created() {
+    let (l, _) = ledger().await;
+    let r = record("INC-1", "m1", "a1", 5);
+    l.record_device(&r).await.unwrap();
+    let k = r.key();
+    assert_eq!(
+        l.update_action_status(&k, ActionStatus::NotConfirmed, at(6))
+            .await,
+        Ok(StatusUpdate::Updated)
+    );
+    assert_eq!(
+        l.update_action_status(&k, ActionStatus::Cancelled, at(7))
+            .await,
+        Ok(StatusUpdate::Updated)
+    );
+    assert_eq!(
+        l.update_action_status(&k, ActionStatus::Succeeded, at(8))
+            .await,
+        Ok(StatusUpdate::AlreadyFinal(ActionStatus::Cancelled))
+    );
+    let missing = RecordKey {
+        action_id: "nope".into(),
+        ..k
+    };
+    assert_eq!(
+        l.update_action_status(&missing, ActionStatus::Succeeded, at(9))
+            .await,
+        Ok(StatusUpdate::NotFound)
+    );
+    let got = l.ticket_records("INC-1").await.unwrap();
+    assert_eq!(got.len(), 1, "no record made by the update");
+    assert_eq!(got[0].action_status, ActionStatus::Cancelled);
+    assert_eq!(got[0].updated_at, at(7));
+}
+
+#[tokio::test]
+async fn the_budget_is_never_exceeded_by_twenty_concurrent_takers() {
+    let (_, table) = ledger().await;
+    let (c, _proxy) = serial_client().await;
+    // Four instances, five takers each, all in the same bucket.
+    let instances: Vec<Arc<DynamoLedger>> = (0..4)
+        .map(|_| Arc::new(DynamoLedger::new(c.clone(), table.clone())))
+        .collect();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let l = instances[i % 4].clone();
+            tokio::spawn(async move { l.take_budget(1, 7, at(10)).await })
+        })
+        .collect();
+    let mut granted = 0;
+    for t in tasks {
+        granted += t.await.unwrap().unwrap();
+    }
+    assert_eq!(granted, 7);
+    // A fresh instance (no cache) agrees that the hour is spent.
+    let cold = DynamoLedger::new(client(), table);
+    assert_eq!(cold.take_budget(1, 7, at(20)).await, Ok(0));
+}
+
+#[tokio::test]
+async fn the_budget_counts_earlier_buckets_and_grants_in_part() {
+    let (a, table) = ledger().await;
+    assert_eq!(a.take_budget(6, 10, at(0)).await, Ok(6));
+    // Another instance, 30 minutes on: sees the six from the first bucket.
+    let b = DynamoLedger::new(client(), table.clone());
+    assert_eq!(b.take_budget(5, 10, at(1800)).await, Ok(4));
+    assert_eq!(b.take_budget(1, 10, at(1900)).await, Ok(0));
+    // 65 minutes after the first take it has left the window.
+    let c = DynamoLedger::new(client(), table);
+    assert_eq!(c.take_budget(10, 10, at(3900)).await, Ok(6));
+}
+
+/// The whole ledger behind a proxy that can be taken down.
+async fn behind_proxy() -> (DynamoLedger, FlakyProxy) {
+    let table = new_table().await;
+    let proxy = FlakyProxy::start(moto_addr()).await;
+    (DynamoLedger::new(client_at(&proxy.url()), table), proxy)
+}
+
+#[tokio::test]
+async fn an_unreachable_table_is_unavailable_quickly_and_recovers() {
+    let (l, proxy) = behind_proxy().await;
+    assert_eq!(l.begin(&key(1), at(0), at(30)).await, Ok(Begin::Started));
+    for mode in [Mode::Answer503, Mode::Drop] {
+        proxy.set(mode);
+        let started = Instant::now();
+        let e = l.begin(&key(2), at(0), at(30)).await.unwrap_err();
+        assert!(matches!(e, LedgerError::Unavailable(_)), "{mode:?}: {e:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{mode:?} took {:?}",
+            started.elapsed()
+        );
+        assert!(matches!(
+            l.take_budget(1, 10, at(0)).await,
+            Err(LedgerError::Unavailable(_))
+        ));
+        assert!(matches!(
+            l.ticket_records("INC-1").await,
+            Err(LedgerError::Unavailable(_))
+        ));
+    }
+    proxy.set(Mode::Up);
+    assert_eq!(l.begin(&key(2), at(0), at(30)).await, Ok(Begin::Started));
+}
+
+#[tokio::test]
+async fn a_missing_table_is_refused_not_unavailable() {
+    let l = DynamoLedger::new(client(), "mde-ledger-no-such-table".into());
+    let e = l.begin(&key(1), at(0), at(30)).await.unwrap_err();
+    assert!(matches!(e, LedgerError::Refused(_)), "{e:?}");
+    assert!(e.retry_after().is_none());
+}
+
+#[tokio::test]
+async fn an_item_that_is_not_ours_is_refused_without_a_panic() {
+    let (l, table) = ledger().await;
+    let mut item: HashMap<String, AttributeValue> = HashMap::new();
+    item.insert(schema::PK.into(), AttributeValue::S("TICKET#INC-9".into()));
+    item.insert(
+        schema::SK.into(),
+        AttributeValue::S("MACHINE#m1#ACTION#a1".into()),
+    );
+    item.insert("ticket".into(), AttributeValue::N("12".into()));
+    client()
+        .put_item()
+        .table_name(&table)
+        .set_item(Some(item))
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(
+        l.ticket_records("INC-9").await,
+        Err(LedgerError::Refused(_))
+    ));
+}
