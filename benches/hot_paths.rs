@@ -8,9 +8,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use hmac::{Hmac, KeyInit, Mac};
-use mde_offboard::auth::{StandardHeaders, standard_key, standard_sign, verify_standard};
-use mde_offboard::input::parse_generic;
-use mde_offboard::sources::Sources;
+use mde_offboard::ingest::auth::{StandardHeaders, standard_key, standard_sign, verify_standard};
+use mde_offboard::ingest::input::parse_generic;
+use mde_offboard::ingest::sources::Sources;
 use serde_json::{Value, json};
 use sha2::Sha256;
 

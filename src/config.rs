@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::input::{CallbackHosts, is_https_or_loopback};
-use crate::sources::Sources;
+use crate::ingest::input::{CallbackHosts, is_https_or_loopback};
+use crate::ingest::sources::Sources;
 
 /// A configuration value that is missing or cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]

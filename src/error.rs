@@ -8,11 +8,11 @@ use lambda_http::{Body, Response};
 use serde_json::json;
 use thiserror::Error;
 
-use crate::auth::AuthError;
-use crate::credentials::CredentialError;
-use crate::input::FieldError;
-use crate::limits::retry_after_secs;
-use crate::sources::StaleError;
+use crate::domain::limits::retry_after_secs;
+use crate::domain::secret::CredentialError;
+use crate::ingest::auth::AuthError;
+use crate::ingest::input::FieldError;
+use crate::ingest::sources::StaleError;
 
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -47,7 +47,7 @@ pub enum ApiError {
     #[error("Defender knows no machine action '{0}'")]
     ActionNotFound(String),
     #[error("{0}")]
-    QueueUnavailable(crate::queue::Shortfall),
+    QueueUnavailable(crate::domain::queue::Shortfall),
     #[error("no webhook source is named '{0}'")]
     UnknownSource(String),
     #[error(transparent)]

@@ -1,28 +1,26 @@
 //! mde-offboard: offboards devices from Microsoft Defender for Endpoint when
-//! a signed incident or ticket webhook says so.
+//! an authenticated incident, ticket or automation request says so.
 //!
-//! `handler` orchestrates; the other modules each own one concern and keep
-//! their logic pure where they can, so most tests need no network.
+//! The folders are the layers:
+//! - `dispatch` (top): tells an event's kind by its shape and hands it to
+//!   `ingest`;
+//! - `ingest`: HTTP routes, EventBridge and direct invocations, the queue
+//!   worker, and the one path they share (authenticate, replay, map,
+//!   validate); its `auth`, `sources` and `input` modules are pure;
+//! - `domain`: what happens to a device, over port traits;
+//! - `adapters`: the ports against Defender, Entra ID and AWS;
+//! - `ops`: logs, metrics, audit.
+//!
+//! `config` and `error` (every error to one status, in one place) serve all
+//! of them; `init` builds the app from the environment.
 
-pub mod auth;
+pub mod adapters;
 pub mod config;
-pub mod credentials;
-pub mod defender;
-pub mod direct;
 pub mod dispatch;
+pub mod domain;
 pub mod error;
-pub mod handler;
-pub mod input;
-pub mod ledger;
-pub mod limits;
-pub mod logging;
-pub mod metrics;
-pub mod offboard;
-pub mod policy;
-pub mod queue;
-pub mod replay;
-pub mod runtime;
-pub mod sources;
-pub mod worker;
+pub mod ingest;
+pub mod init;
+pub mod ops;
 
-pub use handler::App;
+pub use ingest::App;

@@ -1,14 +1,14 @@
 use std::sync::Arc;
 
 use lambda_http::{Error, LambdaEvent, service_fn};
-use mde_offboard::{config::Config, dispatch, logging, runtime};
+use mde_offboard::{config::Config, dispatch, init, ops::logging};
 use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     logging::init();
-    let config = Config::from_env().unwrap_or_else(|e| runtime::init_failed(&e));
-    let app = Arc::new(runtime::build_app(config).await);
+    let config = Config::from_env().unwrap_or_else(|e| init::init_failed(&e));
+    let app = Arc::new(init::build_app(config).await);
     // Secret, token and the API's TLS connection are fetched beside the
     // runtime loop, not before it: init stays short, and the first
     // invocation waits only for what is still in flight.

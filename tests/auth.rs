@@ -12,9 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 use lambda_http::{Body, Request};
 use mde_offboard::App;
-use mde_offboard::auth::standard_sign;
 use mde_offboard::config::Config;
-use mde_offboard::credentials::{CredentialError, SecretSource};
+use mde_offboard::domain::secret::{CredentialError, SecretSource};
+use mde_offboard::ingest::auth::standard_sign;
 use mde_testkit::{Api, FakeDefender, GENERIC_WEBHOOK_SECRET, demo_machines, events, ids};
 use serde_json::{Value, json};
 

@@ -5,10 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mde_offboard::credentials::{SecretCache, StaticSecret, TokenProvider};
-use mde_offboard::defender::{Defender, DefenderError, HttpDefender};
-use mde_offboard::input::MachineId;
-use mde_offboard::limits::{Deadline, Limiters};
+use mde_offboard::domain::secret::{SecretCache, StaticSecret};
+
+use mde_offboard::adapters::defender_http::HttpDefender;
+use mde_offboard::adapters::entra::TokenProvider;
+use mde_offboard::domain::defender::{Defender, DefenderError};
+use mde_offboard::domain::limits::{Deadline, Limiters};
+use mde_offboard::ingest::input::MachineId;
 use mde_testkit::defender::SCOPE;
 use mde_testkit::{Api, FakeDefender, demo_machines, ids};
 

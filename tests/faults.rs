@@ -58,7 +58,7 @@ async fn recovered(h: &Harness, proxy: &FlakyProxy) -> (u16, serde_json::Value) 
         fetches,
         "no fetch inside the window"
     );
-    let until = Instant::now() + mde_offboard::credentials::SECRET_FAILURE_TTL * 3;
+    let until = Instant::now() + mde_offboard::domain::secret::SECRET_FAILURE_TTL * 3;
     loop {
         let (status, b, _) = h.offboard(&body(&[ids::WIN11])).await;
         if status != 503 || Instant::now() > until {

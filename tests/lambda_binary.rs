@@ -79,8 +79,12 @@ fn signed_event(path: &str, body: &str) -> (Value, String) {
         "msg_e2e_{}",
         SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     );
-    let sig =
-        mde_offboard::auth::standard_sign(GENERIC_WEBHOOK_SECRET, &id, now(), body.as_bytes());
+    let sig = mde_offboard::ingest::auth::standard_sign(
+        GENERIC_WEBHOOK_SECRET,
+        &id,
+        now(),
+        body.as_bytes(),
+    );
     let ts = now().to_string();
     let ev = events::http_api_v2(
         "POST",

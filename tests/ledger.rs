@@ -11,9 +11,10 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
     KeyType, Projection, ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
 };
-use mde_offboard::ledger::{
-    ANSWER_KEPT_FOR, ActionStatus, Begin, DeviceRecord, DynamoLedger, IdempotencyKey, Ledger,
-    LedgerError, RecordKey, RecordedOutcome, StatusUpdate, StoredAnswer, dynamodb_client, schema,
+use mde_offboard::adapters::dynamodb::{DynamoLedger, dynamodb_client};
+use mde_offboard::domain::ledger::{
+    ANSWER_KEPT_FOR, ActionStatus, Begin, DeviceRecord, IdempotencyKey, Ledger, LedgerError,
+    RecordKey, RecordedOutcome, StatusUpdate, StoredAnswer, schema,
 };
 use mde_testkit::moto;
 use mde_testkit::proxy::{FlakyProxy, Mode};

@@ -12,8 +12,8 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use common::*;
 use mde_offboard::App;
 use mde_offboard::config::Config;
-use mde_offboard::credentials::StaticSecret;
-use mde_offboard::limits::Limiters;
+use mde_offboard::domain::limits::Limiters;
+use mde_offboard::domain::secret::StaticSecret;
 use mde_testkit::{Api, FakeDefender, FakeMachine, demo_machines};
 use serde_json::json;
 
@@ -156,12 +156,14 @@ struct MemInner {
     deliveries: HashMap<String, u32>,
 }
 
-impl mde_offboard::queue::Queue for MemQueue {
+impl mde_offboard::domain::queue::Queue for MemQueue {
     fn send_batch<'a>(
         &'a self,
         bodies: &'a [String],
-    ) -> futures_util::future::BoxFuture<'a, Result<Vec<usize>, mde_offboard::queue::QueueError>>
-    {
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<Vec<usize>, mde_offboard::domain::queue::QueueError>,
+    > {
         Box::pin(async move {
             let mut q = self.inner.lock().unwrap();
             for body in bodies {
@@ -376,8 +378,8 @@ async fn two_thousand_devices_lose_nothing_and_respect_the_limits() {
 
 // ---- The queue as a trust boundary (issue 11, item 1 and the queue part of 11).
 
-use mde_offboard::credentials::AppSecret;
-use mde_offboard::queue::{Queue, QueueError, QueueKeys, QueuedDevice};
+use mde_offboard::domain::queue::{Queue, QueueError, QueueKeys, QueuedDevice};
+use mde_offboard::domain::secret::AppSecret;
 use serde_json::Value;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -409,7 +411,7 @@ impl Logs {
         let logs = Logs::default();
         let sub = tracing_subscriber::registry()
             .with(tracing_subscriber::filter::LevelFilter::INFO)
-            .with(mde_offboard::logging::JsonLayer::new(logs.clone()));
+            .with(mde_offboard::ops::logging::JsonLayer::new(logs.clone()));
         let guard = tracing::subscriber::set_default(sub);
         (logs, guard)
     }
@@ -739,7 +741,7 @@ async fn a_queue_error_names_neither_the_queue_nor_the_account() {
     );
     let Harness { app, fake, .. } = Harness::new().await;
     let h = Harness {
-        app: app.with_queue(Arc::new(mde_offboard::queue::SqsQueue::new(
+        app: app.with_queue(Arc::new(mde_offboard::adapters::sqs::SqsQueue::new(
             sqs_client(),
             missing,
         ))),
@@ -880,7 +882,7 @@ async fn a_weak_queue_key_fails_closed_on_both_sides() {
 fn seal_by_hand(secret_text: &str, item: &QueuedDevice) -> String {
     use base64::Engine as _;
     use hmac::{KeyInit, Mac};
-    let derived = mde_offboard::queue::derive_key(secret_text);
+    let derived = mde_offboard::domain::queue::derive_key(secret_text);
     let text = serde_json::to_string(item).unwrap();
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&derived).unwrap();
     mac.update(b"mde-offboard queue message v1\n");

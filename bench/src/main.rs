@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
-use mde_offboard::auth::standard_sign;
+use mde_offboard::ingest::auth::standard_sign;
 use mde_testkit::proxy::FlakyProxy;
 use mde_testkit::{
     Api, FakeDefender, FakeMachine, FakeRuntime, GENERIC_WEBHOOK_SECRET, Outcome, events, moto,

@@ -33,10 +33,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lambda_http::{Body, Request, Response};
 use libfuzzer_sys::fuzz_target;
 use mde_offboard::App;
-use mde_offboard::auth::{hmac_hex, standard_sign};
+use mde_offboard::ingest::auth::{hmac_hex, standard_sign};
 use mde_offboard::config::Config;
-use mde_offboard::credentials::StaticSecret;
-use mde_offboard::limits::Limiters;
+use mde_offboard::domain::secret::StaticSecret;
+use mde_offboard::domain::limits::Limiters;
 use mde_testkit::{FakeDefender, GENERIC_WEBHOOK_SECRET, demo_machines, events, secret_json};
 use serde_json::Value;
 

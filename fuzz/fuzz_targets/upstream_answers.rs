@@ -16,11 +16,11 @@
 use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
-use mde_offboard::credentials::{CredentialError, read_token_answer, token_lifetime};
-use mde_offboard::defender::{
-    Machine, MachineAction, read_json, read_machine_list, refusal_code, throttle_wait,
-};
-use mde_offboard::limits::{Deadline, MAX_UPSTREAM_WAIT, later, parse_retry_after};
+use mde_offboard::domain::secret::CredentialError;
+use mde_offboard::adapters::entra::{read_token_answer, token_lifetime};
+use mde_offboard::domain::defender::{Machine, MachineAction};
+use mde_offboard::adapters::defender_http::{read_json, read_machine_list, refusal_code, throttle_wait};
+use mde_offboard::domain::limits::{Deadline, MAX_UPSTREAM_WAIT, later, parse_retry_after};
 use serde_json::Value;
 
 /// A fixed clock, so a crash replays: the seeds' HTTP dates are around it.

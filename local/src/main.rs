@@ -20,10 +20,10 @@ use axum::http::Request as HttpRequest;
 use axum::response::Response as AxumResponse;
 use lambda_http::Body;
 use mde_offboard::App;
-use mde_offboard::auth::{hmac_hex, standard_sign};
 use mde_offboard::config::Config;
-use mde_offboard::credentials::StaticSecret;
-use mde_offboard::handler::MAX_BODY_BYTES;
+use mde_offboard::domain::secret::StaticSecret;
+use mde_offboard::ingest::auth::{hmac_hex, standard_sign};
+use mde_offboard::ingest::http::MAX_BODY_BYTES;
 use mde_testkit::{FakeDefender, demo_machines};
 use serde_json::Value;
 
@@ -65,12 +65,12 @@ async fn main() {
 }
 
 async fn serve(port: u16, secret_file: Option<String>, aws: bool) {
-    mde_offboard::logging::init();
+    mde_offboard::ops::logging::init();
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let (app, what) = if aws {
         let config = Config::from_env().unwrap_or_else(|e| exit(&e.to_string()));
         (
-            mde_offboard::runtime::build_app(config).await,
+            mde_offboard::init::build_app(config).await,
             "the tenant in Secrets Manager's SECRET_ID".to_string(),
         )
     } else if let Some(path) = secret_file {
@@ -193,7 +193,7 @@ async fn send(file: &str, base: &str, secret_file: Option<String>) -> i32 {
     let source = path.strip_prefix("/v1/webhooks/").unwrap_or("generic");
     // The samples are old; a sender stamps its delivery when it sends it,
     // and a preset with a freshness window refuses anything older.
-    let body = match mde_offboard::sources::Sources::default()
+    let body = match mde_offboard::ingest::sources::Sources::default()
         .get(source)
         .and_then(|d| d.freshness.clone())
     {

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use lambda_http::{Body, Context, Request, RequestExt, Response};
 use mde_offboard::App;
-use mde_offboard::auth::standard_sign;
+use mde_offboard::adapters::secrets_manager::SecretsManagerSource;
 use mde_offboard::config::Config;
-use mde_offboard::credentials::SecretsManagerSource;
+use mde_offboard::ingest::auth::standard_sign;
 use mde_testkit::{FakeDefender, GENERIC_WEBHOOK_SECRET, demo_machines, events, moto};
 use serde_json::Value;
 
@@ -23,7 +23,7 @@ pub fn sm_client() -> aws_sdk_secretsmanager::Client {
 
 /// The client the function builds, pointed at `endpoint`.
 pub fn sm_client_at(endpoint: &str) -> aws_sdk_secretsmanager::Client {
-    mde_offboard::runtime::secrets_client(
+    mde_offboard::adapters::aws::secrets_client(
         aws_sdk_secretsmanager::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
@@ -134,7 +134,7 @@ impl Harness {
         let source = Arc::new(SecretsManagerSource::new(client, secret_name.clone()));
         let mut app = App::new(config, source, App::http_client());
         if let Some(url) = &opts.queue_url {
-            app = app.with_queue(Arc::new(mde_offboard::queue::SqsQueue::new(
+            app = app.with_queue(Arc::new(mde_offboard::adapters::sqs::SqsQueue::new(
                 sqs_client(),
                 url.clone(),
             )));

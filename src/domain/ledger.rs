@@ -24,12 +24,7 @@ use futures_util::future::BoxFuture;
 use serde::{Serialize, Serializer};
 use thiserror::Error;
 
-mod dynamo;
-mod memory;
-
-pub use crate::replay::Answer as StoredAnswer;
-pub use dynamo::{DynamoLedger, dynamodb_client};
-pub use memory::InMemoryLedger;
+pub use crate::ingest::replay::Answer as StoredAnswer;
 
 /// Names the adapter and the table definition (`testkit/ledger-table.json`,
 /// the template's `LedgerTable`) must agree on; a test checks they do.
@@ -49,7 +44,7 @@ pub const ANSWER_KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
 /// Budget buckets: the rolling hour is the current bucket and the twelve
 /// before it (see [`Ledger::take_budget`]).
 pub const BUDGET_BUCKET: Duration = Duration::from_secs(300);
-const BUDGET_BUCKETS_BEFORE: i64 = 12;
+pub(crate) const BUDGET_BUCKETS_BEFORE: i64 = 12;
 /// DynamoDB's item limit is 400 KB; past this the answer is not kept.
 pub const MAX_STORED_BODY: usize = 350_000;
 
@@ -86,7 +81,7 @@ impl From<[u8; 32]> for IdempotencyKey {
 }
 
 impl IdempotencyKey {
-    fn pk(&self) -> String {
+    pub(crate) fn pk(&self) -> String {
         let mut s = String::with_capacity(5 + 64);
         s.push_str("IDEM#");
         for b in self.0 {
@@ -123,7 +118,7 @@ impl RecordedOutcome {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "offboard_requested" => Some(Self::OffboardRequested),
             "already_pending" => Some(Self::AlreadyPending),
@@ -181,7 +176,7 @@ impl ActionStatus {
         )
     }
 
-    const FINAL: [Self; 4] = [
+    pub(crate) const FINAL: [Self; 4] = [
         Self::Succeeded,
         Self::Failed,
         Self::Cancelled,
@@ -228,16 +223,16 @@ pub struct RecordKey {
 }
 
 impl RecordKey {
-    fn pk(&self) -> String {
+    pub(crate) fn pk(&self) -> String {
         ticket_pk(&self.ticket)
     }
 
-    fn sk(&self) -> String {
+    pub(crate) fn sk(&self) -> String {
         format!("MACHINE#{}#ACTION#{}", self.machine_id, self.action_id)
     }
 }
 
-fn ticket_pk(ticket: &str) -> String {
+pub(crate) fn ticket_pk(ticket: &str) -> String {
     format!("TICKET#{ticket}")
 }
 
@@ -250,31 +245,31 @@ pub enum StatusUpdate {
     AlreadyFinal(ActionStatus),
 }
 
-fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_time(*t))
 }
 
 /// Fixed width, UTC, millisecond precision: sorts as text in time order
 /// (the machine index's sort key relies on it).
-fn format_time(t: SystemTime) -> String {
+pub(crate) fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn epoch_ms(t: SystemTime) -> i64 {
+pub(crate) fn epoch_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn epoch_s(t: SystemTime) -> i64 {
+pub(crate) fn epoch_s(t: SystemTime) -> i64 {
     epoch_ms(t) / 1000
 }
 
-fn bucket_of(now: SystemTime) -> i64 {
+pub(crate) fn bucket_of(now: SystemTime) -> i64 {
     epoch_s(now).div_euclid(BUDGET_BUCKET.as_secs() as i64)
 }
 
 /// Rounded up to whole seconds, at least one: Retry-After is in seconds.
-fn retry_after_from(until_ms: i64, now: SystemTime) -> Duration {
+pub(crate) fn retry_after_from(until_ms: i64, now: SystemTime) -> Duration {
     let left = until_ms.saturating_sub(epoch_ms(now)).max(0) as u64;
     Duration::from_secs(left.div_ceil(1000).max(1))
 }
@@ -355,7 +350,7 @@ pub trait Ledger: Send + Sync {
     ) -> BoxFuture<'a, Result<u32, LedgerError>>;
 }
 
-fn check_body_size(answer: &StoredAnswer) -> Result<(), LedgerError> {
+pub(crate) fn check_body_size(answer: &StoredAnswer) -> Result<(), LedgerError> {
     if answer.body.len() > MAX_STORED_BODY {
         return Err(LedgerError::Refused(format!(
             "an answer of {} bytes is over the {MAX_STORED_BODY} bytes an item can keep",

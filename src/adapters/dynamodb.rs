@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::{
 };
 use futures_util::future::BoxFuture;
 
-use super::*;
+use crate::domain::ledger::*;
 
 /// Attribute names. Every expression aliases them (`#st`, ...): `state`,
 /// `owner`, `count` and `source` are DynamoDB reserved words.
@@ -233,8 +233,9 @@ impl DynamoLedger {
     async fn client(&self) -> &aws_sdk_dynamodb::Client {
         self.client
             .get_or_init(|| async {
-                let base =
-                    aws_sdk_dynamodb::config::Builder::from(crate::runtime::sdk_config().await);
+                let base = aws_sdk_dynamodb::config::Builder::from(
+                    crate::adapters::aws::sdk_config().await,
+                );
                 dynamodb_client(base)
             })
             .await

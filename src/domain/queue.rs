@@ -29,9 +29,9 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::time::Instant;
 
-use crate::credentials::AppSecret;
-use crate::input::{Comment, Device, FieldError, Ticket, parse_device};
-use crate::limits::Deadline;
+use crate::domain::limits::Deadline;
+use crate::domain::secret::AppSecret;
+use crate::ingest::input::{Comment, Device, FieldError, Ticket, parse_device};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -429,71 +429,6 @@ impl QueueWriter {
             }
         }
         Ok(sent)
-    }
-}
-
-/// Adapter: Amazon SQS `SendMessageBatch`.
-pub struct SqsQueue {
-    /// Built on first use, like the Secrets Manager client.
-    client: tokio::sync::OnceCell<aws_sdk_sqs::Client>,
-    url: String,
-}
-
-impl SqsQueue {
-    pub fn new(client: aws_sdk_sqs::Client, url: String) -> Self {
-        Self {
-            client: tokio::sync::OnceCell::new_with(Some(client)),
-            url,
-        }
-    }
-
-    pub fn from_env(url: String) -> Self {
-        Self {
-            client: tokio::sync::OnceCell::new(),
-            url,
-        }
-    }
-}
-
-impl Queue for SqsQueue {
-    fn send_batch<'a>(
-        &'a self,
-        bodies: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<usize>, QueueError>> {
-        use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
-        Box::pin(async move {
-            let client = self
-                .client
-                .get_or_init(|| async {
-                    aws_sdk_sqs::Client::new(crate::runtime::sdk_config().await)
-                })
-                .await;
-            let entries = bodies
-                .iter()
-                .enumerate()
-                .map(|(i, body)| {
-                    SendMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .message_body(body)
-                        .build()
-                        .expect("id and body are set")
-                })
-                .collect::<Vec<_>>();
-            let out = client
-                .send_message_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| {
-                    QueueError::Unreachable(aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
-                })?;
-            Ok(out
-                .failed()
-                .iter()
-                .filter_map(|f| f.id().parse::<usize>().ok())
-                .collect())
-        })
     }
 }
 

@@ -18,11 +18,12 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use tracing::Instrument;
 
 use crate::App;
-use crate::handler::{Caller, GENERIC, audit_line};
-use crate::limits::{DEFAULT_BUDGET, Deadline};
-use crate::metrics;
-use crate::offboard::Status;
-use crate::queue::{self, QueueKeys, QueuedDevice, VerifiedDevice};
+use crate::domain::limits::{DEFAULT_BUDGET, Deadline};
+use crate::domain::offboard::Status;
+use crate::domain::queue::{self, QueueKeys, QueuedDevice, VerifiedDevice};
+use crate::ingest::{Caller, GENERIC};
+use crate::ops::audit::audit_line;
+use crate::ops::metrics;
 
 impl App {
     /// One batch of queued devices; answers the messages to retry.
@@ -119,7 +120,12 @@ impl App {
         let message_id = record.message_id.as_deref().unwrap_or("");
         let opened = keys.open(record.body.as_deref().unwrap_or(""));
         let known = |s: &str| {
-            [GENERIC, crate::direct::EVENTBRIDGE, crate::direct::INVOKE].contains(&s)
+            [
+                GENERIC,
+                crate::ingest::direct::EVENTBRIDGE,
+                crate::ingest::direct::INVOKE,
+            ]
+            .contains(&s)
                 || self.config.sources.get(s).is_some()
         };
         let checked = opened.clone().and_then(|item| queue::validate(item, known));

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
-use crate::credentials::AppSecret;
+use crate::domain::secret::AppSecret;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::defender::{Defender, DefenderError, Machine};
-use crate::input::{Device, DeviceRef, MachineId};
-use crate::limits::Deadline;
-use crate::policy::{self, Refusal};
+use crate::domain::defender::{Defender, DefenderError, Machine};
+use crate::domain::limits::Deadline;
+use crate::domain::policy::{self, Refusal};
+use crate::ingest::input::{Device, DeviceRef, MachineId};
 
 /// Devices handled at once. Small: every device costs up to three calls
 /// against Defender's 100-a-minute limit, and the limiter queues the rest.

@@ -13,14 +13,23 @@
 //! `value`, so `/custom_fields/[name=mde_devices]/value` picks one field out
 //! of PagerDuty's list of `{name, value}` objects.
 
-use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::auth::AuthDef;
-use crate::input::{Comment, Device, FieldError, Mode, OffboardRequest, Ticket, parse_device};
+mod freshness;
+mod mapping;
+mod pointer;
+mod template;
+
+use freshness::parse_freshness;
+pub use freshness::{Freshness, MAX_FUTURE, StaleError, TimeUnit};
+pub use mapping::{Condition, Mapped};
+pub use pointer::{Pointer, scalar_text};
+pub use template::Template;
+
+use crate::ingest::auth::AuthDef;
 
 /// A definition that cannot be used; init stops with this line.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -29,324 +38,6 @@ pub struct SourceError {
     pub source_name: String,
     pub field: String,
     pub reason: String,
-}
-
-/// An RFC 6901 pointer, parsed once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pointer {
-    raw: String,
-    tokens: Vec<String>,
-}
-
-impl Pointer {
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        if raw.is_empty() {
-            return Ok(Self {
-                raw: String::new(),
-                tokens: Vec::new(),
-            });
-        }
-        let rest = raw
-            .strip_prefix('/')
-            .ok_or_else(|| format!("'{raw}' is not a JSON Pointer (it must start with '/')"))?;
-        let tokens = rest
-            .split('/')
-            .map(|t| unescape(t).ok_or_else(|| format!("'{raw}' has a '~' not followed by 0 or 1")))
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
-            raw: raw.to_string(),
-            tokens,
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.raw
-    }
-
-    /// Every value the pointer reaches; more than one only through `*`.
-    pub fn resolve_all<'v>(&self, doc: &'v Value) -> Vec<&'v Value> {
-        let mut current = vec![doc];
-        for token in &self.tokens {
-            let mut next = Vec::new();
-            for v in current {
-                match v {
-                    Value::Object(m) => next.extend(m.get(token)),
-                    Value::Array(items) if token == "*" => next.extend(items.iter()),
-                    Value::Array(items) if selector(token).is_some() => {
-                        let (key, want) = selector(token).expect("checked");
-                        next.extend(
-                            items
-                                .iter()
-                                .filter(|i| i.get(key).and_then(Value::as_str) == Some(want)),
-                        );
-                    }
-                    Value::Array(items) => {
-                        next.extend(array_index(token).and_then(|i| items.get(i)))
-                    }
-                    _ => {}
-                }
-            }
-            current = next;
-        }
-        current
-    }
-
-    pub fn resolve<'v>(&self, doc: &'v Value) -> Option<&'v Value> {
-        self.resolve_all(doc).into_iter().next()
-    }
-
-    /// The one value a plain pointer (no `*` or `[key=value]`) reaches.
-    pub fn resolve_mut<'v>(&self, doc: &'v mut Value) -> Option<&'v mut Value> {
-        self.tokens.iter().try_fold(doc, |v, token| match v {
-            Value::Object(m) => m.get_mut(token),
-            Value::Array(items) => array_index(token).and_then(|i| items.get_mut(i)),
-            _ => None,
-        })
-    }
-}
-
-/// `[key=value]`, split.
-fn selector(token: &str) -> Option<(&str, &str)> {
-    token.strip_prefix('[')?.strip_suffix(']')?.split_once('=')
-}
-
-/// `~1` is `/` and `~0` is `~`, decoded in that order (RFC 6901 §4).
-fn unescape(token: &str) -> Option<String> {
-    let mut out = String::with_capacity(token.len());
-    let mut chars = token.chars();
-    while let Some(c) = chars.next() {
-        if c == '~' {
-            match chars.next() {
-                Some('0') => out.push('~'),
-                Some('1') => out.push('/'),
-                _ => return None,
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    Some(out)
-}
-
-/// RFC 6901 array indexes: digits, no leading zero.
-fn array_index(token: &str) -> Option<usize> {
-    if token.is_empty() || (token.len() > 1 && token.starts_with('0')) {
-        return None;
-    }
-    if !token.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    token.parse().ok()
-}
-
-/// A scalar as text: strings as they are, numbers and booleans printed.
-/// Objects, arrays and null have no text.
-pub fn scalar_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Condition {
-    pub pointer: Pointer,
-    pub one_of: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Text(String),
-    Ticket,
-    Value(Pointer),
-}
-
-/// A comment template: `{ticket}` and `{/json/pointer}` are replaced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template(Vec<Part>);
-
-impl Template {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut text = String::new();
-        let mut rest = s;
-        while let Some(open) = rest.find('{') {
-            text.push_str(&rest[..open]);
-            let after = &rest[open..];
-            let Some(close) = after.find('}') else {
-                rest = after;
-                break;
-            };
-            let inner = &after[1..close];
-            let placeholder = if inner == "ticket" {
-                Some(Part::Ticket)
-            } else if inner.starts_with('/') {
-                Some(Part::Value(Pointer::parse(inner)?))
-            } else {
-                None
-            };
-            match placeholder {
-                Some(p) => {
-                    parts.push(Part::Text(std::mem::take(&mut text)));
-                    parts.push(p);
-                }
-                // Not a placeholder: the braces are text.
-                None => text.push_str(&after[..=close]),
-            }
-            rest = &after[close + 1..];
-        }
-        text.push_str(rest);
-        parts.push(Part::Text(text));
-        Ok(Self(parts))
-    }
-
-    /// Renders the template; a pointer that reaches nothing renders as
-    /// empty text.
-    pub fn render(&self, ticket: &str, doc: &Value) -> String {
-        self.0
-            .iter()
-            .map(|p| match p {
-                Part::Text(t) => t.clone(),
-                Part::Ticket => ticket.to_string(),
-                Part::Value(ptr) => ptr.resolve(doc).and_then(scalar_text).unwrap_or_default(),
-            })
-            .collect()
-    }
-}
-
-/// How a sender writes the time into its body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeUnit {
-    Millis,
-    Seconds,
-    Rfc3339,
-}
-
-/// How far ahead of this clock a body's time may be: the same tolerance
-/// Standard Webhooks allows its timestamp, for senders whose clocks drift.
-pub const MAX_FUTURE: Duration = Duration::from_secs(300);
-
-/// A delivery whose body time is outside the window. Each names the
-/// pointer, so an operator can see which field the check read.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum StaleError {
-    #[error("the delivery carries no time at '{0}'")]
-    Missing(String),
-    #[error("the time at '{0}' cannot be read")]
-    Unreadable(String),
-    #[error(
-        "the time at '{pointer}' is {age_seconds} s old; at most {max_age_seconds} s is accepted"
-    )]
-    TooOld {
-        pointer: String,
-        age_seconds: u64,
-        max_age_seconds: u64,
-    },
-    #[error("the time at '{0}' is more than 300 s in the future")]
-    InTheFuture(String),
-}
-
-/// The optional `freshness` window: a captured delivery, validly signed,
-/// cannot be replayed once its body time has aged out, even into an
-/// instance whose replay cache never saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Freshness {
-    pub pointer: Pointer,
-    pub unit: TimeUnit,
-    pub max_age: Duration,
-}
-
-impl Freshness {
-    pub fn check(&self, doc: &Value, now: SystemTime) -> Result<(), StaleError> {
-        let name = || self.pointer.as_str().to_string();
-        let v = self
-            .pointer
-            .resolve(doc)
-            .filter(|v| !v.is_null())
-            .ok_or_else(|| StaleError::Missing(name()))?;
-        let at = self.read(v).ok_or_else(|| StaleError::Unreadable(name()))?;
-        match now.duration_since(at) {
-            Ok(age) if age > self.max_age => Err(StaleError::TooOld {
-                pointer: name(),
-                age_seconds: age.as_secs(),
-                max_age_seconds: self.max_age.as_secs(),
-            }),
-            Ok(_) => Ok(()),
-            Err(ahead) if ahead.duration() > MAX_FUTURE => Err(StaleError::InTheFuture(name())),
-            Err(_) => Ok(()),
-        }
-    }
-
-    /// Writes `now` where this window reads the time, in its unit: what a
-    /// sender does when it delivers, for tools and tests that resend old
-    /// samples.
-    pub fn stamp(&self, doc: &mut Value, now: SystemTime) {
-        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let v = match self.unit {
-            TimeUnit::Millis => Value::from(since.as_millis() as u64),
-            TimeUnit::Seconds => Value::from(since.as_secs()),
-            TimeUnit::Rfc3339 => Value::from(humantime::format_rfc3339_millis(now).to_string()),
-        };
-        if let Some(slot) = self.pointer.resolve_mut(doc) {
-            *slot = v;
-        }
-    }
-
-    fn read(&self, v: &Value) -> Option<SystemTime> {
-        match self.unit {
-            TimeUnit::Millis => epoch(v, 1_000),
-            TimeUnit::Seconds => epoch(v, 1),
-            TimeUnit::Rfc3339 => v.as_str().and_then(parse_rfc3339),
-        }
-    }
-}
-
-/// A count of `per_second` units since the epoch, as a number or a string
-/// of digits; negative, fractional or absurd values have no time.
-fn epoch(v: &Value, per_second: u64) -> Option<SystemTime> {
-    let n = match v {
-        Value::Number(n) => n.as_u64()?,
-        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse().ok()?
-        }
-        _ => return None,
-    };
-    let d = Duration::from_secs(n / per_second)
-        .checked_add(Duration::from_millis((n % per_second) * 1_000 / per_second))?;
-    UNIX_EPOCH.checked_add(d)
-}
-
-/// RFC 3339 with `Z` or a numeric offset. humantime reads only UTC, so an
-/// offset is taken off by hand.
-fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let s = s.trim();
-    if !s.is_ascii() {
-        return None;
-    }
-    let (base, offset_secs) = match s.len().checked_sub(6).map(|i| s.split_at(i)) {
-        Some((base, off))
-            if matches!(off.as_bytes()[0], b'+' | b'-') && off.as_bytes()[3] == b':' =>
-        {
-            let h: u64 = off[1..3].parse().ok()?;
-            let m: u64 = off[4..6].parse().ok()?;
-            if h > 23 || m > 59 {
-                return None;
-            }
-            let secs = (h * 3600 + m * 60) as i64;
-            (base, if off.starts_with('-') { -secs } else { secs })
-        }
-        _ => (s.strip_suffix('Z').or_else(|| s.strip_suffix('z'))?, 0),
-    };
-    let utc = humantime::parse_rfc3339(&format!("{base}Z")).ok()?;
-    // Local time = UTC + offset, so UTC = local - offset.
-    let shift = Duration::from_secs(offset_secs.unsigned_abs());
-    if offset_secs >= 0 {
-        utc.checked_sub(shift)
-    } else {
-        utc.checked_add(shift)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -409,128 +100,6 @@ fn parse_eventbridge(v: Option<&Value>) -> Result<Option<EventBridgeMatch>, (Str
         source: list("source")?,
         detail_type: list("detail-type")?,
     }))
-}
-
-/// What a payload maps to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mapped {
-    Act(OffboardRequest),
-    Ignored { reason: String },
-}
-
-impl SourceDef {
-    /// Maps a payload. Errors are 422s that name the pointer at fault.
-    pub fn map(&self, doc: &Value) -> Result<Mapped, FieldError> {
-        for c in &self.when {
-            let found: Vec<String> = c
-                .pointer
-                .resolve_all(doc)
-                .into_iter()
-                .filter_map(scalar_text)
-                .collect();
-            if !found.iter().any(|v| c.one_of.contains(v)) {
-                let seen = match found.first() {
-                    Some(v) => format!("is '{}'", v.chars().take(100).collect::<String>()),
-                    None => "is absent".to_string(),
-                };
-                return Ok(Mapped::Ignored {
-                    reason: format!(
-                        "{} {seen}, not one of {}",
-                        c.pointer.as_str(),
-                        c.one_of
-                            .iter()
-                            .map(|s| format!("'{s}'"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                });
-            }
-        }
-        let ticket_field = self
-            .ticket
-            .iter()
-            .map(Pointer::as_str)
-            .collect::<Vec<_>>()
-            .join(" or ");
-        let ticket_text = self
-            .ticket
-            .iter()
-            .find_map(|p| {
-                p.resolve(doc)
-                    .and_then(scalar_text)
-                    .filter(|t| !t.trim().is_empty())
-            })
-            .ok_or_else(|| FieldError::OutOfBounds {
-                field: ticket_field.clone(),
-                reason:
-                    "must hold the ticket (a string or a number), but the payload has none there"
-                        .into(),
-            })?;
-        let ticket = Ticket::parse(&ticket_field, &ticket_text)?;
-
-        let mut devices: Vec<Device> = Vec::new();
-        let mut seen = HashSet::new();
-        for p in &self.devices {
-            for v in p.resolve_all(doc) {
-                let strings: Vec<&str> = match v {
-                    // An object is a reference field (ServiceNow's
-                    // `{link, value}`); its text is reached by a deeper
-                    // pointer, and an object names no device by itself.
-                    Value::Null | Value::Object(_) => Vec::new(),
-                    Value::String(s) => vec![s.as_str()],
-                    Value::Array(items) => items
-                        .iter()
-                        .map(|i| match i {
-                            Value::String(s) => Ok(s.as_str()),
-                            Value::Array(_) => Err(FieldError::OutOfBounds {
-                                field: p.as_str().to_string(),
-                                reason: "holds nested arrays; devices must be a string or an array of strings".into(),
-                            }),
-                            _ => Err(FieldError::OutOfBounds {
-                                field: p.as_str().to_string(),
-                                reason: "holds an array with a value that is not a string".into(),
-                            }),
-                        })
-                        .collect::<Result<_, _>>()?,
-                    _ => {
-                        return Err(FieldError::OutOfBounds {
-                            field: p.as_str().to_string(),
-                            reason: "must be a string or an array of strings".into(),
-                        });
-                    }
-                };
-                for s in strings.into_iter().filter(|s| !s.trim().is_empty()) {
-                    let d = parse_device(p.as_str(), s)?;
-                    if seen.insert(d.target.key()) {
-                        devices.push(d);
-                    }
-                }
-            }
-        }
-        if devices.is_empty() {
-            return Err(FieldError::OutOfBounds {
-                field: self
-                    .devices
-                    .iter()
-                    .map(Pointer::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                reason: "must name at least one device, but the payload has none there".into(),
-            });
-        }
-        let rendered = self.comment.render(ticket.as_str(), doc);
-        let comment = Comment::sanitize(&rendered).unwrap_or_else(|| {
-            Comment::sanitize(&format!("Offboarded by the '{}' webhook source", self.name))
-                .expect("non-empty text")
-        });
-        Ok(Mapped::Act(OffboardRequest {
-            ticket,
-            comment,
-            devices,
-            dry_run: false,
-            mode: Mode::Now,
-        }))
-    }
 }
 
 /// The built-in presets, as `SOURCES` would define them.
@@ -604,11 +173,11 @@ impl Sources {
                 }
             }
         };
-        let generic = match user.remove(crate::auth::GENERIC_KEY) {
-            None => AuthDef::standard(crate::auth::GENERIC_KEY),
+        let generic = match user.remove(crate::ingest::auth::GENERIC_KEY) {
+            None => AuthDef::standard(crate::ingest::auth::GENERIC_KEY),
             Some(def) => AuthDef::parse_generic(&def).map_err(|(field, reason)| {
                 SourceError {
-                    source_name: crate::auth::GENERIC_KEY.to_string(),
+                    source_name: crate::ingest::auth::GENERIC_KEY.to_string(),
                     field,
                     reason,
                 }
@@ -802,55 +371,12 @@ fn parse_def(
     })
 }
 
-fn parse_freshness(v: &Value) -> Result<Freshness, (String, String)> {
-    let bad = |k: &str, r: &str| (format!("freshness.{k}"), r.to_string());
-    let obj = v.as_object().ok_or_else(|| {
-        (
-            "freshness".to_string(),
-            "must be an object with pointer, unit and max_age_seconds".to_string(),
-        )
-    })?;
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !["pointer", "unit", "max_age_seconds"].contains(&k.as_str()))
-    {
-        return Err(bad(
-            k,
-            "is not a known field (known: pointer, unit, max_age_seconds)",
-        ));
-    }
-    let pointer = obj
-        .get("pointer")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("pointer", "must be a JSON Pointer string"))
-        .and_then(|p| Pointer::parse(p).map_err(|r| (String::from("freshness.pointer"), r)))?;
-    let unit = match obj.get("unit").and_then(Value::as_str) {
-        Some("ms") => TimeUnit::Millis,
-        Some("s") => TimeUnit::Seconds,
-        Some("rfc3339") => TimeUnit::Rfc3339,
-        _ => return Err(bad("unit", "must be one of \"ms\", \"s\", \"rfc3339\"")),
-    };
-    let max_age = obj
-        .get("max_age_seconds")
-        .and_then(Value::as_u64)
-        .filter(|n| (1..=7 * 24 * 3600).contains(n))
-        .ok_or_else(|| {
-            bad(
-                "max_age_seconds",
-                "must be a whole number of seconds from 1 to 604800",
-            )
-        })?;
-    Ok(Freshness {
-        pointer,
-        unit,
-        max_age: Duration::from_secs(max_age),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::input::FieldError;
     use serde_json::json;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     fn ptr(s: &str) -> Pointer {
         Pointer::parse(s).unwrap()
@@ -1088,7 +614,7 @@ mod tests {
         let all = Sources::default();
         for name in ["jira", "pagerduty"] {
             let w = all.get(name).unwrap().freshness.clone().expect(name);
-            assert!(w.max_age <= crate::replay::REMEMBER_FOR, "{name}");
+            assert!(w.max_age <= crate::ingest::replay::REMEMBER_FOR, "{name}");
         }
     }
 
@@ -1133,7 +659,7 @@ mod tests {
             "tines": {"auth": {"scheme": "standard-webhooks", "secret": "tines"}, "ticket": "/t", "devices": ["/d"]}}}"#)).unwrap();
         assert_eq!(
             custom.get("jira").unwrap().auth.schemes(),
-            [crate::auth::Scheme::Bearer { secret: "j".into() }]
+            [crate::ingest::auth::Scheme::Bearer { secret: "j".into() }]
         );
         assert!(custom.get("pagerduty").is_some());
         assert!(custom.get("tines").is_some());
@@ -1148,7 +674,7 @@ mod tests {
         assert!(j.freshness.is_some(), "the preset's window is kept");
         assert!(matches!(
             j.auth.schemes(),
-            [crate::auth::Scheme::HmacSha256Hex { .. }]
+            [crate::ingest::auth::Scheme::HmacSha256Hex { .. }]
         ));
     }
 

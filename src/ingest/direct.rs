@@ -15,12 +15,12 @@ use tracing::Instrument;
 
 use crate::App;
 use crate::dispatch::EventKind;
+use crate::domain::limits::{DEFAULT_BUDGET, Deadline};
 use crate::error::ApiError;
-use crate::handler::{Caller, Intake};
-use crate::input;
-use crate::limits::{DEFAULT_BUDGET, Deadline};
-use crate::metrics;
-use crate::replay::DeliveryKey;
+use crate::ingest::input;
+use crate::ingest::replay::DeliveryKey;
+use crate::ingest::{Caller, Intake};
+use crate::ops::metrics;
 
 /// The built-in source of EventBridge events no definition claims.
 pub const EVENTBRIDGE: &str = "eventbridge";

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::defender::Machine;
+use crate::domain::defender::Machine;
 
 /// Why a machine is refused before anything is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,151 +1,20 @@
-//! The Defender for Endpoint API: the port the domain calls, and the HTTP
-//! adapter that implements it with retries, the rate limiter and the token.
+//! Adapter: the Defender for Endpoint API over HTTPS, with retries, the
+//! rate limiters and the token; it never follows a redirect.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 use reqwest::{Method, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
-use thiserror::Error;
 
-use crate::credentials::{AccessToken, CredentialError, SecretCache, TokenProvider};
-use crate::input::{DeviceName, MachineId};
-use crate::limits::{ApiKind, Backoff, Deadline, Limiters, parse_retry_after};
-use crate::metrics;
-
-/// A machine as Defender describes it; unknown fields are ignored.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct Machine {
-    pub id: String,
-    #[serde(default)]
-    pub computer_dns_name: Option<String>,
-    #[serde(default)]
-    pub os_platform: Option<String>,
-    #[serde(default)]
-    pub os_build: Option<u64>,
-    #[serde(default)]
-    pub version: Option<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
-    pub machine_tags: Vec<String>,
-    #[serde(default)]
-    pub health_status: Option<String>,
-}
-
-/// A MachineAction. The docs spell the update time both ways; both are read.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct MachineAction {
-    pub id: String,
-    #[serde(default, rename = "type")]
-    pub action_type: Option<String>,
-    #[serde(default)]
-    pub status: Option<String>,
-    #[serde(default)]
-    pub machine_id: Option<String>,
-    #[serde(default)]
-    pub computer_dns_name: Option<String>,
-    #[serde(default)]
-    pub requestor_comment: Option<String>,
-    #[serde(default)]
-    pub creation_date_time_utc: Option<String>,
-    // Two fields, not an alias: an answer carrying both spellings must not
-    // fail as a duplicate field.
-    #[serde(default)]
-    pub last_update_date_time_utc: Option<String>,
-    #[serde(default)]
-    pub last_update_time_utc: Option<String>,
-}
-
-impl MachineAction {
-    pub fn last_update(&self) -> Option<&str> {
-        self.last_update_date_time_utc
-            .as_deref()
-            .or(self.last_update_time_utc.as_deref())
-    }
-}
-
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
-}
-
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
-pub enum DefenderError {
-    #[error("Defender does not know this machine or action")]
-    NotFound,
-    /// A 4xx with Defender's `error.code` (e.g. `ActiveRequestAlreadyExists`).
-    #[error("Defender refused the call: {code} (HTTP {status})")]
-    Refused { status: u16, code: String },
-    #[error(
-        "Defender answered 401 with a fresh token: the app registration is not accepted by this tenant's API"
-    )]
-    Unauthorized,
-    #[error(
-        "Defender answered 403: the application lacks the permission (Machine.Offboard, Machine.Read.All) or admin consent"
-    )]
-    Forbidden,
-    #[error("Defender is throttling; retry after {}s", retry_after.as_secs())]
-    Throttled { retry_after: Duration },
-    /// A 3xx: never followed, since it would carry the bearer token to
-    /// wherever `Location` points.
-    #[error("Defender answered HTTP {0}, a redirect, which is never followed; check MDE_API_URL")]
-    Redirected(u16),
-    #[error("Defender is unavailable: {0}")]
-    Unavailable(String),
-    #[error("the Lambda deadline left no time for this call")]
-    Deadline,
-    #[error(transparent)]
-    Credentials(#[from] CredentialError),
-}
-
-impl DefenderError {
-    /// Errors a later retry of the same request can cure: the answer turns
-    /// into 503 with Retry-After.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Self::Throttled { retry_after } => Some(*retry_after),
-            Self::Unavailable(_) | Self::Deadline => Some(Duration::from_secs(10)),
-            Self::Credentials(e) if e.is_retryable() => Some(Duration::from_secs(10)),
-            _ => None,
-        }
-    }
-}
-
-/// Port: the Defender calls the domain needs.
-pub trait Defender: Send + Sync {
-    fn find_by_name<'a>(
-        &'a self,
-        name: &'a DeviceName,
-        deadline: &'a Deadline,
-    ) -> BoxFuture<'a, Result<Vec<Machine>, DefenderError>>;
-    fn get_machine<'a>(
-        &'a self,
-        id: &'a MachineId,
-        deadline: &'a Deadline,
-    ) -> BoxFuture<'a, Result<Machine, DefenderError>>;
-    fn offboard<'a>(
-        &'a self,
-        id: &'a MachineId,
-        comment: &'a str,
-        deadline: &'a Deadline,
-    ) -> BoxFuture<'a, Result<MachineAction, DefenderError>>;
-    fn get_action<'a>(
-        &'a self,
-        action_id: &'a str,
-        deadline: &'a Deadline,
-    ) -> BoxFuture<'a, Result<MachineAction, DefenderError>>;
-    /// `POST /api/machineactions/{id}/cancel`. Defender documents no error
-    /// code for an action already final (it answers a 4xx): callers judge
-    /// by reading the action, not by the code.
-    fn cancel_action<'a>(
-        &'a self,
-        action_id: &'a str,
-        comment: &'a str,
-        deadline: &'a Deadline,
-    ) -> BoxFuture<'a, Result<MachineAction, DefenderError>>;
-}
+use crate::adapters::entra::{AccessToken, TokenProvider};
+use crate::domain::defender::*;
+use crate::domain::limits::{ApiKind, Backoff, Deadline, Limiters, parse_retry_after};
+use crate::domain::secret::SecretCache;
+use crate::ingest::input::{DeviceName, MachineId};
+use crate::ops::metrics;
 
 #[derive(Deserialize)]
 struct ErrorBody {
@@ -557,7 +426,7 @@ mod tests {
     #[test]
     fn a_429_wait_is_read_safely_from_any_header_bytes() {
         let now = SystemTime::now();
-        let hour = crate::limits::MAX_UPSTREAM_WAIT;
+        let hour = crate::domain::limits::MAX_UPSTREAM_WAIT;
         for (v, want) in [
             (Some(&b"1e20"[..]), hour),
             (Some(b"18446744073709551615"), hour),

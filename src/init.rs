@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use crate::App;
+use crate::adapters::secrets_manager::SecretsManagerSource;
+use crate::adapters::sqs::SqsQueue;
 use crate::config::{Config, ConfigError};
-use crate::credentials::SecretsManagerSource;
-use crate::queue::SqsQueue;
 
 /// Builds the app with Secrets Manager as its secret source. The AWS
 /// clients are made on first use, from the environment as usual (region,
@@ -19,40 +19,6 @@ pub async fn build_app(config: Config) -> App {
         Some(url) => app.with_queue(Arc::new(SqsQueue::from_env(url))),
         None => app,
     }
-}
-
-/// The SDK's configuration, loaded once: the default chain reads the
-/// environment, profile files and builds credential providers, ~15 ms that
-/// need not hold up the runtime loop.
-pub async fn sdk_config() -> &'static aws_config::SdkConfig {
-    static SDK: tokio::sync::OnceCell<aws_config::SdkConfig> = tokio::sync::OnceCell::const_new();
-    SDK.get_or_init(|| aws_config::defaults(aws_config::BehaviorVersion::latest()).load())
-        .await
-}
-
-/// The Secrets Manager client with time limits that fit in a request: the
-/// SDK's own retries (two attempts) must not outlast the Lambda deadline.
-pub fn secrets_client(
-    conf: aws_sdk_secretsmanager::config::Builder,
-) -> aws_sdk_secretsmanager::Client {
-    use aws_sdk_secretsmanager::config::retry::RetryConfig;
-    use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
-    use std::time::Duration;
-    let conf = conf
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .operation_attempt_timeout(Duration::from_secs(3))
-                .operation_timeout(Duration::from_secs(6))
-                .build(),
-        )
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(2)
-                .with_initial_backoff(Duration::from_millis(200)),
-        )
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(conf)
 }
 
 /// Ends init: one line on stderr naming the variable, the same text posted

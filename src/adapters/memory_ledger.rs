@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
 
-use super::*;
+use crate::domain::ledger::*;
 
 #[derive(Debug, Clone)]
 enum Delivery {
@@ -221,6 +221,7 @@ impl Ledger for InMemoryLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)

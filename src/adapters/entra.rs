@@ -1,0 +1,330 @@
+//! Adapter: Entra ID's client-credentials token, cached until shortly
+//! before it expires and refreshed once on a 401. Never printed.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::domain::limits::{Deadline, MAX_UPSTREAM_WAIT, later, parse_seconds, seconds_f64};
+use crate::domain::secret::{AppSecret, CredentialError};
+
+/// A bearer token; `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken(String);
+
+impl AccessToken {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken(<redacted>)")
+    }
+}
+
+/// Tokens are refreshed this long before they expire, so a token never runs
+/// out in the middle of a request.
+pub const TOKEN_EARLY_REFRESH: Duration = Duration::from_secs(300);
+
+struct CachedToken {
+    token: AccessToken,
+    refresh_at: Instant,
+    /// The credentials it was made with: a rotated client secret or another
+    /// tenant must not reuse it.
+    made_for: (String, String),
+}
+
+/// Client-credentials tokens from the v2.0 endpoint, cached until 5 minutes
+/// before expiry.
+pub struct TokenProvider {
+    http: reqwest::Client,
+    login_url: String,
+    scope: String,
+    cached: Mutex<Option<CachedToken>>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct TokenErrorBody {
+    error: Option<String>,
+    error_codes: Option<Vec<u64>>,
+}
+
+impl TokenProvider {
+    pub fn new(http: reqwest::Client, login_url: String, scope: String) -> Self {
+        Self {
+            http,
+            login_url,
+            scope,
+            cached: Mutex::new(None),
+        }
+    }
+
+    pub fn token_url(&self, tenant_id: &str) -> String {
+        format!("{}/{}/oauth2/v2.0/token", self.login_url, tenant_id)
+    }
+
+    pub async fn get(
+        &self,
+        secret: &AppSecret,
+        deadline: &Deadline,
+    ) -> Result<AccessToken, CredentialError> {
+        let key = (
+            secret.tenant_id.clone(),
+            secret.client_id.clone() + &secret.client_secret,
+        );
+        let mut slot = self.cached.lock().await;
+        if let Some(c) = slot.as_ref()
+            && c.made_for == key
+            && Instant::now() < c.refresh_at
+        {
+            return Ok(c.token.clone());
+        }
+        let (token, lifetime) = self.fetch(secret, deadline).await?;
+        *slot = Some(CachedToken {
+            token: token.clone(),
+            refresh_at: later(lifetime.saturating_sub(TOKEN_EARLY_REFRESH)),
+            made_for: key,
+        });
+        Ok(token)
+    }
+
+    /// Drops `token` after the API answered 401 with it; a newer token that
+    /// another caller already fetched is kept.
+    pub async fn invalidate(&self, token: &AccessToken) {
+        let mut slot = self.cached.lock().await;
+        if slot.as_ref().is_some_and(|c| &c.token == token) {
+            *slot = None;
+        }
+    }
+
+    async fn fetch(
+        &self,
+        secret: &AppSecret,
+        deadline: &Deadline,
+    ) -> Result<(AccessToken, Duration), CredentialError> {
+        let timeout = deadline.call_timeout().ok_or_else(|| {
+            CredentialError::LoginUnavailable("no time left before the deadline".into())
+        })?;
+        crate::ops::metrics::count(crate::ops::metrics::names::TOKEN_FETCHES);
+        let resp = self
+            .http
+            .post(self.token_url(&secret.tenant_id))
+            .timeout(timeout)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", secret.client_id.as_str()),
+                ("client_secret", secret.client_secret.as_str()),
+                ("scope", self.scope.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| {
+                CredentialError::LoginUnavailable(if e.is_timeout() {
+                    "timed out".into()
+                } else {
+                    "could not connect".into()
+                })
+            })?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|_| CredentialError::LoginUnavailable("the answer was cut off".into()))?;
+        let (token, lifetime) = read_token_answer(status, &bytes)?;
+        tracing::debug!(expires_in_s = lifetime.as_secs(), "token fetched");
+        Ok((token, lifetime))
+    }
+}
+
+/// Used when an answer has no usable `expires_in`: Entra ID's usual value.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3599);
+
+/// What the token endpoint's answer means. Pure, so the fuzzer drives it
+/// with any status and body.
+pub fn read_token_answer(
+    status: u16,
+    body: &[u8],
+) -> Result<(AccessToken, Duration), CredentialError> {
+    if (200..300).contains(&status) {
+        let t: TokenResponse = serde_json::from_slice(body).map_err(|_| {
+            CredentialError::LoginUnavailable("the token answer is not the expected JSON".into())
+        })?;
+        // The token goes into an Authorization header: a value that cannot
+        // be one would fail every Defender call as a "network error".
+        if t.access_token.is_empty() || !t.access_token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(CredentialError::LoginUnavailable(
+                "the token answer holds no usable access_token".into(),
+            ));
+        }
+        return Ok((
+            AccessToken(t.access_token),
+            token_lifetime(t.expires_in.as_ref()),
+        ));
+    }
+    if (300..400).contains(&status) {
+        return Err(CredentialError::LoginRedirected(status));
+    }
+    if status >= 500 || status == 429 {
+        return Err(CredentialError::LoginUnavailable(format!("HTTP {status}")));
+    }
+    // Only the error code and AADSTS numbers: the description can echo
+    // request details, and never holds anything a user needs beyond them.
+    let body: Option<TokenErrorBody> = serde_json::from_slice(body).ok();
+    let code = body
+        .as_ref()
+        .and_then(|b| b.error.as_deref())
+        .filter(|c| !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    let aadsts = body
+        .and_then(|b| b.error_codes)
+        .map(|c| {
+            c.iter()
+                .take(8)
+                .map(|n| format!(" AADSTS{n}"))
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    Err(CredentialError::BadCredentials(format!("{code}{aadsts}")))
+}
+
+/// `expires_in` as Entra ID sends it (a number) or as some proxies do (a
+/// string), read without panicking whatever it holds and capped at
+/// `MAX_UPSTREAM_WAIT`. Negative means already expired: the token serves
+/// this request and is not cached.
+pub fn token_lifetime(expires_in: Option<&Value>) -> Duration {
+    let from_f64 = |f: f64| {
+        if f < 0.0 {
+            Some(Duration::ZERO)
+        } else {
+            seconds_f64(f)
+        }
+    };
+    let parsed = match expires_in {
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(u) => Some(Duration::from_secs(u).min(MAX_UPSTREAM_WAIT)),
+            None => n.as_f64().and_then(from_f64),
+        },
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            parse_seconds(s).or_else(|| s.parse::<f64>().ok().and_then(from_f64))
+        }
+        _ => None,
+    };
+    parsed.unwrap_or(DEFAULT_TOKEN_LIFETIME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_redacted() {
+        assert_eq!(
+            format!("{:?}", AccessToken("eyJ".into())),
+            "AccessToken(<redacted>)"
+        );
+    }
+
+    #[test]
+    fn expires_in_is_read_safely_whatever_it_holds() {
+        use serde_json::json;
+        let hour = MAX_UPSTREAM_WAIT;
+        let secs = Duration::from_secs;
+        for (v, want) in [
+            (json!(3599), secs(3599)),
+            (json!(86_400), hour),
+            (json!(u64::MAX), hour),
+            (json!(1e20), hour),
+            (json!(1.7976931348623157e308), hour),
+            (json!(-1), Duration::ZERO),
+            (json!(i64::MIN), Duration::ZERO),
+            (json!(-1e20), Duration::ZERO),
+            (json!(59.5), Duration::from_millis(59_500)),
+            (json!("3599"), secs(3599)),
+            (json!(" 120 "), secs(120)),
+            (json!("18446744073709551616"), hour),
+            (json!("1e20"), hour),
+            (json!("-5"), Duration::ZERO),
+            (json!("NaN"), secs(3599)),
+            (json!("inf"), secs(3599)),
+            (json!("soon"), secs(3599)),
+            (json!(""), secs(3599)),
+            (json!(null), secs(3599)),
+            (json!(true), secs(3599)),
+            (json!([3599]), secs(3599)),
+            (json!({"s": 1}), secs(3599)),
+        ] {
+            assert_eq!(token_lifetime(Some(&v)), want, "expires_in: {v}");
+        }
+        assert_eq!(token_lifetime(None), secs(3599));
+    }
+
+    #[test]
+    fn token_answers_are_classified_without_echoing_details() {
+        let ok =
+            read_token_answer(200, br#"{"access_token":"eyJ.a.b","expires_in":"1e300"}"#).unwrap();
+        assert_eq!((ok.0.expose(), ok.1), ("eyJ.a.b", MAX_UPSTREAM_WAIT));
+        for status in [301, 302, 303, 307, 308] {
+            assert_eq!(
+                read_token_answer(status, b""),
+                Err(CredentialError::LoginRedirected(status))
+            );
+        }
+        for body in [
+            &br#"{"access_token":""}"#[..],
+            br#"{"access_token":"a b"}"#,
+            br#"{"access_token":"a\nb"}"#,
+            br#"{"access_token":5}"#,
+            b"<html>",
+        ] {
+            assert!(
+                matches!(
+                    read_token_answer(200, body),
+                    Err(CredentialError::LoginUnavailable(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(read_token_answer(503, b"").unwrap_err().is_retryable());
+        assert!(read_token_answer(429, b"").unwrap_err().is_retryable());
+        let e = read_token_answer(
+            401,
+            br#"{"error":"invalid_client","error_description":"secret hunter2","error_codes":[7000215]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            CredentialError::BadCredentials("invalid_client AADSTS7000215".into())
+        );
+        let e = read_token_answer(400, br#"{"error":"line\nbreak"}"#).unwrap_err();
+        assert_eq!(e, CredentialError::BadCredentials("HTTP 400".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_expires_in_caches_for_at_most_an_hour() {
+        // The real provider's caching arithmetic with a lifetime far past
+        // what an Instant can hold.
+        let refresh_at = later(
+            token_lifetime(Some(&serde_json::json!(u64::MAX))).saturating_sub(TOKEN_EARLY_REFRESH),
+        );
+        assert_eq!(
+            refresh_at - Instant::now(),
+            MAX_UPSTREAM_WAIT - TOKEN_EARLY_REFRESH
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! Adapter: Amazon SQS, ten messages per `SendMessageBatch`.
+
+use futures_util::future::BoxFuture;
+
+use crate::domain::queue::{Queue, QueueError};
+
+/// Adapter: Amazon SQS `SendMessageBatch`.
+pub struct SqsQueue {
+    /// Built on first use, like the Secrets Manager client.
+    client: tokio::sync::OnceCell<aws_sdk_sqs::Client>,
+    url: String,
+}
+
+impl SqsQueue {
+    pub fn new(client: aws_sdk_sqs::Client, url: String) -> Self {
+        Self {
+            client: tokio::sync::OnceCell::new_with(Some(client)),
+            url,
+        }
+    }
+
+    pub fn from_env(url: String) -> Self {
+        Self {
+            client: tokio::sync::OnceCell::new(),
+            url,
+        }
+    }
+}
+
+impl Queue for SqsQueue {
+    fn send_batch<'a>(
+        &'a self,
+        bodies: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<usize>, QueueError>> {
+        use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+        Box::pin(async move {
+            let client = self
+                .client
+                .get_or_init(|| async {
+                    aws_sdk_sqs::Client::new(crate::adapters::aws::sdk_config().await)
+                })
+                .await;
+            let entries = bodies
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body)
+                        .build()
+                        .expect("id and body are set")
+                })
+                .collect::<Vec<_>>();
+            let out = client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| {
+                    QueueError::Unreachable(aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
+                })?;
+            Ok(out
+                .failed()
+                .iter()
+                .filter_map(|f| f.id().parse::<usize>().ok())
+                .collect())
+        })
+    }
+}

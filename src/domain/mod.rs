@@ -1,0 +1,13 @@
+//! The domain: what happens to a device (validate, resolve, check the
+//! platform, tags and budget, offboard), over small port traits that the
+//! adapters implement: `defender::Defender`, `secret::SecretSource`,
+//! `queue::Queue` and `ledger::Ledger`. Pure where it can be; tested with
+//! in-memory fakes.
+
+pub mod defender;
+pub mod ledger;
+pub mod limits;
+pub mod offboard;
+pub mod policy;
+pub mod queue;
+pub mod secret;

@@ -1,0 +1,368 @@
+//! The Azure AD application's secret: its layout, the port it is read
+//! through, and the cache that keeps it for a warm instance (with a short
+//! memory of failures, so a flood while Secrets Manager fails stays a
+//! trickle of fetches). Never printed: its `Debug` is redacted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use thiserror::Error;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// The secret's JSON, validated. Webhook secrets are kept per source key,
+/// each a list so a rotation can accept the new and the old one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppSecret {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub webhook_secrets: BTreeMap<String, Vec<String>>,
+    /// The queue's MAC key when the secret names none (`queue::derive_key`);
+    /// kept instead of the SecretString itself.
+    pub(crate) derived_queue_key: [u8; 32],
+}
+
+impl fmt::Debug for AppSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppSecret")
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field(
+                "webhook_secrets",
+                &self.webhook_secrets.keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl AppSecret {
+    /// Parses the SecretString. Errors name the key at fault and never
+    /// quote a value.
+    pub fn parse(text: &str) -> Result<Self, CredentialError> {
+        let v: Value = serde_json::from_str(text)
+            .map_err(|_| CredentialError::BadSecret("the secret is not a JSON object".into()))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| CredentialError::BadSecret("the secret is not a JSON object".into()))?;
+        let req = |k: &str| -> Result<String, CredentialError> {
+            match obj.get(k) {
+                Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+                Some(Value::String(_)) => Err(CredentialError::BadSecret(format!(
+                    "the secret's key '{k}' is empty"
+                ))),
+                Some(_) => Err(CredentialError::BadSecret(format!(
+                    "the secret's key '{k}' must be a string"
+                ))),
+                None => Err(CredentialError::BadSecret(format!(
+                    "the secret has no key '{k}'"
+                ))),
+            }
+        };
+        let tenant_id = req("tenant_id")?;
+        let client_id = req("client_id")?;
+        let client_secret = req("client_secret")?;
+        let mut webhook_secrets = BTreeMap::new();
+        match obj.get("webhook_secrets") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                for (name, val) in m {
+                    let bad = || {
+                        CredentialError::BadSecret(format!(
+                            "the secret's key 'webhook_secrets.{name}' must be a string or a list of strings"
+                        ))
+                    };
+                    let list: Vec<String> = match val {
+                        Value::String(s) => vec![s.clone()],
+                        Value::Array(items) => items
+                            .iter()
+                            .map(|i| i.as_str().map(str::to_string).ok_or_else(bad))
+                            .collect::<Result<_, _>>()?,
+                        _ => return Err(bad()),
+                    };
+                    // An empty secret would let an empty bearer token in.
+                    let list: Vec<String> = list.into_iter().filter(|s| !s.is_empty()).collect();
+                    webhook_secrets.insert(name.clone(), list);
+                }
+            }
+            Some(_) => {
+                return Err(CredentialError::BadSecret(
+                    "the secret's key 'webhook_secrets' must be an object".into(),
+                ));
+            }
+        }
+        Ok(Self {
+            tenant_id,
+            client_id,
+            client_secret,
+            webhook_secrets,
+            derived_queue_key: crate::domain::queue::derive_key(text),
+        })
+    }
+
+    /// The secrets for one source key; empty when the key is absent, which
+    /// every verifier treats as "refuse".
+    pub fn webhook_secrets(&self, key: &str) -> &[String] {
+        self.webhook_secrets
+            .get(key)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+}
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum CredentialError {
+    /// The operator stored a secret the function cannot use.
+    #[error("{0}")]
+    BadSecret(String),
+    /// Secrets Manager answered with an error a retry will not cure.
+    #[error("Secrets Manager refused the secret: {0}")]
+    SecretRefused(String),
+    /// Secrets Manager is unreachable, throttling or failing.
+    #[error("Secrets Manager is unavailable: {0}")]
+    SecretUnavailable(String),
+    /// Entra ID refused the client credentials.
+    #[error("the login endpoint refused the client credentials: {0}")]
+    BadCredentials(String),
+    /// The login endpoint is unreachable or failing.
+    #[error("the login endpoint is unavailable: {0}")]
+    LoginUnavailable(String),
+    /// The login endpoint answered a redirect. It is never followed: the
+    /// form holds the client secret, and a redirect would re-send it to
+    /// wherever `Location` points.
+    #[error(
+        "the login endpoint answered HTTP {0}, a redirect, which is never followed; check MDE_LOGIN_URL"
+    )]
+    LoginRedirected(u16),
+}
+
+impl CredentialError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::SecretUnavailable(_) | Self::LoginUnavailable(_))
+    }
+}
+
+/// Port: where the secret's text comes from.
+pub trait SecretSource: Send + Sync {
+    fn fetch(&self) -> BoxFuture<'_, Result<String, CredentialError>>;
+}
+
+/// Adapter: a fixed secret text (the local run; tests).
+pub struct StaticSecret(pub String);
+
+impl SecretSource for StaticSecret {
+    fn fetch(&self) -> BoxFuture<'_, Result<String, CredentialError>> {
+        Box::pin(async move { Ok(self.0.clone()) })
+    }
+}
+
+/// How long a failed fetch is answered from memory. Short, so a fixed
+/// secret or a recovered Secrets Manager is seen within seconds; long
+/// enough that a flood of requests while it fails is a trickle of
+/// GetSecretValue calls, not a flood of them.
+pub const SECRET_FAILURE_TTL: Duration = Duration::from_secs(3);
+
+/// The last fetch's outcome and when it was made.
+enum Fetched {
+    Secret(Instant, Arc<AppSecret>),
+    Failed(Instant, CredentialError),
+}
+
+/// Caches the parsed secret for a max age, like Powertools' parameters
+/// utility, and a failure for `SECRET_FAILURE_TTL`. One fetch at a time:
+/// concurrent callers wait for it instead of each calling Secrets Manager.
+pub struct SecretCache {
+    source: Arc<dyn SecretSource>,
+    ttl: Duration,
+    cached: Mutex<Option<Fetched>>,
+}
+
+impl SecretCache {
+    pub fn new(source: Arc<dyn SecretSource>, ttl: Duration) -> Self {
+        Self {
+            source,
+            ttl,
+            cached: Mutex::new(None),
+        }
+    }
+
+    pub async fn get(&self) -> Result<Arc<AppSecret>, CredentialError> {
+        let mut slot = self.cached.lock().await;
+        match slot.as_ref() {
+            Some(Fetched::Secret(at, secret)) if at.elapsed() < self.ttl => {
+                return Ok(secret.clone());
+            }
+            Some(Fetched::Failed(at, e)) if at.elapsed() < SECRET_FAILURE_TTL => {
+                return Err(e.clone());
+            }
+            _ => {}
+        }
+        crate::ops::metrics::count(crate::ops::metrics::names::SECRET_FETCHES);
+        let fetched = match self.source.fetch().await {
+            Ok(text) => AppSecret::parse(&text).map(Arc::new),
+            Err(e) => Err(e),
+        };
+        match fetched {
+            Ok(secret) => {
+                tracing::debug!(tenant_id = %secret.tenant_id, client_id = %secret.client_id, "secret fetched");
+                *slot = Some(Fetched::Secret(Instant::now(), secret.clone()));
+                Ok(secret)
+            }
+            Err(e) => {
+                *slot = Some(Fetched::Failed(Instant::now(), e.clone()));
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const GOOD: &str = r#"{"tenant_id":"t","client_id":"c","client_secret":"hunter2",
+        "webhook_secrets":{"generic":"whsec_abc","pagerduty":["new","old"]}}"#;
+
+    #[test]
+    fn parses_the_contract_layout() {
+        let s = AppSecret::parse(GOOD).unwrap();
+        assert_eq!(s.webhook_secrets("generic"), ["whsec_abc"]);
+        assert_eq!(s.webhook_secrets("pagerduty"), ["new", "old"]);
+        assert!(s.webhook_secrets("jira").is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_key_never_the_value() {
+        for (text, key) in [
+            (r#"{"tenant_id":"t","client_id":"c"}"#, "client_secret"),
+            (
+                r#"{"client_id":"c","client_secret":"hunter2"}"#,
+                "tenant_id",
+            ),
+            (
+                r#"{"tenant_id":"t","client_id":5,"client_secret":"hunter2"}"#,
+                "client_id",
+            ),
+            (
+                r#"{"tenant_id":"t","client_id":"c","client_secret":"hunter2","webhook_secrets":{"jira":7}}"#,
+                "webhook_secrets.jira",
+            ),
+        ] {
+            let e = AppSecret::parse(text).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, CredentialError::BadSecret(_)));
+            assert!(msg.contains(key), "{msg}");
+            assert!(!msg.contains("hunter2"), "{msg}");
+        }
+        assert!(
+            AppSecret::parse("not json hunter2")
+                .unwrap_err()
+                .to_string()
+                .contains("not a JSON object")
+        );
+    }
+
+    #[test]
+    fn debug_is_redacted() {
+        let s = AppSecret::parse(GOOD).unwrap();
+        let d = format!("{s:?}");
+        assert!(
+            !d.contains("hunter2") && !d.contains("whsec_abc") && !d.contains("old"),
+            "{d}"
+        );
+    }
+
+    struct Counting(AtomicUsize);
+    impl SecretSource for Counting {
+        fn fetch(&self) -> BoxFuture<'_, Result<String, CredentialError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(GOOD.to_string()) })
+        }
+    }
+
+    struct Failing(AtomicUsize);
+    impl SecretSource for Failing {
+        fn fetch(&self) -> BoxFuture<'_, Result<String, CredentialError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                // A slow failure, so concurrent callers really overlap.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Err(CredentialError::SecretUnavailable(
+                    "ThrottlingException".into(),
+                ))
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_secrets_manager_sees_one_call_per_failure_window_not_a_flood() {
+        let src = Arc::new(Failing(AtomicUsize::new(0)));
+        let cache = Arc::new(SecretCache::new(src.clone(), Duration::from_secs(300)));
+        let flood: Vec<_> = (0..200)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get().await })
+            })
+            .collect();
+        for r in futures_util::future::join_all(flood).await {
+            assert!(matches!(
+                r.unwrap(),
+                Err(CredentialError::SecretUnavailable(_))
+            ));
+        }
+        assert_eq!(src.0.load(Ordering::SeqCst), 1, "single flight");
+        tokio::time::advance(SECRET_FAILURE_TTL - Duration::from_secs(1)).await;
+        for _ in 0..50 {
+            assert!(cache.get().await.is_err());
+        }
+        assert_eq!(src.0.load(Ordering::SeqCst), 1, "the failure is remembered");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(cache.get().await.is_err());
+        assert_eq!(src.0.load(Ordering::SeqCst), 2, "and then retried");
+    }
+
+    struct Recovering(AtomicUsize);
+    impl SecretSource for Recovering {
+        fn fetch(&self) -> BoxFuture<'_, Result<String, CredentialError>> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if n == 0 {
+                    Err(CredentialError::SecretUnavailable("timed out".into()))
+                } else {
+                    Ok(GOOD.to_string())
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recovered_secrets_manager_is_used_once_the_failure_window_ends() {
+        let src = Arc::new(Recovering(AtomicUsize::new(0)));
+        let cache = SecretCache::new(src.clone(), Duration::from_secs(300));
+        assert!(cache.get().await.is_err());
+        tokio::time::advance(SECRET_FAILURE_TTL).await;
+        assert_eq!(cache.get().await.unwrap().tenant_id, "t");
+        tokio::time::advance(Duration::from_secs(200)).await;
+        cache.get().await.unwrap();
+        assert_eq!(src.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn secret_is_reused_for_its_ttl_then_fetched_again() {
+        let src = Arc::new(Counting(AtomicUsize::new(0)));
+        let cache = SecretCache::new(src.clone(), Duration::from_secs(300));
+        cache.get().await.unwrap();
+        tokio::time::advance(Duration::from_secs(299)).await;
+        cache.get().await.unwrap();
+        assert_eq!(src.0.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        cache.get().await.unwrap();
+        assert_eq!(src.0.load(Ordering::SeqCst), 2);
+    }
+}

@@ -1,0 +1,140 @@
+//! Mapping: a payload, a source's conditions and pointers in, an
+//! `OffboardRequest` (or the reason to ignore the event) out.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use super::SourceDef;
+use super::pointer::{Pointer, scalar_text};
+use crate::ingest::input::{
+    Comment, Device, FieldError, Mode, OffboardRequest, Ticket, parse_device,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub pointer: Pointer,
+    pub one_of: Vec<String>,
+}
+
+/// What a payload maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped {
+    Act(OffboardRequest),
+    Ignored { reason: String },
+}
+
+impl SourceDef {
+    /// Maps a payload. Errors are 422s that name the pointer at fault.
+    pub fn map(&self, doc: &Value) -> Result<Mapped, FieldError> {
+        for c in &self.when {
+            let found: Vec<String> = c
+                .pointer
+                .resolve_all(doc)
+                .into_iter()
+                .filter_map(scalar_text)
+                .collect();
+            if !found.iter().any(|v| c.one_of.contains(v)) {
+                let seen = match found.first() {
+                    Some(v) => format!("is '{}'", v.chars().take(100).collect::<String>()),
+                    None => "is absent".to_string(),
+                };
+                return Ok(Mapped::Ignored {
+                    reason: format!(
+                        "{} {seen}, not one of {}",
+                        c.pointer.as_str(),
+                        c.one_of
+                            .iter()
+                            .map(|s| format!("'{s}'"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+        }
+        let ticket_field = self
+            .ticket
+            .iter()
+            .map(Pointer::as_str)
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let ticket_text = self
+            .ticket
+            .iter()
+            .find_map(|p| {
+                p.resolve(doc)
+                    .and_then(scalar_text)
+                    .filter(|t| !t.trim().is_empty())
+            })
+            .ok_or_else(|| FieldError::OutOfBounds {
+                field: ticket_field.clone(),
+                reason:
+                    "must hold the ticket (a string or a number), but the payload has none there"
+                        .into(),
+            })?;
+        let ticket = Ticket::parse(&ticket_field, &ticket_text)?;
+
+        let mut devices: Vec<Device> = Vec::new();
+        let mut seen = HashSet::new();
+        for p in &self.devices {
+            for v in p.resolve_all(doc) {
+                let strings: Vec<&str> = match v {
+                    // An object is a reference field (ServiceNow's
+                    // `{link, value}`); its text is reached by a deeper
+                    // pointer, and an object names no device by itself.
+                    Value::Null | Value::Object(_) => Vec::new(),
+                    Value::String(s) => vec![s.as_str()],
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|i| match i {
+                            Value::String(s) => Ok(s.as_str()),
+                            Value::Array(_) => Err(FieldError::OutOfBounds {
+                                field: p.as_str().to_string(),
+                                reason: "holds nested arrays; devices must be a string or an array of strings".into(),
+                            }),
+                            _ => Err(FieldError::OutOfBounds {
+                                field: p.as_str().to_string(),
+                                reason: "holds an array with a value that is not a string".into(),
+                            }),
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => {
+                        return Err(FieldError::OutOfBounds {
+                            field: p.as_str().to_string(),
+                            reason: "must be a string or an array of strings".into(),
+                        });
+                    }
+                };
+                for s in strings.into_iter().filter(|s| !s.trim().is_empty()) {
+                    let d = parse_device(p.as_str(), s)?;
+                    if seen.insert(d.target.key()) {
+                        devices.push(d);
+                    }
+                }
+            }
+        }
+        if devices.is_empty() {
+            return Err(FieldError::OutOfBounds {
+                field: self
+                    .devices
+                    .iter()
+                    .map(Pointer::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                reason: "must name at least one device, but the payload has none there".into(),
+            });
+        }
+        let rendered = self.comment.render(ticket.as_str(), doc);
+        let comment = Comment::sanitize(&rendered).unwrap_or_else(|| {
+            Comment::sanitize(&format!("Offboarded by the '{}' webhook source", self.name))
+                .expect("non-empty text")
+        });
+        Ok(Mapped::Act(OffboardRequest {
+            ticket,
+            comment,
+            devices,
+            dry_run: false,
+            mode: Mode::Now,
+        }))
+    }
+}

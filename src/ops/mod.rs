@@ -1,0 +1,5 @@
+//! Operations: logs, metrics and the audit trail, apart from the work.
+
+pub mod audit;
+pub mod logging;
+pub mod metrics;
