@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::adapters::entra::{AccessToken, TokenProvider};
 use crate::domain::defender::*;
 use crate::domain::limits::{ApiKind, Backoff, Deadline, Limiters, parse_retry_after};
-use crate::domain::secret::SecretCache;
+use crate::domain::secret::{AppSecret, CredentialError, SecretCache};
 use crate::ingest::input::{DeviceName, MachineId};
 use crate::ops::metrics;
 
@@ -354,6 +354,18 @@ impl Defender for HttpDefender {
             )
             .await
         })
+    }
+
+    fn ready<'a>(
+        &'a self,
+        secret: &'a AppSecret,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, Result<(), CredentialError>> {
+        Box::pin(async move { self.tokens.get(secret, deadline).await.map(|_| ()) })
+    }
+
+    fn warm_up(&self) -> BoxFuture<'_, ()> {
+        Box::pin(HttpDefender::warm_up(self))
     }
 }
 

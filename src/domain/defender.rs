@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::domain::limits::Deadline;
-use crate::domain::secret::CredentialError;
+use crate::domain::secret::{AppSecret, CredentialError};
 use crate::ingest::input::{DeviceName, MachineId};
 
 /// A machine as Defender describes it; unknown fields are ignored.
@@ -142,4 +142,21 @@ pub trait Defender: Send + Sync {
         comment: &'a str,
         deadline: &'a Deadline,
     ) -> BoxFuture<'a, Result<MachineAction, DefenderError>>;
+
+    /// Checks that the API's credentials can be had (a token), so that a
+    /// credentials problem is surfaced once for a request rather than once
+    /// per device. Adapters without credentials have nothing to check.
+    fn ready<'a>(
+        &'a self,
+        _secret: &'a AppSecret,
+        _deadline: &'a Deadline,
+    ) -> BoxFuture<'a, Result<(), CredentialError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Opens what the first call would otherwise pay for (a TLS
+    /// connection). Best effort.
+    fn warm_up(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }

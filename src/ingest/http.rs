@@ -301,7 +301,7 @@ impl App {
         {
             return Err(ApiError::ActionNotFound(action_id.to_string()));
         }
-        self.tokens.get(&secret, deadline).await?;
+        self.defender.ready(&secret, deadline).await?;
         match self.defender.get_action(action_id, deadline).await {
             Ok(a) => Ok(json_response(
                 StatusCode::OK,

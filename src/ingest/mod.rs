@@ -44,9 +44,7 @@ pub(crate) const GENERIC: &str = auth::GENERIC_KEY;
 pub struct App {
     pub(crate) config: Config,
     pub(crate) secrets: Arc<SecretCache>,
-    pub(crate) tokens: Arc<TokenProvider>,
     defender: Arc<dyn Defender>,
-    http_defender: Option<Arc<HttpDefender>>,
     pub(crate) offboarder: Offboarder,
     queue: Option<QueueWriter>,
     replay: ReplayCache,
@@ -90,16 +88,29 @@ impl App {
             http,
             config.api_url.clone(),
             secrets.clone(),
-            tokens.clone(),
+            tokens,
             Arc::new(limiters),
         ));
+        Self::assemble(config, secrets, defender)
+    }
+
+    /// The app over any Defender and secret source: the domain and the
+    /// ingest path tested in memory, with no network.
+    pub fn from_ports(
+        config: Config,
+        secret_source: Arc<dyn SecretSource>,
+        defender: Arc<dyn Defender>,
+    ) -> Self {
+        let secrets = Arc::new(SecretCache::new(secret_source, config.secret_ttl));
+        Self::assemble(config, secrets, defender)
+    }
+
+    fn assemble(config: Config, secrets: Arc<SecretCache>, defender: Arc<dyn Defender>) -> Self {
         let offboarder = Offboarder::new(defender.clone(), config.protected_tags.clone());
         Self {
             config,
             secrets,
-            tokens,
-            defender: defender.clone(),
-            http_defender: Some(defender),
+            defender,
             offboarder,
             queue: None,
             replay: ReplayCache::default(),
@@ -136,18 +147,14 @@ impl App {
         let creds = async {
             match self.secrets.get().await {
                 Ok(secret) => {
-                    if let Err(e) = self.tokens.get(&secret, &deadline).await {
+                    if let Err(e) = self.defender.ready(&secret, &deadline).await {
                         tracing::warn!(error = %e, "warm-up: no token yet");
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "warm-up: no secret yet"),
             }
         };
-        let api = async {
-            if let Some(d) = &self.http_defender {
-                d.warm_up().await;
-            }
-        };
+        let api = self.defender.warm_up();
         let _ =
             tokio::time::timeout(Duration::from_secs(4), async { tokio::join!(creds, api) }).await;
     }
@@ -245,7 +252,7 @@ impl App {
         }
         // A token problem is the operator's, not a device's: surface it
         // once for the whole request.
-        self.tokens.get(secret, deadline).await?;
+        self.defender.ready(secret, deadline).await?;
         let results = self
             .offboarder
             .run(

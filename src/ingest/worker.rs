@@ -89,7 +89,7 @@ impl App {
             if accepted.is_empty() {
                 return answer;
             }
-            if let Err(e) = self.tokens.get(&secret, &deadline).await {
+            if let Err(e) = self.defender.ready(&secret, &deadline).await {
                 tracing::warn!(error = %e, records = accepted.len(), "no token; the messages go back to the queue");
                 answer.set_failures(
                     answer
