@@ -1,34 +1,21 @@
 //! The durable ledger against moto's DynamoDB over HTTP, through the real
 //! SDK client with the function's time limits; the table is created from
-//! `testkit/ledger-table.json`, the definition the template shares.
+//! template.yaml's `LedgerTable`, the definition a deploy uses.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, KeyType, ProjectionType, TimeToLiveStatus};
 use mde_offboard::adapters::dynamodb::{DynamoLedger, dynamodb_client};
 use mde_offboard::domain::ledger::{
     ANSWER_KEPT_FOR, ActionStatus, Begin, DeviceRecord, IdempotencyKey, Ledger, LedgerError,
     RecordKey, RecordedOutcome, StatusUpdate, StoredAnswer, schema,
 };
+use mde_testkit::ledger_table::{ledger_table_definition, ledger_table_from_template};
 use mde_testkit::moto;
 use mde_testkit::proxy::{FlakyProxy, Mode};
 use mde_testkit::serial::SerialProxy;
-use serde_json::Value;
-
-const TABLE_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testkit/ledger-table.json");
-
-static SEQ: AtomicU64 = AtomicU64::new(0);
-
-fn table_def() -> Value {
-    let text = std::fs::read_to_string(TABLE_JSON).expect("testkit/ledger-table.json");
-    serde_json::from_str(&text).expect("the table definition is JSON")
-}
 
 fn client_at(endpoint: &str) -> aws_sdk_dynamodb::Client {
     use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
@@ -45,76 +32,9 @@ fn client() -> aws_sdk_dynamodb::Client {
     client_at(&moto::moto().endpoint)
 }
 
-fn key_schema(v: &Value) -> Vec<KeySchemaElement> {
-    v.as_array()
-        .expect("KeySchema")
-        .iter()
-        .map(|k| {
-            KeySchemaElement::builder()
-                .attribute_name(k["AttributeName"].as_str().unwrap())
-                .key_type(KeyType::from(k["KeyType"].as_str().unwrap()))
-                .build()
-                .unwrap()
-        })
-        .collect()
-}
-
-/// A new table in moto, made from the shared definition; returns its name.
+/// A new table in moto, made from the template; returns its name.
 async fn new_table() -> String {
-    let def = table_def();
-    let name = format!(
-        "mde-ledger-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::SeqCst)
-    );
-    let mut create = client()
-        .create_table()
-        .table_name(&name)
-        .billing_mode(BillingMode::from(def["BillingMode"].as_str().unwrap()))
-        .set_key_schema(Some(key_schema(&def["KeySchema"])));
-    for a in def["AttributeDefinitions"].as_array().unwrap() {
-        create = create.attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(a["AttributeName"].as_str().unwrap())
-                .attribute_type(ScalarAttributeType::from(
-                    a["AttributeType"].as_str().unwrap(),
-                ))
-                .build()
-                .unwrap(),
-        );
-    }
-    for g in def["GlobalSecondaryIndexes"].as_array().unwrap() {
-        create = create.global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(g["IndexName"].as_str().unwrap())
-                .set_key_schema(Some(key_schema(&g["KeySchema"])))
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::from(
-                            g["Projection"]["ProjectionType"].as_str().unwrap(),
-                        ))
-                        .build(),
-                )
-                .build()
-                .unwrap(),
-        );
-    }
-    create.send().await.expect("create the table in moto");
-    let ttl = &def["TimeToLiveSpecification"];
-    client()
-        .update_time_to_live()
-        .table_name(&name)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .attribute_name(ttl["AttributeName"].as_str().unwrap())
-                .enabled(ttl["Enabled"].as_bool().unwrap())
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .expect("TTL on the table");
-    name
+    ledger_table_from_template().await
 }
 
 async fn ledger() -> (DynamoLedger, String) {
@@ -170,8 +90,8 @@ fn record(ticket: &str, machine: &str, action: &str, t: u64) -> DeviceRecord {
 }
 
 #[test]
-fn the_table_definition_has_the_keys_the_adapter_writes() {
-    let def = table_def();
+fn the_templates_table_definition_has_the_keys_the_adapter_writes() {
+    let def = ledger_table_definition();
     let names: Vec<&str> = def["KeySchema"]
         .as_array()
         .unwrap()
@@ -188,11 +108,66 @@ fn the_table_definition_has_the_keys_the_adapter_writes() {
         def["TimeToLiveSpecification"]["AttributeName"],
         schema::EXPIRES_AT
     );
+    assert_eq!(def["TimeToLiveSpecification"]["Enabled"], true);
     assert_eq!(def["BillingMode"], "PAY_PER_REQUEST");
     assert_eq!(
         def["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"],
         true
     );
+    assert_eq!(def["SSESpecification"]["SSEEnabled"], true);
+}
+
+/// What DynamoDB (moto) made of the template's definition is what the
+/// adapter reads and writes: the keys, the index and the TTL attribute.
+#[tokio::test]
+async fn the_table_created_from_the_template_is_the_one_the_adapter_uses() {
+    let table = new_table().await;
+    let described = client()
+        .describe_table()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap()
+        .table
+        .unwrap();
+    let keys: Vec<(&str, &KeyType)> = described
+        .key_schema()
+        .iter()
+        .map(|k| (k.attribute_name(), k.key_type()))
+        .collect();
+    assert_eq!(
+        keys,
+        [(schema::PK, &KeyType::Hash), (schema::SK, &KeyType::Range)]
+    );
+    let gsi = &described.global_secondary_indexes()[0];
+    assert_eq!(gsi.index_name(), Some(schema::BY_MACHINE));
+    let gsi_keys: Vec<&str> = gsi
+        .key_schema()
+        .iter()
+        .map(|k| k.attribute_name())
+        .collect();
+    assert_eq!(gsi_keys, [schema::GSI1_PK, schema::GSI1_SK]);
+    assert_eq!(
+        gsi.projection().and_then(|p| p.projection_type()),
+        Some(&ProjectionType::All)
+    );
+    let ttl = client()
+        .describe_time_to_live()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap()
+        .time_to_live_description
+        .unwrap();
+    assert_eq!(ttl.attribute_name(), Some(schema::EXPIRES_AT));
+    assert_eq!(ttl.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
+    // And the adapter works against it: a claim, then a machine-index read.
+    let l = DynamoLedger::new(client(), table);
+    assert_eq!(l.begin(&key(1), at(0), at(30)).await, Ok(Begin::Started));
+    l.record_device(&record("INC-T", "m1", "a1", 0))
+        .await
+        .unwrap();
+    assert_eq!(l.machine_records("m1").await.unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -26,7 +26,7 @@ use thiserror::Error;
 
 pub use crate::ingest::replay::Answer as StoredAnswer;
 
-/// Names the adapter and the table definition (`testkit/ledger-table.json`,
+/// Names the adapter and the table definition (template.yaml's `LedgerTable`,
 /// the template's `LedgerTable`) must agree on; a test checks they do.
 pub mod schema {
     pub const PK: &str = "pk";

@@ -4,12 +4,14 @@
 
 pub mod defender;
 pub mod events;
+pub mod ledger_table;
 pub mod moto;
 pub mod proxy;
 pub mod runtime;
 pub mod serial;
 
 pub use defender::{Api, Call, FakeDefender, FakeMachine, Fault};
+pub use ledger_table::ledger_table_from_template;
 pub use runtime::{FakeRuntime, Outcome};
 
 /// Machine ids of the demo tenant, one per case a newcomer should see.
