@@ -82,6 +82,11 @@ pub struct Config {
     pub dry_run: bool,
     pub max_devices: usize,
     pub queue_url: Option<String>,
+    /// The durable ledger's DynamoDB table (`LEDGER_TABLE`).
+    pub ledger_table: Option<String>,
+    /// Most offboard POSTs per rolling hour across instances; needs the
+    /// ledger, where it is counted.
+    pub max_offboards_per_hour: Option<u32>,
     pub max_queued_devices: usize,
     /// Lowercased, so a tag check is one set lookup.
     pub protected_tags: HashSet<String>,
@@ -154,6 +159,18 @@ impl Config {
         let max_devices = parse_count(&get, "MAX_DEVICES", 25, 1000)?;
         let max_queued_devices = parse_count(&get, "MAX_QUEUED_DEVICES", 5000, 100_000)?;
         let queue_url = get("QUEUE_URL").map(|s| s.trim().to_string());
+        let ledger_table = get("LEDGER_TABLE").map(|s| s.trim().to_string());
+        let max_offboards_per_hour = match get("MAX_OFFBOARDS_PER_HOUR") {
+            None => None,
+            Some(_) if ledger_table.is_none() => {
+                // A budget nobody counts would be a promise not kept.
+                return Err(ConfigError::new(
+                    "MAX_OFFBOARDS_PER_HOUR",
+                    "needs LEDGER_TABLE: the budget is counted in the ledger table",
+                ));
+            }
+            Some(_) => Some(parse_count(&get, "MAX_OFFBOARDS_PER_HOUR", 0, 100_000)? as u32),
+        };
         let protected_tags = get("PROTECTED_TAGS")
             .map(|v| {
                 v.split(',')
@@ -200,6 +217,8 @@ impl Config {
             dry_run,
             max_devices,
             queue_url,
+            ledger_table,
+            max_offboards_per_hour,
             max_queued_devices,
             protected_tags,
             secret_ttl,

@@ -8,6 +8,7 @@ use lambda_http::{Body, Response};
 use serde_json::json;
 use thiserror::Error;
 
+use crate::domain::ledger::LedgerError;
 use crate::domain::limits::retry_after_secs;
 use crate::domain::secret::CredentialError;
 use crate::ingest::auth::AuthError;
@@ -54,6 +55,12 @@ pub enum ApiError {
     Credentials(#[from] CredentialError),
     #[error("Defender: {0}")]
     Defender(String, Option<Duration>),
+    #[error("this delivery is still being processed by another invocation; retry after {}s", retry_after_secs(*.0))]
+    InProgress(Duration),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("machine action '{action_id}' is already {status} and cannot be cancelled")]
+    NotCancellable { action_id: String, status: String },
 }
 
 impl ApiError {
@@ -80,6 +87,9 @@ impl ApiError {
             Self::Credentials(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Defender(_, Some(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Defender(_, None) => StatusCode::BAD_GATEWAY,
+            Self::InProgress(_) | Self::NotCancellable { .. } => StatusCode::CONFLICT,
+            Self::Ledger(LedgerError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Ledger(LedgerError::Refused(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -112,6 +122,10 @@ impl ApiError {
             Self::Credentials(CredentialError::LoginRedirected(_)) => "login_redirected",
             Self::Defender(_, Some(_)) => "defender_unavailable",
             Self::Defender(_, None) => "defender_error",
+            Self::InProgress(_) => "in_progress",
+            Self::NotCancellable { .. } => "not_cancellable",
+            Self::Ledger(LedgerError::Unavailable(_)) => "ledger_unavailable",
+            Self::Ledger(LedgerError::Refused(_)) => "ledger_refused",
         }
     }
 
@@ -120,6 +134,8 @@ impl ApiError {
             Self::Credentials(e) if e.is_retryable() => Some(Duration::from_secs(10)),
             Self::QueueUnavailable(_) => Some(Duration::from_secs(10)),
             Self::Defender(_, ra) => *ra,
+            Self::InProgress(ra) => Some(*ra),
+            Self::Ledger(e) => e.retry_after(),
             _ => None,
         }
     }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::App;
+use crate::adapters::dynamodb::DynamoLedger;
 use crate::adapters::secrets_manager::SecretsManagerSource;
 use crate::adapters::sqs::SqsQueue;
 use crate::config::{Config, ConfigError};
@@ -14,11 +15,15 @@ use crate::config::{Config, ConfigError};
 pub async fn build_app(config: Config) -> App {
     let source = Arc::new(SecretsManagerSource::from_env(config.secret_id.clone()));
     let queue_url = config.queue_url.clone();
-    let app = App::new(config, source, App::http_client());
-    match queue_url {
-        Some(url) => app.with_queue(Arc::new(SqsQueue::from_env(url))),
-        None => app,
+    let ledger_table = config.ledger_table.clone();
+    let mut app = App::new(config, source, App::http_client());
+    if let Some(url) = queue_url {
+        app = app.with_queue(Arc::new(SqsQueue::from_env(url)));
     }
+    if let Some(table) = ledger_table {
+        app = app.with_ledger(Arc::new(DynamoLedger::from_env(table)));
+    }
+    app
 }
 
 /// Ends init: one line on stderr naming the variable, the same text posted

@@ -37,6 +37,12 @@ impl Deadline {
         Self { at: later(budget) }
     }
 
+    /// The wall-clock time of the deadline itself: when the invocation has
+    /// certainly ended (Lambda stops it there).
+    pub fn wall_clock(&self) -> SystemTime {
+        SystemTime::now() + self.at.saturating_duration_since(Instant::now())
+    }
+
     /// From the Runtime API's `Lambda-Runtime-Deadline-Ms` (unix millis).
     pub fn from_epoch_millis(ms: u64) -> Self {
         let now_ms = SystemTime::now()

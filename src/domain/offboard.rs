@@ -3,12 +3,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::domain::defender::{Defender, DefenderError, Machine};
+use crate::domain::ledger::Ledger;
 use crate::domain::limits::Deadline;
 use crate::domain::policy::{self, Refusal};
 use crate::ingest::input::{Device, DeviceRef, MachineId};
@@ -27,6 +28,7 @@ pub enum Status {
     Ambiguous,
     UnsupportedOs,
     Protected,
+    BudgetExceeded,
     Failed,
 }
 
@@ -40,6 +42,7 @@ impl Status {
             Self::Ambiguous => "ambiguous",
             Self::UnsupportedOs => "unsupported_os",
             Self::Protected => "protected",
+            Self::BudgetExceeded => "budget_exceeded",
             Self::Failed => "failed",
         }
     }
@@ -99,9 +102,18 @@ impl DeviceResult {
     }
 }
 
+/// The hourly budget: offboard POSTs per rolling hour, counted in the
+/// ledger so it holds across instances.
+#[derive(Clone)]
+pub struct Budget {
+    pub ledger: Arc<dyn Ledger>,
+    pub per_hour: u32,
+}
+
 pub struct Offboarder {
     defender: Arc<dyn Defender>,
     protected_tags: HashSet<String>,
+    budget: Option<Budget>,
 }
 
 impl Offboarder {
@@ -109,7 +121,14 @@ impl Offboarder {
         Self {
             defender,
             protected_tags,
+            budget: None,
         }
+    }
+
+    /// Checks every offboard against `budget` before it is sent.
+    pub fn with_budget(mut self, budget: Option<Budget>) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// Handles every device and answers one result per device, in order.
@@ -224,6 +243,26 @@ impl Offboarder {
         if dry_run {
             return base(Status::WouldOffboard)
                 .detail("dry run: every check passed, nothing was sent");
+        }
+        // Last check before the POST: only a device that would really be
+        // offboarded takes from the budget.
+        if let Some(b) = &self.budget {
+            match b.ledger.take_budget(1, b.per_hour, SystemTime::now()).await {
+                Ok(0) => {
+                    return base(Status::BudgetExceeded).detail(format!(
+                        "the hourly budget of {} offboards (MAX_OFFBOARDS_PER_HOUR) is spent; nothing was sent",
+                        b.per_hour
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let mut r = base(Status::Failed).detail(format!(
+                        "the budget could not be checked: {e}; nothing was sent"
+                    ));
+                    r.retry_after = e.retry_after().or(Some(Duration::from_secs(5)));
+                    return r;
+                }
+            }
         }
         match self.defender.offboard(&id, comment, deadline).await {
             Ok(action) => {

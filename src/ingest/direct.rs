@@ -101,6 +101,7 @@ impl App {
             source: source.to_string(),
             source_ip: None,
             webhook_id,
+            ..Default::default()
         };
         // IAM admitted the event, so its id is as trustworthy as a signed one.
         let key = match &caller.webhook_id {
@@ -108,7 +109,7 @@ impl App {
             None => DeliveryKey::body_hash(source, &body),
         };
         let secret = self.secrets.get().await?;
-        self.once(&caller, &key, async {
+        self.once(&caller, &key, deadline, async {
             let intake = match (kind, self.config.sources.get(source)) {
                 // A source's mapping: content it cannot map is ignored,
                 // as for webhooks, since the rule's sender cannot fix it.

@@ -15,7 +15,8 @@ use tracing::Instrument;
 use super::auth::{Admitted, AuthDef, Presented};
 use super::input;
 use super::{App, Caller, GENERIC, Intake, delivery_key, header, json_response, unix_now};
-use crate::domain::defender::DefenderError;
+use crate::domain::defender::{DefenderError, MachineAction};
+use crate::domain::ledger::ActionStatus;
 use crate::domain::limits::{DEFAULT_BUDGET, Deadline};
 use crate::domain::secret::AppSecret;
 use crate::error::ApiError;
@@ -23,6 +24,50 @@ use crate::ops::metrics;
 
 /// Bodies above this are refused before any work (413).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// MachineAction ids are GUIDs; anything else cannot exist.
+fn action_ref(action_id: &str) -> Result<&str, ApiError> {
+    if action_id.len() > 64
+        || !action_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(ApiError::ActionNotFound(action_id.to_string()));
+    }
+    Ok(action_id)
+}
+
+fn action_json(a: &MachineAction) -> Value {
+    json!({
+        "action_id": a.id,
+        "machine_id": a.machine_id,
+        "type": a.action_type,
+        "status": a.status,
+        "last_update": a.last_update(),
+    })
+}
+
+/// A path segment as the ticket it names (`%20` and the like decoded);
+/// invalid UTF-8 is kept as replacement characters, which the ticket's own
+/// checks then refuse.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 fn body_bytes(req: &Request) -> Result<&[u8], ApiError> {
     let body: &[u8] = req.body().as_ref();
@@ -172,6 +217,14 @@ impl App {
                 allow("GET")?;
                 self.action_status(req, action_id, deadline).await
             }
+            ["v1", "actions", action_id, "cancel"] if !action_id.is_empty() => {
+                allow("POST")?;
+                self.cancel(req, action_id, deadline).await
+            }
+            ["v1", "tickets", ticket] if !ticket.is_empty() && self.ledger.is_some() => {
+                allow("GET")?;
+                self.ticket(req, ticket).await
+            }
             _ => Err(ApiError::NoRoute(path.to_string())),
         }
     }
@@ -187,10 +240,11 @@ impl App {
             source: GENERIC.into(),
             source_ip: source_ip(req),
             webhook_id: admitted.delivery_id,
+            ..Default::default()
         };
         // Standard Webhooks signs its webhook-id.
         let key = delivery_key(GENERIC, caller.webhook_id.as_deref(), body);
-        self.once(&caller, &key, async {
+        self.once(&caller, &key, deadline, async {
             let value = input::strict_json(body).map_err(|e| match e {
                 input::JsonError::Syntax(m) => ApiError::NotJson(m),
                 input::JsonError::Field(f) => ApiError::Field(f),
@@ -239,9 +293,10 @@ impl App {
             source: name.to_string(),
             source_ip: source_ip(req),
             webhook_id,
+            ..Default::default()
         };
         let key = delivery_key(name, signed_id.as_deref(), body);
-        self.once(&caller, &key, async {
+        self.once(&caller, &key, deadline, async {
             match self.admit(def, &value, &caller) {
                 Intake::Act(request) => self.execute(request, &secret, &caller, deadline).await,
                 Intake::Ignored(reason) => Ok(json_response(
@@ -293,29 +348,139 @@ impl App {
     ) -> Result<Response<Body>, ApiError> {
         let body = body_bytes(req)?;
         let (secret, _) = self.authenticate(req, body, self.generic_auth()).await?;
-        // MachineAction ids are GUIDs; anything else cannot exist.
-        if action_id.len() > 64
-            || !action_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
-            return Err(ApiError::ActionNotFound(action_id.to_string()));
-        }
+        let action_id = action_ref(action_id)?;
         self.defender.ready(&secret, deadline).await?;
+        let a = self.read_action(action_id, deadline).await?;
+        Ok(json_response(StatusCode::OK, &action_json(&a)))
+    }
+
+    async fn read_action(
+        &self,
+        action_id: &str,
+        deadline: &Deadline,
+    ) -> Result<MachineAction, ApiError> {
         match self.defender.get_action(action_id, deadline).await {
-            Ok(a) => Ok(json_response(
-                StatusCode::OK,
-                &json!({
-                    "action_id": a.id,
-                    "machine_id": a.machine_id,
-                    "type": a.action_type,
-                    "status": a.status,
-                    "last_update": a.last_update(),
-                }),
-            )),
+            Ok(a) => Ok(a),
             Err(DefenderError::NotFound) => Err(ApiError::ActionNotFound(action_id.to_string())),
             Err(e) => Err(ApiError::Defender(e.to_string(), e.retry_after())),
         }
+    }
+
+    /// `POST /v1/actions/{id}/cancel`: undoes a mistaken offboard while
+    /// Defender has not carried it out. The action is read first: Defender
+    /// documents no error code for cancelling a final action, so finality
+    /// is judged by its status.
+    async fn cancel(
+        &self,
+        req: &Request,
+        action_id: &str,
+        deadline: &Deadline,
+    ) -> Result<Response<Body>, ApiError> {
+        let body = body_bytes(req)?;
+        let (secret, admitted) = self.authenticate(req, body, self.generic_auth()).await?;
+        let value = input::strict_json(body).map_err(|e| match e {
+            input::JsonError::Syntax(m) => ApiError::NotJson(m),
+            input::JsonError::Field(f) => ApiError::Field(f),
+        })?;
+        let comment = input::parse_cancel_body(&value)?;
+        let action_id = action_ref(action_id)?;
+        self.defender.ready(&secret, deadline).await?;
+        let before = self.read_action(action_id, deadline).await?;
+        let not_cancellable = |a: &MachineAction| ApiError::NotCancellable {
+            action_id: action_id.to_string(),
+            status: a.status.clone().unwrap_or_default(),
+        };
+        if ActionStatus::parse(before.status.as_deref().unwrap_or(""))
+            .is_some_and(ActionStatus::is_final)
+        {
+            return Err(not_cancellable(&before));
+        }
+        let a = match self
+            .defender
+            .cancel_action(action_id, comment.as_str(), deadline)
+            .await
+        {
+            Ok(a) => a,
+            // It may have become final in between: say so if it did.
+            Err(DefenderError::Refused { .. }) => {
+                let now = self.read_action(action_id, deadline).await?;
+                if ActionStatus::parse(now.status.as_deref().unwrap_or(""))
+                    .is_some_and(ActionStatus::is_final)
+                {
+                    return Err(not_cancellable(&now));
+                }
+                return Err(ApiError::Defender(
+                    "Defender refused the cancel".into(),
+                    None,
+                ));
+            }
+            Err(DefenderError::NotFound) => {
+                return Err(ApiError::ActionNotFound(action_id.to_string()));
+            }
+            Err(e) => return Err(ApiError::Defender(e.to_string(), e.retry_after())),
+        };
+        tracing::info!(
+            target: "audit",
+            event = "action_cancelled",
+            source = GENERIC,
+            action_id = %a.id,
+            machine_id = a.machine_id.as_deref().unwrap_or(""),
+            status = a.status.as_deref().unwrap_or(""),
+            comment = comment.as_str(),
+            source_ip = source_ip(req).as_deref().unwrap_or(""),
+            webhook_id = admitted.delivery_id.as_deref().unwrap_or(""),
+            "machine action cancelled"
+        );
+        self.record_cancel(&a).await;
+        Ok(json_response(StatusCode::OK, &action_json(&a)))
+    }
+
+    /// The ledger's records of a cancelled action follow it. Best effort:
+    /// the cancel has happened and is audited.
+    async fn record_cancel(&self, a: &MachineAction) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let status = a
+            .status
+            .as_deref()
+            .and_then(ActionStatus::parse)
+            .unwrap_or(ActionStatus::Cancelled);
+        let Some(machine_id) = a.machine_id.as_deref() else {
+            return;
+        };
+        let records = match ledger.machine_records(machine_id).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(action_id = %a.id, error = %e, "cancel not recorded in the ledger");
+                return;
+            }
+        };
+        for rec in records.iter().filter(|r| r.action_id == a.id) {
+            if let Err(e) = ledger
+                .update_action_status(&rec.key(), status, SystemTime::now())
+                .await
+            {
+                tracing::warn!(action_id = %a.id, error = %e, "cancel not recorded in the ledger");
+            }
+        }
+    }
+
+    /// `GET /v1/tickets/{ticket}`: every device outcome the ledger holds
+    /// for a ticket (one Query). A ticket with none answers an empty list.
+    async fn ticket(&self, req: &Request, ticket: &str) -> Result<Response<Body>, ApiError> {
+        let body = body_bytes(req)?;
+        self.authenticate(req, body, self.generic_auth()).await?;
+        let ledger = self
+            .ledger
+            .as_ref()
+            .ok_or_else(|| ApiError::NoRoute(format!("/v1/tickets/{ticket}")))?;
+        let ticket = input::Ticket::parse("ticket", &percent_decode(ticket))?;
+        let devices = ledger.ticket_records(ticket.as_str()).await?;
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({"ticket": ticket.as_str(), "devices": devices}),
+        ))
     }
 }
 

@@ -306,6 +306,22 @@ pub struct GenericBody {
     pub callback_url: Option<CallbackUrl>,
 }
 
+/// The body of `POST /v1/actions/{id}/cancel`: `{"comment": "..."}`, the
+/// comment under the same rules as an offboard's; nothing else.
+pub fn parse_cancel_body(body: &Value) -> Result<Comment, FieldError> {
+    let obj = body.as_object().ok_or_else(|| FieldError::WrongType {
+        field: "body".into(),
+        expected: "a JSON object",
+    })?;
+    if let Some(k) = obj.keys().find(|k| k.as_str() != "comment") {
+        return Err(FieldError::Unknown {
+            field: k.clone(),
+            hint: None,
+        });
+    }
+    Comment::parse("comment", required_str(obj, "comment")?)
+}
+
 /// Validates the generic body (`POST /v1/offboard`), refusing every
 /// `callback_url` (no `CALLBACK_HOSTS`).
 pub fn parse_generic(body: &Value) -> Result<OffboardRequest, FieldError> {

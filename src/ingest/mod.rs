@@ -16,7 +16,7 @@ pub mod sources;
 pub mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lambda_http::http::{HeaderMap, StatusCode};
@@ -27,8 +27,12 @@ use crate::adapters::defender_http::HttpDefender;
 use crate::adapters::entra::TokenProvider;
 use crate::config::Config;
 use crate::domain::defender::Defender;
+use crate::domain::ledger::{
+    ANSWER_KEPT_FOR, ActionStatus, Begin, DeviceRecord, IdempotencyKey, Ledger, LedgerError,
+    RecordedOutcome,
+};
 use crate::domain::limits::{Deadline, Limiters, retry_after_secs};
-use crate::domain::offboard::{Offboarder, Status};
+use crate::domain::offboard::{Budget, DeviceResult, Offboarder, Status};
 use crate::domain::queue::{self, Queue, QueueKeys, QueueWriter, QueuedDevice};
 use crate::domain::secret::{AppSecret, CredentialError, SecretCache, SecretSource};
 use crate::error::ApiError;
@@ -47,6 +51,7 @@ pub struct App {
     defender: Arc<dyn Defender>,
     pub(crate) offboarder: Offboarder,
     queue: Option<QueueWriter>,
+    pub(crate) ledger: Option<Arc<dyn Ledger>>,
     replay: ReplayCache,
     pub(crate) cold: AtomicBool,
 }
@@ -57,6 +62,9 @@ pub(crate) struct Caller {
     pub(crate) source: String,
     pub(crate) source_ip: Option<String>,
     pub(crate) webhook_id: Option<String>,
+    /// Set when the ledger could not be reached for this delivery: then
+    /// only a dry run may go on (fail closed).
+    pub(crate) ledger_down: Arc<AtomicBool>,
 }
 
 impl App {
@@ -113,6 +121,7 @@ impl App {
             defender,
             offboarder,
             queue: None,
+            ledger: None,
             replay: ReplayCache::default(),
             cold: AtomicBool::new(true),
         }
@@ -121,6 +130,20 @@ impl App {
     /// Enables `"mode": "queue"` with this queue.
     pub fn with_queue(mut self, queue: Arc<dyn Queue>) -> Self {
         self.queue = Some(QueueWriter::new(queue));
+        self
+    }
+
+    /// Enables the durable ledger: idempotency across instances, device
+    /// records, and the hourly budget when `MAX_OFFBOARDS_PER_HOUR` is set.
+    pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        let budget = self.config.max_offboards_per_hour.map(|per_hour| Budget {
+            ledger: ledger.clone(),
+            per_hour,
+        });
+        self.offboarder =
+            Offboarder::new(self.defender.clone(), self.config.protected_tags.clone())
+                .with_budget(budget);
+        self.ledger = Some(ledger);
         self
     }
 
@@ -159,37 +182,121 @@ impl App {
             tokio::time::timeout(Duration::from_secs(4), async { tokio::join!(creds, api) }).await;
     }
 
-    /// Answers a delivery seen before from memory; remembers final answers.
+    /// Answers a delivery seen before (from memory, else from the ledger,
+    /// which any instance shares); claims a new one in the ledger while it
+    /// runs, so a duplicate elsewhere is 409 `in_progress`; remembers final
+    /// answers. A 503 (or any refusal) is not kept: a retry runs again.
     pub(crate) async fn once(
         &self,
         caller: &Caller,
         key: &DeliveryKey,
+        deadline: &Deadline,
         work: impl Future<Output = Result<Response<Body>, ApiError>>,
     ) -> Result<Response<Body>, ApiError> {
         if let Some(a) = self.replay.get(key) {
             tracing::info!(source = %caller.source, delivery_key = %key, webhook_id = caller.webhook_id.as_deref().unwrap_or(""), "replayed delivery answered from memory; Defender not called");
-            metrics::count(metrics::names::REPLAYED);
-            let mut resp = json_text_response(
-                StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK),
-                a.body,
-            );
-            resp.headers_mut().insert(
-                "x-mde-replay",
-                lambda_http::http::HeaderValue::from_static("true"),
-            );
-            return Ok(resp);
+            return Ok(replayed(a));
         }
-        let resp = work.await?;
-        if let (200 | 202, Body::Text(text)) = (resp.status().as_u16(), resp.body()) {
-            self.replay.put(
-                key,
-                replay::Answer {
-                    status: resp.status().as_u16(),
+        let claim = match &self.ledger {
+            None => None,
+            Some(ledger) => {
+                let id = IdempotencyKey::from(key.digest());
+                match ledger
+                    .begin(&id, SystemTime::now(), deadline.wall_clock())
+                    .await
+                {
+                    Ok(Begin::Started) => Some((ledger, id)),
+                    Ok(Begin::InProgress { retry_after }) => {
+                        tracing::info!(source = %caller.source, delivery_key = %key, "delivery already in progress elsewhere");
+                        return Err(ApiError::InProgress(retry_after));
+                    }
+                    Ok(Begin::Done(answer)) => {
+                        tracing::info!(source = %caller.source, delivery_key = %key, "replayed delivery answered from the ledger; Defender not called");
+                        self.replay.put(key, answer.clone());
+                        return Ok(replayed(answer));
+                    }
+                    Err(e) => {
+                        tracing::warn!(source = %caller.source, error = %e, "ledger unreachable: only a dry run may go on");
+                        caller.ledger_down.store(true, Ordering::Relaxed);
+                        None
+                    }
+                }
+            }
+        };
+        let result = work.await;
+        let kept = match &result {
+            Ok(resp) => match (resp.status().as_u16(), resp.body()) {
+                (status @ (200 | 202), Body::Text(text)) => Some(replay::Answer {
+                    status,
                     body: text.clone(),
-                },
-            );
+                }),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        if let Some((ledger, id)) = claim {
+            let done = match &kept {
+                Some(answer) => {
+                    ledger
+                        .complete(&id, answer, SystemTime::now() + ANSWER_KEPT_FOR)
+                        .await
+                }
+                None => ledger.abandon(&id).await,
+            };
+            if let Err(e) = done {
+                // The claim expires at the deadline by itself.
+                tracing::warn!(source = %caller.source, error = %e, "the ledger did not take the delivery's end");
+            }
         }
-        Ok(resp)
+        if let Some(answer) = kept {
+            self.replay.put(key, answer);
+        }
+        result
+    }
+
+    /// Writes the outcomes that started (or found) an offboard action, so
+    /// `GET /v1/tickets/{ticket}` can list them. A write that fails is
+    /// logged: the offboard itself has happened and is audited.
+    pub(crate) async fn record_outcomes(
+        &self,
+        results: &[DeviceResult],
+        ticket: &str,
+        source: &str,
+    ) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let now = SystemTime::now();
+        let records: Vec<DeviceRecord> = results
+            .iter()
+            .filter_map(|r| {
+                let status = match r.status {
+                    Status::OffboardRequested => RecordedOutcome::OffboardRequested,
+                    Status::AlreadyPending => RecordedOutcome::AlreadyPending,
+                    _ => return None,
+                };
+                Some(DeviceRecord {
+                    ticket: ticket.to_string(),
+                    machine_id: r.machine_id.as_ref()?.as_str().to_string(),
+                    device: r.device.clone(),
+                    status,
+                    action_id: r.action_id.clone().unwrap_or_default(),
+                    action_status: ActionStatus::Pending,
+                    requested_at: now,
+                    updated_at: now,
+                    source: source.to_string(),
+                })
+            })
+            .collect();
+        let writes = records.iter().map(|rec| ledger.record_device(rec));
+        for (rec, outcome) in records
+            .iter()
+            .zip(futures_util::future::join_all(writes).await)
+        {
+            if let Err(e) = outcome {
+                tracing::warn!(ticket, machine_id = %rec.machine_id, error = %e, "device record not written");
+            }
+        }
     }
 
     /// What a webhook delivery becomes: a request to run, or a reason to
@@ -238,6 +345,11 @@ impl App {
         deadline: &Deadline,
     ) -> Result<Response<Body>, ApiError> {
         let dry_run = self.config.dry_run || request.dry_run;
+        if !dry_run && caller.ledger_down.load(Ordering::Relaxed) {
+            return Err(ApiError::Ledger(LedgerError::Unavailable(
+                "the delivery could not be claimed".into(),
+            )));
+        }
         if request.mode == Mode::Queue {
             return self
                 .enqueue(request, secret, caller, dry_run, deadline)
@@ -265,7 +377,12 @@ impl App {
         for r in &results {
             audit(r, &request, caller, dry_run);
             metrics::count(r.status.as_str());
+            if r.status == Status::BudgetExceeded {
+                metrics::count(metrics::names::BUDGET_EXCEEDED);
+            }
         }
+        self.record_outcomes(&results, request.ticket.as_str(), &caller.source)
+            .await;
         let retry_after = results
             .iter()
             .filter(|r| r.status == Status::Failed)
@@ -387,6 +504,20 @@ fn json_text_response(status: StatusCode, text: String) -> Response<Body> {
         .header("content-type", "application/json")
         .body(Body::Text(text))
         .expect("static headers are valid")
+}
+
+/// A stored answer, sent again and marked as such.
+fn replayed(a: replay::Answer) -> Response<Body> {
+    metrics::count(metrics::names::REPLAYED);
+    let mut resp = json_text_response(
+        StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK),
+        a.body,
+    );
+    resp.headers_mut().insert(
+        "x-mde-replay",
+        lambda_http::http::HeaderValue::from_static("true"),
+    );
+    resp
 }
 
 /// A webhook delivery, once its content is judged.

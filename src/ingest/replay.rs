@@ -69,8 +69,9 @@ impl DeliveryKey {
         &self.key
     }
 
-    /// Fixed-size, so the cache holds neither long ids nor payloads.
-    fn digest(&self) -> Digest32 {
+    /// Fixed-size, so neither the cache nor the ledger holds long ids or
+    /// payloads.
+    pub fn digest(&self) -> Digest32 {
         let mut h = Sha256::new();
         for part in [self.source.as_bytes(), self.key.as_bytes()] {
             h.update((part.len() as u64).to_be_bytes());

@@ -173,9 +173,17 @@ impl App {
             source: item.source.clone(),
             source_ip: None,
             webhook_id: item.webhook_id.clone(),
+            ..Default::default()
         };
         audit_line(r, item.ticket.as_str(), &caller, dry_run);
         metrics::count(r.status.as_str());
-        r.status != Status::Failed
+        if r.status == Status::BudgetExceeded {
+            metrics::count(metrics::names::BUDGET_EXCEEDED);
+        }
+        self.record_outcomes(&results, item.ticket.as_str(), &item.source)
+            .await;
+        // Over budget is not a failure of the device: the message comes
+        // back after its visibility timeout, when the hour has room again.
+        !matches!(r.status, Status::Failed | Status::BudgetExceeded)
     }
 }

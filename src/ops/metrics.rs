@@ -39,6 +39,7 @@ pub mod names {
     /// (no ticket, no device, a bad value): answered 202, so only this
     /// metric and its alarm tell the operator the mapping is wrong.
     pub const UNMAPPED: &str = "Unmapped";
+    pub const BUDGET_EXCEEDED: &str = "BudgetExceeded";
     pub const DEFENDER_THROTTLED: &str = "DefenderThrottled";
     pub const DEFENDER_ERRORS: &str = "DefenderErrors";
     pub const SECRET_FETCHES: &str = "SecretFetches";
