@@ -539,3 +539,29 @@ async fn servicenow_basic_auth_from_its_event_file() {
     assert_eq!(status, 401);
     assert_eq!(fresh.fetches(), 0, "refused before the secret fetch");
 }
+
+#[tokio::test]
+async fn the_servicenow_preset_takes_basic_or_bearer_as_its_secret_allows() {
+    // Basic set up (servicenow_basic) beside the bearer token: both admit.
+    let mut secret = base_secret();
+    secret["webhook_secrets"]["servicenow_basic"] = json!("mde-offboard:REPLACED-BY-THE-SENDER");
+    let h = Harness::with(secret, &[]).await;
+    let e = fixture("servicenow-basic.json");
+    let (status, answer) = h.send(event(&e)).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut bearer = e.clone();
+    bearer["headers"]["authorization"] = json!("Bearer snow-bearer-token-never-log");
+    assert_eq!(h.send(event(&bearer)).await.0, 200);
+
+    // Only the bearer token in the secret: Basic is not set up, so it is
+    // refused, and the bearer still admits.
+    let h = Harness::with(base_secret(), &[]).await;
+    assert_eq!(h.send(event(&e)).await.0, 401);
+    assert_eq!(h.send(event(&bearer)).await.0, 200);
+
+    // A Basic value that breaks the key rules closes the whole source.
+    let mut weak = base_secret();
+    weak["webhook_secrets"]["servicenow_basic"] = json!("mde-offboard:short");
+    let h = Harness::with(weak, &[]).await;
+    assert_eq!(h.send(event(&bearer)).await.0, 401);
+}

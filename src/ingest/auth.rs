@@ -693,11 +693,26 @@ impl AuthDef {
     /// must pass the key rules, or the source refuses every call: a broken
     /// key is fixed by the operator, not worked around by another scheme.
     pub fn verify(&self, req: &Presented<'_>, secret: &AppSecret) -> Result<Admitted, AuthError> {
-        let keyed: Vec<(&Scheme, &[String])> = self
-            .schemes
-            .iter()
-            .map(|s| s.keys(secret).map(|k| (s, k)))
-            .collect::<Result<_, _>>()?;
+        // A broken key closes the source. In a list, a scheme whose key is
+        // simply absent is one the operator has not set up (a preset that
+        // offers bearer or Basic, say): it is skipped, as long as another
+        // scheme is set up.
+        let mut keyed: Vec<(&Scheme, &[String])> = Vec::new();
+        let mut absent = None;
+        for s in &self.schemes {
+            match s.keys(secret) {
+                Ok(k) => keyed.push((s, k)),
+                Err(e @ AuthError::NoSecret(_)) if self.schemes.len() > 1 => {
+                    absent.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if keyed.is_empty()
+            && let Some(e) = absent
+        {
+            return Err(e);
+        }
         // A scheme whose credentials were there says more about the
         // refusal than one whose credentials were missing.
         let (mut missing, mut failed) = (None, None);

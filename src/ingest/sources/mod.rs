@@ -126,7 +126,7 @@ pub const PRESETS: &str = r#"{
     "comment": "Offboarded for PagerDuty incident {ticket}: {/event/data/incident/summary}"
   },
   "servicenow": {
-    "auth": {"scheme": "bearer", "secret": "servicenow"},
+    "auth": [{"scheme": "bearer", "secret": "servicenow"}, {"scheme": "basic", "secret": "servicenow_basic"}],
     "when": [{"pointer": "/state", "in": ["Resolved", "Closed", "6", "7"]}],
     "ticket": "/number",
     "devices": ["/cmdb_ci", "/cmdb_ci/display_value", "/mde_machine_id", "/devices"],
