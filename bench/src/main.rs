@@ -99,6 +99,10 @@ async fn world(machines: usize) -> World {
 }
 
 fn spawn(exe: &str, runtime: &FakeRuntime, w: &World) -> Child {
+    spawn_with(exe, runtime, w, &[])
+}
+
+fn spawn_with(exe: &str, runtime: &FakeRuntime, w: &World, extra: &[(&str, String)]) -> Child {
     Command::new(exe)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -112,6 +116,7 @@ fn spawn(exe: &str, runtime: &FakeRuntime, w: &World) -> Child {
         // 3,000 warm calls in a few seconds: the client-side limiter would
         // (rightly) hold them to 100 a minute. The peer has no limiter.
         .env("RATE_LIMIT_PER_MINUTE", "1000000")
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -287,10 +292,82 @@ async fn measure(
     out
 }
 
+/// The warm offboard with the ledger on (moto's DynamoDB, through a proxy
+/// that counts the calls by operation), beside the same figure without it
+/// from the same binary in the same run.
+async fn measure_ledger(
+    exe: &str,
+    w: &World,
+    a: &Args,
+    first_machine: usize,
+) -> Vec<(String, f64)> {
+    let table = mde_testkit::ledger_table::ledger_table_from_template().await;
+    let moto_addr = moto::moto()
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("moto addr");
+    let proxy = mde_testkit::serial::SerialProxy::start(moto_addr).await;
+    let mut out = Vec::new();
+    for (label, ledger) in [("without ledger", false), ("with ledger", true)] {
+        let runtime = FakeRuntime::start().await;
+        let extra = if ledger {
+            vec![
+                ("LEDGER_TABLE", table.clone()),
+                ("AWS_ENDPOINT_URL_DYNAMODB", proxy.url()),
+            ]
+        } else {
+            Vec::new()
+        };
+        let mut child = spawn_with(exe, &runtime, w, &extra);
+        wait_first_next(&runtime, Instant::now()).await;
+        let base = first_machine + if ledger { a.invocations + 1 } else { 0 };
+        // One to warm up (secret, token, connections), not counted.
+        invoke(
+            &runtime,
+            &offboard_body(&machine_id(base), false),
+            "offboard_requested",
+        )
+        .await;
+        let before = proxy.calls();
+        let mut real = Vec::with_capacity(a.invocations);
+        for i in 0..a.invocations {
+            real.push(
+                invoke(
+                    &runtime,
+                    &offboard_body(&machine_id(base + 1 + i), false),
+                    "offboard_requested",
+                )
+                .await,
+            );
+        }
+        out.push((
+            format!("warm offboard {label}, p50 (ms)"),
+            ms(percentile(&mut real, 0.5)),
+        ));
+        out.push((
+            format!("warm offboard {label}, p99 (ms)"),
+            ms(percentile(&mut real, 0.99)),
+        ));
+        if ledger {
+            let after = proxy.calls();
+            for (op, n) in &after {
+                let d = n - before.get(op).copied().unwrap_or(0);
+                out.push((
+                    format!("DynamoDB {op} per delivery (1 device)"),
+                    d as f64 / a.invocations as f64,
+                ));
+            }
+        }
+        let _ = child.kill().await;
+    }
+    out
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
-    let w = Arc::new(world(2 * a.invocations + 2).await);
+    let w = Arc::new(world(5 * a.invocations + 6).await);
     eprintln!("measuring {} ...", a.rust);
     let rust = measure(&a.rust, &w, &a, 0).await;
     eprintln!("measuring {} ...", a.peer);
@@ -368,8 +445,17 @@ async fn main() {
         };
         println!("| {label} | {r:.3} | {p:.3} | {ratio} |");
     }
+    eprintln!("measuring {} with and without the ledger ...", a.rust);
+    let ledger = measure_ledger(&a.rust, &w, &a, 2 * a.invocations + 4).await;
+    println!();
+    println!("| ledger figure (Rust, same run) | value |");
+    println!("|---|---:|");
+    for (label, v) in &ledger {
+        println!("| {label} | {v:.3} |");
+    }
     if let Some(path) = a.json {
-        let v = json!({"rust": rust, "python_peer": peer});
+        let ledger: BTreeMap<&str, f64> = ledger.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let v = json!({"rust": rust, "python_peer": peer, "ledger": ledger});
         std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap())
             .expect("write the results");
     }

@@ -16,6 +16,17 @@ use tokio::sync::Mutex;
 
 pub struct SerialProxy {
     addr: SocketAddr,
+    ops: Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
+}
+
+/// The operation a DynamoDB request names (`X-Amz-Target:
+/// DynamoDB_20120810.PutItem` → `PutItem`).
+fn operation(head: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(head)
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("x-amz-target"))
+        .map(|(_, v)| v.trim().rsplit('.').next().unwrap_or("").to_string())
 }
 
 /// The position just past the blank line that ends the head, if read.
@@ -68,11 +79,19 @@ async fn exchange(target: SocketAddr, request: &[u8]) -> Option<Vec<u8>> {
 
 /// One request per client connection: moto's answer carries
 /// `Connection: close`, so the client opens a new connection for the next.
-async fn serve(mut client: TcpStream, target: SocketAddr, gate: Arc<Mutex<()>>) {
+async fn serve(
+    mut client: TcpStream,
+    target: SocketAddr,
+    gate: Arc<Mutex<()>>,
+    ops: Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
+) {
     let mut buf = Vec::new();
     let Some(request) = read_request(&mut client, &mut buf).await else {
         return;
     };
+    if let Some(op) = head_end(&request).and_then(|end| operation(&request[..end])) {
+        *ops.lock().expect("ops").entry(op).or_default() += 1;
+    }
     let answer = {
         let _one_at_a_time = gate.lock().await;
         exchange(target, &request).await
@@ -90,13 +109,20 @@ impl SerialProxy {
             .expect("bind the serial proxy");
         let addr = listener.local_addr().expect("addr");
         let gate = Arc::new(Mutex::new(()));
+        let ops = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let counted = ops.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let _ = client.set_nodelay(true);
-                tokio::spawn(serve(client, target, gate.clone()));
+                tokio::spawn(serve(client, target, gate.clone(), counted.clone()));
             }
         });
-        Self { addr }
+        Self { addr, ops }
+    }
+
+    /// DynamoDB requests seen so far, by operation.
+    pub fn calls(&self) -> std::collections::BTreeMap<String, usize> {
+        self.ops.lock().expect("ops").clone()
     }
 
     pub fn url(&self) -> String {
