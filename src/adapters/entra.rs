@@ -12,8 +12,8 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::domain::limits::{Deadline, MAX_UPSTREAM_WAIT, later, parse_seconds, seconds_f64};
 use crate::domain::federation::IdentityTokenCache;
+use crate::domain::limits::{Deadline, MAX_UPSTREAM_WAIT, later, parse_seconds, seconds_f64};
 use crate::domain::secret::{AppSecret, AssertionRefusal, CredentialError};
 
 /// RFC 7523's client assertion type, which Entra ID expects with a

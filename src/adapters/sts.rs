@@ -80,7 +80,11 @@ impl IdentityTokenSource for StsIdentityTokens {
     }
 }
 
-fn classify<E, R>(e: &aws_sdk_sts::error::SdkError<E, R>, status: Option<u16>, code: String) -> CredentialError {
+fn classify<E, R>(
+    e: &aws_sdk_sts::error::SdkError<E, R>,
+    status: Option<u16>,
+    code: String,
+) -> CredentialError {
     use aws_sdk_sts::error::SdkError;
     match e {
         SdkError::ServiceError(_) if code == "OutboundWebIdentityFederationDisabledException" => {

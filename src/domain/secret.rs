@@ -214,7 +214,11 @@ impl fmt::Display for AssertionRefusal {
                 "the AWS token was expired or not yet valid when Entra ID read it; check the clock and that the role policy allows sts:DurationSeconds of 300"
             }
         };
-        write!(f, "Entra ID refused the AWS identity token (AADSTS{}): {what}", self.aadsts())
+        write!(
+            f,
+            "Entra ID refused the AWS identity token (AADSTS{}): {what}",
+            self.aadsts()
+        )
     }
 }
 

@@ -27,6 +27,7 @@ use crate::adapters::defender_http::HttpDefender;
 use crate::adapters::entra::TokenProvider;
 use crate::config::Config;
 use crate::domain::defender::Defender;
+use crate::domain::federation::{IdentityTokenCache, IdentityTokenSource};
 use crate::domain::ledger::{
     ANSWER_KEPT_FOR, ActionStatus, Begin, DeviceRecord, IdempotencyKey, Ledger, LedgerError,
     RecordedOutcome,
@@ -34,7 +35,6 @@ use crate::domain::ledger::{
 use crate::domain::limits::{Deadline, Limiters, retry_after_secs};
 use crate::domain::offboard::{Budget, DeviceResult, Offboarder, Status};
 use crate::domain::queue::{self, Queue, QueueKeys, QueueWriter, QueuedDevice};
-use crate::domain::federation::{IdentityTokenCache, IdentityTokenSource};
 use crate::domain::secret::{
     AppSecret, CredentialError, CredentialMode, SecretCache, SecretSource,
 };
