@@ -367,6 +367,15 @@ mod tests {
             e,
             CredentialError::BadCredentials("invalid_client AADSTS7000215".into())
         );
+        let e = read_token_answer(
+            401,
+            br#"{"error":"invalid_client","error_description":"AADSTS700213: No matching federated identity record found for presented assertion subject 'arn:aws:iam::1:role/x'.","error_codes":[700213]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            CredentialError::AssertionRefused(AssertionRefusal::SubjectMismatch)
+        );
         let e = read_token_answer(400, br#"{"error":"line\nbreak"}"#).unwrap_err();
         assert_eq!(e, CredentialError::BadCredentials("HTTP 400".into()));
     }

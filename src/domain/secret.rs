@@ -407,6 +407,31 @@ mod tests {
     }
 
     #[test]
+    fn federated_mode_needs_no_client_secret_and_keeps_none() {
+        let without =
+            r#"{"tenant_id":"t","client_id":"c","webhook_secrets":{"generic":"whsec_abc"}}"#;
+        assert!(AppSecret::parse(without).is_err());
+        let s = AppSecret::parse_for(without, CredentialMode::Federated).unwrap();
+        assert_eq!((s.tenant_id.as_str(), s.client_secret), ("t", None));
+        // One left in the secret is not held, so it cannot be sent.
+        let s = AppSecret::parse_for(GOOD, CredentialMode::Federated).unwrap();
+        assert_eq!(s.client_secret, None);
+        let e =
+            AppSecret::parse_for(r#"{"client_id":"c"}"#, CredentialMode::Federated).unwrap_err();
+        assert!(e.to_string().contains("tenant_id"), "{e}");
+    }
+
+    #[test]
+    fn assertion_refusals_are_read_from_their_aadsts_codes() {
+        for code in [70021, 700211, 700212, 700213, 700024] {
+            let r = AssertionRefusal::from_aadsts(code).unwrap();
+            assert_eq!(r.aadsts(), code);
+            assert!(r.to_string().contains(&format!("AADSTS{code}")));
+        }
+        assert_eq!(AssertionRefusal::from_aadsts(7000215), None);
+    }
+
+    #[test]
     fn debug_is_redacted() {
         let s = AppSecret::parse(GOOD).unwrap();
         let d = format!("{s:?}");
