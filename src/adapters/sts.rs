@@ -102,3 +102,22 @@ fn classify<E, R>(
         _ => CredentialError::IdentityTokenUnavailable("could not reach the service".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// `GetWebIdentityToken` is not served on `sts.amazonaws.com`: the
+    /// client must resolve the region's own endpoint, as the SDK does when
+    /// nothing asks for the global one.
+    #[tokio::test]
+    async fn the_endpoint_is_the_regional_one() {
+        use aws_sdk_sts::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+        for region in ["us-east-1", "eu-west-1"] {
+            let params = Params::builder().region(region).build().unwrap();
+            let ep = DefaultResolver::new()
+                .resolve_endpoint(&params)
+                .await
+                .unwrap();
+            assert_eq!(ep.url(), format!("https://sts.{region}.amazonaws.com"));
+        }
+    }
+}
