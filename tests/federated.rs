@@ -250,6 +250,118 @@ async fn each_entra_refusal_of_the_assertion_is_answered_with_its_named_error_an
     }
 }
 
+#[tokio::test]
+async fn an_expired_identity_token_is_answered_assertion_expired() {
+    let h = federated().await;
+    // STS answers a token already at its expiry: Entra ID refuses it.
+    h.sts.set_lifetime(0);
+    let (status, body, _) = h.offboard(ids::WIN11).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (500, Some("assertion_expired")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("AADSTS700024")
+    );
+    assert!(h.fake.accepted_offboards().is_empty());
+}
+
+#[tokio::test]
+async fn the_fake_login_accepts_only_what_sts_issued_and_never_with_a_client_secret() {
+    use mde_testkit::sts::{ISSUER, ROLE_ARN, b64url};
+    let fake = FakeDefender::start(demo_machines()).await;
+    let sts = FakeSts::start().await;
+    fake.trust(&sts, Some(FederatedCredential::for_fake_sts()));
+    let url = format!(
+        "{}/{}/oauth2/v2.0/token",
+        fake.url(),
+        mde_testkit::defender::TENANT_ID
+    );
+    let exp = now() + 300;
+    let claims =
+        json!({"iss": ISSUER, "sub": ROLE_ARN, "aud": "api://AzureADTokenExchange", "exp": exp});
+    let forged = format!(
+        "{}.{}.{}",
+        b64url(br#"{"alg":"RS256","typ":"JWT"}"#),
+        b64url(claims.to_string().as_bytes()),
+        b64url(b"not-the-issuer")
+    );
+    let login = |extra: Vec<(&'static str, String)>| {
+        let url = url.clone();
+        async move {
+            let mut form = vec![
+                ("grant_type", "client_credentials".to_string()),
+                ("client_id", mde_testkit::defender::CLIENT_ID.to_string()),
+                ("scope", mde_testkit::defender::SCOPE.to_string()),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer".to_string(),
+                ),
+            ];
+            form.extend(extra);
+            let r = reqwest::Client::new()
+                .post(url)
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = login(vec![("client_assertion", forged)]).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_u64()),
+        (401, Some(50013)),
+        "{body}"
+    );
+    let (status, body) = login(vec![("client_assertion", "eyJ.only-two".to_string())]).await;
+    assert_eq!(
+        (status, body["error_codes"][0].as_u64()),
+        (401, Some(50027)),
+        "{body}"
+    );
+    // A real token with the client secret beside it is refused too.
+    let client = sts_client(&sts.url());
+    let jwt = client
+        .get_web_identity_token()
+        .audience("api://AzureADTokenExchange")
+        .signing_algorithm("RS256")
+        .send()
+        .await
+        .unwrap()
+        .web_identity_token
+        .unwrap();
+    let claims = mde_testkit::sts::jwt_claims(&jwt).unwrap();
+    assert_eq!(
+        (
+            claims["iss"].as_str(),
+            claims["sub"].as_str(),
+            claims["aud"].as_str()
+        ),
+        (
+            Some(ISSUER),
+            Some(ROLE_ARN),
+            Some("api://AzureADTokenExchange")
+        )
+    );
+    assert!(claims["exp"].as_i64().unwrap() > now());
+    let (status, _) = login(vec![
+        ("client_assertion", jwt.clone()),
+        (
+            "client_secret",
+            mde_testkit::defender::CLIENT_SECRET.to_string(),
+        ),
+    ])
+    .await;
+    assert_eq!(status, 400);
+    let (status, body) = login(vec![("client_assertion", jwt)]).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 // ---- through the built bootstrap ----
 
 fn drain(
