@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::domain::secret::CredentialMode;
 use crate::ingest::input::{CallbackHosts, is_https_or_loopback};
 use crate::ingest::sources::Sources;
 
@@ -101,6 +102,8 @@ pub struct Config {
     pub worker: bool,
     /// `CALLBACK_HOSTS`: where a `callback_url` may point; empty refuses all.
     pub callback_hosts: CallbackHosts,
+    /// `MDE_CREDENTIALS`: a client secret, or an STS token as the assertion.
+    pub credentials: CredentialMode,
 }
 
 impl Config {
@@ -204,7 +207,17 @@ impl Config {
         let callback_hosts = get("CALLBACK_HOSTS")
             .map(|v| CallbackHosts::parse(&v))
             .unwrap_or_default();
+        let credentials = match get("MDE_CREDENTIALS") {
+            None => CredentialMode::Secret,
+            Some(v) => CredentialMode::parse(&v).ok_or_else(|| {
+                ConfigError::new(
+                    "MDE_CREDENTIALS",
+                    format!("'{}' is not secret or federated", v.trim()),
+                )
+            })?,
+        };
         Ok(Self {
+            credentials,
             callback_hosts,
             rate_per_minute,
             worker,
@@ -297,6 +310,17 @@ mod tests {
         assert_eq!(c.secret_ttl, Duration::from_secs(300));
         assert!(c.protected_tags.is_empty());
         assert!(c.queue_url.is_none());
+    }
+
+    #[test]
+    fn credential_mode_defaults_to_secret_and_a_bad_value_names_the_variable() {
+        let c = cfg(&[("SECRET_ID", "mde")]).unwrap();
+        assert_eq!(c.credentials, CredentialMode::Secret);
+        let c = cfg(&[("SECRET_ID", "mde"), ("MDE_CREDENTIALS", " Federated ")]).unwrap();
+        assert_eq!(c.credentials, CredentialMode::Federated);
+        let e = cfg(&[("SECRET_ID", "mde"), ("MDE_CREDENTIALS", "oidc")]).unwrap_err();
+        assert_eq!(e.var, "MDE_CREDENTIALS");
+        assert!(e.to_string().contains("'oidc'"), "{e}");
     }
 
     #[test]

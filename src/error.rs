@@ -120,6 +120,12 @@ impl ApiError {
             Self::Credentials(CredentialError::BadCredentials(_)) => "bad_credentials",
             Self::Credentials(CredentialError::LoginUnavailable(_)) => "login_unavailable",
             Self::Credentials(CredentialError::LoginRedirected(_)) => "login_redirected",
+            Self::Credentials(CredentialError::FederationDisabled) => "federation_disabled",
+            Self::Credentials(CredentialError::IdentityTokenRefused(_)) => "identity_token_refused",
+            Self::Credentials(CredentialError::IdentityTokenUnavailable(_)) => {
+                "identity_token_unavailable"
+            }
+            Self::Credentials(CredentialError::AssertionRefused(r)) => r.code(),
             Self::Defender(_, Some(_)) => "defender_unavailable",
             Self::Defender(_, None) => "defender_error",
             Self::InProgress(_) => "in_progress",

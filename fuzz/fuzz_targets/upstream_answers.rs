@@ -85,6 +85,10 @@ fuzz_target!(|data: &[u8]| {
                     assert!(!(200..400).contains(&status) && status != 429 && status < 500);
                     assert!(!m.chars().any(char::is_control), "message {m:?}");
                 }
+                // A refused federated assertion, read from its AADSTS code.
+                (_, CredentialError::AssertionRefused(_)) => {
+                    assert!(!(200..400).contains(&status) && status != 429 && status < 500);
+                }
                 _ => panic!("HTTP {status} read as {e:?}"),
             }
             let _ = e.to_string();

@@ -34,3 +34,28 @@ pub fn secrets_client(
         .build();
     aws_sdk_secretsmanager::Client::from_conf(conf)
 }
+
+/// The STS client for `GetWebIdentityToken`, with the same time limits as
+/// Secrets Manager. The SDK resolves STS's regional endpoint (the operation
+/// is not served on the global one) unless `AWS_ENDPOINT_URL_STS` says
+/// otherwise.
+pub fn sts_client(conf: aws_sdk_sts::config::Builder) -> aws_sdk_sts::Client {
+    use aws_sdk_sts::config::retry::RetryConfig;
+    use aws_sdk_sts::config::timeout::TimeoutConfig;
+    use std::time::Duration;
+    let conf = conf
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_attempt_timeout(Duration::from_secs(3))
+                .operation_timeout(Duration::from_secs(6))
+                .build(),
+        )
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(2)
+                .with_initial_backoff(Duration::from_millis(200)),
+        )
+        .build();
+    aws_sdk_sts::Client::from_conf(conf)
+}

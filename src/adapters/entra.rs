@@ -1,7 +1,10 @@
 //! Adapter: Entra ID's client-credentials token, cached until shortly
-//! before it expires and refreshed once on a 401. Never printed.
+//! before it expires and refreshed once on a 401. Never printed. The client
+//! proves itself with the client secret, or (federated) with an STS web
+//! identity token as the client assertion.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -9,8 +12,13 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::domain::federation::IdentityTokenCache;
 use crate::domain::limits::{Deadline, MAX_UPSTREAM_WAIT, later, parse_seconds, seconds_f64};
-use crate::domain::secret::{AppSecret, CredentialError};
+use crate::domain::secret::{AppSecret, AssertionRefusal, CredentialError};
+
+/// RFC 7523's client assertion type, which Entra ID expects with a
+/// federated credential.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A bearer token; `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -46,6 +54,8 @@ pub struct TokenProvider {
     http: reqwest::Client,
     login_url: String,
     scope: String,
+    /// Set in federated mode: the client assertion's source.
+    assertions: Option<Arc<IdentityTokenCache>>,
     cached: Mutex<Option<CachedToken>>,
 }
 
@@ -68,8 +78,16 @@ impl TokenProvider {
             http,
             login_url,
             scope,
+            assertions: None,
             cached: Mutex::new(None),
         }
+    }
+
+    /// Federated mode: STS tokens from `assertions` replace the client
+    /// secret.
+    pub fn federated(mut self, assertions: Arc<IdentityTokenCache>) -> Self {
+        self.assertions = Some(assertions);
+        self
     }
 
     pub fn token_url(&self, tenant_id: &str) -> String {
@@ -83,7 +101,7 @@ impl TokenProvider {
     ) -> Result<AccessToken, CredentialError> {
         let key = (
             secret.tenant_id.clone(),
-            secret.client_id.clone() + &secret.client_secret,
+            secret.client_id.clone() + secret.client_secret.as_deref().unwrap_or(""),
         );
         let mut slot = self.cached.lock().await;
         if let Some(c) = slot.as_ref()
@@ -118,17 +136,36 @@ impl TokenProvider {
         let timeout = deadline.call_timeout().ok_or_else(|| {
             CredentialError::LoginUnavailable("no time left before the deadline".into())
         })?;
+        let assertion = match &self.assertions {
+            Some(a) => Some(a.get(timeout).await?),
+            None => None,
+        };
+        let timeout = deadline.call_timeout().ok_or_else(|| {
+            CredentialError::LoginUnavailable("no time left before the deadline".into())
+        })?;
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", secret.client_id.as_str()),
+        ];
+        match (&assertion, secret.client_secret.as_deref()) {
+            (Some(jwt), _) => {
+                form.push(("client_assertion_type", JWT_BEARER));
+                form.push(("client_assertion", jwt.expose()));
+            }
+            (None, Some(client_secret)) => form.push(("client_secret", client_secret)),
+            (None, None) => {
+                return Err(CredentialError::BadSecret(
+                    "the secret has no key 'client_secret'".into(),
+                ));
+            }
+        }
+        form.push(("scope", self.scope.as_str()));
         crate::ops::metrics::count(crate::ops::metrics::names::TOKEN_FETCHES);
         let resp = self
             .http
             .post(self.token_url(&secret.tenant_id))
             .timeout(timeout)
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", secret.client_id.as_str()),
-                ("client_secret", secret.client_secret.as_str()),
-                ("scope", self.scope.as_str()),
-            ])
+            .form(&form)
             .send()
             .await
             .map_err(|e| {
@@ -143,7 +180,18 @@ impl TokenProvider {
             .bytes()
             .await
             .map_err(|_| CredentialError::LoginUnavailable("the answer was cut off".into()))?;
-        let (token, lifetime) = read_token_answer(status, &bytes)?;
+        let (token, lifetime) = match read_token_answer(status, &bytes) {
+            Err(CredentialError::AssertionRefused(AssertionRefusal::OutsideValidity)) => {
+                // The next fetch must not present the same stale token.
+                if let (Some(cache), Some(jwt)) = (&self.assertions, &assertion) {
+                    cache.invalidate(jwt).await;
+                }
+                return Err(CredentialError::AssertionRefused(
+                    AssertionRefusal::OutsideValidity,
+                ));
+            }
+            other => other?,
+        };
         tracing::debug!(expires_in_s = lifetime.as_secs(), "token fetched");
         Ok((token, lifetime))
     }
@@ -189,8 +237,16 @@ pub fn read_token_answer(
         .filter(|c| !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
         .unwrap_or_else(|| format!("HTTP {status}"));
-    let aadsts = body
-        .and_then(|b| b.error_codes)
+    let codes = body.and_then(|b| b.error_codes);
+    // A refused federated assertion has a fix of its own to tell.
+    if let Some(refusal) = codes
+        .iter()
+        .flatten()
+        .find_map(|c| AssertionRefusal::from_aadsts(*c))
+    {
+        return Err(CredentialError::AssertionRefused(refusal));
+    }
+    let aadsts = codes
         .map(|c| {
             c.iter()
                 .take(8)
@@ -310,6 +366,15 @@ mod tests {
         assert_eq!(
             e,
             CredentialError::BadCredentials("invalid_client AADSTS7000215".into())
+        );
+        let e = read_token_answer(
+            401,
+            br#"{"error":"invalid_client","error_description":"AADSTS700213: No matching federated identity record found for presented assertion subject 'arn:aws:iam::1:role/x'.","error_codes":[700213]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            CredentialError::AssertionRefused(AssertionRefusal::SubjectMismatch)
         );
         let e = read_token_answer(400, br#"{"error":"line\nbreak"}"#).unwrap_err();
         assert_eq!(e, CredentialError::BadCredentials("HTTP 400".into()));

@@ -10,3 +10,4 @@ pub mod entra;
 pub mod memory_ledger;
 pub mod secrets_manager;
 pub mod sqs;
+pub mod sts;

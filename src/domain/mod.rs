@@ -5,6 +5,7 @@
 //! in-memory fakes.
 
 pub mod defender;
+pub mod federation;
 pub mod ledger;
 pub mod limits;
 pub mod offboard;

@@ -20,7 +20,9 @@ use tokio::time::Instant;
 pub struct AppSecret {
     pub tenant_id: String,
     pub client_id: String,
-    pub client_secret: String,
+    /// `None` with `MDE_CREDENTIALS=federated`: then the function holds no
+    /// client secret at all, even when the secret still carries one.
+    pub client_secret: Option<String>,
     pub webhook_secrets: BTreeMap<String, Vec<String>>,
     /// The queue's MAC key when the secret names none (`queue::derive_key`);
     /// kept instead of the SecretString itself.
@@ -42,9 +44,14 @@ impl fmt::Debug for AppSecret {
 }
 
 impl AppSecret {
-    /// Parses the SecretString. Errors name the key at fault and never
-    /// quote a value.
+    /// Parses the SecretString for the default mode (a client secret).
     pub fn parse(text: &str) -> Result<Self, CredentialError> {
+        Self::parse_for(text, CredentialMode::Secret)
+    }
+
+    /// Parses the SecretString for `mode`: federated needs no
+    /// `client_secret`. Errors name the key at fault and never quote a value.
+    pub fn parse_for(text: &str, mode: CredentialMode) -> Result<Self, CredentialError> {
         let v: Value = serde_json::from_str(text)
             .map_err(|_| CredentialError::BadSecret("the secret is not a JSON object".into()))?;
         let obj = v
@@ -66,7 +73,10 @@ impl AppSecret {
         };
         let tenant_id = req("tenant_id")?;
         let client_id = req("client_id")?;
-        let client_secret = req("client_secret")?;
+        let client_secret = match mode {
+            CredentialMode::Secret => Some(req("client_secret")?),
+            CredentialMode::Federated => None,
+        };
         let mut webhook_secrets = BTreeMap::new();
         match obj.get("webhook_secrets") {
             None | Some(Value::Null) => {}
@@ -115,6 +125,103 @@ impl AppSecret {
     }
 }
 
+/// How the function proves itself to Entra ID (`MDE_CREDENTIALS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CredentialMode {
+    /// The client secret from the secret.
+    #[default]
+    Secret,
+    /// No client secret: an STS web identity token is the client assertion.
+    Federated,
+}
+
+impl CredentialMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "secret" => Some(Self::Secret),
+            "federated" => Some(Self::Federated),
+            _ => None,
+        }
+    }
+}
+
+/// Entra ID's refusals of a federated client assertion, by AADSTS code,
+/// each with the fix the operator needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionRefusal {
+    /// AADSTS70021: no federated identity credential matches at all.
+    NoMatchingCredential,
+    /// AADSTS700211: the token's issuer is not the credential's.
+    IssuerMismatch,
+    /// AADSTS700212: the token's audience is not the credential's.
+    AudienceMismatch,
+    /// AADSTS700213: the token's subject is not the credential's.
+    SubjectMismatch,
+    /// AADSTS700024: the token is expired or not yet valid.
+    OutsideValidity,
+}
+
+impl AssertionRefusal {
+    pub fn from_aadsts(code: u64) -> Option<Self> {
+        match code {
+            70021 => Some(Self::NoMatchingCredential),
+            700211 => Some(Self::IssuerMismatch),
+            700212 => Some(Self::AudienceMismatch),
+            700213 => Some(Self::SubjectMismatch),
+            700024 => Some(Self::OutsideValidity),
+            _ => None,
+        }
+    }
+
+    pub fn aadsts(self) -> u64 {
+        match self {
+            Self::NoMatchingCredential => 70021,
+            Self::IssuerMismatch => 700211,
+            Self::AudienceMismatch => 700212,
+            Self::SubjectMismatch => 700213,
+            Self::OutsideValidity => 700024,
+        }
+    }
+
+    /// The error code the caller reads.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::NoMatchingCredential => "no_federated_credential",
+            Self::IssuerMismatch => "federated_issuer_mismatch",
+            Self::AudienceMismatch => "federated_audience_mismatch",
+            Self::SubjectMismatch => "federated_subject_mismatch",
+            Self::OutsideValidity => "assertion_expired",
+        }
+    }
+}
+
+impl fmt::Display for AssertionRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self {
+            Self::NoMatchingCredential => {
+                "no federated identity credential on the app registration matches the AWS token; add one with issuer = the account's issuer URL (aws iam get-outbound-web-identity-federation-info), subject = the function role's ARN, audience = api://AzureADTokenExchange"
+            }
+            Self::IssuerMismatch => {
+                "the federated identity credential's issuer is not this AWS account's; set it to the IssuerIdentifier that aws iam get-outbound-web-identity-federation-info prints, character for character"
+            }
+            Self::AudienceMismatch => {
+                "the federated identity credential's audience is not api://AzureADTokenExchange; set it to exactly that"
+            }
+            Self::SubjectMismatch => {
+                "the federated identity credential's subject is not the function role's ARN; set it to the role ARN (arn:aws:iam::<account>:role/<name>), not an assumed-role session ARN"
+            }
+            Self::OutsideValidity => {
+                "the AWS token was expired or not yet valid when Entra ID read it; check the clock and that the role policy allows sts:DurationSeconds of 300"
+            }
+        };
+        write!(
+            f,
+            "Entra ID refused the AWS identity token (AADSTS{}): {what}",
+            self.aadsts()
+        )
+    }
+}
+
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum CredentialError {
     /// The operator stored a secret the function cannot use.
@@ -139,11 +246,34 @@ pub enum CredentialError {
         "the login endpoint answered HTTP {0}, a redirect, which is never followed; check MDE_LOGIN_URL"
     )]
     LoginRedirected(u16),
+    /// STS refused `GetWebIdentityToken` because the account has not turned
+    /// outbound identity federation on.
+    #[error(
+        "AWS STS refused GetWebIdentityToken: outbound identity federation is not enabled in this AWS account; enable it once with IAM EnableOutboundWebIdentityFederation (aws iam enable-outbound-web-identity-federation)"
+    )]
+    FederationDisabled,
+    /// STS refused `GetWebIdentityToken` for another reason a retry will not
+    /// cure (mostly the role policy).
+    #[error(
+        "AWS STS refused GetWebIdentityToken ({0}); the function's role needs sts:GetWebIdentityToken for audience api://AzureADTokenExchange with sts:DurationSeconds of at least 300"
+    )]
+    IdentityTokenRefused(String),
+    /// STS is unreachable, throttling or failing.
+    #[error("AWS STS is unavailable for GetWebIdentityToken: {0}")]
+    IdentityTokenUnavailable(String),
+    /// Entra ID refused the federated client assertion.
+    #[error("{0}")]
+    AssertionRefused(AssertionRefusal),
 }
 
 impl CredentialError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::SecretUnavailable(_) | Self::LoginUnavailable(_))
+        matches!(
+            self,
+            Self::SecretUnavailable(_)
+                | Self::LoginUnavailable(_)
+                | Self::IdentityTokenUnavailable(_)
+        )
     }
 }
 
@@ -179,6 +309,7 @@ enum Fetched {
 pub struct SecretCache {
     source: Arc<dyn SecretSource>,
     ttl: Duration,
+    mode: CredentialMode,
     cached: Mutex<Option<Fetched>>,
 }
 
@@ -187,8 +318,15 @@ impl SecretCache {
         Self {
             source,
             ttl,
+            mode: CredentialMode::Secret,
             cached: Mutex::new(None),
         }
+    }
+
+    /// The secret is read for `mode` (federated needs no client secret).
+    pub fn for_mode(mut self, mode: CredentialMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     pub async fn get(&self) -> Result<Arc<AppSecret>, CredentialError> {
@@ -204,7 +342,7 @@ impl SecretCache {
         }
         crate::ops::metrics::count(crate::ops::metrics::names::SECRET_FETCHES);
         let fetched = match self.source.fetch().await {
-            Ok(text) => AppSecret::parse(&text).map(Arc::new),
+            Ok(text) => AppSecret::parse_for(&text, self.mode).map(Arc::new),
             Err(e) => Err(e),
         };
         match fetched {
@@ -266,6 +404,31 @@ mod tests {
                 .to_string()
                 .contains("not a JSON object")
         );
+    }
+
+    #[test]
+    fn federated_mode_needs_no_client_secret_and_keeps_none() {
+        let without =
+            r#"{"tenant_id":"t","client_id":"c","webhook_secrets":{"generic":"whsec_abc"}}"#;
+        assert!(AppSecret::parse(without).is_err());
+        let s = AppSecret::parse_for(without, CredentialMode::Federated).unwrap();
+        assert_eq!((s.tenant_id.as_str(), s.client_secret), ("t", None));
+        // One left in the secret is not held, so it cannot be sent.
+        let s = AppSecret::parse_for(GOOD, CredentialMode::Federated).unwrap();
+        assert_eq!(s.client_secret, None);
+        let e =
+            AppSecret::parse_for(r#"{"client_id":"c"}"#, CredentialMode::Federated).unwrap_err();
+        assert!(e.to_string().contains("tenant_id"), "{e}");
+    }
+
+    #[test]
+    fn assertion_refusals_are_read_from_their_aadsts_codes() {
+        for code in [70021, 700211, 700212, 700213, 700024] {
+            let r = AssertionRefusal::from_aadsts(code).unwrap();
+            assert_eq!(r.aadsts(), code);
+            assert!(r.to_string().contains(&format!("AADSTS{code}")));
+        }
+        assert_eq!(AssertionRefusal::from_aadsts(7000215), None);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::adapters::defender_http::HttpDefender;
 use crate::adapters::entra::TokenProvider;
 use crate::config::Config;
 use crate::domain::defender::Defender;
+use crate::domain::federation::{IdentityTokenCache, IdentityTokenSource};
 use crate::domain::ledger::{
     ANSWER_KEPT_FOR, ActionStatus, Begin, DeviceRecord, IdempotencyKey, Ledger, LedgerError,
     RecordedOutcome,
@@ -34,7 +35,9 @@ use crate::domain::ledger::{
 use crate::domain::limits::{Deadline, Limiters, retry_after_secs};
 use crate::domain::offboard::{Budget, DeviceResult, Offboarder, Status};
 use crate::domain::queue::{self, Queue, QueueKeys, QueueWriter, QueuedDevice};
-use crate::domain::secret::{AppSecret, CredentialError, SecretCache, SecretSource};
+use crate::domain::secret::{
+    AppSecret, CredentialError, CredentialMode, SecretCache, SecretSource,
+};
 use crate::error::ApiError;
 use crate::ingest::input::{Mode, OffboardRequest};
 use crate::ingest::sources::{Mapped, SourceDef};
@@ -86,12 +89,45 @@ impl App {
         http: reqwest::Client,
         limiters: Limiters,
     ) -> Self {
-        let secrets = Arc::new(SecretCache::new(secret_source, config.secret_ttl));
-        let tokens = Arc::new(TokenProvider::new(
-            http.clone(),
-            config.login_url.clone(),
-            config.scope.clone(),
-        ));
+        // Federated: STS through the SDK, its client made on first use from
+        // the environment (`AWS_ENDPOINT_URL_STS` included).
+        let identity = (config.credentials == CredentialMode::Federated).then(|| {
+            Arc::new(crate::adapters::sts::StsIdentityTokens::from_env())
+                as Arc<dyn IdentityTokenSource>
+        });
+        Self::wired(config, secret_source, http, limiters, identity)
+    }
+
+    /// As `new`, with the web identity tokens of federated mode from
+    /// `identity` (an STS client pointed where a test says).
+    pub fn with_identity_tokens(
+        config: Config,
+        secret_source: Arc<dyn SecretSource>,
+        http: reqwest::Client,
+        identity: Arc<dyn IdentityTokenSource>,
+    ) -> Self {
+        let limiters = Limiters::new(config.rate_per_minute);
+        Self::wired(config, secret_source, http, limiters, Some(identity))
+    }
+
+    fn wired(
+        config: Config,
+        secret_source: Arc<dyn SecretSource>,
+        http: reqwest::Client,
+        limiters: Limiters,
+        identity: Option<Arc<dyn IdentityTokenSource>>,
+    ) -> Self {
+        let secrets = Arc::new(
+            SecretCache::new(secret_source, config.secret_ttl).for_mode(config.credentials),
+        );
+        let mut tokens =
+            TokenProvider::new(http.clone(), config.login_url.clone(), config.scope.clone());
+        if config.credentials == CredentialMode::Federated
+            && let Some(identity) = identity
+        {
+            tokens = tokens.federated(Arc::new(IdentityTokenCache::new(identity)));
+        }
+        let tokens = Arc::new(tokens);
         let defender = Arc::new(HttpDefender::new(
             http,
             config.api_url.clone(),
@@ -109,7 +145,9 @@ impl App {
         secret_source: Arc<dyn SecretSource>,
         defender: Arc<dyn Defender>,
     ) -> Self {
-        let secrets = Arc::new(SecretCache::new(secret_source, config.secret_ttl));
+        let secrets = Arc::new(
+            SecretCache::new(secret_source, config.secret_ttl).for_mode(config.credentials),
+        );
         Self::assemble(config, secrets, defender)
     }
 

@@ -146,6 +146,29 @@ struct Inner {
     offboard_status: u16,
     faults: VecDeque<(Api, Option<String>, Fault)>,
     calls: Vec<Call>,
+    /// Set by `trust`: the app has no client secret, only this federated
+    /// identity credential over tokens from this STS.
+    federation: Option<(crate::sts::FakeSts, Option<FederatedCredential>)>,
+    assertion_logins: usize,
+}
+
+/// A federated identity credential on the app registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedCredential {
+    pub issuer: String,
+    pub subject: String,
+    pub audience: String,
+}
+
+impl FederatedCredential {
+    /// The credential the README's set-up makes for the fake STS's role.
+    pub fn for_fake_sts() -> Self {
+        Self {
+            issuer: crate::sts::ISSUER.into(),
+            subject: crate::sts::ROLE_ARN.into(),
+            audience: "api://AzureADTokenExchange".into(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -284,6 +307,17 @@ impl FakeDefender {
     /// The action as `GET /api/machineactions/{id}` would answer it.
     pub fn action(&self, action_id: &str) -> Option<Value> {
         self.lock().actions.get(action_id).cloned()
+    }
+
+    /// The app trusts tokens from `sts` through `credential` (`None`: the
+    /// app has no federated credential at all) and holds no client secret.
+    pub fn trust(&self, sts: &crate::sts::FakeSts, credential: Option<FederatedCredential>) {
+        self.lock().federation = Some((sts.clone(), credential));
+    }
+
+    /// Logins accepted on a federated client assertion.
+    pub fn assertion_logins(&self) -> usize {
+        self.lock().assertion_logins
     }
 
     pub fn reset_calls(&self) {
@@ -461,7 +495,11 @@ async fn token(
             700016,
             "Application was not found in the directory.",
         )
-    } else if form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET) {
+    } else if let Some(refusal) = federated_refusal(&st, &form) {
+        refusal
+    } else if !federated(&st, &form)
+        && form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
+    {
         bad(
             401,
             "invalid_client",
@@ -478,6 +516,9 @@ async fn token(
     } else {
         let mut inner = st.lock().expect("fake state");
         inner.token_seq += 1;
+        if form.contains_key("client_assertion") {
+            inner.assertion_logins += 1;
+        }
         let t = format!("fake-access-token-{}-eyJ0eXAiOiJKV1Qi", inner.token_seq);
         inner.tokens.insert(t.clone(), ());
         let expires_in = inner.expires_in.clone();
@@ -488,6 +529,118 @@ async fn token(
         )
     };
     record(&st, call, r)
+}
+
+/// The login is by a federated client assertion: the app trusts an STS and
+/// the form carries one.
+fn federated(st: &Shared, form: &HashMap<String, String>) -> bool {
+    st.lock().expect("fake state").federation.is_some() && form.contains_key("client_assertion")
+}
+
+/// Entra ID's checks of a client assertion against the app's federated
+/// identity credential, with its error codes; `None` when it passes or the
+/// login is not federated.
+fn federated_refusal(st: &Shared, form: &HashMap<String, String>) -> Option<Response> {
+    let federation = st.lock().expect("fake state").federation.clone();
+    let (sts, credential) = federation?;
+    let assertion = form.get("client_assertion")?;
+    let bad = |status: u16, error: &str, code: Option<u64>, desc: &str| {
+        let codes: Vec<u64> = code.into_iter().collect();
+        let prefix = code.map(|c| format!("AADSTS{c}: ")).unwrap_or_default();
+        Some(reply(
+            status,
+            json!({
+                "error": error,
+                "error_description": format!("{prefix}{desc} Trace ID: 0 Correlation ID: 0 Timestamp: 2026-11-25 00:00:00Z"),
+                "error_codes": codes,
+            }),
+        ))
+    };
+    if form.contains_key("client_secret") {
+        return bad(
+            400,
+            "invalid_request",
+            None,
+            "Only one client authentication method may be sent: client_secret and client_assertion were both present.",
+        );
+    }
+    if form.get("client_assertion_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return bad(
+            400,
+            "invalid_request",
+            None,
+            "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+        );
+    }
+    let Some(claims) = crate::sts::jwt_claims(assertion) else {
+        return bad(401, "invalid_client", Some(50027), "Invalid JWT token.");
+    };
+    let Some(cred) = credential else {
+        return bad(
+            401,
+            "invalid_client",
+            Some(70021),
+            "No matching federated identity record found for presented assertion.",
+        );
+    };
+    let aud_ok = match &claims["aud"] {
+        Value::String(a) => *a == cred.audience,
+        Value::Array(a) => a.iter().any(|v| v.as_str() == Some(cred.audience.as_str())),
+        _ => false,
+    };
+    if claims["iss"].as_str() != Some(cred.issuer.as_str()) {
+        return bad(
+            401,
+            "invalid_client",
+            Some(700211),
+            "No matching federated identity record found for presented assertion issuer.",
+        );
+    }
+    if claims["sub"].as_str() != Some(cred.subject.as_str()) {
+        return bad(
+            401,
+            "invalid_client",
+            Some(700213),
+            "No matching federated identity record found for presented assertion subject.",
+        );
+    }
+    if !aud_ok {
+        return bad(
+            401,
+            "invalid_client",
+            Some(700212),
+            "No matching federated identity record found for presented assertion audience.",
+        );
+    }
+    // The issuer's signature: only what the fake STS issued verifies.
+    if sts.claims_of(assertion).is_none() {
+        return bad(
+            401,
+            "invalid_client",
+            Some(50013),
+            "Assertion failed signature validation.",
+        );
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    if claims["exp"].as_u64().is_none_or(|exp| exp <= now) {
+        return bad(
+            401,
+            "invalid_client",
+            Some(700024),
+            "Client assertion is not within its valid time range.",
+        );
+    }
+    None
+}
+
+/// `application/x-www-form-urlencoded` fields, as the fakes read them.
+pub(crate) fn form_fields(body: &[u8]) -> HashMap<String, String> {
+    serde_urlencoded_parse(body)
 }
 
 /// `application/x-www-form-urlencoded`, decoded by hand to keep the fake's

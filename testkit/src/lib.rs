@@ -9,10 +9,12 @@ pub mod moto;
 pub mod proxy;
 pub mod runtime;
 pub mod serial;
+pub mod sts;
 
-pub use defender::{Api, Call, FakeDefender, FakeMachine, Fault};
+pub use defender::{Api, Call, FakeDefender, FakeMachine, Fault, FederatedCredential};
 pub use ledger_table::ledger_table_from_template;
 pub use runtime::{FakeRuntime, Outcome};
+pub use sts::{FakeSts, StsFault};
 
 /// Machine ids of the demo tenant, one per case a newcomer should see.
 pub mod ids {
@@ -47,6 +49,13 @@ pub fn demo_machines() -> Vec<FakeMachine> {
 
 /// The webhook secret the tests and the local run sign with.
 pub const GENERIC_WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The secret of federated mode: no client secret at all.
+pub fn federated_secret_json() -> String {
+    let mut v: serde_json::Value = serde_json::from_str(&secret_json()).expect("json");
+    v.as_object_mut().expect("object").remove("client_secret");
+    v.to_string()
+}
 
 /// The secret's JSON as the contract lays it out, with the fake's client.
 pub fn secret_json() -> String {
