@@ -76,7 +76,13 @@ impl Doc {
     /// resolve; its other keys are unknown keywords to JSON Schema.
     fn validate(&self, pointer: &str, instance: &Value) -> Result<(), String> {
         let mut root = self.0.clone();
-        root["$ref"] = json!(format!("#{}", pointer.trim_start_matches('#')));
+        // A JSON Pointer in a URI fragment: path templates' braces are
+        // not URI characters.
+        let fragment = pointer
+            .trim_start_matches('#')
+            .replace('{', "%7B")
+            .replace('}', "%7D");
+        root["$ref"] = json!(format!("#{fragment}"));
         let validator = jsonschema::draft202012::options()
             .should_validate_formats(true)
             .build(&root)
@@ -384,21 +390,27 @@ async fn queued_budget_and_unavailable_answers_match_the_document() {
     assert_eq!(a.status, 202, "{}", a.body);
     doc.check("/v1/offboard", "post", &a);
 
-    // 200 with budget_exceeded: a spent hourly budget.
+    // 200 with budget_exceeded: a budget of one for two devices.
     let h = Harness::with(Options {
         env: vec![
             ("LEDGER_TABLE", "mde-ledger-openapi".into()),
-            ("MAX_OFFBOARDS_PER_HOUR", "0".into()),
+            ("MAX_OFFBOARDS_PER_HOUR", "1".into()),
         ],
         ..Default::default()
     })
     .await;
     let app = h.app.with_ledger(Arc::new(InMemoryLedger::new()));
     let a = Answer::of(
-        app.handle(signed("POST", "/v1/offboard", &body(&[ids::WIN11])))
-            .await,
+        app.handle(signed(
+            "POST",
+            "/v1/offboard",
+            &body(&[ids::WIN11, ids::WIN10]),
+        ))
+        .await,
     );
-    assert_eq!(statuses(&a.body), ["budget_exceeded"], "{}", a.body);
+    let mut got = statuses(&a.body);
+    got.sort();
+    assert_eq!(got, ["budget_exceeded", "offboard_requested"], "{}", a.body);
     doc.check("/v1/offboard", "post", &a);
 
     // 503 with an error body: Secrets Manager cannot be reached.
