@@ -8,11 +8,13 @@ pub mod ledger_table;
 pub mod moto;
 pub mod proxy;
 pub mod runtime;
+pub mod secrets;
 pub mod serial;
 
 pub use defender::{Api, Call, FakeDefender, FakeMachine, Fault};
 pub use ledger_table::ledger_table_from_template;
 pub use runtime::{FakeRuntime, Outcome};
+pub use secrets::FakeSecretsManager;
 
 /// Machine ids of the demo tenant, one per case a newcomer should see.
 pub mod ids {
