@@ -25,7 +25,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "MdeOffboard"
-BUCKETS = 12
+# One bucket per round of docs/dashboard_run.sh, as one period each.
+BUCKETS = 6
 
 
 class CfnLoader(yaml.SafeLoader):
@@ -144,9 +145,9 @@ def render(widgets, points, out: Path):
     import matplotlib.pyplot as plt
 
     rows = max(w["y"] + w["height"] for w in widgets)
-    fig = plt.figure(figsize=(18, rows * 0.62 + 1.0), dpi=110)
+    fig = plt.figure(figsize=(18, rows * 0.8 + 1.0), dpi=100)
     fig.patch.set_facecolor("#f2f3f3")
-    grid = fig.add_gridspec(rows, 24, hspace=1.6, wspace=2.2, left=0.04, right=0.99, top=0.93, bottom=0.04)
+    grid = fig.add_gridspec(rows, 24, hspace=2.6, wspace=2.2, left=0.04, right=0.99, top=0.93, bottom=0.04)
     span = (max(p[0] for p in points) - min(p[0] for p in points)) / 1000 if points else 0
     fig.suptitle(
         f"mde-offboard — CloudWatch dashboard (OperatorDashboard) rendered from a local run's "
@@ -191,7 +192,7 @@ def render(widgets, points, out: Path):
         else:
             for label, xs, ys, color in lines:
                 ax.plot(xs, ys, label=label, color=color, linewidth=1.8, marker="o", markersize=2.5)
-        ax.set_xlabel("seconds into the run", fontsize=8)
+        ax.set_xlabel("seconds into the run (one point per period)", fontsize=8)
         ax.legend(fontsize=7, loc="upper left", frameon=False, ncol=2 if len(lines) > 4 else 1)
         ax.set_ylim(bottom=0)
     out.parent.mkdir(parents=True, exist_ok=True)
