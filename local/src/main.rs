@@ -5,6 +5,11 @@
 //!   mde-local --secret-file F      serve against the real tenant in F
 //!   mde-local --aws                serve with the secret from Secrets Manager (SECRET_ID)
 //!   mde-local send FILE [--url U]  sign an events/ file and send it
+//!   mde-local tenant               serve only the simulated tenant and a
+//!                                  Secrets Manager endpoint, for a function
+//!                                  run by `cargo lambda watch`
+//!   mde-local sign FILE [-o OUT]   write FILE freshly signed, as a Lambda
+//!                                  event for `cargo lambda invoke --data-file`
 //!
 //! The handler is the Lambda's own (`App::handle`); only the transport
 //! differs: plain HTTP here instead of the Runtime API, which
@@ -22,16 +27,26 @@ use lambda_http::Body;
 use mde_offboard::App;
 use mde_offboard::config::Config;
 use mde_offboard::domain::secret::StaticSecret;
-use mde_offboard::ingest::auth::{hmac_hex, standard_sign};
 use mde_offboard::ingest::http::MAX_BODY_BYTES;
-use mde_testkit::{FakeDefender, demo_machines};
+use mde_testkit::{FakeDefender, FakeSecretsManager, demo_machines};
 use serde_json::Value;
 
+mod signing;
+use signing::Sample;
+
 const DEFAULT_PORT: u16 = 9000;
+/// The simulated tenant's port in `tenant` mode; Secrets Manager is on the
+/// next one. Fixed, so that an exported environment stays valid across runs.
+const DEFAULT_TENANT_PORT: u16 = 9100;
+/// The secret id the `tenant` mode serves.
+const LOCAL_SECRET_ID: &str = "mde-offboard-local";
 
 fn usage() -> ! {
     eprintln!(
-        "usage: mde-local [--port N] [--secret-file FILE | --aws]\n       mde-local send FILE [--url URL] [--secret-file FILE]"
+        "usage: mde-local [--port N] [--secret-file FILE | --aws]\n       \
+         mde-local send FILE [--url URL] [--secret-file FILE]\n       \
+         mde-local tenant [--port N] [--roles R1,R2] [--env-file FILE]\n       \
+         mde-local sign FILE [-o OUT] [--secret-file FILE]"
     );
     std::process::exit(2)
 }
@@ -48,6 +63,19 @@ async fn main() {
         let file = args.get(1).cloned().unwrap_or_else(|| usage());
         let url = flag("--url").unwrap_or_else(|| format!("http://127.0.0.1:{DEFAULT_PORT}"));
         std::process::exit(send(&file, &url, flag("--secret-file")).await);
+    }
+    if args.first().map(String::as_str) == Some("tenant") {
+        let port = flag("--port")
+            .map(|p| p.parse().unwrap_or_else(|_| usage()))
+            .unwrap_or(DEFAULT_TENANT_PORT);
+        let roles = flag("--roles").map(|r| r.split(',').map(str::to_string).collect());
+        tenant(port, roles, flag("--env-file")).await;
+        return;
+    }
+    if args.first().map(String::as_str) == Some("sign") {
+        let file = args.get(1).cloned().unwrap_or_else(|| usage());
+        sign(&file, flag("-o"), flag("--secret-file"));
+        return;
     }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         usage();
@@ -159,90 +187,54 @@ async fn handle(
     AxumResponse::from_parts(parts, AxumBody::from(bytes))
 }
 
-/// Signs an `events/` file (an API Gateway event, or a raw body for the
-/// generic route) the way its sender would, and sends it.
-async fn send(file: &str, base: &str, secret_file: Option<String>) -> i32 {
-    let text = std::fs::read_to_string(file).unwrap_or_else(|e| exit(&format!("{file}: {e}")));
-    let v: Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| exit(&format!("{file}: not JSON: {e}")));
-    let (path, method, body) = if v.get("requestContext").is_some() {
-        let path = v["rawPath"]
-            .as_str()
-            .or(v["path"].as_str())
-            .unwrap_or("/v1/offboard")
-            .to_string();
-        let method = v["requestContext"]["http"]["method"]
-            .as_str()
-            .or(v["httpMethod"].as_str())
-            .unwrap_or("POST")
-            .to_string();
-        (path, method, v["body"].as_str().unwrap_or("").to_string())
-    } else {
-        (
-            "/v1/offboard".to_string(),
-            "POST".to_string(),
-            text.trim().to_string(),
-        )
-    };
-    let secret_text = match secret_file {
+fn secret_of(secret_file: Option<String>) -> Value {
+    let text = match secret_file {
         Some(p) => std::fs::read_to_string(&p).unwrap_or_else(|e| exit(&format!("{p}: {e}"))),
         None => mde_testkit::secret_json(),
     };
-    let secret: Value =
-        serde_json::from_str(&secret_text).unwrap_or_else(|_| exit("the secret is not JSON"));
-    let source = path.strip_prefix("/v1/webhooks/").unwrap_or("generic");
-    // The samples are old; a sender stamps its delivery when it sends it,
-    // and a preset with a freshness window refuses anything older.
-    let body = match mde_offboard::ingest::sources::Sources::default()
-        .get(source)
-        .and_then(|d| d.freshness.clone())
-    {
-        Some(window) => match serde_json::from_str::<Value>(&body) {
-            Ok(mut doc) => {
-                window.stamp(&mut doc, SystemTime::now());
-                doc.to_string()
-            }
-            Err(_) => body,
-        },
-        None => body,
+    serde_json::from_str(&text).unwrap_or_else(|_| exit("the secret is not JSON"))
+}
+
+fn read_sample(file: &str) -> Sample {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| exit(&format!("{file}: {e}")));
+    Sample::read(file, &text).unwrap_or_else(|e| exit(&e.to_string()))
+}
+
+fn nonce() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}{nanos:09}", std::process::id())
+}
+
+/// Signs an `events/` file (an HTTP event, or a bare body) the way its
+/// sender would, and sends it.
+async fn send(file: &str, base: &str, secret_file: Option<String>) -> i32 {
+    let sample = read_sample(file);
+    let Some(unsigned) = signing::unsigned(&sample) else {
+        exit(&format!(
+            "{file} is not an HTTP event: invoke it with `cargo lambda invoke --data-file {file}`"
+        ))
     };
-    let key = secret["webhook_secrets"][source]
-        .as_str()
-        .or(secret["webhook_secrets"][source][0].as_str())
-        .unwrap_or_else(|| exit(&format!("no webhook secret for '{source}'")))
-        .to_string();
+    let d = signing::sign(
+        unsigned,
+        &secret_of(secret_file),
+        SystemTime::now(),
+        &nonce(),
+    )
+    .unwrap_or_else(|e| exit(&e.to_string()));
     let client = reqwest::Client::new();
     let mut req = client
         .request(
-            method.parse().unwrap_or(reqwest::Method::POST),
-            format!("{base}{path}"),
+            d.method.parse().unwrap_or(reqwest::Method::POST),
+            format!("{base}{}", d.path),
         )
-        .header("content-type", "application/json")
         .timeout(Duration::from_secs(60));
-    match auth_scheme(source) {
-        Scheme::Standard => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            let id = format!("msg_local_{now}_{}", std::process::id());
-            req = req
-                .header("webhook-id", &id)
-                .header("webhook-timestamp", now.to_string())
-                .header(
-                    "webhook-signature",
-                    standard_sign(&key, &id, now, body.as_bytes()),
-                );
-        }
-        Scheme::HmacHex { header, prefix } => {
-            req = req.header(
-                header,
-                format!("{prefix}{}", hmac_hex(&key, body.as_bytes())),
-            );
-        }
-        Scheme::Bearer => req = req.bearer_auth(&key),
+    for (k, v) in &d.headers {
+        req = req.header(k, v);
     }
-    match req.body(body).send().await {
+    match req.body(d.body).send().await {
         Ok(resp) => {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
@@ -259,27 +251,97 @@ async fn send(file: &str, base: &str, secret_file: Option<String>) -> i32 {
     }
 }
 
-enum Scheme {
-    Standard,
-    HmacHex {
-        header: &'static str,
-        prefix: &'static str,
-    },
-    Bearer,
+/// Writes an `events/` file as a freshly signed Lambda event, to `out` or
+/// stdout: the samples' signatures are placeholders and their timestamps
+/// old, so `cargo lambda invoke` with them directly answers 401.
+fn sign(file: &str, out: Option<String>, secret_file: Option<String>) {
+    let sample = read_sample(file);
+    let event = match signing::unsigned(&sample) {
+        Some(_) if signing::is_iam(&sample) => {
+            eprintln!(
+                "mde-local: {file} is signed by AWS (IAM auth at the edge), which a local invoke skips; written unchanged"
+            );
+            event_of(&sample)
+        }
+        Some(unsigned) => {
+            let d = signing::sign(
+                unsigned,
+                &secret_of(secret_file),
+                SystemTime::now(),
+                &nonce(),
+            )
+            .unwrap_or_else(|e| exit(&e.to_string()));
+            signing::to_event(&sample, &d)
+        }
+        None => {
+            eprintln!(
+                "mde-local: {file} is an EventBridge event or a direct invocation: IAM decides who may invoke, nothing to sign; written unchanged"
+            );
+            event_of(&sample)
+        }
+    };
+    let text = serde_json::to_string_pretty(&event).unwrap_or_default();
+    match out {
+        Some(path) => {
+            std::fs::write(&path, text + "\n").unwrap_or_else(|e| exit(&format!("{path}: {e}")))
+        }
+        None => println!("{text}"),
+    }
 }
 
-/// How each built-in source signs, as its tool does.
-fn auth_scheme(source: &str) -> Scheme {
-    match source {
-        "jira" => Scheme::HmacHex {
-            header: "x-hub-signature",
-            prefix: "sha256=",
-        },
-        "pagerduty" => Scheme::HmacHex {
-            header: "x-pagerduty-signature",
-            prefix: "v1=",
-        },
-        "servicenow" | "defender-incident" => Scheme::Bearer,
-        _ => Scheme::Standard,
+fn event_of(sample: &Sample) -> Value {
+    match sample {
+        Sample::Http(v) | Sample::Direct(v) => v.clone(),
+        Sample::Body { .. } => Value::Null,
     }
+}
+
+/// Serves the simulated tenant (Defender API and Entra ID login) and a
+/// Secrets Manager endpoint holding its secret, for the Lambda binary run by
+/// `cargo lambda watch`: the binary reads the same environment variables as
+/// in AWS, so it needs no local code path of its own.
+async fn tenant(port: u16, roles: Option<Vec<String>>, env_file: Option<String>) {
+    let bind = |p: u16| format!("127.0.0.1:{p}");
+    let fake = FakeDefender::start_on(&bind(port), demo_machines()).await;
+    if let Some(roles) = &roles {
+        let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+        fake.set_token_roles(&roles);
+    }
+    let sm_port = if port == 0 { 0 } else { port.saturating_add(1) };
+    let secrets = [(LOCAL_SECRET_ID.to_string(), mde_testkit::secret_json())].into();
+    let sm = FakeSecretsManager::start_on(&bind(sm_port), secrets)
+        .await
+        .unwrap_or_else(|e| exit(&format!("cannot listen on {}: {e}", bind(sm_port))));
+    let env = [
+        ("SECRET_ID", LOCAL_SECRET_ID.to_string()),
+        ("AWS_ENDPOINT_URL_SECRETS_MANAGER", sm.url()),
+        ("MDE_API_URL", fake.url()),
+        ("MDE_LOGIN_URL", fake.url()),
+        ("PROTECTED_TAGS", "VIP".to_string()),
+        // The SDK wants a region and credentials; the local endpoint checks
+        // no signature.
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_ACCESS_KEY_ID", "local".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "local".to_string()),
+    ];
+    if let Some(path) = &env_file {
+        let text: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        std::fs::write(path, text).unwrap_or_else(|e| exit(&format!("{path}: {e}")));
+    }
+    // On stdout, so a script can read them; the guide goes to stderr.
+    for (k, v) in &env {
+        println!("export {k}={v}");
+    }
+    println!();
+    eprintln!(
+        "mde-local: a simulated tenant at {} and Secrets Manager at {}.\n\
+         Export the lines above (or pass --env-file to both), then:\n  \
+         cargo lambda watch\n  \
+         cargo run -p mde-local -- sign events/generic.json -o target/generic.signed.json\n  \
+         cargo lambda invoke --data-file target/generic.signed.json\n\
+         Ctrl-C stops.",
+        fake.url(),
+        sm.url()
+    );
+    let _ = tokio::signal::ctrl_c().await;
 }

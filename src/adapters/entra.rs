@@ -57,6 +57,9 @@ pub struct TokenProvider {
     /// Set in federated mode: the client assertion's source.
     assertions: Option<Arc<IdentityTokenCache>>,
     cached: Mutex<Option<CachedToken>>,
+    /// What the last fetched token lacked, so the warning is one line at
+    /// start (and again only if consent changes), not one per refresh.
+    last_missing: std::sync::Mutex<Option<Vec<&'static str>>>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +83,7 @@ impl TokenProvider {
             scope,
             assertions: None,
             cached: Mutex::new(None),
+            last_missing: std::sync::Mutex::new(None),
         }
     }
 
@@ -193,8 +197,74 @@ impl TokenProvider {
             other => other?,
         };
         tracing::debug!(expires_in_s = lifetime.as_secs(), "token fetched");
+        self.check_permissions(&token);
         Ok((token, lifetime))
     }
+
+    /// Says once, in one line, which application permission the tenant's
+    /// admin consent lacks: otherwise it shows up only as one 403 `failed`
+    /// per device, long after deployment.
+    fn check_permissions(&self, token: &AccessToken) {
+        let Some(missing) = missing_permissions(token.expose()) else {
+            tracing::debug!(
+                "the access token's roles claim is not readable; permissions not checked"
+            );
+            return;
+        };
+        let mut last = self.last_missing.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_ref() == Some(&missing) {
+            return;
+        }
+        if !missing.is_empty() {
+            tracing::warn!(
+                missing_permissions = %missing.join(", "),
+                "the Defender application lacks the {} application permission: grant it and admin consent in Entra ID (API permissions, WindowsDefenderATP); until then Defender refuses those calls with 403",
+                missing.join(" and ")
+            );
+        }
+        *last = Some(missing);
+    }
+}
+
+/// The application permission the offboard call needs.
+pub const OFFBOARD_PERMISSION: &str = "Machine.Offboard";
+
+/// Listing machines and reading actions needs one of these; the current
+/// Defender docs list `Machine.ReadWrite.All`, older ones `Machine.Read.All`.
+pub const READ_PERMISSIONS: [&str; 2] = ["Machine.ReadWrite.All", "Machine.Read.All"];
+
+/// Named in the warning when neither read permission is granted.
+const READ_PERMISSION_NAME: &str = "Machine.ReadWrite.All (or Machine.Read.All)";
+
+#[derive(Deserialize)]
+struct TokenClaims {
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+/// The permissions the access token's `roles` claim lacks, read from its
+/// JWT payload without checking the signature: the token came straight
+/// from Entra ID over TLS, and Defender checks it on every call anyway.
+/// `None` when the token is not a JWT with a readable payload (some clouds
+/// and proxies issue opaque tokens): nothing can be said then.
+pub fn missing_permissions(token: &str) -> Option<Vec<&'static str>> {
+    use base64::Engine as _;
+    let mut parts = token.split('.');
+    let (_header, payload) = (parts.next()?, parts.next()?);
+    parts.next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: TokenClaims = serde_json::from_slice(&bytes).ok()?;
+    let has = |p: &str| claims.roles.iter().any(|r| r == p);
+    let mut missing = Vec::new();
+    if !has(OFFBOARD_PERMISSION) {
+        missing.push(OFFBOARD_PERMISSION);
+    }
+    if !READ_PERMISSIONS.iter().any(|p| has(p)) {
+        missing.push(READ_PERMISSION_NAME);
+    }
+    Some(missing)
 }
 
 /// Used when an answer has no usable `expires_in`: Entra ID's usual value.
@@ -286,6 +356,60 @@ pub fn token_lifetime(expires_in: Option<&Value>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn jwt(payload: &str) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.sig",
+            b64.encode(r#"{"typ":"JWT","alg":"RS256"}"#),
+            b64.encode(payload)
+        )
+    }
+
+    #[test]
+    fn missing_permissions_are_read_from_the_roles_claim() {
+        let read = READ_PERMISSION_NAME;
+        for (payload, want) in [
+            (
+                r#"{"roles":["Machine.Offboard","Machine.ReadWrite.All"]}"#,
+                vec![],
+            ),
+            (
+                r#"{"roles":["Machine.Offboard","Machine.Read.All"]}"#,
+                vec![],
+            ),
+            (
+                r#"{"roles":["Machine.ReadWrite.All"]}"#,
+                vec![OFFBOARD_PERMISSION],
+            ),
+            (r#"{"roles":["Machine.Offboard"]}"#, vec![read]),
+            (r#"{"roles":[]}"#, vec![OFFBOARD_PERMISSION, read]),
+            // No roles claim at all: the app has no application permission.
+            (r#"{"aud":"x"}"#, vec![OFFBOARD_PERMISSION, read]),
+            (
+                r#"{"roles":["machine.offboard","Machine.Read"]}"#,
+                vec![OFFBOARD_PERMISSION, read],
+            ),
+        ] {
+            assert_eq!(missing_permissions(&jwt(payload)), Some(want), "{payload}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_token_says_nothing() {
+        for token in [
+            "opaque-token".to_string(),
+            "a.b".to_string(),
+            "a.%%%.c".to_string(),
+            format!("{}x", jwt("[1,2]")),
+            jwt(r#"{"roles":"Machine.Offboard"}"#),
+            jwt("not json"),
+            "...".to_string(),
+        ] {
+            assert_eq!(missing_permissions(&token), None, "{token}");
+        }
+    }
 
     #[test]
     fn debug_is_redacted() {

@@ -12,6 +12,9 @@ use tokio::time::Instant;
 pub const DEADLINE_MARGIN: Duration = Duration::from_millis(1500);
 /// Used when the invocation carries no deadline (the local server).
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(28);
+
+/// Unix millis of 2001-09-09: any real deadline is later.
+const NOT_A_WALL_CLOCK_MS: u64 = 1_000_000_000_000;
 /// No single HTTP call may take longer than this, deadline permitting.
 pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -44,7 +47,14 @@ impl Deadline {
     }
 
     /// From the Runtime API's `Lambda-Runtime-Deadline-Ms` (unix millis).
+    /// A value before 2001 cannot be a deadline: cargo-lambda's emulator
+    /// (`cargo lambda watch`, 1.9) sends the timeout itself there
+    /// (`600000`), which read as a time would leave no time for any call.
+    /// Such a value counts as no deadline given: `DEFAULT_BUDGET`.
     pub fn from_epoch_millis(ms: u64) -> Self {
+        if ms < NOT_A_WALL_CLOCK_MS {
+            return Self::after(DEFAULT_BUDGET);
+        }
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -361,6 +371,20 @@ mod tests {
     async fn huge_budgets_and_blocks_do_not_overflow_the_clock() {
         let d = Deadline::after(Duration::MAX);
         assert!(d.usable() > Duration::from_secs(3600));
+        let d = Deadline::from_epoch_millis(u64::MAX);
+        assert!(d.usable() > Duration::ZERO);
+        // cargo-lambda's emulator sends its 10-minute timeout as the
+        // "deadline"; a deadline that passed a moment ago still has none.
+        let emulator = Deadline::from_epoch_millis(600_000).usable();
+        assert!(emulator > Duration::from_secs(20) && emulator <= DEFAULT_BUDGET);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert_eq!(
+            Deadline::from_epoch_millis(now_ms - 1_000).usable(),
+            Duration::ZERO
+        );
         let d = Deadline::from_epoch_millis(u64::MAX);
         assert!(d.fits(Duration::from_secs(3600)));
         let l = RateLimiter::defender();

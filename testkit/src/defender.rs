@@ -24,6 +24,10 @@ pub const CLIENT_ID: &str = "11111111-1111-1111-1111-111111111111";
 pub const CLIENT_SECRET: &str = "fake-client-secret-Q8~never-log-me";
 pub const SCOPE: &str = "https://api.securitycenter.microsoft.com/.default";
 
+/// What an application consented for this function holds: offboarding, and
+/// reading machines and actions.
+pub const DEFAULT_ROLES: &[&str] = &["Machine.Offboard", "Machine.ReadWrite.All"];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FakeMachine {
     pub id: String,
@@ -139,11 +143,14 @@ struct Inner {
     machines: Vec<FakeMachine>,
     actions: HashMap<String, Value>,
     pending: HashMap<String, String>,
-    tokens: HashMap<String, ()>,
+    /// Issued tokens and the roles each carries.
+    tokens: HashMap<String, Vec<String>>,
     token_seq: u64,
     action_seq: u64,
     expires_in: Value,
     offboard_status: u16,
+    /// The application permissions the issued tokens' `roles` claim lists.
+    roles: Vec<String>,
     faults: VecDeque<(Api, Option<String>, Fault)>,
     calls: Vec<Call>,
     /// Set by `trust`: the app has no client secret, only this federated
@@ -188,6 +195,7 @@ impl FakeDefender {
             machines,
             expires_in: json!(3599),
             offboard_status: 201,
+            roles: DEFAULT_ROLES.iter().map(|r| r.to_string()).collect(),
             ..Default::default()
         }));
         let app = Router::new()
@@ -254,6 +262,13 @@ impl FakeDefender {
     /// place and 200 in another.
     pub fn set_offboard_status(&self, status: u16) {
         self.lock().offboard_status = status;
+    }
+
+    /// The `roles` claim of tokens issued from now on, as the tenant's
+    /// admin consent grants them: leave `Machine.Offboard` out to see the
+    /// function's permission check at start.
+    pub fn set_token_roles(&self, roles: &[&str]) {
+        self.lock().roles = roles.iter().map(|r| r.to_string()).collect();
     }
 
     pub fn add_machine(&self, m: FakeMachine) {
@@ -444,6 +459,17 @@ fn authorized(st: &Shared, call: &Call) -> bool {
         .is_some_and(|t| inner.tokens.contains_key(t))
 }
 
+/// Whether the call's token was issued with `role`, as Defender checks a
+/// permission after the token itself.
+fn has_role(st: &Shared, call: &Call, role: &str) -> bool {
+    let inner = st.lock().expect("fake state");
+    call.authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .and_then(|t| inner.tokens.get(t))
+        .is_some_and(|roles| roles.iter().any(|r| r == role))
+}
+
 fn unauthorized() -> Response {
     reply(
         401,
@@ -519,8 +545,9 @@ async fn token(
         if form.contains_key("client_assertion") {
             inner.assertion_logins += 1;
         }
-        let t = format!("fake-access-token-{}-eyJ0eXAiOiJKV1Qi", inner.token_seq);
-        inner.tokens.insert(t.clone(), ());
+        let t = access_token(inner.token_seq, &inner.roles);
+        let roles = inner.roles.clone();
+        inner.tokens.insert(t.clone(), roles);
         let expires_in = inner.expires_in.clone();
         drop(inner);
         reply(
@@ -641,6 +668,42 @@ fn federated_refusal(st: &Shared, form: &HashMap<String, String>) -> Option<Resp
 /// `application/x-www-form-urlencoded` fields, as the fakes read them.
 pub(crate) fn form_fields(body: &[u8]) -> HashMap<String, String> {
     serde_urlencoded_parse(body)
+}
+
+/// A JWT-shaped access token as Entra ID issues it for an application:
+/// the payload carries `roles`; the signature part is a placeholder, since
+/// nothing on the function's side checks it.
+fn access_token(seq: u64, roles: &[String]) -> String {
+    let header = json!({"typ": "JWT", "alg": "RS256", "kid": "fake"});
+    let payload = json!({
+        "aud": "https://api.securitycenter.microsoft.com",
+        "iss": format!("https://sts.windows.net/{TENANT_ID}/"),
+        "appid": CLIENT_ID,
+        "tid": TENANT_ID,
+        "roles": roles,
+        "jti": format!("fake-token-{seq}"),
+    });
+    format!(
+        "{}.{}.fake-signature-{seq}",
+        base64url(header.to_string().as_bytes()),
+        base64url(payload.to_string().as_bytes())
+    )
+}
+
+/// Unpadded base64url, by hand to keep the fake's dependencies to axum.
+fn base64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
 }
 
 /// `application/x-www-form-urlencoded`, decoded by hand to keep the fake's
@@ -774,6 +837,19 @@ async fn offboard(
         Ok(c) => c,
         Err(r) => return r,
     };
+    if !has_role(&st, &call, "Machine.Offboard") {
+        return record(
+            &st,
+            call,
+            reply(
+                403,
+                error_body(
+                    "Forbidden",
+                    "The application does not have any of the required application permissions (Machine.Offboard) to access the resource.",
+                ),
+            ),
+        );
+    }
     let comment = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| v.get("Comment").and_then(Value::as_str).map(str::to_string));
@@ -950,6 +1026,22 @@ mod tests {
         );
         assert_eq!(parse_name_filter("computerDnsName eq 'o'brien'"), None);
         assert_eq!(parse_name_filter("osPlatform eq 'x'"), None);
+    }
+
+    #[test]
+    fn base64url_matches_the_rfc_vectors() {
+        for (raw, want) in [
+            ("", ""),
+            ("f", "Zg"),
+            ("fo", "Zm8"),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg"),
+            ("fooba", "Zm9vYmE"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64url(raw.as_bytes()), want);
+        }
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
     }
 
     #[test]

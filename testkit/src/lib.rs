@@ -8,12 +8,14 @@ pub mod ledger_table;
 pub mod moto;
 pub mod proxy;
 pub mod runtime;
+pub mod secrets;
 pub mod serial;
 pub mod sts;
 
 pub use defender::{Api, Call, FakeDefender, FakeMachine, Fault, FederatedCredential};
 pub use ledger_table::ledger_table_from_template;
 pub use runtime::{FakeRuntime, Outcome};
+pub use secrets::FakeSecretsManager;
 pub use sts::{FakeSts, StsFault};
 
 /// Machine ids of the demo tenant, one per case a newcomer should see.
