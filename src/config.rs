@@ -101,6 +101,9 @@ pub struct Config {
     pub worker: bool,
     /// `CALLBACK_HOSTS`: where a `callback_url` may point; empty refuses all.
     pub callback_hosts: CallbackHosts,
+    /// `TRACK_INTERVALS_SECONDS` and `TRACK_FOR_SECONDS`: how offboards
+    /// are followed to their final state (with the ledger and the queue).
+    pub track: crate::domain::tracking::TrackPlan,
 }
 
 impl Config {
@@ -204,7 +207,19 @@ impl Config {
         let callback_hosts = get("CALLBACK_HOSTS")
             .map(|v| CallbackHosts::parse(&v))
             .unwrap_or_default();
+        let mut track = crate::domain::tracking::TrackPlan::default();
+        if let Some(v) = get("TRACK_INTERVALS_SECONDS") {
+            track.intervals = crate::domain::tracking::TrackPlan::parse_intervals(&v)
+                .map_err(|reason| ConfigError::new("TRACK_INTERVALS_SECONDS", reason))?;
+        }
+        track.track_for = parse_count(
+            &get,
+            "TRACK_FOR_SECONDS",
+            crate::domain::tracking::DEFAULT_TRACK_FOR as usize,
+            90 * 86_400,
+        )? as u64;
         Ok(Self {
+            track,
             callback_hosts,
             rate_per_minute,
             worker,

@@ -442,6 +442,7 @@ fn queued(device: &str) -> QueuedDevice {
         dry_run: false,
         webhook_id: None,
         enqueued_at: now(),
+        callback_url: None,
     }
 }
 

@@ -4,6 +4,7 @@
 //! from.
 
 pub mod aws;
+pub mod callback;
 pub mod defender_http;
 pub mod dynamodb;
 pub mod entra;

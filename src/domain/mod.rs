@@ -11,3 +11,4 @@ pub mod offboard;
 pub mod policy;
 pub mod queue;
 pub mod secret;
+pub mod tracking;

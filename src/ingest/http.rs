@@ -250,6 +250,10 @@ impl App {
                 input::JsonError::Field(f) => ApiError::Field(f),
             })?;
             let body = input::parse_generic_body(&value, &self.config.callback_hosts)?;
+            let caller = Caller {
+                callback_url: body.callback_url.as_ref().map(|u| u.as_str().to_string()),
+                ..caller.clone()
+            };
             self.execute(body.request, &secret, &caller, deadline).await
         })
         .await
