@@ -2,6 +2,7 @@
 //! function talks to, a Lambda Runtime API endpoint, moto's Secrets Manager,
 //! and builders for real-shaped events. None of it is in the Lambda binary.
 
+pub mod callback;
 pub mod defender;
 pub mod events;
 pub mod ledger_table;
@@ -10,6 +11,7 @@ pub mod proxy;
 pub mod runtime;
 pub mod serial;
 
+pub use callback::{CallbackReceiver, Received};
 pub use defender::{Api, Call, FakeDefender, FakeMachine, Fault};
 pub use ledger_table::ledger_table_from_template;
 pub use runtime::{FakeRuntime, Outcome};

@@ -1,0 +1,395 @@
+//! Tracking on a simulated clock: a request offboards four devices, and the
+//! worker follows each action through delayed track messages for seven
+//! simulated days, in a moment. The queue keeps SQS's delay semantics in
+//! memory (a message is invisible until its delay has passed, a failed one
+//! comes back after the visibility timeout); the clock jumps to the next
+//! visible message, as a discrete-event simulation does, so nothing sleeps.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use futures_util::future::BoxFuture;
+use lambda_http::{Body, Request};
+use mde_offboard::App;
+use mde_offboard::adapters::memory_ledger::InMemoryLedger;
+use mde_offboard::config::Config;
+use mde_offboard::domain::defender::{Defender, DefenderError, Machine, MachineAction};
+use mde_offboard::domain::ledger::Ledger;
+use mde_offboard::domain::limits::Deadline;
+use mde_offboard::domain::queue::{Queue, QueueError};
+use mde_offboard::domain::secret::StaticSecret;
+use mde_offboard::ingest::auth::standard_sign;
+use mde_offboard::ingest::input::{DeviceName, MachineId};
+use mde_testkit::{CallbackReceiver, GENERIC_WEBHOOK_SECRET, secret_json};
+use serde_json::{Value, json};
+
+const CALLBACK_SECRET: &str = "whsec_Y2FsbGJhY2stc2lnbmluZy1rZXktMDEyMzQ1Njc4OWFi";
+const HOUR: i64 = 3600;
+const DAY: i64 = 86_400;
+/// Where the simulated clock starts (any fixed instant).
+const T0: i64 = 1_900_000_000;
+
+const OK_ID: &str = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
+const FAIL_ID: &str = "7f3c2a9d1b8e4f6a0c5d3e2b1a9f8e7d6c5b4a39";
+const CANCEL_ID: &str = "a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6";
+const DRAWER_ID: &str = "b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7";
+
+#[derive(Clone)]
+struct SimClock(Arc<AtomicI64>);
+
+impl SimClock {
+    fn now(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn set(&self, t: i64) {
+        self.0.fetch_max(t, Ordering::SeqCst);
+    }
+}
+
+/// A tenant whose actions end, each after its own time, in their own
+/// final status (or never); every GET of an action is counted.
+struct ScriptedDefender {
+    clock: SimClock,
+    /// machine -> (final status, seconds after the request; None: never)
+    script: HashMap<&'static str, (&'static str, Option<i64>)>,
+    actions: Mutex<HashMap<String, (String, i64)>>,
+    gets: Mutex<HashMap<String, u32>>,
+}
+
+fn ready<'a, T: Send + 'a>(v: Result<T, DefenderError>) -> BoxFuture<'a, Result<T, DefenderError>> {
+    Box::pin(async move { v })
+}
+
+impl Defender for ScriptedDefender {
+    fn find_by_name<'a>(
+        &'a self,
+        _: &'a DeviceName,
+        _: &'a Deadline,
+    ) -> BoxFuture<'a, Result<Vec<Machine>, DefenderError>> {
+        ready(Ok(Vec::new()))
+    }
+    fn get_machine<'a>(
+        &'a self,
+        id: &'a MachineId,
+        _: &'a Deadline,
+    ) -> BoxFuture<'a, Result<Machine, DefenderError>> {
+        let m = serde_json::from_value(json!({"id": id.as_str(),
+            "computerDnsName": format!("pc-{}", &id.as_str()[..4]), "osPlatform": "Windows11"}))
+        .unwrap();
+        ready(Ok(m))
+    }
+    fn offboard<'a>(
+        &'a self,
+        id: &'a MachineId,
+        _: &'a str,
+        _: &'a Deadline,
+    ) -> BoxFuture<'a, Result<MachineAction, DefenderError>> {
+        let mut actions = self.actions.lock().unwrap();
+        let action_id = format!("00000000-0000-4000-8000-{:012x}", actions.len() + 1);
+        actions.insert(
+            action_id.clone(),
+            (id.as_str().to_string(), self.clock.now()),
+        );
+        let a = serde_json::from_value(json!({"id": action_id, "type": "Offboard",
+            "status": "Pending", "machineId": id.as_str()}))
+        .unwrap();
+        ready(Ok(a))
+    }
+    fn get_action<'a>(
+        &'a self,
+        action_id: &'a str,
+        _: &'a Deadline,
+    ) -> BoxFuture<'a, Result<MachineAction, DefenderError>> {
+        let Some((machine, at)) = self.actions.lock().unwrap().get(action_id).cloned() else {
+            return ready(Err(DefenderError::NotFound));
+        };
+        *self
+            .gets
+            .lock()
+            .unwrap()
+            .entry(machine.clone())
+            .or_default() += 1;
+        let (fin, after) = self.script[machine.as_str()];
+        let status = match after {
+            Some(s) if self.clock.now() >= at + s => fin,
+            _ => "Pending",
+        };
+        ready(Ok(serde_json::from_value(
+            json!({"id": action_id, "status": status, "machineId": machine}),
+        )
+        .unwrap()))
+    }
+    fn cancel_action<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: &'a Deadline,
+    ) -> BoxFuture<'a, Result<MachineAction, DefenderError>> {
+        ready(Err(DefenderError::NotFound))
+    }
+}
+
+/// SQS's delay semantics over the simulated clock.
+struct SimQueue {
+    clock: SimClock,
+    messages: Mutex<Vec<(i64, u64, String)>>,
+    next_id: AtomicI64,
+    max_delay_seen: AtomicI64,
+}
+
+impl SimQueue {
+    fn push(&self, visible_at: i64, body: String) {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst) as u64;
+        self.messages.lock().unwrap().push((visible_at, id, body));
+    }
+    /// The message visible first, taken off the queue.
+    fn pop_next(&self) -> Option<(i64, u64, String)> {
+        let mut m = self.messages.lock().unwrap();
+        let i = (0..m.len()).min_by_key(|&i| (m[i].0, m[i].1))?;
+        Some(m.remove(i))
+    }
+}
+
+impl Queue for SimQueue {
+    fn send_batch<'a>(
+        &'a self,
+        bodies: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<usize>, QueueError>> {
+        self.send_batch_delayed(bodies, Duration::ZERO)
+    }
+    fn send_batch_delayed<'a>(
+        &'a self,
+        bodies: &'a [String],
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<Vec<usize>, QueueError>> {
+        let d = delay.as_secs() as i64;
+        self.max_delay_seen.fetch_max(d, Ordering::SeqCst);
+        for b in bodies {
+            self.push(self.clock.now() + d, b.clone());
+        }
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+struct Sim {
+    app: App,
+    clock: SimClock,
+    queue: Arc<SimQueue>,
+    ledger: Arc<InMemoryLedger>,
+    defender: Arc<ScriptedDefender>,
+}
+
+fn secret() -> String {
+    let mut s: Value = serde_json::from_str(&secret_json()).unwrap();
+    s["webhook_secrets"]["callback"] = json!(CALLBACK_SECRET);
+    s.to_string()
+}
+
+fn sim() -> Sim {
+    let clock = SimClock(Arc::new(AtomicI64::new(T0)));
+    let env: HashMap<&str, &str> = [
+        ("SECRET_ID", "in-memory"),
+        ("MDE_API_URL", "http://127.0.0.1:9"),
+        ("MDE_LOGIN_URL", "http://127.0.0.1:9"),
+        ("CALLBACK_HOSTS", "127.0.0.1"),
+    ]
+    .into();
+    let config = Config::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
+    let defender = Arc::new(ScriptedDefender {
+        clock: clock.clone(),
+        script: [
+            (OK_ID, ("Succeeded", Some(HOUR))),
+            (FAIL_ID, ("Failed", Some(3 * HOUR))),
+            (CANCEL_ID, ("Cancelled", Some(DAY))),
+            (DRAWER_ID, ("Succeeded", None)),
+        ]
+        .into(),
+        actions: Mutex::default(),
+        gets: Mutex::default(),
+    });
+    let queue = Arc::new(SimQueue {
+        clock: clock.clone(),
+        messages: Mutex::default(),
+        next_id: AtomicI64::new(0),
+        max_delay_seen: AtomicI64::new(0),
+    });
+    let ledger = Arc::new(InMemoryLedger::new());
+    let c = clock.clone();
+    let app = App::from_ports(config, Arc::new(StaticSecret(secret())), defender.clone())
+        .with_queue(queue.clone())
+        .with_ledger(ledger.clone())
+        .with_clock(Arc::new(move || {
+            UNIX_EPOCH + Duration::from_secs(c.now() as u64)
+        }));
+    Sim {
+        app,
+        clock,
+        queue,
+        ledger,
+        defender,
+    }
+}
+
+fn signed(body: &Value, id: &str) -> Request {
+    let mut event: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/events/generic.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let body = body.to_string();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    event["headers"]["webhook-id"] = json!(id);
+    event["headers"]["webhook-timestamp"] = json!(now.to_string());
+    event["headers"]["webhook-signature"] = json!(standard_sign(
+        GENERIC_WEBHOOK_SECRET,
+        id,
+        now,
+        body.as_bytes()
+    ));
+    event["body"] = json!(body);
+    lambda_http::request::from_str(&event.to_string()).unwrap()
+}
+
+impl Sim {
+    /// Delivers messages one at a time in visibility order until the queue
+    /// is empty; a failed message comes back after a 30 s visibility
+    /// timeout. Answers how many deliveries it made.
+    async fn drain(&self, max_deliveries: usize) -> usize {
+        let mut n = 0;
+        while let Some((at, _, body)) = self.queue.pop_next() {
+            n += 1;
+            assert!(n <= max_deliveries, "the queue never emptied");
+            self.clock.set(at);
+            let mut msg = SqsMessage::default();
+            msg.message_id = Some(format!("m{n}"));
+            msg.body = Some(body.clone());
+            let mut event = SqsEvent::default();
+            event.records = vec![msg];
+            let deadline = SystemTime::now() + Duration::from_secs(20);
+            let ms = deadline.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+            let (answer, _) = self.app.handle_queue_metered(event, "sim", ms).await;
+            if !answer.batch_item_failures.is_empty() {
+                self.queue.push(self.clock.now() + 30, body);
+            }
+        }
+        n
+    }
+}
+
+#[tokio::test]
+async fn each_action_is_followed_to_its_final_state_and_called_back_once() {
+    let s = sim();
+    let receiver = CallbackReceiver::start(CALLBACK_SECRET, &[]).await;
+    let body = json!({"ticket": "INC-77", "comment": "retired",
+        "devices": [OK_ID, FAIL_ID, CANCEL_ID, DRAWER_ID],
+        "callback_url": receiver.url()});
+    let resp = s.app.handle(signed(&body, "msg_track_1")).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let Body::Text(text) = resp.body() else {
+        panic!("no body")
+    };
+    assert!(text.contains("offboard_requested"), "{text}");
+
+    let deliveries = s.drain(10_000).await;
+    // Seven days of 900 s links for the one that never ends, and fewer for
+    // the rest; SQS's own limit never exceeded.
+    assert!(deliveries > 600, "{deliveries}");
+    assert_eq!(s.queue.max_delay_seen.load(Ordering::SeqCst), 900);
+    assert_eq!(s.clock.now(), T0 + 7 * DAY);
+
+    let records = s.ledger.ticket_records("INC-77").await.unwrap();
+    let status_of = |id: &str| {
+        records
+            .iter()
+            .find(|r| r.machine_id == id)
+            .map(|r| r.action_status.as_str())
+            .unwrap()
+    };
+    assert_eq!(
+        [
+            status_of(OK_ID),
+            status_of(FAIL_ID),
+            status_of(CANCEL_ID),
+            status_of(DRAWER_ID)
+        ],
+        ["Succeeded", "Failed", "Cancelled", "NotConfirmed"]
+    );
+
+    // One verified callback per device, each with its own final status.
+    let got = receiver.received();
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(got.iter().all(|r| r.verified && r.answered == 200));
+    let by_machine: HashMap<String, Value> = got
+        .iter()
+        .map(|r| {
+            (
+                r.body["machine_id"].as_str().unwrap().to_string(),
+                r.body.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(by_machine[OK_ID]["status"], "Succeeded");
+    assert_eq!(by_machine[OK_ID]["type"], "offboard.outcome");
+    assert_eq!(by_machine[OK_ID]["ticket"], "INC-77");
+    assert_eq!(by_machine[FAIL_ID]["status"], "Failed");
+    assert_eq!(by_machine[CANCEL_ID]["status"], "Cancelled");
+    assert_eq!(by_machine[DRAWER_ID]["status"], "NotConfirmed");
+    for key in [
+        "device",
+        "action_id",
+        "detail",
+        "requested_at",
+        "finished_at",
+    ] {
+        assert!(by_machine[OK_ID].get(key).is_some(), "{key}");
+    }
+
+    // The Defender calls tracking spent: the succeeded action was read at
+    // 15 min, 45 min and 1 h 45 min; the one in a drawer 13 times in 7 days.
+    let gets = s.defender.gets.lock().unwrap().clone();
+    assert_eq!(gets[OK_ID], 3);
+    assert_eq!(gets[DRAWER_ID], 13);
+}
+
+#[tokio::test]
+async fn a_callback_receiver_down_twice_gets_it_on_the_third_try_and_a_4xx_is_not_retried() {
+    for (script, want_received, want_last) in
+        [(&[500u16, 500, 200][..], 3, 200u16), (&[400][..], 1, 400)]
+    {
+        let s = sim();
+        let receiver = CallbackReceiver::start(CALLBACK_SECRET, script).await;
+        let body = json!({"ticket": "INC-78", "comment": "retired",
+            "devices": [OK_ID], "callback_url": receiver.url()});
+        let resp = s.app.handle(signed(&body, "msg_track_2")).await;
+        assert_eq!(resp.status().as_u16(), 200);
+        s.drain(100).await;
+        let got = receiver.received();
+        assert_eq!(got.len(), want_received, "{script:?}: {got:?}");
+        assert!(got.iter().all(|r| r.verified));
+        assert_eq!(got.last().unwrap().answered, want_last);
+        // Same webhook-id on every attempt: the receiver can deduplicate.
+        assert!(got.iter().all(|r| r.webhook_id == got[0].webhook_id));
+        // The outcome stands whatever the receiver answered.
+        let records = s.ledger.ticket_records("INC-78").await.unwrap();
+        assert_eq!(records[0].action_status.as_str(), "Succeeded");
+    }
+}
+
+#[tokio::test]
+async fn without_a_callback_url_the_outcome_is_still_recorded() {
+    let s = sim();
+    let body = json!({"ticket": "INC-79", "comment": "retired", "devices": [OK_ID]});
+    assert_eq!(
+        s.app.handle(signed(&body, "msg_track_3")).await.status(),
+        200
+    );
+    s.drain(100).await;
+    let records = s.ledger.ticket_records("INC-79").await.unwrap();
+    assert_eq!(records[0].action_status.as_str(), "Succeeded");
+}
