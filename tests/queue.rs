@@ -443,6 +443,7 @@ fn queued(device: &str) -> QueuedDevice {
         webhook_id: None,
         enqueued_at: now(),
         callback_url: None,
+        notify: None,
     }
 }
 

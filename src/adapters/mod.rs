@@ -11,3 +11,4 @@ pub mod entra;
 pub mod memory_ledger;
 pub mod secrets_manager;
 pub mod sqs;
+pub mod write_back;

@@ -7,6 +7,7 @@
 pub mod defender;
 pub mod ledger;
 pub mod limits;
+pub mod notify;
 pub mod offboard;
 pub mod policy;
 pub mod queue;

@@ -76,6 +76,9 @@ pub struct QueuedDevice {
     /// before tracking, which still open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// Where the outcome is written back; absent likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<crate::domain::notify::NotifyTarget>,
 }
 
 impl QueuedDevice {
@@ -106,6 +109,7 @@ pub struct VerifiedDevice {
     pub webhook_id: Option<String>,
     /// Not yet checked against `CALLBACK_HOSTS`: the worker does that.
     pub callback_url: Option<String>,
+    pub notify: Option<crate::domain::notify::NotifyTarget>,
 }
 
 impl VerifiedDevice {
@@ -312,6 +316,7 @@ pub fn validate(
         dry_run: item.dry_run,
         webhook_id: item.webhook_id,
         callback_url: item.callback_url,
+        notify: item.notify,
     })
 }
 
@@ -518,6 +523,7 @@ mod tests {
             webhook_id: Some("msg_1".into()),
             enqueued_at: 1_700_000_000,
             callback_url: None,
+            notify: None,
         }
     }
 
@@ -549,6 +555,9 @@ mod tests {
             device: ID.into(),
             source: "generic".into(),
             callback_url: Some("https://hooks.example.com/x".into()),
+            notify: Some(crate::domain::notify::NotifyTarget::Jira {
+                issue: "IT-1".into(),
+            }),
             requested_at: 1,
             attempt: 2,
             due_at: 3,

@@ -37,6 +37,8 @@ pub struct TrackedAction {
     pub source: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<crate::domain::notify::NotifyTarget>,
     /// Unix seconds when the offboard was requested: tracking ends
     /// `track_for` after it.
     pub requested_at: i64,
@@ -172,6 +174,7 @@ mod tests {
             device: "laptop-1".into(),
             source: "generic".into(),
             callback_url: None,
+            notify: None,
             requested_at,
             attempt: 0,
             due_at: requested_at + 900,

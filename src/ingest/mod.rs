@@ -70,6 +70,8 @@ pub(crate) struct Caller {
     /// The request's `callback_url`, validated: where the final outcome
     /// of each tracked device goes.
     pub(crate) callback_url: Option<String>,
+    /// The ticket to write the final outcome back to (a source's `notify`).
+    pub(crate) notify: Option<crate::domain::notify::NotifyTarget>,
 }
 
 impl App {
@@ -401,6 +403,7 @@ impl App {
             request.ticket.as_str(),
             &caller.source,
             caller.callback_url.as_deref(),
+            caller.notify.as_ref(),
             secret,
         )
         .await;
@@ -470,6 +473,7 @@ impl App {
                     webhook_id: caller.webhook_id.clone(),
                     enqueued_at,
                     callback_url: caller.callback_url.clone(),
+                    notify: caller.notify.clone(),
                 };
                 (item.work_hash(&d.target.key()), item)
             })

@@ -17,9 +17,11 @@ use serde_json::json;
 
 use crate::App;
 use crate::adapters::callback::{self, CALLBACK_SECRET_KEY, Delivery, SigningKey, SigningKeyError};
+use crate::adapters::write_back::write_back;
 use crate::domain::defender::DefenderError;
 use crate::domain::ledger::{ActionStatus, RecordKey, StatusUpdate, format_time};
 use crate::domain::limits::{DEADLINE_MARGIN, Deadline, RateLimiter};
+use crate::domain::notify::{NotifyTarget, note_text};
 use crate::domain::offboard::{DeviceResult, Status};
 use crate::domain::queue::{QueueKeys, Rejection};
 use crate::domain::secret::AppSecret;
@@ -89,6 +91,9 @@ pub fn validate_track(
     if let Some(url) = &t.callback_url {
         CallbackUrl::parse("callback_url", url, hosts).map_err(Rejection::Field)?;
     }
+    if t.notify.as_ref().is_some_and(|n| !n.is_valid()) {
+        return Err(Rejection::Malformed);
+    }
     Ok(t)
 }
 
@@ -112,6 +117,7 @@ impl App {
         ticket: &str,
         source: &str,
         callback_url: Option<&str>,
+        notify: Option<&NotifyTarget>,
         secret: &AppSecret,
     ) {
         let (true, Some(writer)) = (self.tracking_on(), &self.queue) else {
@@ -133,6 +139,7 @@ impl App {
                     device: r.device.clone(),
                     source: source.to_string(),
                     callback_url: callback_url.map(str::to_string),
+                    notify: notify.cloned(),
                     requested_at: now,
                     attempt: 0,
                     due_at: plan.first_due(now),
@@ -322,7 +329,50 @@ impl App {
             self.call_back(t, url, &body, status, secret, deadline)
                 .await;
         }
+        if let Some(target) = &t.notify {
+            let text = note_text(
+                &t.device,
+                &t.machine_id,
+                &t.action_id,
+                status.as_str(),
+                detail,
+                &finished_at,
+            );
+            self.notify(t, target, &text, secret, deadline).await;
+        }
         true
+    }
+
+    /// The write-back: logged and counted when it fails, never more.
+    async fn notify(
+        &self,
+        t: &TrackedAction,
+        target: &NotifyTarget,
+        text: &str,
+        secret: &AppSecret,
+        deadline: &Deadline,
+    ) {
+        let system = target.system();
+        match write_back(
+            &self.tracker.http,
+            target,
+            &secret.write_back,
+            text,
+            deadline,
+        )
+        .await
+        {
+            Ok(()) => {
+                tracing::info!(action_id = %t.action_id, ticket = %t.ticket, system, "outcome written back to the ticket");
+            }
+            Err(e) if !e.is_failure() => {
+                tracing::info!(action_id = %t.action_id, system, reason = %e, "no write-back");
+            }
+            Err(e) => {
+                metrics::count(metrics::names::NOTIFY_FAILED);
+                tracing::warn!(action_id = %t.action_id, ticket = %t.ticket, system, error = %e, "write-back failed; the outcome stands");
+            }
+        }
     }
 
     async fn call_back(

@@ -152,6 +152,9 @@ impl App {
             if let Some(url) = &d.callback_url {
                 CallbackUrl::parse("callback_url", url, hosts).map_err(Rejection::Field)?;
             }
+            if d.notify.as_ref().is_some_and(|n| !n.is_valid()) {
+                return Err(Rejection::Malformed);
+            }
             Ok(d)
         });
         checked.map(Work::Device).map_err(|reason| {
@@ -235,6 +238,7 @@ impl App {
             item.ticket.as_str(),
             &item.source,
             item.callback_url.as_deref(),
+            item.notify.as_ref(),
             secret,
         )
         .await;

@@ -57,6 +57,8 @@ pub mod names {
     pub const TRACK_NOT_QUEUED: &str = "TrackNotQueued";
     /// Callbacks refused (4xx), given up on, or unsigned (no key).
     pub const CALLBACK_FAILED: &str = "CallbackFailed";
+    /// Write-backs to Jira, ServiceNow or PagerDuty that did not land.
+    pub const NOTIFY_FAILED: &str = "NotifyFailed";
 }
 
 fn with(f: impl FnOnce(&mut Collector)) {
