@@ -23,7 +23,7 @@ use mde_offboard::domain::queue::{Queue, QueueError};
 use mde_offboard::domain::secret::StaticSecret;
 use mde_offboard::ingest::auth::standard_sign;
 use mde_offboard::ingest::input::{DeviceName, MachineId};
-use mde_testkit::{CallbackReceiver, GENERIC_WEBHOOK_SECRET, secret_json};
+use mde_testkit::{CallbackReceiver, FakeTicketing, GENERIC_WEBHOOK_SECRET, secret_json};
 use serde_json::{Value, json};
 
 const CALLBACK_SECRET: &str = "whsec_Y2FsbGJhY2stc2lnbmluZy1rZXktMDEyMzQ1Njc4OWFi";
@@ -175,6 +175,7 @@ impl Queue for SimQueue {
 }
 
 struct Sim {
+    notify_failed: Mutex<f64>,
     app: App,
     clock: SimClock,
     queue: Arc<SimQueue>,
@@ -182,13 +183,20 @@ struct Sim {
     defender: Arc<ScriptedDefender>,
 }
 
-fn secret() -> String {
+fn secret(extra: &Value) -> String {
     let mut s: Value = serde_json::from_str(&secret_json()).unwrap();
     s["webhook_secrets"]["callback"] = json!(CALLBACK_SECRET);
+    for (k, v) in extra.as_object().unwrap() {
+        s[k] = v.clone();
+    }
     s.to_string()
 }
 
 fn sim() -> Sim {
+    sim_with(&json!({}))
+}
+
+fn sim_with(secret_extra: &Value) -> Sim {
     let clock = SimClock(Arc::new(AtomicI64::new(T0)));
     let env: HashMap<&str, &str> = [
         ("SECRET_ID", "in-memory"),
@@ -218,13 +226,18 @@ fn sim() -> Sim {
     });
     let ledger = Arc::new(InMemoryLedger::new());
     let c = clock.clone();
-    let app = App::from_ports(config, Arc::new(StaticSecret(secret())), defender.clone())
-        .with_queue(queue.clone())
-        .with_ledger(ledger.clone())
-        .with_clock(Arc::new(move || {
-            UNIX_EPOCH + Duration::from_secs(c.now() as u64)
-        }));
+    let app = App::from_ports(
+        config,
+        Arc::new(StaticSecret(secret(secret_extra))),
+        defender.clone(),
+    )
+    .with_queue(queue.clone())
+    .with_ledger(ledger.clone())
+    .with_clock(Arc::new(move || {
+        UNIX_EPOCH + Duration::from_secs(c.now() as u64)
+    }));
     Sim {
+        notify_failed: Mutex::new(0.0),
         app,
         clock,
         queue,
@@ -273,7 +286,9 @@ impl Sim {
             event.records = vec![msg];
             let deadline = SystemTime::now() + Duration::from_secs(20);
             let ms = deadline.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
-            let (answer, _) = self.app.handle_queue_metered(event, "sim", ms).await;
+            let (answer, m) = self.app.handle_queue_metered(event, "sim", ms).await;
+            *self.notify_failed.lock().unwrap() +=
+                m.get(mde_offboard::ops::metrics::names::NOTIFY_FAILED);
             if !answer.batch_item_failures.is_empty() {
                 self.queue.push(self.clock.now() + 30, body);
             }
@@ -392,4 +407,140 @@ async fn without_a_callback_url_the_outcome_is_still_recorded() {
     s.drain(100).await;
     let records = s.ledger.ticket_records("INC-79").await.unwrap();
     assert_eq!(records[0].action_status.as_str(), "Succeeded");
+}
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/events/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn hmac_hex(key: &str, body: &str) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A preset's event fixture carrying `body`, authenticated as its sender does.
+fn delivery(source: &str, body: &Value) -> Request {
+    let mut event = fixture(&format!("{source}.json"));
+    let text = body.to_string();
+    match source {
+        "servicenow" => {
+            event["headers"]["authorization"] = json!("Bearer snow-bearer-token-never-log")
+        }
+        "jira" => {
+            event["headers"]["x-hub-signature"] = json!(format!(
+                "sha256={}",
+                hmac_hex("jira-webhook-secret-never-log", &text)
+            ))
+        }
+        "pagerduty" => {
+            event["headers"]["x-pagerduty-signature"] =
+                json!(format!("v1={}", hmac_hex("pd-new-secret-never-log", &text)))
+        }
+        _ => unreachable!(),
+    }
+    event["body"] = json!(text);
+    lambda_http::request::from_str(&event.to_string()).unwrap()
+}
+
+#[tokio::test]
+async fn each_preset_writes_the_outcome_back_to_its_ticket_exactly_once() {
+    let tickets = FakeTicketing::start()
+        .await
+        .with_jira_issue("IT-42")
+        .with_snow_record("incident", "9d385017c611228701d22104cc95c371")
+        .with_pd_incident("Q2W8L1RZ3XK4PQ");
+    let s = sim_with(&tickets.secret_keys());
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+
+    let mut snow = fixture("servicenow.body.json");
+    snow["cmdb_ci"] = json!("");
+    snow["mde_machine_id"] = json!(OK_ID);
+    let mut jira = fixture("jira.body.json");
+    jira["timestamp"] = json!(now_ms);
+    jira["issue"]["fields"]["customfield_10071"] = json!([FAIL_ID]);
+    let mut pd = fixture("pagerduty.body.json");
+    pd["event"]["occurred_at"] =
+        json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
+    pd["event"]["data"]["changed_custom_fields"][0]["value"] = json!([CANCEL_ID]);
+    for (source, body) in [("servicenow", &snow), ("jira", &jira), ("pagerduty", &pd)] {
+        let resp = s.app.handle(delivery(source, body)).await;
+        let Body::Text(text) = resp.body() else {
+            panic!("no body")
+        };
+        assert_eq!(resp.status().as_u16(), 200, "{source}: {text}");
+        assert!(text.contains("offboard_requested"), "{source}: {text}");
+    }
+    // The first write-back meets a ServiceNow outage once and is retried.
+    tickets.fail_next(&[503]);
+    s.drain(10_000).await;
+
+    let mut written = tickets.written();
+    written.sort_by_key(|w| w.system);
+    let got: Vec<(&str, &str)> = written
+        .iter()
+        .map(|w| (w.system, w.record.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("jira", "IT-42"),
+            ("pagerduty", "Q2W8L1RZ3XK4PQ"),
+            ("servicenow", "incident/9d385017c611228701d22104cc95c371"),
+        ]
+    );
+    assert!(written[0].text.contains("ended Failed") && written[0].text.contains(FAIL_ID));
+    assert!(written[1].text.contains("ended Cancelled"));
+    assert!(written[2].text.contains("ended Succeeded"));
+    assert_eq!(tickets.calls(), 4, "three writes and one retry");
+    assert_eq!(*s.notify_failed.lock().unwrap(), 0.0);
+}
+
+#[tokio::test]
+async fn a_refused_write_back_is_counted_once_and_the_outcome_stands() {
+    // The Jira issue is gone (404), as after a project move.
+    let tickets = FakeTicketing::start().await;
+    let s = sim_with(&tickets.secret_keys());
+    let mut jira = fixture("jira.body.json");
+    jira["timestamp"] = json!(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    );
+    jira["issue"]["fields"]["customfield_10071"] = json!([OK_ID]);
+    assert_eq!(s.app.handle(delivery("jira", &jira)).await.status(), 200);
+    s.drain(100).await;
+    assert_eq!(tickets.calls(), 1, "a 404 is not retried");
+    assert!(tickets.written().is_empty());
+    assert_eq!(*s.notify_failed.lock().unwrap(), 1.0);
+    let records = s.ledger.ticket_records("IT-42").await.unwrap();
+    assert_eq!(records[0].action_status.as_str(), "Succeeded");
+}
+
+#[tokio::test]
+async fn without_write_back_credentials_nothing_is_written() {
+    let tickets = FakeTicketing::start().await.with_jira_issue("IT-42");
+    let s = sim();
+    let mut jira = fixture("jira.body.json");
+    jira["timestamp"] = json!(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    );
+    jira["issue"]["fields"]["customfield_10071"] = json!([OK_ID]);
+    assert_eq!(s.app.handle(delivery("jira", &jira)).await.status(), 200);
+    s.drain(100).await;
+    assert_eq!(tickets.calls(), 0);
+    assert_eq!(*s.notify_failed.lock().unwrap(), 0.0);
 }

@@ -10,11 +10,13 @@ pub mod moto;
 pub mod proxy;
 pub mod runtime;
 pub mod serial;
+pub mod ticketing;
 
 pub use callback::{CallbackReceiver, Received};
 pub use defender::{Api, Call, FakeDefender, FakeMachine, Fault};
 pub use ledger_table::ledger_table_from_template;
 pub use runtime::{FakeRuntime, Outcome};
+pub use ticketing::{FakeTicketing, Written};
 
 /// Machine ids of the demo tenant, one per case a newcomer should see.
 pub mod ids {
