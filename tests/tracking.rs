@@ -5,6 +5,8 @@
 //! comes back after the visibility timeout); the clock jumps to the next
 //! visible message, as a discrete-event simulation does, so nothing sleeps.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -543,4 +545,48 @@ async fn without_write_back_credentials_nothing_is_written() {
     s.drain(100).await;
     assert_eq!(tickets.calls(), 0);
     assert_eq!(*s.notify_failed.lock().unwrap(), 0.0);
+}
+
+/// The SQS adapter against moto: a track message's DelaySeconds is set,
+/// and a wait longer than SQS allows is sent as a 900 s link, not refused.
+#[tokio::test]
+async fn sqs_keeps_track_messages_invisible_for_their_delay() {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    use mde_offboard::adapters::sqs::SqsQueue;
+    let url = common::new_queue().await;
+    let queue = SqsQueue::new(common::sqs_client(), url.clone());
+    let bodies = ["first".to_string(), "second".to_string()];
+    let refused = queue
+        .send_batch_delayed(&bodies[..1], Duration::from_secs(900))
+        .await
+        .unwrap();
+    assert!(refused.is_empty());
+    let refused = queue
+        .send_batch_delayed(&bodies[1..], Duration::from_secs(5 * 3600))
+        .await
+        .unwrap();
+    assert!(
+        refused.is_empty(),
+        "a delay past 900 s is clamped, not refused"
+    );
+    let got = common::sqs_client()
+        .receive_message()
+        .queue_url(&url)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap();
+    assert!(got.messages().is_empty(), "delayed messages are invisible");
+    let attrs = common::sqs_client()
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+        .send()
+        .await
+        .unwrap();
+    let delayed = attrs
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessagesDelayed))
+        .cloned();
+    assert_eq!(delayed.as_deref(), Some("2"));
 }
