@@ -5,6 +5,8 @@
 //! comes back after the visibility timeout); the clock jumps to the next
 //! visible message, as a discrete-event simulation does, so nothing sleeps.
 
+// Only its moto clients are used here.
+#[allow(unused_imports)]
 mod common;
 
 use std::collections::HashMap;
