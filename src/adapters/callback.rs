@@ -27,6 +27,9 @@ pub const RETRY_WAITS: [Duration; 3] = [
     Duration::from_millis(1000),
 ];
 
+/// Longest one callback attempt may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 const WHSEC_B64: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
     GeneralPurposeConfig::new()
@@ -107,7 +110,8 @@ pub async fn deliver(
 ) -> Delivery {
     let mut attempts = 0;
     loop {
-        let Some(timeout) = deadline.call_timeout() else {
+        // A slow receiver must not eat the batch's other messages' time.
+        let Some(timeout) = deadline.call_timeout().map(|t| t.min(CALL_TIMEOUT)) else {
             return Delivery::GaveUp { attempts };
         };
         attempts += 1;

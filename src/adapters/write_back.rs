@@ -102,7 +102,10 @@ pub async fn write_back(
     };
     let mut attempts = 0;
     loop {
-        let Some(timeout) = deadline.call_timeout() else {
+        let Some(timeout) = deadline
+            .call_timeout()
+            .map(|t| t.min(crate::adapters::callback::CALL_TIMEOUT))
+        else {
             return Err(NotifyError::GaveUp { system, attempts });
         };
         attempts += 1;
