@@ -592,3 +592,78 @@ async fn sqs_keeps_track_messages_invisible_for_their_delay() {
         .cloned();
     assert_eq!(delayed.as_deref(), Some("2"));
 }
+
+/// A track message is re-validated like a device message: a sealed one
+/// whose action id could reach another path is refused, counted, left for
+/// the dead-letter queue, and Defender is not called.
+#[tokio::test]
+async fn a_sealed_track_message_with_a_bad_field_is_rejected() {
+    use mde_offboard::domain::queue::QueueKeys;
+    use mde_offboard::domain::secret::AppSecret;
+    use mde_offboard::domain::tracking::TrackedAction;
+    let s = sim();
+    let keys = QueueKeys::from_secret(&AppSecret::parse(&secret(&json!({}))).unwrap()).unwrap();
+    let good = TrackedAction {
+        action_id: "00000000-0000-4000-8000-000000000001".into(),
+        machine_id: OK_ID.into(),
+        ticket: "INC-80".into(),
+        device: OK_ID.into(),
+        source: "generic".into(),
+        callback_url: None,
+        notify: None,
+        requested_at: T0,
+        attempt: 0,
+        due_at: T0,
+    };
+    let cases = [
+        TrackedAction {
+            action_id: "../machines/x".into(),
+            ..good.clone()
+        },
+        TrackedAction {
+            source: "nobody".into(),
+            ..good.clone()
+        },
+        TrackedAction {
+            callback_url: Some("https://elsewhere.example.com/hook".into()),
+            ..good.clone()
+        },
+    ];
+    for bad in cases {
+        let mut msg = SqsMessage::default();
+        msg.message_id = Some("bad".into());
+        msg.body = Some(keys.seal_track(&bad));
+        let mut event = SqsEvent::default();
+        event.records = vec![msg];
+        let ms = (SystemTime::now() + Duration::from_secs(20))
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let (answer, m) = s.app.handle_queue_metered(event, "t", ms).await;
+        assert_eq!(answer.batch_item_failures.len(), 1, "{bad:?}");
+        assert_eq!(m.get(mde_offboard::ops::metrics::names::REJECTED), 1.0);
+    }
+    assert!(s.defender.gets.lock().unwrap().is_empty());
+    assert!(s.queue.pop_next().is_none(), "nothing sent on");
+}
+
+#[test]
+fn tracking_settings_are_checked_at_init() {
+    let base = [
+        ("SECRET_ID", "x"),
+        ("MDE_API_URL", "http://127.0.0.1:9"),
+        ("MDE_LOGIN_URL", "http://127.0.0.1:9"),
+    ];
+    let with = |k: &'static str, v: &'static str| {
+        let mut env: HashMap<&str, &str> = base.into();
+        env.insert(k, v);
+        Config::from_lookup(move |n| env.get(n).map(|v| v.to_string()))
+    };
+    let c = with("TRACK_INTERVALS_SECONDS", "60, 600").unwrap();
+    assert_eq!(c.track.intervals, [60, 600]);
+    assert_eq!(c.track.track_for, 604_800);
+    let e = with("TRACK_INTERVALS_SECONDS", "60,soon").unwrap_err();
+    assert!(e.to_string().contains("TRACK_INTERVALS_SECONDS"), "{e}");
+    let e = with("TRACK_FOR_SECONDS", "0").unwrap_err();
+    assert!(e.to_string().contains("TRACK_FOR_SECONDS"), "{e}");
+}
