@@ -667,3 +667,26 @@ fn tracking_settings_are_checked_at_init() {
     let e = with("TRACK_FOR_SECONDS", "0").unwrap_err();
     assert!(e.to_string().contains("TRACK_FOR_SECONDS"), "{e}");
 }
+
+/// A direct invocation's `callback_url` is carried to the outcome too.
+#[tokio::test]
+async fn a_direct_invocations_callback_gets_the_outcome() {
+    let s = sim();
+    let receiver = CallbackReceiver::start(CALLBACK_SECRET, &[]).await;
+    let event = json!({"ticket": "INC-81", "comment": "retired", "devices": [OK_ID],
+        "callback_url": receiver.url()});
+    let resp = s
+        .app
+        .handle_direct(
+            mde_offboard::dispatch::EventKind::Invoke,
+            event,
+            &lambda_http::Context::default(),
+        )
+        .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    s.drain(100).await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body["ticket"], "INC-81");
+    assert_eq!(got[0].body["status"], "Succeeded");
+}
