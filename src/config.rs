@@ -104,6 +104,9 @@ pub struct Config {
     pub callback_hosts: CallbackHosts,
     /// `MDE_CREDENTIALS`: a client secret, or an STS token as the assertion.
     pub credentials: CredentialMode,
+    /// `TRACK_INTERVALS_SECONDS` and `TRACK_FOR_SECONDS`: how offboards
+    /// are followed to their final state (with the ledger and the queue).
+    pub track: crate::domain::tracking::TrackPlan,
 }
 
 impl Config {
@@ -216,8 +219,20 @@ impl Config {
                 )
             })?,
         };
+        let mut track = crate::domain::tracking::TrackPlan::default();
+        if let Some(v) = get("TRACK_INTERVALS_SECONDS") {
+            track.intervals = crate::domain::tracking::TrackPlan::parse_intervals(&v)
+                .map_err(|reason| ConfigError::new("TRACK_INTERVALS_SECONDS", reason))?;
+        }
+        track.track_for = parse_count(
+            &get,
+            "TRACK_FOR_SECONDS",
+            crate::domain::tracking::DEFAULT_TRACK_FOR as usize,
+            90 * 86_400,
+        )? as u64;
         Ok(Self {
             credentials,
+            track,
             callback_hosts,
             rate_per_minute,
             worker,

@@ -442,6 +442,8 @@ fn queued(device: &str) -> QueuedDevice {
         dry_run: false,
         webhook_id: None,
         enqueued_at: now(),
+        callback_url: None,
+        notify: None,
     }
 }
 

@@ -28,7 +28,9 @@ use mde_offboard::App;
 use mde_offboard::config::Config;
 use mde_offboard::domain::secret::StaticSecret;
 use mde_offboard::ingest::http::MAX_BODY_BYTES;
-use mde_testkit::{FakeDefender, FakeSecretsManager, demo_machines};
+use mde_testkit::{FakeDefender, FakeSecretsManager, FakeTicketing, demo_machines};
+
+mod tracking;
 use serde_json::Value;
 
 mod signing;
@@ -98,7 +100,7 @@ async fn serve(port: u16, secret_file: Option<String>, aws: bool) {
     let (app, what) = if aws {
         let config = Config::from_env().unwrap_or_else(|e| exit(&e.to_string()));
         (
-            mde_offboard::init::build_app(config).await,
+            Arc::new(mde_offboard::init::build_app(config).await),
             "the tenant in Secrets Manager's SECRET_ID".to_string(),
         )
     } else if let Some(path) = secret_file {
@@ -109,28 +111,62 @@ async fn serve(port: u16, secret_file: Option<String>, aws: bool) {
         })
         .unwrap_or_else(|e| exit(&e.to_string()));
         (
-            App::new(config, Arc::new(StaticSecret(text)), App::http_client()),
+            Arc::new(App::new(
+                config,
+                Arc::new(StaticSecret(text)),
+                App::http_client(),
+            )),
             format!("the real tenant in {path}"),
         )
     } else {
         let fake = FakeDefender::start(demo_machines()).await;
         let url = fake.url();
+        let tickets = FakeTicketing::start()
+            .await
+            .with_jira_issue("IT-42")
+            .with_pd_incident("Q2W8L1RZ3XK4PQ")
+            .with_snow_record("incident", "9d385017c611228701d22104cc95c371");
+        let ids = demo_machines().iter().map(|m| m.id.clone()).collect();
+        tracking::simulate(fake.clone(), ids, tickets.clone());
         // Leaked on purpose: the fake lives as long as the process.
         std::mem::forget(fake);
         let config = Config::from_lookup(|k| match k {
             "SECRET_ID" => Some("local".into()),
             "MDE_API_URL" | "MDE_LOGIN_URL" => Some(url.clone()),
             "PROTECTED_TAGS" => Some(env(k).unwrap_or_else(|| "VIP".into())),
+            // Seconds, not hours: the loop closes while you watch.
+            "TRACK_INTERVALS_SECONDS" => Some(env(k).unwrap_or_else(|| "3,5".into())),
+            "TRACK_FOR_SECONDS" => Some(env(k).unwrap_or_else(|| "60".into())),
+            "CALLBACK_HOSTS" => Some(env(k).unwrap_or_else(|| "127.0.0.1,localhost".into())),
             _ => env(k),
         })
         .unwrap_or_else(|e| exit(&e.to_string()));
-        let secret = StaticSecret(mde_testkit::secret_json());
+        let mut secret: Value =
+            serde_json::from_str(&mde_testkit::secret_json()).unwrap_or_default();
+        if let (Some(obj), Some(keys)) = (secret.as_object_mut(), tickets.secret_keys().as_object())
+        {
+            obj.extend(keys.clone());
+        }
+        let (queue, rx) = tracking::queue();
+        let app = App::new(
+            config,
+            Arc::new(StaticSecret(secret.to_string())),
+            App::http_client(),
+        )
+        .with_queue(queue.clone())
+        .with_ledger(Arc::new(
+            mde_offboard::adapters::memory_ledger::InMemoryLedger::new(),
+        ));
+        let app = Arc::new(app);
+        tracking::drain(app.clone(), queue, rx);
         (
-            App::new(config, Arc::new(secret), App::http_client()),
-            format!("a simulated tenant at {url}"),
+            app,
+            format!(
+                "a simulated tenant at {url} (actions complete after {}s; write-backs printed)",
+                tracking::COMPLETES_AFTER.as_secs()
+            ),
         )
     };
-    let app = Arc::new(app);
     app.warm_up().await;
     let router = axum::Router::new().fallback(handle).with_state(app);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -4,6 +4,7 @@
 //! from.
 
 pub mod aws;
+pub mod callback;
 pub mod defender_http;
 pub mod dynamodb;
 pub mod entra;
@@ -11,3 +12,4 @@ pub mod memory_ledger;
 pub mod secrets_manager;
 pub mod sqs;
 pub mod sts;
+pub mod write_back;

@@ -2,7 +2,10 @@
 
 use futures_util::future::BoxFuture;
 
+use std::time::Duration;
+
 use crate::domain::queue::{Queue, QueueError};
+use crate::domain::tracking::MAX_DELAY_SECONDS;
 
 /// Adapter: Amazon SQS `SendMessageBatch`.
 pub struct SqsQueue {
@@ -32,7 +35,17 @@ impl Queue for SqsQueue {
         &'a self,
         bodies: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<usize>, QueueError>> {
+        self.send_batch_delayed(bodies, Duration::ZERO)
+    }
+
+    fn send_batch_delayed<'a>(
+        &'a self,
+        bodies: &'a [String],
+        delay: Duration,
+    ) -> BoxFuture<'a, Result<Vec<usize>, QueueError>> {
         use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+        // SQS refuses the whole batch for a DelaySeconds above 900.
+        let delay_seconds = delay.as_secs().min(MAX_DELAY_SECONDS) as i32;
         Box::pin(async move {
             let client = self
                 .client
@@ -47,6 +60,7 @@ impl Queue for SqsQueue {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(body)
+                        .set_delay_seconds((delay_seconds > 0).then_some(delay_seconds))
                         .build()
                         .expect("id and body are set")
                 })

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::domain::limits::Deadline;
 use crate::domain::secret::AppSecret;
+use crate::domain::tracking::TrackedAction;
 use crate::ingest::input::{Comment, Device, FieldError, Ticket, parse_device};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -71,6 +72,13 @@ pub struct QueuedDevice {
     pub webhook_id: Option<String>,
     /// Unix seconds; for the audit trail and the DLQ's reader.
     pub enqueued_at: i64,
+    /// Where the final outcome is POSTed; absent in messages of builds
+    /// before tracking, which still open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// Where the outcome is written back; absent likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<crate::domain::notify::NotifyTarget>,
 }
 
 impl QueuedDevice {
@@ -99,6 +107,9 @@ pub struct VerifiedDevice {
     pub device: Device,
     pub dry_run: bool,
     pub webhook_id: Option<String>,
+    /// Not yet checked against `CALLBACK_HOSTS`: the worker does that.
+    pub callback_url: Option<String>,
+    pub notify: Option<crate::domain::notify::NotifyTarget>,
 }
 
 impl VerifiedDevice {
@@ -126,6 +137,19 @@ pub enum Rejection {
     UnknownSource,
     #[error("the message's {0}")]
     Field(FieldError),
+}
+
+/// The two kinds of sealed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueMessage {
+    Device(QueuedDevice),
+    Track(TrackedAction),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrackBody {
+    track: TrackedAction,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -202,7 +226,22 @@ impl QueueKeys {
 
     /// The message body for SQS: the item's JSON and its MAC.
     pub fn seal(&self, item: &QueuedDevice) -> String {
-        let msg = serde_json::to_string(item).expect("plain data serialises");
+        self.seal_text(serde_json::to_string(item).expect("plain data serialises"))
+    }
+
+    /// A track message: the same envelope and MAC, the content wrapped as
+    /// `{"track": ...}` so it can never read as a device (and a device
+    /// message, strict, never as a track).
+    pub fn seal_track(&self, item: &TrackedAction) -> String {
+        self.seal_text(
+            serde_json::to_string(&TrackBody {
+                track: item.clone(),
+            })
+            .expect("plain data serialises"),
+        )
+    }
+
+    fn seal_text(&self, msg: String) -> String {
         let mac = self.mac(&self.0[0], &msg).finalize().into_bytes();
         serde_json::to_string(&Envelope {
             v: ENVELOPE_VERSION,
@@ -215,6 +254,22 @@ impl QueueKeys {
     /// Verifies the MAC (constant time, against every key) and only then
     /// reads the content.
     pub fn open(&self, body: &str) -> Result<QueuedDevice, Rejection> {
+        let msg = self.verified_text(body)?;
+        serde_json::from_str(&msg).map_err(|_| Rejection::Malformed)
+    }
+
+    /// As `open`, for either kind of message.
+    pub fn open_message(&self, body: &str) -> Result<QueueMessage, Rejection> {
+        let msg = self.verified_text(body)?;
+        if let Ok(t) = serde_json::from_str::<TrackBody>(&msg) {
+            return Ok(QueueMessage::Track(t.track));
+        }
+        serde_json::from_str(&msg)
+            .map(QueueMessage::Device)
+            .map_err(|_| Rejection::Malformed)
+    }
+
+    fn verified_text(&self, body: &str) -> Result<String, Rejection> {
         let env: Envelope = serde_json::from_str(body).map_err(|_| Rejection::NotSealed)?;
         if env.v != ENVELOPE_VERSION {
             return Err(Rejection::UnknownVersion);
@@ -229,7 +284,7 @@ impl QueueKeys {
         if !verified {
             return Err(Rejection::BadMac);
         }
-        serde_json::from_str(&env.msg).map_err(|_| Rejection::Malformed)
+        Ok(env.msg)
     }
 
     fn mac(&self, key: &MacKey, msg: &str) -> HmacSha256 {
@@ -260,6 +315,8 @@ pub fn validate(
         device,
         dry_run: item.dry_run,
         webhook_id: item.webhook_id,
+        callback_url: item.callback_url,
+        notify: item.notify,
     })
 }
 
@@ -292,6 +349,17 @@ pub trait Queue: Send + Sync {
         &'a self,
         bodies: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<usize>, QueueError>>;
+
+    /// As `send_batch`, each message invisible for `delay` (at most 900 s,
+    /// SQS's `DelaySeconds`). A queue that cannot delay delivers at once:
+    /// a track message delivered early only sends itself on.
+    fn send_batch_delayed<'a>(
+        &'a self,
+        bodies: &'a [String],
+        _delay: Duration,
+    ) -> BoxFuture<'a, Result<Vec<usize>, QueueError>> {
+        self.send_batch(bodies)
+    }
 }
 
 /// Most messages one `send_batch` takes (SQS's `SendMessageBatch` limit).
@@ -454,6 +522,8 @@ mod tests {
             dry_run: false,
             webhook_id: Some("msg_1".into()),
             enqueued_at: 1_700_000_000,
+            callback_url: None,
+            notify: None,
         }
     }
 
@@ -473,6 +543,37 @@ mod tests {
         // Another version number in front of a valid MAC.
         let v2 = body.replacen("\"v\":1", "\"v\":2", 1);
         assert_eq!(keys.open(&v2), Err(Rejection::UnknownVersion));
+    }
+
+    #[test]
+    fn track_and_device_messages_never_read_as_each_other() {
+        let keys = QueueKeys::from_secret(&secret("")).unwrap();
+        let t = TrackedAction {
+            action_id: "b9f0b2d6-0b5e-4a6c-9f46-1c2d3e4f5a6b".into(),
+            machine_id: ID.into(),
+            ticket: "INC1".into(),
+            device: ID.into(),
+            source: "generic".into(),
+            callback_url: Some("https://hooks.example.com/x".into()),
+            notify: Some(crate::domain::notify::NotifyTarget::Jira {
+                issue: "IT-1".into(),
+            }),
+            requested_at: 1,
+            attempt: 2,
+            due_at: 3,
+        };
+        let sealed = keys.seal_track(&t);
+        assert_eq!(keys.open_message(&sealed), Ok(QueueMessage::Track(t)));
+        // The device-only opener of older code refuses a track message.
+        assert_eq!(keys.open(&sealed), Err(Rejection::Malformed));
+        assert_eq!(
+            keys.open_message(&keys.seal(&item())),
+            Ok(QueueMessage::Device(item()))
+        );
+        // A track message's MAC is checked like any other.
+        let tampered = sealed.replace("\\\"attempt\\\":2", "\\\"attempt\\\":0");
+        assert_ne!(tampered, sealed);
+        assert_eq!(keys.open_message(&tampered), Err(Rejection::BadMac));
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct AppSecret {
     /// The queue's MAC key when the secret names none (`queue::derive_key`);
     /// kept instead of the SecretString itself.
     pub(crate) derived_queue_key: [u8; 32],
+    /// `jira_api`, `servicenow_api`, `pagerduty_api`: write-back credentials.
+    pub write_back: crate::domain::notify::WriteBackCreds,
 }
 
 impl fmt::Debug for AppSecret {
@@ -112,6 +114,7 @@ impl AppSecret {
             client_secret,
             webhook_secrets,
             derived_queue_key: crate::domain::queue::derive_key(text),
+            write_back: crate::domain::notify::WriteBackCreds::from_secret(obj),
         })
     }
 

@@ -110,21 +110,37 @@ impl App {
         };
         let secret = self.secrets.get().await?;
         self.once(&caller, &key, deadline, async {
-            let intake = match (kind, self.config.sources.get(source)) {
+            // The generic body's callback_url, or a source's write-back
+            // target, follow the devices to their final state.
+            let generic = |v: &Value| -> Result<(Intake, Caller), ApiError> {
+                let body = input::parse_generic_body(v, &self.config.callback_hosts)?;
+                let caller = Caller {
+                    callback_url: body.callback_url.as_ref().map(|u| u.as_str().to_string()),
+                    ..caller.clone()
+                };
+                Ok((Intake::Act(body.request), caller))
+            };
+            let (intake, caller) = match (kind, self.config.sources.get(source)) {
                 // A source's mapping: content it cannot map is ignored,
                 // as for webhooks, since the rule's sender cannot fix it.
                 (EventKind::EventBridge, Some(def)) if source != EVENTBRIDGE => {
-                    self.admit(def, event, &caller)
-                }
-                (EventKind::EventBridge, _) => {
-                    let detail = event.get("detail").cloned().unwrap_or(Value::Null);
-                    Intake::Act(
-                        input::parse_generic_body(&detail, &self.config.callback_hosts)?.request,
+                    let intake = self.admit(def, event, &caller);
+                    let notify = match (&intake, &def.notify) {
+                        (Intake::Act(r), Some(n)) => n.target(event, r.ticket.as_str()),
+                        _ => None,
+                    };
+                    (
+                        intake,
+                        Caller {
+                            notify,
+                            ..caller.clone()
+                        },
                     )
                 }
-                _ => Intake::Act(
-                    input::parse_generic_body(event, &self.config.callback_hosts)?.request,
-                ),
+                (EventKind::EventBridge, _) => {
+                    generic(&event.get("detail").cloned().unwrap_or(Value::Null))?
+                }
+                _ => generic(event)?,
             };
             match intake {
                 Intake::Act(request) => self.execute(request, &secret, &caller, deadline).await,

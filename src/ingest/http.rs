@@ -251,6 +251,10 @@ impl App {
                 input::JsonError::Field(f) => ApiError::Field(f),
             })?;
             let body = input::parse_generic_body(&value, &self.config.callback_hosts)?;
+            let caller = Caller {
+                callback_url: body.callback_url.as_ref().map(|u| u.as_str().to_string()),
+                ..caller.clone()
+            };
             self.execute(body.request, &secret, &caller, deadline).await
         })
         .await
@@ -299,7 +303,16 @@ impl App {
         let key = delivery_key(name, signed_id.as_deref(), body);
         self.once(&caller, &key, deadline, async {
             match self.admit(def, &value, &caller) {
-                Intake::Act(request) => self.execute(request, &secret, &caller, deadline).await,
+                Intake::Act(request) => {
+                    let caller = Caller {
+                        notify: def
+                            .notify
+                            .as_ref()
+                            .and_then(|n| n.target(&value, request.ticket.as_str())),
+                        ..caller.clone()
+                    };
+                    self.execute(request, &secret, &caller, deadline).await
+                }
                 Intake::Ignored(reason) => Ok(json_response(
                     StatusCode::ACCEPTED,
                     &json!({"status": "ignored", "reason": reason}),

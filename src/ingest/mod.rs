@@ -13,6 +13,7 @@ pub mod http;
 pub mod input;
 pub mod replay;
 pub mod sources;
+pub mod tracking;
 pub mod worker;
 
 use std::sync::Arc;
@@ -57,6 +58,7 @@ pub struct App {
     pub(crate) ledger: Option<Arc<dyn Ledger>>,
     replay: ReplayCache,
     pub(crate) cold: AtomicBool,
+    pub(crate) tracker: tracking::Tracker,
 }
 
 /// Who sent a request, for the audit trail.
@@ -68,6 +70,11 @@ pub(crate) struct Caller {
     /// Set when the ledger could not be reached for this delivery: then
     /// only a dry run may go on (fail closed).
     pub(crate) ledger_down: Arc<AtomicBool>,
+    /// The request's `callback_url`, validated: where the final outcome
+    /// of each tracked device goes.
+    pub(crate) callback_url: Option<String>,
+    /// The ticket to write the final outcome back to (a source's `notify`).
+    pub(crate) notify: Option<crate::domain::notify::NotifyTarget>,
 }
 
 impl App {
@@ -128,6 +135,7 @@ impl App {
             tokens = tokens.federated(Arc::new(IdentityTokenCache::new(identity)));
         }
         let tokens = Arc::new(tokens);
+        let http_for_callbacks = http.clone();
         let defender = Arc::new(HttpDefender::new(
             http,
             config.api_url.clone(),
@@ -135,7 +143,7 @@ impl App {
             tokens,
             Arc::new(limiters),
         ));
-        Self::assemble(config, secrets, defender)
+        Self::assemble(config, secrets, defender, http_for_callbacks)
     }
 
     /// The app over any Defender and secret source: the domain and the
@@ -148,10 +156,16 @@ impl App {
         let secrets = Arc::new(
             SecretCache::new(secret_source, config.secret_ttl).for_mode(config.credentials),
         );
-        Self::assemble(config, secrets, defender)
+        Self::assemble(config, secrets, defender, Self::http_client())
     }
 
-    fn assemble(config: Config, secrets: Arc<SecretCache>, defender: Arc<dyn Defender>) -> Self {
+    fn assemble(
+        config: Config,
+        secrets: Arc<SecretCache>,
+        defender: Arc<dyn Defender>,
+        http: reqwest::Client,
+    ) -> Self {
+        let tracker = tracking::Tracker::new(config.rate_per_minute, http);
         let offboarder = Offboarder::new(defender.clone(), config.protected_tags.clone());
         Self {
             config,
@@ -162,6 +176,7 @@ impl App {
             ledger: None,
             replay: ReplayCache::default(),
             cold: AtomicBool::new(true),
+            tracker,
         }
     }
 
@@ -421,6 +436,15 @@ impl App {
         }
         self.record_outcomes(&results, request.ticket.as_str(), &caller.source)
             .await;
+        self.track_requested(
+            &results,
+            request.ticket.as_str(),
+            &caller.source,
+            caller.callback_url.as_deref(),
+            caller.notify.as_ref(),
+            secret,
+        )
+        .await;
         let retry_after = results
             .iter()
             .filter(|r| r.status == Status::Failed)
@@ -486,6 +510,8 @@ impl App {
                     dry_run,
                     webhook_id: caller.webhook_id.clone(),
                     enqueued_at,
+                    callback_url: caller.callback_url.clone(),
+                    notify: caller.notify.clone(),
                 };
                 (item.work_hash(&d.target.key()), item)
             })

@@ -20,10 +20,22 @@ use tracing::Instrument;
 use crate::App;
 use crate::domain::limits::{DEFAULT_BUDGET, Deadline};
 use crate::domain::offboard::Status;
-use crate::domain::queue::{self, QueueKeys, QueuedDevice, VerifiedDevice};
+use crate::domain::queue::{
+    self, QueueKeys, QueueMessage, QueuedDevice, Rejection, VerifiedDevice,
+};
+use crate::domain::secret::AppSecret;
+use crate::domain::tracking::TrackedAction;
+use crate::ingest::input::CallbackUrl;
+use crate::ingest::tracking::validate_track;
 use crate::ingest::{Caller, GENERIC};
 use crate::ops::audit::audit_line;
 use crate::ops::metrics;
+
+/// What a verified message asks of the worker.
+enum Work {
+    Device(VerifiedDevice),
+    Track(TrackedAction),
+}
 
 impl App {
     /// One batch of queued devices; answers the messages to retry.
@@ -75,7 +87,7 @@ impl App {
                 }
             };
             // Refused messages never reach Defender, nor cost a token.
-            let mut accepted = Vec::new();
+            let mut accepted: Vec<(&SqsMessage, Work)> = Vec::new();
             for record in &event.records {
                 match self.verify_record(&keys, record) {
                     Ok(item) => accepted.push((record, item)),
@@ -101,10 +113,12 @@ impl App {
                 );
                 return answer;
             }
-            for (record, item) in accepted {
-                if !self.handle_verified(item, &deadline).await
-                    && let Some(id) = &record.message_id
-                {
+            for (record, work) in accepted {
+                let done = match work {
+                    Work::Device(item) => self.handle_verified(item, &secret, &deadline).await,
+                    Work::Track(t) => self.handle_track(t, &keys, &secret, &deadline).await,
+                };
+                if !done && let Some(id) = &record.message_id {
                     answer.add_failure(id.clone());
                 }
             }
@@ -116,9 +130,13 @@ impl App {
 
     /// Opens a message and re-validates it; a refusal is audited and
     /// counted here, and the message left for the dead-letter queue.
-    fn verify_record(&self, keys: &QueueKeys, record: &SqsMessage) -> Result<VerifiedDevice, ()> {
+    fn verify_record(&self, keys: &QueueKeys, record: &SqsMessage) -> Result<Work, ()> {
         let message_id = record.message_id.as_deref().unwrap_or("");
-        let opened = keys.open(record.body.as_deref().unwrap_or(""));
+        let opened = match keys.open_message(record.body.as_deref().unwrap_or("")) {
+            Ok(QueueMessage::Track(t)) => return self.verify_track(t, message_id).map(Work::Track),
+            Ok(QueueMessage::Device(d)) => Ok(d),
+            Err(e) => Err(e),
+        };
         let known = |s: &str| {
             [
                 GENERIC,
@@ -128,8 +146,18 @@ impl App {
             .contains(&s)
                 || self.config.sources.get(s).is_some()
         };
-        let checked = opened.clone().and_then(|item| queue::validate(item, known));
-        checked.map_err(|reason| {
+        let hosts = &self.config.callback_hosts;
+        let checked = opened.clone().and_then(|item| {
+            let d = queue::validate(item, known)?;
+            if let Some(url) = &d.callback_url {
+                CallbackUrl::parse("callback_url", url, hosts).map_err(Rejection::Field)?;
+            }
+            if d.notify.as_ref().is_some_and(|n| !n.is_valid()) {
+                return Err(Rejection::Malformed);
+            }
+            Ok(d)
+        });
+        checked.map(Work::Device).map_err(|reason| {
             metrics::count(metrics::names::REJECTED);
             // Fields are quoted only when the MAC proved this function wrote
             // them; an unsealed message's claims would be a false audit line.
@@ -155,9 +183,32 @@ impl App {
         })
     }
 
+    /// A track message's checks; a refusal is counted and logged, and the
+    /// message left for the dead-letter queue.
+    fn verify_track(&self, t: TrackedAction, message_id: &str) -> Result<TrackedAction, ()> {
+        let known = |s: &str| {
+            [
+                GENERIC,
+                crate::ingest::direct::EVENTBRIDGE,
+                crate::ingest::direct::INVOKE,
+            ]
+            .contains(&s)
+                || self.config.sources.get(s).is_some()
+        };
+        validate_track(t, known, &self.config.callback_hosts).map_err(|reason| {
+            metrics::count(metrics::names::REJECTED);
+            tracing::warn!(detail = %reason, message_id, "track message rejected; left for the dead-letter queue");
+        })
+    }
+
     /// `true` when the message is done with (whatever the outcome), `false`
     /// when SQS should deliver it again.
-    async fn handle_verified(&self, item: VerifiedDevice, deadline: &Deadline) -> bool {
+    async fn handle_verified(
+        &self,
+        item: VerifiedDevice,
+        secret: &AppSecret,
+        deadline: &Deadline,
+    ) -> bool {
         let dry_run = item.dry_run || self.config.dry_run;
         let results = self
             .offboarder
@@ -182,6 +233,15 @@ impl App {
         }
         self.record_outcomes(&results, item.ticket.as_str(), &item.source)
             .await;
+        self.track_requested(
+            &results,
+            item.ticket.as_str(),
+            &item.source,
+            item.callback_url.as_deref(),
+            item.notify.as_ref(),
+            secret,
+        )
+        .await;
         // Over budget is not a failure of the device: the message comes
         // back after its visibility timeout, when the hour has room again.
         !matches!(r.status, Status::Failed | Status::BudgetExceeded)

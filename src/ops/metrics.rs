@@ -47,6 +47,18 @@ pub mod names {
     pub const DEFENDER_LATENCY: &str = "DefenderLatency";
     pub const REPLAYED: &str = "Replayed";
     pub const QUEUED: &str = "Queued";
+    /// Final statuses of tracked offboards, one metric each.
+    pub const ACTION_SUCCEEDED: &str = "ActionSucceeded";
+    pub const ACTION_FAILED: &str = "ActionFailed";
+    pub const ACTION_CANCELLED: &str = "ActionCancelled";
+    pub const ACTION_TIMED_OUT: &str = "ActionTimeOut";
+    pub const ACTION_NOT_CONFIRMED: &str = "ActionNotConfirmed";
+    /// Requested offboards whose first track message the queue refused.
+    pub const TRACK_NOT_QUEUED: &str = "TrackNotQueued";
+    /// Callbacks refused (4xx), given up on, or unsigned (no key).
+    pub const CALLBACK_FAILED: &str = "CallbackFailed";
+    /// Write-backs to Jira, ServiceNow or PagerDuty that did not land.
+    pub const NOTIFY_FAILED: &str = "NotifyFailed";
 }
 
 fn with(f: impl FnOnce(&mut Collector)) {

@@ -2,6 +2,7 @@
 //! function talks to, a Lambda Runtime API endpoint, moto's Secrets Manager,
 //! and builders for real-shaped events. None of it is in the Lambda binary.
 
+pub mod callback;
 pub mod defender;
 pub mod events;
 pub mod ledger_table;
@@ -11,12 +12,15 @@ pub mod runtime;
 pub mod secrets;
 pub mod serial;
 pub mod sts;
+pub mod ticketing;
 
+pub use callback::{CallbackReceiver, Received};
 pub use defender::{Api, Call, FakeDefender, FakeMachine, Fault, FederatedCredential};
 pub use ledger_table::ledger_table_from_template;
 pub use runtime::{FakeRuntime, Outcome};
 pub use secrets::FakeSecretsManager;
 pub use sts::{FakeSts, StsFault};
+pub use ticketing::{FakeTicketing, Written};
 
 /// Machine ids of the demo tenant, one per case a newcomer should see.
 pub mod ids {

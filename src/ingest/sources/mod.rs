@@ -54,6 +54,8 @@ pub struct SourceDef {
     pub freshness: Option<Freshness>,
     /// EventBridge events this source takes (direct invocation).
     pub eventbridge: Option<EventBridgeMatch>,
+    /// Where the final outcome is written back (`"notify"`).
+    pub notify: Option<crate::domain::notify::NotifyDef>,
 }
 
 /// Which EventBridge events a source takes: both lists must hold the
@@ -113,7 +115,8 @@ pub const PRESETS: &str = r#"{
              {"pointer": "/issue/fields/status/statusCategory/key", "in": ["done"]}],
     "ticket": "/issue/key",
     "devices": ["/issue/fields/customfield_10071"],
-    "comment": "Offboarded on closure of {ticket}: {/issue/fields/summary}"
+    "comment": "Offboarded on closure of {ticket}: {/issue/fields/summary}",
+    "notify": "jira"
   },
   "pagerduty": {
     "auth": {"scheme": "hmac-sha256-hex", "header": "x-pagerduty-signature", "prefix": "v1=", "secret": "pagerduty"},
@@ -123,14 +126,16 @@ pub const PRESETS: &str = r#"{
              {"pointer": "/event/data/changed_custom_fields/*/name", "in": ["mde_devices"]}],
     "ticket": ["/event/data/incident/id", "/event/data/id"],
     "devices": ["/event/data/changed_custom_fields/[name=mde_devices]/value"],
-    "comment": "Offboarded for PagerDuty incident {ticket}: {/event/data/incident/summary}"
+    "comment": "Offboarded for PagerDuty incident {ticket}: {/event/data/incident/summary}",
+    "notify": "pagerduty"
   },
   "servicenow": {
     "auth": [{"scheme": "bearer", "secret": "servicenow"}, {"scheme": "basic", "secret": "servicenow_basic"}],
     "when": [{"pointer": "/state", "in": ["Resolved", "Closed", "6", "7"]}],
     "ticket": "/number",
     "devices": ["/cmdb_ci", "/cmdb_ci/display_value", "/mde_machine_id", "/devices"],
-    "comment": "Offboarded on closure of {ticket}: {/short_description}"
+    "comment": "Offboarded on closure of {ticket}: {/short_description}",
+    "notify": {"to": "servicenow", "sys_id": "/sys_id", "table": "incident"}
   },
   "defender-incident": {
     "auth": {"scheme": "bearer", "secret": "defender-incident"},
@@ -273,6 +278,7 @@ fn parse_def(
         "id_header",
         "freshness",
         "eventbridge",
+        "notify",
     ];
     if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(err(
@@ -368,6 +374,12 @@ fn parse_def(
         id_header,
         freshness,
         eventbridge: parse_eventbridge(obj.get("eventbridge")).map_err(|(f, r)| err(&f, r))?,
+        notify: match obj.get("notify") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                Some(crate::domain::notify::NotifyDef::parse(v).map_err(|r| err("notify", r))?)
+            }
+        },
     })
 }
 

@@ -1,0 +1,179 @@
+//! Adapter: the outcome callback, a POST signed as Standard Webhooks signs
+//! (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`
+//! over `{id}.{timestamp}.{body}`), so any receiver that verifies
+//! Standard Webhooks (Svix's libraries, a SOAR's webhook action) can check
+//! it came from this function.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD as B64};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use thiserror::Error;
+
+use crate::domain::limits::Deadline;
+
+/// The `webhook_secrets` key that signs callbacks.
+pub const CALLBACK_SECRET_KEY: &str = "callback";
+/// Waits before the second, third and fourth attempt: bounded, so a
+/// receiver that stays down costs the worker seconds, not its invocation.
+pub const RETRY_WAITS: [Duration; 3] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+];
+
+/// Longest one callback attempt may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+const WHSEC_B64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// A callback signing key, never printed.
+#[derive(Clone)]
+pub struct SigningKey(Vec<u8>);
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningKey(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SigningKeyError {
+    #[error("the secret has no 'webhook_secrets.callback' to sign callbacks with")]
+    Missing,
+    #[error(
+        "the secret's 'webhook_secrets.callback' is not a whsec_ value with at least 16 bytes of key"
+    )]
+    Invalid,
+}
+
+impl SigningKey {
+    /// A `whsec_<base64>` value, as Standard Webhooks libraries read it.
+    pub fn parse(value: &str) -> Result<Self, SigningKeyError> {
+        let b64 = value
+            .strip_prefix("whsec_")
+            .ok_or(SigningKeyError::Invalid)?;
+        let bytes = WHSEC_B64
+            .decode(b64.trim())
+            .map_err(|_| SigningKeyError::Invalid)?;
+        if bytes.len() < 16 {
+            return Err(SigningKeyError::Invalid);
+        }
+        Ok(Self(bytes))
+    }
+
+    /// `v1,<base64 HMAC-SHA256>` of `{id}.{timestamp}.{body}`.
+    pub fn sign(&self, id: &str, timestamp: i64, body: &str) -> String {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
+        mac.update(body.as_bytes());
+        format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+    }
+}
+
+/// How a callback ended. None of these carries the receiver's answer body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered {
+        attempts: u32,
+    },
+    /// A 4xx: the receiver will not take it; not retried.
+    Refused {
+        status: u16,
+    },
+    /// 5xx or network errors on every attempt, or no time left.
+    GaveUp {
+        attempts: u32,
+    },
+}
+
+/// POSTs a signed body, retrying 5xx and network errors a bounded number of
+/// times while the deadline allows.
+pub async fn deliver(
+    http: &reqwest::Client,
+    url: &str,
+    key: &SigningKey,
+    id: &str,
+    body: &str,
+    deadline: &Deadline,
+) -> Delivery {
+    let mut attempts = 0;
+    loop {
+        // A slow receiver must not eat the batch's other messages' time.
+        let Some(timeout) = deadline.call_timeout().map(|t| t.min(CALL_TIMEOUT)) else {
+            return Delivery::GaveUp { attempts };
+        };
+        attempts += 1;
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let sent = http
+            .post(url)
+            .timeout(timeout)
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", key.sign(id, ts, body))
+            .body(body.to_string())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => return Delivery::Delivered { attempts },
+            Ok(r) if r.status().is_client_error() => {
+                return Delivery::Refused {
+                    status: r.status().as_u16(),
+                };
+            }
+            // A 3xx is never followed (the client's policy) and is no
+            // better on a retry than a 5xx.
+            Ok(_) | Err(_) => {}
+        }
+        let Some(wait) = RETRY_WAITS.get(attempts as usize - 1) else {
+            return Delivery::GaveUp { attempts };
+        };
+        if !deadline.fits(*wait) {
+            return Delivery::GaveUp { attempts };
+        }
+        tokio::time::sleep(*wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of the Standard Webhooks specification.
+    #[test]
+    fn signs_as_the_standard_webhooks_example() {
+        let key = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let sig = key.sign(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            r#"{"test": 2432232314}"#,
+        );
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn keys_must_be_whsec_and_long_enough() {
+        for bad in ["plain-secret-of-length", "whsec_c2hvcnQ=", "whsec_!!"] {
+            assert_eq!(
+                SigningKey::parse(bad).unwrap_err(),
+                SigningKeyError::Invalid,
+                "{bad}"
+            );
+        }
+        assert!(!format!("{:?}", SigningKey(vec![1; 16])).contains('1'));
+    }
+}

@@ -1,0 +1,160 @@
+//! Adapter: the write-back calls, each in the shape its API documents.
+//! - Jira Cloud: `POST {base}/rest/api/3/issue/{key}/comment`, basic auth
+//!   `email:api_token`, `{"body": <Atlassian Document Format doc>}`; 201.
+//! - ServiceNow: `PATCH {base}/api/now/table/{table}/{sys_id}`, basic auth,
+//!   `{"work_notes": "..."}`; 200.
+//! - PagerDuty: `POST {base}/incidents/{id}/notes`, `Authorization: Token
+//!   token=...`, `From: <email>`, `Accept: application/vnd.pagerduty+json;
+//!   version=2`, `{"note": {"content": "..."}}`; 201.
+//!
+//! 5xx, 429 and network errors are retried a bounded number of times;
+//! any other 4xx is not (credentials, a deleted record: a retry cannot cure
+//! it).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use thiserror::Error;
+
+use crate::domain::limits::Deadline;
+use crate::domain::notify::{NotifyTarget, WriteBackCreds};
+
+/// Waits before the second and third attempt.
+pub const RETRY_WAITS: [Duration; 2] = [Duration::from_millis(250), Duration::from_millis(750)];
+
+/// Why a write-back did not land. Never carries a credential or the
+/// answer's body.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NotifyError {
+    #[error("the secret has no '{0}'; nothing written")]
+    NoCredentials(&'static str),
+    #[error("{0}")]
+    BadCredentials(String),
+    #[error("{system} refused the write-back: HTTP {status}")]
+    Refused { system: &'static str, status: u16 },
+    #[error("{system} did not take the write-back after {attempts} attempts")]
+    GaveUp { system: &'static str, attempts: u32 },
+}
+
+impl NotifyError {
+    /// A missing credential is the operator's choice, not a failure.
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, Self::NoCredentials(_))
+    }
+}
+
+/// The comment as a one-paragraph Atlassian Document Format document.
+pub fn adf(text: &str) -> Value {
+    json!({"type": "doc", "version": 1, "content": [
+        {"type": "paragraph", "content": [{"type": "text", "text": text}]}
+    ]})
+}
+
+/// Writes `text` to the target's ticket.
+pub async fn write_back(
+    http: &reqwest::Client,
+    target: &NotifyTarget,
+    creds: &WriteBackCreds,
+    text: &str,
+    deadline: &Deadline,
+) -> Result<(), NotifyError> {
+    let system = target.system();
+    let bad = |e: &String| NotifyError::BadCredentials(e.clone());
+    let build = |http: &reqwest::Client| -> Result<reqwest::RequestBuilder, NotifyError> {
+        Ok(match target {
+            NotifyTarget::Jira { issue } => {
+                let c = creds
+                    .jira
+                    .as_ref()
+                    .ok_or(NotifyError::NoCredentials("jira_api"))?
+                    .as_ref()
+                    .map_err(bad)?;
+                http.post(format!("{}/rest/api/3/issue/{issue}/comment", c.base_url))
+                    .basic_auth(&c.user, Some(&c.password))
+                    .json(&json!({ "body": adf(text) }))
+            }
+            NotifyTarget::Servicenow { table, sys_id } => {
+                let c = creds
+                    .servicenow
+                    .as_ref()
+                    .ok_or(NotifyError::NoCredentials("servicenow_api"))?
+                    .as_ref()
+                    .map_err(bad)?;
+                http.patch(format!("{}/api/now/table/{table}/{sys_id}", c.base_url))
+                    .basic_auth(&c.user, Some(&c.password))
+                    .header("accept", "application/json")
+                    .json(&json!({ "work_notes": text }))
+            }
+            NotifyTarget::Pagerduty { incident } => {
+                let c = creds
+                    .pagerduty
+                    .as_ref()
+                    .ok_or(NotifyError::NoCredentials("pagerduty_api"))?
+                    .as_ref()
+                    .map_err(bad)?;
+                http.post(format!("{}/incidents/{incident}/notes", c.base_url))
+                    .header("authorization", format!("Token token={}", c.token))
+                    .header("from", &c.from)
+                    .header("accept", "application/vnd.pagerduty+json;version=2")
+                    .json(&json!({ "note": { "content": text } }))
+            }
+        })
+    };
+    let mut attempts = 0;
+    loop {
+        let Some(timeout) = deadline
+            .call_timeout()
+            .map(|t| t.min(crate::adapters::callback::CALL_TIMEOUT))
+        else {
+            return Err(NotifyError::GaveUp { system, attempts });
+        };
+        attempts += 1;
+        match build(http)?.timeout(timeout).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
+                return Err(NotifyError::Refused {
+                    system,
+                    status: r.status().as_u16(),
+                });
+            }
+            Ok(_) | Err(_) => {}
+        }
+        let Some(wait) = RETRY_WAITS.get(attempts as usize - 1) else {
+            return Err(NotifyError::GaveUp { system, attempts });
+        };
+        if !deadline.fits(*wait) {
+            return Err(NotifyError::GaveUp { system, attempts });
+        }
+        tokio::time::sleep(*wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_comment_is_a_valid_adf_doc() {
+        let d = adf("done");
+        assert_eq!(d["type"], "doc");
+        assert_eq!(d["version"], 1);
+        assert_eq!(d["content"][0]["content"][0]["text"], "done");
+    }
+
+    #[tokio::test]
+    async fn without_credentials_nothing_is_sent_and_it_is_not_a_failure() {
+        let e = write_back(
+            &reqwest::Client::new(),
+            &NotifyTarget::Jira {
+                issue: "IT-1".into(),
+            },
+            &WriteBackCreds::default(),
+            "x",
+            &Deadline::after(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e, NotifyError::NoCredentials("jira_api"));
+        assert!(!e.is_failure());
+    }
+}

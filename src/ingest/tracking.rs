@@ -1,0 +1,439 @@
+//! Following each requested offboard to its final state (see
+//! `domain::tracking`), and reporting it: the ledger, one audit line
+//! `action_outcome`, a metric per final status, and the callback.
+//!
+//! Sharing Defender's budget: tracking reads only `GET /api/machineactions/
+//! {id}`, an API Defender counts apart from the offboard POST and the
+//! machine lookups, so no tracking call takes a slot an offboard needs. On
+//! that API tracking takes at most half of `RATE_LIMIT_PER_MINUTE` (its own
+//! limiter, in front of the shared one), leaving the rest to the status and
+//! cancel routes; and it never waits for a slot inside an invocation: a
+//! check that finds no slot goes back on the queue a minute later.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use crate::App;
+use crate::adapters::callback::{self, CALLBACK_SECRET_KEY, Delivery, SigningKey, SigningKeyError};
+use crate::adapters::write_back::write_back;
+use crate::domain::defender::DefenderError;
+use crate::domain::ledger::{ActionStatus, RecordKey, StatusUpdate, format_time};
+use crate::domain::limits::{DEADLINE_MARGIN, Deadline, RateLimiter};
+use crate::domain::notify::{NotifyTarget, note_text};
+use crate::domain::offboard::{DeviceResult, Status};
+use crate::domain::queue::{QueueKeys, Rejection};
+use crate::domain::secret::AppSecret;
+use crate::domain::tracking::{
+    self, Next, Step, THROTTLED_RETRY_SECONDS, TrackedAction, delay_for,
+};
+use crate::ingest::input::{CallbackUrl, Ticket};
+use crate::ops::metrics;
+
+/// The wall clock tracking reads; a simulation passes its own.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// What tracking keeps for the life of the instance.
+pub struct Tracker {
+    pub(crate) clock: Clock,
+    /// Tracking's share of the GetAction budget.
+    limiter: RateLimiter,
+    http: reqwest::Client,
+}
+
+impl Tracker {
+    pub(crate) fn new(per_minute: usize, http: reqwest::Client) -> Self {
+        Self {
+            clock: Arc::new(SystemTime::now),
+            limiter: RateLimiter::new(&[((per_minute / 2).max(1), Duration::from_secs(60))]),
+            http,
+        }
+    }
+
+    fn now(&self) -> i64 {
+        unix((self.clock)())
+    }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Metric name per final status.
+pub fn outcome_metric(s: ActionStatus) -> &'static str {
+    match s {
+        ActionStatus::Succeeded => metrics::names::ACTION_SUCCEEDED,
+        ActionStatus::Failed => metrics::names::ACTION_FAILED,
+        ActionStatus::Cancelled => metrics::names::ACTION_CANCELLED,
+        ActionStatus::TimeOut => metrics::names::ACTION_TIMED_OUT,
+        ActionStatus::NotConfirmed | ActionStatus::Pending | ActionStatus::InProgress => {
+            metrics::names::ACTION_NOT_CONFIRMED
+        }
+    }
+}
+
+/// Re-validates a track message as the device message is re-validated: a
+/// valid MAC proves who wrote it, not that today's rules held.
+pub fn validate_track(
+    t: TrackedAction,
+    known_source: impl Fn(&str) -> bool,
+    hosts: &crate::ingest::input::CallbackHosts,
+) -> Result<TrackedAction, Rejection> {
+    if !known_source(&t.source) {
+        return Err(Rejection::UnknownSource);
+    }
+    Ticket::parse("ticket", &t.ticket).map_err(Rejection::Field)?;
+    if !tracking::valid_action_id(&t.action_id) || !tracking::valid_machine_id(&t.machine_id) {
+        return Err(Rejection::Malformed);
+    }
+    if let Some(url) = &t.callback_url {
+        CallbackUrl::parse("callback_url", url, hosts).map_err(Rejection::Field)?;
+    }
+    if t.notify.as_ref().is_some_and(|n| !n.is_valid()) {
+        return Err(Rejection::Malformed);
+    }
+    Ok(t)
+}
+
+impl App {
+    /// Sets the clock tracking reads (simulations).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.tracker.clock = clock;
+        self
+    }
+
+    fn tracking_on(&self) -> bool {
+        self.ledger.is_some() && self.queue.is_some()
+    }
+
+    /// Sends the first track message of each action just requested. A
+    /// message the queue does not take is logged and counted: the offboard
+    /// itself has happened, and the ticket route still shows it `Pending`.
+    pub(crate) async fn track_requested(
+        &self,
+        results: &[DeviceResult],
+        ticket: &str,
+        source: &str,
+        callback_url: Option<&str>,
+        notify: Option<&NotifyTarget>,
+        secret: &AppSecret,
+    ) {
+        let (true, Some(writer)) = (self.tracking_on(), &self.queue) else {
+            return;
+        };
+        let Ok(keys) = QueueKeys::from_secret(secret) else {
+            return;
+        };
+        let now = self.tracker.now();
+        let plan = &self.config.track;
+        let bodies: Vec<String> = results
+            .iter()
+            .filter(|r| r.status == Status::OffboardRequested)
+            .filter_map(|r| {
+                Some(TrackedAction {
+                    action_id: r.action_id.clone()?,
+                    machine_id: r.machine_id.as_ref()?.as_str().to_string(),
+                    ticket: ticket.to_string(),
+                    device: r.device.clone(),
+                    source: source.to_string(),
+                    callback_url: callback_url.map(str::to_string),
+                    notify: notify.cloned(),
+                    requested_at: now,
+                    attempt: 0,
+                    due_at: plan.first_due(now),
+                })
+            })
+            .map(|t| keys.seal_track(&t))
+            .collect();
+        let delay = delay_for(plan.first_due(now), now);
+        for chunk in bodies.chunks(crate::domain::queue::BATCH) {
+            let refused = match writer.port.send_batch_delayed(chunk, delay).await {
+                Ok(refused) => refused.len(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the queue did not take track messages");
+                    chunk.len()
+                }
+            };
+            if refused > 0 {
+                metrics::add(metrics::names::TRACK_NOT_QUEUED, refused as f64);
+                tracing::warn!(
+                    ticket,
+                    refused,
+                    "actions not tracked: the queue refused their messages"
+                );
+            }
+        }
+    }
+
+    /// One track message. `true` when it is done with, `false` when SQS
+    /// should deliver it again.
+    pub(crate) async fn handle_track(
+        &self,
+        t: TrackedAction,
+        keys: &QueueKeys,
+        secret: &AppSecret,
+        deadline: &Deadline,
+    ) -> bool {
+        let plan = &self.config.track;
+        let now = self.tracker.now();
+        if let Step::Wait(d) = plan.step(&t, now) {
+            return self.send_track(&t, keys, Duration::from_secs(d)).await;
+        }
+        let status = match self.read_status(&t.action_id, deadline).await {
+            Ok(s) => s,
+            Err(Unread::NoSlot) => {
+                return self
+                    .send_track(&t, keys, Duration::from_secs(THROTTLED_RETRY_SECONDS))
+                    .await;
+            }
+            Err(Unread::Gone) => {
+                // Defender no longer knows the action: nothing will move it.
+                return self
+                    .finish(
+                        &t,
+                        ActionStatus::NotConfirmed,
+                        "Defender no longer knows this action",
+                        secret,
+                        deadline,
+                    )
+                    .await;
+            }
+            Err(Unread::Failed(e)) => {
+                tracing::warn!(action_id = %t.action_id, error = %e, "action not read; checked again later");
+                // Errors count against the window like a Pending answer,
+                // so a Defender that stays broken still ends in NotConfirmed.
+                ActionStatus::Pending
+            }
+        };
+        match plan.next(&t, status, now) {
+            Next::Final(s) => {
+                let detail = if s == ActionStatus::NotConfirmed {
+                    "still not final when tracking ended (TRACK_FOR_SECONDS)"
+                } else {
+                    ""
+                };
+                self.finish(&t, s, detail, secret, deadline).await
+            }
+            Next::Again { due_at } => {
+                let next = TrackedAction {
+                    attempt: t.attempt + 1,
+                    due_at,
+                    ..t
+                };
+                self.send_track(&next, keys, delay_for(due_at, now)).await
+            }
+        }
+    }
+
+    async fn read_status(
+        &self,
+        action_id: &str,
+        deadline: &Deadline,
+    ) -> Result<ActionStatus, Unread> {
+        // A short wait at most: a check is never worth holding the worker.
+        let slot = Deadline::after(DEADLINE_MARGIN + Duration::from_millis(200));
+        if self.tracker.limiter.acquire(&slot).await.is_err() {
+            return Err(Unread::NoSlot);
+        }
+        match self.defender.get_action(action_id, deadline).await {
+            Ok(a) => Ok(a
+                .status
+                .as_deref()
+                .and_then(ActionStatus::parse)
+                .unwrap_or(ActionStatus::Pending)),
+            Err(DefenderError::NotFound) => Err(Unread::Gone),
+            Err(DefenderError::Throttled { .. }) => Err(Unread::NoSlot),
+            Err(e) => Err(Unread::Failed(e)),
+        }
+    }
+
+    async fn send_track(&self, t: &TrackedAction, keys: &QueueKeys, delay: Duration) -> bool {
+        let Some(writer) = &self.queue else {
+            return false;
+        };
+        let body = [keys.seal_track(t)];
+        match writer.port.send_batch_delayed(&body, delay).await {
+            Ok(refused) if refused.is_empty() => true,
+            Ok(_) | Err(_) => {
+                // This message comes back after its visibility timeout and
+                // tries again; nothing is lost.
+                tracing::warn!(action_id = %t.action_id, "the next track message was not queued");
+                false
+            }
+        }
+    }
+
+    /// The final status: the ledger, the audit line, the metric, then the
+    /// callback. A failing callback never changes the outcome.
+    async fn finish(
+        &self,
+        t: &TrackedAction,
+        status: ActionStatus,
+        detail: &str,
+        secret: &AppSecret,
+        deadline: &Deadline,
+    ) -> bool {
+        let finished = (self.tracker.clock)();
+        let key = RecordKey {
+            ticket: t.ticket.clone(),
+            machine_id: t.machine_id.clone(),
+            action_id: t.action_id.clone(),
+        };
+        let mut status = status;
+        if let Some(ledger) = &self.ledger {
+            match ledger.update_action_status(&key, status, finished).await {
+                Ok(StatusUpdate::Updated | StatusUpdate::NotFound) => {}
+                // The cancel route, say, wrote a final status first: that is
+                // the outcome. `NotConfirmed` never overrides one.
+                Ok(StatusUpdate::AlreadyFinal(kept)) => status = kept,
+                Err(e) => {
+                    tracing::warn!(action_id = %t.action_id, error = %e, "outcome not written; the message comes back");
+                    return false;
+                }
+            }
+        }
+        let requested_at =
+            format_time(UNIX_EPOCH + Duration::from_secs(t.requested_at.max(0) as u64));
+        let finished_at = format_time(finished);
+        tracing::info!(
+            target: "audit",
+            event = "action_outcome",
+            source = %t.source,
+            ticket = %t.ticket,
+            device = %t.device,
+            machine_id = %t.machine_id,
+            action_id = %t.action_id,
+            status = status.as_str(),
+            detail,
+            checks = t.attempt + 1,
+            requested_at = %requested_at,
+            finished_at = %finished_at,
+            "action outcome"
+        );
+        metrics::count(outcome_metric(status));
+        if let Some(url) = &t.callback_url {
+            let body = json!({
+                "type": "offboard.outcome",
+                "ticket": t.ticket,
+                "device": t.device,
+                "machine_id": t.machine_id,
+                "action_id": t.action_id,
+                "status": status.as_str(),
+                "detail": detail,
+                "requested_at": requested_at,
+                "finished_at": finished_at,
+            })
+            .to_string();
+            self.call_back(t, url, &body, status, secret, deadline)
+                .await;
+        }
+        if let Some(target) = &t.notify {
+            let text = note_text(
+                &t.device,
+                &t.machine_id,
+                &t.action_id,
+                status.as_str(),
+                detail,
+                &finished_at,
+            );
+            self.notify(t, target, &text, secret, deadline).await;
+        }
+        true
+    }
+
+    /// The write-back: logged and counted when it fails, never more.
+    async fn notify(
+        &self,
+        t: &TrackedAction,
+        target: &NotifyTarget,
+        text: &str,
+        secret: &AppSecret,
+        deadline: &Deadline,
+    ) {
+        let system = target.system();
+        match write_back(
+            &self.tracker.http,
+            target,
+            &secret.write_back,
+            text,
+            deadline,
+        )
+        .await
+        {
+            Ok(()) => {
+                tracing::info!(action_id = %t.action_id, ticket = %t.ticket, system, "outcome written back to the ticket");
+            }
+            Err(e) if !e.is_failure() => {
+                tracing::info!(action_id = %t.action_id, system, reason = %e, "no write-back");
+            }
+            Err(e) => {
+                metrics::count(metrics::names::NOTIFY_FAILED);
+                tracing::warn!(action_id = %t.action_id, ticket = %t.ticket, system, error = %e, "write-back failed; the outcome stands");
+            }
+        }
+    }
+
+    async fn call_back(
+        &self,
+        t: &TrackedAction,
+        url: &str,
+        body: &str,
+        status: ActionStatus,
+        secret: &AppSecret,
+        deadline: &Deadline,
+    ) {
+        let key = secret
+            .webhook_secrets(CALLBACK_SECRET_KEY)
+            .first()
+            .ok_or(SigningKeyError::Missing)
+            .and_then(|v| SigningKey::parse(v));
+        let key = match key {
+            Ok(k) => k,
+            Err(e) => {
+                metrics::count(metrics::names::CALLBACK_FAILED);
+                tracing::warn!(action_id = %t.action_id, error = %e, "callback not sent");
+                return;
+            }
+        };
+        // One id per outcome, so a receiver can drop a duplicate.
+        let id = format!("msg_{}_{}", t.action_id, status.as_str());
+        let delivery = callback::deliver(&self.tracker.http, url, &key, &id, body, deadline).await;
+        match delivery {
+            Delivery::Delivered { attempts } => {
+                tracing::info!(action_id = %t.action_id, attempts, "callback delivered");
+            }
+            Delivery::Refused { status } => {
+                metrics::count(metrics::names::CALLBACK_FAILED);
+                tracing::warn!(action_id = %t.action_id, status, "callback refused (4xx); not retried");
+            }
+            Delivery::GaveUp { attempts } => {
+                metrics::count(metrics::names::CALLBACK_FAILED);
+                tracing::warn!(action_id = %t.action_id, attempts, "callback failed on every attempt; given up");
+            }
+        }
+    }
+}
+
+enum Unread {
+    /// No slot in tracking's share of the budget, or Defender throttled.
+    NoSlot,
+    Gone,
+    Failed(DefenderError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_final_status_has_its_own_metric() {
+        let names: std::collections::HashSet<_> = ActionStatus::FINAL
+            .iter()
+            .chain([ActionStatus::NotConfirmed].iter())
+            .map(|s| outcome_metric(*s))
+            .collect();
+        assert_eq!(names.len(), 5);
+    }
+}
