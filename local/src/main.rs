@@ -48,7 +48,9 @@ fn usage() -> ! {
         "usage: mde-local [--port N] [--secret-file FILE | --aws]\n       \
          mde-local send FILE [--url URL] [--secret-file FILE]\n       \
          mde-local tenant [--port N] [--roles R1,R2] [--env-file FILE]\n       \
-         mde-local sign FILE [-o OUT] [--secret-file FILE]"
+         mde-local sign FILE [-o OUT] [--secret-file FILE]\n       \
+         mde-local get PATH [--url URL]            (e.g. /v1/tickets/INC0012345)\n       \
+         mde-local post PATH JSON [--url URL]      (e.g. /v1/actions/ID/cancel '{{\"comment\": \"...\"}}')"
     );
     std::process::exit(2)
 }
@@ -65,6 +67,16 @@ async fn main() {
         let file = args.get(1).cloned().unwrap_or_else(|| usage());
         let url = flag("--url").unwrap_or_else(|| format!("http://127.0.0.1:{DEFAULT_PORT}"));
         std::process::exit(send(&file, &url, flag("--secret-file")).await);
+    }
+    if let Some(verb @ ("get" | "post")) = args.first().map(String::as_str) {
+        let path = args.get(1).cloned().unwrap_or_else(|| usage());
+        let body = if verb == "post" {
+            args.get(2).cloned().unwrap_or_else(|| usage())
+        } else {
+            String::new()
+        };
+        let url = flag("--url").unwrap_or_else(|| format!("http://127.0.0.1:{DEFAULT_PORT}"));
+        std::process::exit(call_generic(verb, &path, body, &url, flag("--secret-file")).await);
     }
     if args.first().map(String::as_str) == Some("tenant") {
         let port = flag("--port")
@@ -271,6 +283,56 @@ async fn send(file: &str, base: &str, secret_file: Option<String>) -> i32 {
         req = req.header(k, v);
     }
     match req.body(d.body).send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            let pretty = serde_json::from_str::<Value>(&text)
+                .map(|v| serde_json::to_string_pretty(&v).unwrap_or(text.clone()))
+                .unwrap_or(text);
+            println!("HTTP {}\n{pretty}", status.as_u16());
+            if status.is_success() { 0 } else { 1 }
+        }
+        Err(e) => {
+            eprintln!("mde-local: could not reach {base}: {e}");
+            1
+        }
+    }
+}
+
+/// A call on the generic source's routes (`/v1/tickets/...`,
+/// `/v1/actions/...`), signed with Standard Webhooks as a playbook would.
+async fn call_generic(
+    verb: &str,
+    path: &str,
+    body: String,
+    base: &str,
+    secret_file: Option<String>,
+) -> i32 {
+    let secret = secret_of(secret_file);
+    let Some(key) = secret["webhook_secrets"]["generic"].as_str() else {
+        exit("the secret has no webhook_secrets.generic")
+    };
+    let id = format!("msg_local_{}", nonce());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let signature = mde_offboard::ingest::auth::standard_sign(key, &id, now, body.as_bytes());
+    let client = reqwest::Client::new();
+    let method = if verb == "post" {
+        reqwest::Method::POST
+    } else {
+        reqwest::Method::GET
+    };
+    let req = client
+        .request(method, format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", now.to_string())
+        .header("webhook-signature", signature)
+        .timeout(Duration::from_secs(60))
+        .body(body);
+    match req.send().await {
         Ok(resp) => {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();

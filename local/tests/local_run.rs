@@ -62,6 +62,53 @@ fn send(url: &str, file: &str) -> (bool, serde_json::Value) {
     )
 }
 
+fn call(url: &str, args: &[&str]) -> (bool, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mde-local"))
+        .args(args)
+        .args(["--url", url])
+        .current_dir(root())
+        .output()
+        .expect("run mde-local");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = text.split_once('\n').map(|(_, j)| j).unwrap_or("");
+    (
+        out.status.success(),
+        serde_json::from_str(json).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
+}
+
+#[test]
+fn the_local_run_keeps_a_ledger_of_tickets_and_cancels() {
+    let (_server, url) = start();
+    let (ok, first) = send(&url, "events/generic.json");
+    assert!(ok, "{first}");
+    let action = first["results"][0]["action_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, ticket) = call(&url, &["get", "/v1/tickets/INC0012345"]);
+    assert!(ok, "{ticket}");
+    let devices = ticket["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{ticket}");
+    assert_eq!(devices[0]["action_id"], action.as_str());
+    assert_eq!(devices[0]["action_status"], "Pending");
+    let (ok, cancelled) = call(
+        &url,
+        &[
+            "post",
+            &format!("/v1/actions/{action}/cancel"),
+            r#"{"comment": "named by mistake"}"#,
+        ],
+    );
+    assert!(ok, "{cancelled}");
+    assert_eq!(cancelled["status"], "Cancelled");
+    let (_, ticket) = call(&url, &["get", "/v1/tickets/INC0012345"]);
+    assert_eq!(
+        ticket["devices"][0]["action_status"], "Cancelled",
+        "{ticket}"
+    );
+}
+
 fn statuses(v: &serde_json::Value) -> Vec<String> {
     v["results"]
         .as_array()
