@@ -26,6 +26,8 @@ struct Args {
     starts: usize,
     invocations: usize,
     json: Option<String>,
+    /// Only the ledger figures (no peer needed).
+    ledger_only: bool,
 }
 
 fn args() -> Args {
@@ -43,6 +45,7 @@ fn args() -> Args {
             .and_then(|s| s.parse().ok())
             .unwrap_or(1000),
         json: get("--json"),
+        ledger_only: v.iter().any(|a| a == "--ledger-only"),
     }
 }
 
@@ -368,6 +371,15 @@ async fn measure_ledger(
 async fn main() {
     let a = args();
     let w = Arc::new(world(5 * a.invocations + 6).await);
+    if a.ledger_only {
+        let ledger = measure_ledger(&a.rust, &w, &a, 0).await;
+        println!("| ledger figure ({}, same run) | value |", a.rust);
+        println!("|---|---:|");
+        for (label, v) in &ledger {
+            println!("| {label} | {v:.3} |");
+        }
+        return;
+    }
     eprintln!("measuring {} ...", a.rust);
     let rust = measure(&a.rust, &w, &a, 0).await;
     eprintln!("measuring {} ...", a.peer);
