@@ -88,6 +88,8 @@ pub struct Config {
     /// Most offboard POSTs per rolling hour across instances; needs the
     /// ledger, where it is counted.
     pub max_offboards_per_hour: Option<u32>,
+    /// `SUPPORTED_PLATFORMS`: what the preflight lets through.
+    pub supported_platforms: crate::domain::policy::Platforms,
     pub max_queued_devices: usize,
     /// Lowercased, so a tag check is one set lookup.
     pub protected_tags: HashSet<String>,
@@ -166,6 +168,11 @@ impl Config {
         let max_queued_devices = parse_count(&get, "MAX_QUEUED_DEVICES", 5000, 100_000)?;
         let queue_url = get("QUEUE_URL").map(|s| s.trim().to_string());
         let ledger_table = get("LEDGER_TABLE").map(|s| s.trim().to_string());
+        let supported_platforms = match get("SUPPORTED_PLATFORMS") {
+            None => crate::domain::policy::Platforms::default(),
+            Some(v) => crate::domain::policy::Platforms::parse(&v)
+                .map_err(|r| ConfigError::new("SUPPORTED_PLATFORMS", r))?,
+        };
         let max_offboards_per_hour = match get("MAX_OFFBOARDS_PER_HOUR") {
             None => None,
             Some(_) if ledger_table.is_none() => {
@@ -247,6 +254,7 @@ impl Config {
             queue_url,
             ledger_table,
             max_offboards_per_hour,
+            supported_platforms,
             max_queued_devices,
             protected_tags,
             secret_ttl,

@@ -691,3 +691,45 @@ async fn a_callback_url_must_be_https_on_a_listed_host() {
     let (status, resp, _) = h.offboard(&b).await;
     assert_eq!(status, 200, "{resp}");
 }
+
+#[tokio::test]
+async fn supported_platforms_lets_linux_and_macos_through_only_when_listed() {
+    let devices = [ids::LINUX, ids::MACOS, ids::WIN11];
+    let h = Harness::new().await;
+    let (status, b, _) = h.offboard(&body(&devices)).await;
+    assert_eq!(status, 200, "{b}");
+    let got: Vec<&str> = results(&b)
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        ["unsupported_os", "unsupported_os", "offboard_requested"]
+    );
+    assert!(
+        results(&b)[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("SUPPORTED_PLATFORMS")
+    );
+
+    let h = Harness::with(Options {
+        env: vec![("SUPPORTED_PLATFORMS", "windows,macos,linux".into())],
+        ..Default::default()
+    })
+    .await;
+    let (status, b, _) = h.offboard(&body(&devices)).await;
+    assert_eq!(status, 200, "{b}");
+    let got: Vec<&str> = results(&b)
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "offboard_requested",
+            "offboard_requested",
+            "offboard_requested"
+        ]
+    );
+}

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::domain::defender::{Defender, DefenderError, Machine};
 use crate::domain::ledger::Ledger;
 use crate::domain::limits::Deadline;
-use crate::domain::policy::{self, Refusal};
+use crate::domain::policy::{self, Platforms, Refusal};
 use crate::ingest::input::{Device, DeviceRef, MachineId};
 
 /// Devices handled at once. Small: every device costs up to three calls
@@ -113,6 +113,7 @@ pub struct Budget {
 pub struct Offboarder {
     defender: Arc<dyn Defender>,
     protected_tags: HashSet<String>,
+    platforms: Platforms,
     budget: Option<Budget>,
 }
 
@@ -121,8 +122,15 @@ impl Offboarder {
         Self {
             defender,
             protected_tags,
+            platforms: Platforms::default(),
             budget: None,
         }
+    }
+
+    /// The platforms the preflight lets through (`SUPPORTED_PLATFORMS`).
+    pub fn with_platforms(mut self, platforms: Platforms) -> Self {
+        self.platforms = platforms;
+        self
     }
 
     /// Checks every offboard against `budget` before it is sent.
@@ -233,7 +241,7 @@ impl Offboarder {
             r.machine_id = Some(id.clone());
             r
         };
-        if let Err(refusal) = policy::check(&machine, &self.protected_tags) {
+        if let Err(refusal) = policy::check(&machine, &self.protected_tags, self.platforms) {
             let status = match refusal {
                 Refusal::Protected { .. } => Status::Protected,
                 Refusal::UnsupportedOs { .. } => Status::UnsupportedOs,

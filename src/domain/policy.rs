@@ -17,11 +17,74 @@ impl Refusal {
         match self {
             Self::Protected { tag } => format!("the machine carries the protected tag '{tag}'"),
             Self::UnsupportedOs { platform } => format!(
-                "the offboard API supports Windows 10 1703+, Windows 11 and Windows Server 2019+ (2012 R2 and 2016 with the unified agent); this machine is {platform}"
+                "the machine is {platform}, which SUPPORTED_PLATFORMS does not let through (Windows: 10 1703+, 11 and Server 2019+; 2012 R2 and 2016 with the unified agent)"
             ),
         }
     }
 }
+
+/// The platforms the preflight lets through (`SUPPORTED_PLATFORMS`). The
+/// offboard API page lists Windows only; newer Defender docs add macOS and
+/// Linux, so those are opt-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Platforms {
+    pub windows: bool,
+    pub macos: bool,
+    pub linux: bool,
+}
+
+impl Default for Platforms {
+    fn default() -> Self {
+        Self {
+            windows: true,
+            macos: false,
+            linux: false,
+        }
+    }
+}
+
+impl Platforms {
+    /// `windows,macos,linux` in any order and case; anything else is an
+    /// error naming the value.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut p = Self {
+            windows: false,
+            macos: false,
+            linux: false,
+        };
+        for item in list.split(',').map(|s| s.trim().to_ascii_lowercase()) {
+            match item.as_str() {
+                "windows" => p.windows = true,
+                "macos" => p.macos = true,
+                "linux" => p.linux = true,
+                "" => {}
+                other => {
+                    return Err(format!("'{other}' is not one of windows, macos, linux"));
+                }
+            }
+        }
+        if !(p.windows || p.macos || p.linux) {
+            return Err("names no platform".into());
+        }
+        Ok(p)
+    }
+}
+
+/// How Defender names Linux distributions and macOS in `osPlatform`.
+const LINUX: &[&str] = &[
+    "linux",
+    "ubuntu",
+    "debian",
+    "redhatenterpriselinux",
+    "centos",
+    "oraclelinux",
+    "suselinuxenterpriseserver",
+    "amazonlinux",
+    "fedora",
+    "rockylinux",
+    "almalinux",
+];
+const MACOS: &[&str] = &["macos", "macosx", "mac"];
 
 /// Windows 10 1703 is build 15063: older builds cannot be offboarded by API.
 const MIN_WINDOWS10_BUILD: u64 = 15063;
@@ -36,7 +99,11 @@ const LEGACY_WINDOWS: &[&str] = &[
     "windowsserver2012",
 ];
 
-pub fn check(machine: &Machine, protected_tags: &HashSet<String>) -> Result<(), Refusal> {
+pub fn check(
+    machine: &Machine,
+    protected_tags: &HashSet<String>,
+    platforms: Platforms,
+) -> Result<(), Refusal> {
     // Tags first: a protected machine is refused whatever its platform, and
     // the answer should say the stronger reason.
     if let Some(tag) = machine
@@ -55,7 +122,21 @@ pub fn check(machine: &Machine, protected_tags: &HashSet<String>) -> Result<(), 
             platform.clone()
         },
     };
-    if !p.starts_with("windows") || LEGACY_WINDOWS.contains(&p.as_str()) {
+    if LINUX.contains(&p.as_str()) {
+        return if platforms.linux {
+            Ok(())
+        } else {
+            Err(unsupported())
+        };
+    }
+    if MACOS.contains(&p.as_str()) {
+        return if platforms.macos {
+            Ok(())
+        } else {
+            Err(unsupported())
+        };
+    }
+    if !platforms.windows || !p.starts_with("windows") || LEGACY_WINDOWS.contains(&p.as_str()) {
         return Err(unsupported());
     }
     if p == "windows10" && machine.os_build.is_some_and(|b| b < MIN_WINDOWS10_BUILD) {
@@ -92,7 +173,11 @@ mod tests {
             "WindowsServer2016",
             "WindowsServer2012R2",
         ] {
-            assert_eq!(check(&machine(p, &[]), &tags(&[])), Ok(()), "{p}");
+            assert_eq!(
+                check(&machine(p, &[]), &tags(&[]), Platforms::default()),
+                Ok(()),
+                "{p}"
+            );
         }
     }
 
@@ -110,7 +195,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    check(&machine(p, &[]), &tags(&[])),
+                    check(&machine(p, &[]), &tags(&[]), Platforms::default()),
                     Err(Refusal::UnsupportedOs { .. })
                 ),
                 "{p}"
@@ -118,18 +203,52 @@ mod tests {
         }
         let mut old = machine("Windows10", &[]);
         old.os_build = Some(14393);
-        assert!(check(&old, &tags(&[])).is_err());
+        assert!(check(&old, &tags(&[]), Platforms::default()).is_err());
         old.os_build = Some(15063);
-        assert!(check(&old, &tags(&[])).is_ok());
+        assert!(check(&old, &tags(&[]), Platforms::default()).is_ok());
     }
 
     #[test]
     fn protected_tags_match_case_insensitively_and_win() {
         let m = machine("Linux", &["Finance", "VIP"]);
         assert_eq!(
-            check(&m, &tags(&["vip"])),
+            check(&m, &tags(&["vip"]), Platforms::default()),
             Err(Refusal::Protected { tag: "VIP".into() })
         );
-        assert!(check(&machine("Windows11", &["vipx"]), &tags(&["vip"])).is_ok());
+        assert!(
+            check(
+                &machine("Windows11", &["vipx"]),
+                &tags(&["vip"]),
+                Platforms::default()
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn macos_and_linux_pass_only_when_listed() {
+        let all = Platforms::parse("windows, macOS,LINUX").unwrap();
+        for p in ["Linux", "Ubuntu", "RedHatEnterpriseLinux", "macOS"] {
+            assert!(
+                check(&machine(p, &[]), &tags(&[]), Platforms::default()).is_err(),
+                "{p}"
+            );
+            assert_eq!(check(&machine(p, &[]), &tags(&[]), all), Ok(()), "{p}");
+        }
+        let linux_only = Platforms::parse("linux").unwrap();
+        assert!(check(&machine("Windows11", &[]), &tags(&[]), linux_only).is_err());
+        assert!(check(&machine("iOS", &[]), &tags(&[]), all).is_err());
+        // Tags still come first.
+        assert!(matches!(
+            check(&machine("Linux", &["VIP"]), &tags(&["vip"]), all),
+            Err(Refusal::Protected { .. })
+        ));
+    }
+
+    #[test]
+    fn platform_lists_are_checked() {
+        assert_eq!(Platforms::parse("windows"), Ok(Platforms::default()));
+        assert!(Platforms::parse("windows,bsd").unwrap_err().contains("bsd"));
+        assert!(Platforms::parse(" , ").is_err());
     }
 }

@@ -166,7 +166,8 @@ impl App {
         http: reqwest::Client,
     ) -> Self {
         let tracker = tracking::Tracker::new(config.rate_per_minute, http);
-        let offboarder = Offboarder::new(defender.clone(), config.protected_tags.clone());
+        let offboarder = Offboarder::new(defender.clone(), config.protected_tags.clone())
+            .with_platforms(config.supported_platforms);
         Self {
             config,
             secrets,
@@ -195,6 +196,7 @@ impl App {
         });
         self.offboarder =
             Offboarder::new(self.defender.clone(), self.config.protected_tags.clone())
+                .with_platforms(self.config.supported_platforms)
                 .with_budget(budget);
         self.ledger = Some(ledger);
         self

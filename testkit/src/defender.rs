@@ -877,7 +877,12 @@ async fn offboard(
             ),
         );
     };
-    let r = if !m.os_platform.starts_with("Windows") {
+    // Newer Defender docs offboard macOS and Linux too; mobile platforms
+    // never.
+    let r = if !(m.os_platform.starts_with("Windows")
+        || m.os_platform == "Linux"
+        || m.os_platform == "macOS")
+    {
         reply(
             400,
             error_body(
