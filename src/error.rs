@@ -59,6 +59,8 @@ pub enum ApiError {
     InProgress(Duration),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error("the Defender application lacks the {} application permission: grant it with admin consent in Entra ID (API permissions, WindowsDefenderATP); dry runs still work", .0.join(" and "))]
+    MissingPermission(Vec<&'static str>),
     #[error("machine action '{action_id}' is already {status} and cannot be cancelled")]
     NotCancellable { action_id: String, status: String },
 }
@@ -88,6 +90,7 @@ impl ApiError {
             Self::Defender(_, Some(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Defender(_, None) => StatusCode::BAD_GATEWAY,
             Self::InProgress(_) | Self::NotCancellable { .. } => StatusCode::CONFLICT,
+            Self::MissingPermission(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Ledger(LedgerError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Ledger(LedgerError::Refused(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -129,6 +132,7 @@ impl ApiError {
             Self::Defender(_, Some(_)) => "defender_unavailable",
             Self::Defender(_, None) => "defender_error",
             Self::InProgress(_) => "in_progress",
+            Self::MissingPermission(_) => "missing_permission",
             Self::NotCancellable { .. } => "not_cancellable",
             Self::Ledger(LedgerError::Unavailable(_)) => "ledger_unavailable",
             Self::Ledger(LedgerError::Refused(_)) => "ledger_refused",

@@ -214,9 +214,24 @@ async fn a_missing_offboard_consent_is_one_clear_line_at_start() {
     let (_tenant, env) = tenant(&["--roles", "Machine.ReadWrite.All"]);
     let runtime = FakeRuntime::start().await;
     let function = start_function(&runtime, &env);
-    let (_, body) = invoke(&runtime, signed("events/generic.json")).await;
-    assert_eq!(statuses(&body)[0], "failed", "{body}");
-    let (_, _) = invoke(&runtime, signed("events/generic.json")).await;
+    // Offboards are refused once, naming the permission, before any
+    // device is tried; a dry run still answers.
+    let (status, body) = invoke(&runtime, signed("events/generic.json")).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "missing_permission", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Machine.Offboard"),
+        "{body}"
+    );
+    let (status, dry) = invoke(&runtime, signed("events/generic-dry-run.json")).await;
+    assert_eq!(
+        (status, statuses(&dry)),
+        (200, vec!["would_offboard"; 2]),
+        "{dry}"
+    );
     let logs = function.logs().await;
     let warnings = permission_warnings(&logs);
     assert_eq!(warnings.len(), 1, "{logs}");

@@ -367,6 +367,10 @@ impl Defender for HttpDefender {
     fn warm_up(&self) -> BoxFuture<'_, ()> {
         Box::pin(HttpDefender::warm_up(self))
     }
+
+    fn missing_permissions(&self) -> Vec<&'static str> {
+        self.tokens.missing()
+    }
 }
 
 #[cfg(test)]

@@ -201,6 +201,16 @@ impl TokenProvider {
         Ok((token, lifetime))
     }
 
+    /// The application permissions the last token lacked (empty when it
+    /// had them, or when its roles could not be read).
+    pub fn missing(&self) -> Vec<&'static str> {
+        self.last_missing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
     /// Says once, in one line, which application permission the tenant's
     /// admin consent lacks: otherwise it shows up only as one 403 `failed`
     /// per device, long after deployment.

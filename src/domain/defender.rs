@@ -154,6 +154,12 @@ pub trait Defender: Send + Sync {
         Box::pin(async { Ok(()) })
     }
 
+    /// The application permissions the API's credentials are known to lack
+    /// (from the token's roles); empty when none are, or nothing is known.
+    fn missing_permissions(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
     /// Opens what the first call would otherwise pay for (a TLS
     /// connection). Best effort.
     fn warm_up(&self) -> BoxFuture<'_, ()> {

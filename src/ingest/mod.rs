@@ -420,6 +420,12 @@ impl App {
         // A token problem is the operator's, not a device's: surface it
         // once for the whole request.
         self.defender.ready(secret, deadline).await?;
+        // So is a missing admin consent: one clear refusal, not one 403
+        // per device. A dry run needs no offboard permission and goes on.
+        let missing = self.defender.missing_permissions();
+        if !dry_run && !missing.is_empty() {
+            return Err(ApiError::MissingPermission(missing));
+        }
         let results = self
             .offboarder
             .run(
