@@ -282,7 +282,13 @@ async fn send(file: &str, base: &str, secret_file: Option<String>) -> i32 {
     for (k, v) in &d.headers {
         req = req.header(k, v);
     }
-    match req.body(d.body).send().await {
+    print_answer(req.body(d.body).send().await, base).await
+}
+
+/// Prints an answer as the helpers do (status line, then pretty JSON);
+/// the exit code says whether it was a success.
+async fn print_answer(sent: reqwest::Result<reqwest::Response>, base: &str) -> i32 {
+    match sent {
         Ok(resp) => {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
@@ -332,21 +338,7 @@ async fn call_generic(
         .header("webhook-signature", signature)
         .timeout(Duration::from_secs(60))
         .body(body);
-    match req.send().await {
-        Ok(resp) => {
-            let status = resp.status();
-            let text = resp.text().await.unwrap_or_default();
-            let pretty = serde_json::from_str::<Value>(&text)
-                .map(|v| serde_json::to_string_pretty(&v).unwrap_or(text.clone()))
-                .unwrap_or(text);
-            println!("HTTP {}\n{pretty}", status.as_u16());
-            if status.is_success() { 0 } else { 1 }
-        }
-        Err(e) => {
-            eprintln!("mde-local: could not reach {base}: {e}");
-            1
-        }
-    }
+    print_answer(req.send().await, base).await
 }
 
 /// Writes an `events/` file as a freshly signed Lambda event, to `out` or
