@@ -10,52 +10,40 @@ pub async fn sdk_config() -> &'static aws_config::SdkConfig {
         .await
 }
 
-/// The Secrets Manager client with time limits that fit in a request: the
-/// SDK's own retries (two attempts) must not outlast the Lambda deadline.
+/// Time limits for a call made inside a request: two attempts, each short,
+/// so the SDK's own retries never outlast the Lambda deadline. The SDK
+/// crates share these types (aws-smithy-types).
+fn request_time_limits() -> (
+    aws_config::timeout::TimeoutConfig,
+    aws_config::retry::RetryConfig,
+) {
+    use std::time::Duration;
+    (
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .operation_attempt_timeout(Duration::from_secs(3))
+            .operation_timeout(Duration::from_secs(6))
+            .build(),
+        aws_config::retry::RetryConfig::standard()
+            .with_max_attempts(2)
+            .with_initial_backoff(Duration::from_millis(200)),
+    )
+}
+
+/// The Secrets Manager client, with the request time limits.
 pub fn secrets_client(
     conf: aws_sdk_secretsmanager::config::Builder,
 ) -> aws_sdk_secretsmanager::Client {
-    use aws_sdk_secretsmanager::config::retry::RetryConfig;
-    use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
-    use std::time::Duration;
-    let conf = conf
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .operation_attempt_timeout(Duration::from_secs(3))
-                .operation_timeout(Duration::from_secs(6))
-                .build(),
-        )
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(2)
-                .with_initial_backoff(Duration::from_millis(200)),
-        )
-        .build();
+    let (timeouts, retries) = request_time_limits();
+    let conf = conf.timeout_config(timeouts).retry_config(retries).build();
     aws_sdk_secretsmanager::Client::from_conf(conf)
 }
 
-/// The STS client for `GetWebIdentityToken`, with the same time limits as
-/// Secrets Manager. The SDK resolves STS's regional endpoint (the operation
-/// is not served on the global one) unless `AWS_ENDPOINT_URL_STS` says
-/// otherwise.
+/// The STS client for `GetWebIdentityToken`, with the request time limits.
+/// The SDK resolves STS's regional endpoint (the operation is not served on
+/// the global one) unless `AWS_ENDPOINT_URL_STS` says otherwise.
 pub fn sts_client(conf: aws_sdk_sts::config::Builder) -> aws_sdk_sts::Client {
-    use aws_sdk_sts::config::retry::RetryConfig;
-    use aws_sdk_sts::config::timeout::TimeoutConfig;
-    use std::time::Duration;
-    let conf = conf
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .operation_attempt_timeout(Duration::from_secs(3))
-                .operation_timeout(Duration::from_secs(6))
-                .build(),
-        )
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(2)
-                .with_initial_backoff(Duration::from_millis(200)),
-        )
-        .build();
+    let (timeouts, retries) = request_time_limits();
+    let conf = conf.timeout_config(timeouts).retry_config(retries).build();
     aws_sdk_sts::Client::from_conf(conf)
 }
