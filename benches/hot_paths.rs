@@ -96,5 +96,30 @@ fn source_mapping(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, signature, body_parsing, source_mapping);
+/// What init does before the runtime loop, each part on its own, beside
+/// the baseline of parsing one small JSON document.
+fn init_parts(c: &mut Criterion) {
+    let mut g = c.benchmark_group("init");
+    g.bench_function("baseline_parse_small_json", |b| {
+        b.iter(|| serde_json::from_str::<Value>(black_box(r#"{"a":1,"b":[1,2,3]}"#)).unwrap())
+    });
+    g.bench_function("config_from_env_defaults", |b| {
+        b.iter(|| {
+            mde_offboard::config::Config::from_lookup(|k| {
+                (k == "SECRET_ID").then(|| "mde-offboard/bench".to_string())
+            })
+            .unwrap()
+        })
+    });
+    g.bench_function("tls_client_config", |b| {
+        b.iter(|| mde_offboard::adapters::tls::TrustRoots::bundled().client_config())
+    });
+    g.bench_function("http_client", |b| b.iter(mde_offboard::App::http_client));
+    g.bench_function("log_filter", |b| {
+        b.iter(mde_offboard::ops::logging::filter_from_env)
+    });
+    g.finish();
+}
+
+criterion_group!(benches, signature, body_parsing, source_mapping, init_parts);
 criterion_main!(benches);

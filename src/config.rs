@@ -109,6 +109,9 @@ pub struct Config {
     /// `TRACK_INTERVALS_SECONDS` and `TRACK_FOR_SECONDS`: how offboards
     /// are followed to their final state (with the ledger and the queue).
     pub track: crate::domain::tracking::TrackPlan,
+    /// `MDE_CA_FILE`: a PEM file whose certificates every TLS connection
+    /// trusts beside the compiled-in roots (read at init, in `init`).
+    pub ca_file: Option<String>,
 }
 
 impl Config {
@@ -237,7 +240,9 @@ impl Config {
             crate::domain::tracking::DEFAULT_TRACK_FOR as usize,
             90 * 86_400,
         )? as u64;
+        let ca_file = get("MDE_CA_FILE").map(|s| s.trim().to_string());
         Ok(Self {
+            ca_file,
             credentials,
             track,
             callback_hosts,

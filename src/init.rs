@@ -7,12 +7,14 @@ use crate::App;
 use crate::adapters::dynamodb::DynamoLedger;
 use crate::adapters::secrets_manager::SecretsManagerSource;
 use crate::adapters::sqs::SqsQueue;
+use crate::adapters::tls::{self, TrustRoots};
 use crate::config::{Config, ConfigError};
 
 /// Builds the app with Secrets Manager as its secret source. The AWS
 /// clients are made on first use, from the environment as usual (region,
 /// credentials, `AWS_ENDPOINT_URL_SECRETS_MANAGER`).
 pub async fn build_app(config: Config) -> App {
+    trust_roots(&config).unwrap_or_else(|e| init_failed(&e));
     let source = Arc::new(SecretsManagerSource::from_env(config.secret_id.clone()));
     let queue_url = config.queue_url.clone();
     let ledger_table = config.ledger_table.clone();
@@ -24,6 +26,26 @@ pub async fn build_app(config: Config) -> App {
         app = app.with_ledger(Arc::new(DynamoLedger::from_env(table)));
     }
     app
+}
+
+/// Sets the roots every TLS connection trusts, before any client is built:
+/// the compiled-in ones, plus `MDE_CA_FILE`'s certificates when it is set.
+pub fn trust_roots(config: &Config) -> Result<(), ConfigError> {
+    let roots = match &config.ca_file {
+        None => TrustRoots::bundled(),
+        Some(path) => TrustRoots::load(path).map_err(|reason| ConfigError {
+            var: "MDE_CA_FILE",
+            reason,
+        })?,
+    };
+    if roots.extra_count() > 0 {
+        tracing::info!(
+            extra_roots = roots.extra_count(),
+            "trusting MDE_CA_FILE's certificates beside the compiled-in roots"
+        );
+    }
+    tls::install(roots);
+    Ok(())
 }
 
 /// Ends init: one line on stderr naming the variable, the same text posted

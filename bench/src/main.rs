@@ -1,10 +1,16 @@
 //! `mde-bench`: starts each implementation as Lambda does (an executable
 //! under a Runtime API endpoint), against the same fakes of Secrets Manager
 //! (moto, behind a counting proxy), Entra ID login and Defender, in the same
-//! run, and prints each figure for both with the ratio.
+//! run, and prints each figure for all of them with the ratios. The floor is
+//! a bare `lambda_http` function (bench/floor): what the runtime itself costs.
+//! The first answer is measured twice: with the fakes over plain HTTP, and
+//! over HTTPS on loopback (a test CA the function is told to trust), where it
+//! meets the handshakes a real first invocation pays.
 //!
 //!   mde-bench --rust target/release/bootstrap --peer bench/peer/bootstrap
+//!             --floor target/release/mde-floor
 //!             [--starts 10] [--invocations 1000] [--json out.json]
+//!             [--no-peer] [--ledger-only]
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -14,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use mde_offboard::ingest::auth::standard_sign;
 use mde_testkit::proxy::FlakyProxy;
+use mde_testkit::tls::{TestCa, TlsFront, addr_of};
 use mde_testkit::{
     Api, FakeDefender, FakeMachine, FakeRuntime, GENERIC_WEBHOOK_SECRET, Outcome, events, moto,
 };
@@ -23,6 +30,9 @@ use tokio::process::{Child, Command};
 struct Args {
     rust: String,
     peer: String,
+    floor: String,
+    /// Ours and the floor only (the knob table's runs).
+    no_peer: bool,
     starts: usize,
     invocations: usize,
     json: Option<String>,
@@ -40,6 +50,8 @@ fn args() -> Args {
     Args {
         rust: get("--rust").unwrap_or_else(|| "target/release/bootstrap".into()),
         peer: get("--peer").unwrap_or_else(|| "bench/peer/bootstrap".into()),
+        floor: get("--floor").unwrap_or_else(|| "target/release/mde-floor".into()),
+        no_peer: v.iter().any(|a| a == "--no-peer"),
         starts: get("--starts").and_then(|s| s.parse().ok()).unwrap_or(10),
         invocations: get("--invocations")
             .and_then(|s| s.parse().ok())
@@ -53,10 +65,58 @@ fn machine_id(i: usize) -> String {
     format!("{:040x}", 0xbe00_0000usize + i)
 }
 
+/// A machine no start has offboarded yet: every real offboard in the run
+/// gets its own, so none is answered as already offboarded.
+fn fresh_machine() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    machine_id(NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+}
+
 struct World {
     fake: FakeDefender,
     proxy: FlakyProxy,
     secret_id: String,
+    tls: TlsWorld,
+}
+
+/// The same fakes behind TLS fronts, one per host the function talks to
+/// (Secrets Manager, Entra ID login, the Defender API), as in Lambda.
+struct TlsWorld {
+    ca_file: String,
+    secrets: TlsFront,
+    login: TlsFront,
+    api: TlsFront,
+}
+
+impl TlsWorld {
+    /// The variables that point a start at the HTTPS fakes: ours reads
+    /// `MDE_CA_FILE`; the peer's urllib `SSL_CERT_FILE` and boto3
+    /// `AWS_CA_BUNDLE`.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", self.secrets.url()),
+            ("MDE_API_URL", self.api.url()),
+            ("MDE_LOGIN_URL", self.login.url()),
+            ("MDE_CA_FILE", self.ca_file.clone()),
+            ("SSL_CERT_FILE", self.ca_file.clone()),
+            ("AWS_CA_BUNDLE", self.ca_file.clone()),
+        ]
+    }
+
+    fn fronts(&self) -> [&TlsFront; 3] {
+        [&self.secrets, &self.login, &self.api]
+    }
+
+    fn handshakes_since(&self, t: Instant) -> usize {
+        self.fronts().iter().map(|f| f.handshakes_since(t)).sum()
+    }
+
+    fn handshake_times_since(&self, t: Instant) -> Vec<Duration> {
+        self.fronts()
+            .iter()
+            .flat_map(|f| f.handshake_times_since(t))
+            .collect()
+    }
 }
 
 async fn world(machines: usize) -> World {
@@ -94,10 +154,18 @@ async fn world(machines: usize) -> World {
             .expect("moto addr"),
     )
     .await;
+    let ca = TestCa::new();
+    let tls = TlsWorld {
+        ca_file: ca.write_ca_file("mde-bench-ca"),
+        secrets: TlsFront::start(addr_of(&proxy.url()), &ca).await,
+        login: TlsFront::start(addr_of(&fake.url()), &ca).await,
+        api: TlsFront::start(addr_of(&fake.url()), &ca).await,
+    };
     World {
         fake,
         proxy,
         secret_id,
+        tls,
     }
 }
 
@@ -206,49 +274,141 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn measure(
+/// What one implementation is asked, and what it should answer.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// Ours and the peer: the whole job.
+    Function,
+    /// The floor refuses everything; only what the runtime costs is measured.
+    Floor,
+}
+
+/// Starts from cold, `starts` times: init (process start to the first GET
+/// next), the first invocation (a real one-device offboard) and start to
+/// first answer, with the medians. With `tls`, the fakes are reached over
+/// HTTPS, and the handshakes that began after the invocation was handed
+/// over (those the first answer waited for and nothing overlapped) are
+/// counted too.
+async fn cold_starts(
     exe: &str,
     w: &World,
-    a: &Args,
-    first_machine: usize,
+    starts: usize,
+    kind: Kind,
+    tls: bool,
 ) -> BTreeMap<&'static str, f64> {
-    let mut out = BTreeMap::new();
-    // Init: process start to the first GET /runtime/invocation/next.
-    let mut inits = Vec::new();
-    for _ in 0..a.starts {
+    let (mut inits, mut firsts, mut totals) = (vec![], vec![], vec![]);
+    let (mut handshakes, mut handshake_times) = (vec![], vec![]);
+    for _ in 0..starts {
         let runtime = FakeRuntime::start().await;
+        let extra = if tls { w.tls.env() } else { Vec::new() };
         let t0 = Instant::now();
-        let mut child = spawn(exe, &runtime, w);
+        let mut child = spawn_with(exe, &runtime, w, &extra);
         inits.push(wait_first_next(&runtime, t0).await);
+        let first = match kind {
+            Kind::Function => {
+                invoke(
+                    &runtime,
+                    &offboard_body(&fresh_machine(), false),
+                    "offboard_requested",
+                )
+                .await
+            }
+            Kind::Floor => invoke(&runtime, "{}", "unauthenticated").await,
+        };
+        totals.push(t0.elapsed());
+        firsts.push(first);
         let _ = child.kill().await;
+        handshakes.push(Duration::from_secs(w.tls.handshakes_since(t0) as u64));
+        handshake_times.extend(w.tls.handshake_times_since(t0));
+        if std::env::var("DEBUG_HS").is_ok() && tls {
+            for (name, f) in ["sm", "login", "api"].iter().zip(w.tls.fronts()) {
+                eprintln!("{name}: {:?}", f.handshake_times_since(t0));
+            }
+            eprintln!(
+                "init {:?} first {:?} total {:?}",
+                inits.last(),
+                firsts.last(),
+                totals.last()
+            );
+        }
     }
-    out.insert("init_ms_median", ms(percentile(&mut inits, 0.5)));
+    let mut out = BTreeMap::new();
+    if tls {
+        out.insert("tls_first_invocation_ms", ms(percentile(&mut firsts, 0.5)));
+        out.insert(
+            "tls_start_to_first_answer_ms",
+            ms(percentile(&mut totals, 0.5)),
+        );
+        // Every start should open one connection per host and no more:
+        // the first invocation reuses what the warm-up opened.
+        out.insert(
+            "tls_handshakes_per_start_max",
+            percentile(&mut handshakes, 1.0).as_secs() as f64,
+        );
+        if !handshake_times.is_empty() {
+            out.insert(
+                "tls_handshake_ms",
+                ms(percentile(&mut handshake_times, 0.5)),
+            );
+        }
+    } else {
+        out.insert("init_ms_median", ms(percentile(&mut inits, 0.5)));
+        out.insert("first_invocation_ms", ms(percentile(&mut firsts, 0.5)));
+        out.insert("start_to_first_answer_ms", ms(percentile(&mut totals, 0.5)));
+    }
+    out
+}
+
+/// Everything for one implementation: cold starts over plain HTTP and over
+/// HTTPS, then one warm instance.
+async fn measure(exe: &str, w: &World, a: &Args, kind: Kind) -> BTreeMap<&'static str, f64> {
+    let mut out = cold_starts(exe, w, a.starts, kind, false).await;
+    if kind == Kind::Function {
+        out.extend(cold_starts(exe, w, a.starts, kind, true).await);
+    }
 
     let runtime = FakeRuntime::start().await;
-    let t0 = Instant::now();
     let mut child = spawn(exe, &runtime, w);
     let pid = child.id().expect("pid");
-    let init = wait_first_next(&runtime, t0).await;
-    let first = invoke(
+    wait_first_next(&runtime, Instant::now()).await;
+    let n = a.invocations;
+    let refused_body = match kind {
+        Kind::Function => "{\"ticket\": 1}",
+        Kind::Floor => "{}",
+    };
+    let refused_answer = match kind {
+        Kind::Function => "wrong_type",
+        Kind::Floor => "unauthenticated",
+    };
+    if kind == Kind::Floor {
+        let mut refused: Vec<_> = Vec::with_capacity(n);
+        for _ in 0..n {
+            refused.push(invoke(&runtime, refused_body, refused_answer).await);
+        }
+        out.insert("warm_refused_p50_ms", ms(percentile(&mut refused, 0.5)));
+        out.insert("warm_refused_p99_ms", ms(percentile(&mut refused, 0.99)));
+        out.insert("peak_rss_mib", peak_rss_kib(pid) as f64 / 1024.0);
+        let _ = child.kill().await;
+        return out;
+    }
+    // One to warm up (secret, token, connections), not counted.
+    invoke(
         &runtime,
-        &offboard_body(&machine_id(first_machine), false),
+        &offboard_body(&fresh_machine(), false),
         "offboard_requested",
     )
     .await;
-    out.insert("first_invocation_ms", ms(first));
-    out.insert("start_to_first_answer_ms", ms(t0.elapsed()));
-    out.insert("init_ms_this_start", ms(init));
 
     // Warm: counters from here on.
     w.fake.reset_calls();
     let secrets_before = w.proxy.secret_fetches();
-    let n = a.invocations;
+    let dry_machine = fresh_machine();
     let mut dry = Vec::with_capacity(n);
     for _ in 0..n {
         dry.push(
             invoke(
                 &runtime,
-                &offboard_body(&machine_id(first_machine), true),
+                &offboard_body(&dry_machine, true),
                 "would_offboard",
             )
             .await,
@@ -256,11 +416,11 @@ async fn measure(
     }
     let defender_dry = w.fake.count(Api::AnyDefender);
     let mut real = Vec::with_capacity(n);
-    for i in 0..n {
+    for _ in 0..n {
         real.push(
             invoke(
                 &runtime,
-                &offboard_body(&machine_id(first_machine + 1 + i), false),
+                &offboard_body(&fresh_machine(), false),
                 "offboard_requested",
             )
             .await,
@@ -269,14 +429,34 @@ async fn measure(
     let defender_real = w.fake.count(Api::AnyDefender) - defender_dry;
     let mut refused = Vec::with_capacity(n);
     for _ in 0..n {
-        refused.push(invoke(&runtime, "{\"ticket\": 1}", "wrong_type").await);
+        refused.push(invoke(&runtime, refused_body, refused_answer).await);
     }
+    // 25 devices in one request: the cost per device, beside the fake's own
+    // round trips (two per device: the machine read and the offboard).
+    let rounds = (n / 25).clamp(4, 40);
+    let mut batch = Vec::with_capacity(rounds);
+    let calls_before = w.fake.count(Api::AnyDefender);
+    for _ in 0..rounds {
+        let devices: Vec<String> = (0..25).map(|_| fresh_machine()).collect();
+        let body =
+            json!({"ticket": "BENCH-25", "comment": "benchmark", "devices": devices}).to_string();
+        batch.push(invoke(&runtime, &body, "offboard_requested").await);
+    }
+    let batch_calls = w.fake.count(Api::AnyDefender) - calls_before;
     out.insert("warm_refused_p50_ms", ms(percentile(&mut refused, 0.5)));
     out.insert("warm_refused_p99_ms", ms(percentile(&mut refused, 0.99)));
     out.insert("warm_dry_run_p50_ms", ms(percentile(&mut dry, 0.5)));
     out.insert("warm_dry_run_p99_ms", ms(percentile(&mut dry, 0.99)));
     out.insert("warm_offboard_p50_ms", ms(percentile(&mut real, 0.5)));
     out.insert("warm_offboard_p99_ms", ms(percentile(&mut real, 0.99)));
+    out.insert(
+        "warm_25_devices_per_device_ms",
+        ms(percentile(&mut batch, 0.5)) / 25.0,
+    );
+    out.insert(
+        "defender_calls_per_device_25",
+        batch_calls as f64 / (25 * rounds) as f64,
+    );
     out.insert("peak_rss_mib", peak_rss_kib(pid) as f64 / 1024.0);
     out.insert(
         "warm_secret_fetches",
@@ -298,12 +478,7 @@ async fn measure(
 /// The warm offboard with the ledger on (moto's DynamoDB, through a proxy
 /// that counts the calls by operation), beside the same figure without it
 /// from the same binary in the same run.
-async fn measure_ledger(
-    exe: &str,
-    w: &World,
-    a: &Args,
-    first_machine: usize,
-) -> Vec<(String, f64)> {
+async fn measure_ledger(exe: &str, w: &World, a: &Args) -> Vec<(String, f64)> {
     let table = mde_testkit::ledger_table::ledger_table_from_template().await;
     let moto_addr = moto::moto()
         .endpoint
@@ -324,21 +499,20 @@ async fn measure_ledger(
         };
         let mut child = spawn_with(exe, &runtime, w, &extra);
         wait_first_next(&runtime, Instant::now()).await;
-        let base = first_machine + if ledger { a.invocations + 1 } else { 0 };
         // One to warm up (secret, token, connections), not counted.
         invoke(
             &runtime,
-            &offboard_body(&machine_id(base), false),
+            &offboard_body(&fresh_machine(), false),
             "offboard_requested",
         )
         .await;
         let before = proxy.calls();
         let mut real = Vec::with_capacity(a.invocations);
-        for i in 0..a.invocations {
+        for _ in 0..a.invocations {
             real.push(
                 invoke(
                     &runtime,
-                    &offboard_body(&machine_id(base + 1 + i), false),
+                    &offboard_body(&fresh_machine(), false),
                     "offboard_requested",
                 )
                 .await,
@@ -367,12 +541,157 @@ async fn measure_ledger(
     out
 }
 
+/// The fake Defender's own round trip, from a client like ours (one kept
+/// connection): what a warm device cannot go below.
+async fn fake_round_trip(w: &World, n: usize) -> Duration {
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/machines/{}", w.fake.url(), machine_id(0));
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = http.get(&url).send().await.expect("the fake answers");
+        let _ = r.bytes().await;
+        v.push(t.elapsed());
+    }
+    percentile(&mut v, 0.5)
+}
+
+/// One row of the table: the key in each implementation's figures, its
+/// label, and whether a ratio means anything for it.
+const ROWS: [(&str, &str, bool); 24] = [
+    (
+        "init_ms_median",
+        "init: start to first GET next, median (ms)",
+        true,
+    ),
+    ("first_invocation_ms", "first invocation, median (ms)", true),
+    (
+        "start_to_first_answer_ms",
+        "start to first answer, median (ms)",
+        true,
+    ),
+    (
+        "tls_first_invocation_ms",
+        "first invocation, HTTPS fakes, median (ms)",
+        true,
+    ),
+    (
+        "tls_start_to_first_answer_ms",
+        "start to first answer, HTTPS fakes, median (ms)",
+        true,
+    ),
+    (
+        "tls_extra_ms",
+        "what HTTPS adds to start to first answer (ms)",
+        true,
+    ),
+    (
+        "tls_handshake_ms",
+        "one TLS handshake at the fake's end, median (ms)",
+        false,
+    ),
+    (
+        "tls_extra_in_handshakes",
+        "what HTTPS adds, in handshakes",
+        false,
+    ),
+    (
+        "tls_handshakes_per_start_max",
+        "TLS handshakes per start (3 hosts), max",
+        false,
+    ),
+    (
+        "warm_refused_p50_ms",
+        "warm, refused before Defender, p50 (ms)",
+        true,
+    ),
+    (
+        "warm_refused_p99_ms",
+        "warm, refused before Defender, p99 (ms)",
+        true,
+    ),
+    (
+        "warm_dry_run_p50_ms",
+        "warm dry run, 1 device, p50 (ms)",
+        true,
+    ),
+    (
+        "warm_dry_run_p99_ms",
+        "warm dry run, 1 device, p99 (ms)",
+        true,
+    ),
+    (
+        "warm_offboard_p50_ms",
+        "warm offboard, 1 device, p50 (ms)",
+        true,
+    ),
+    (
+        "warm_offboard_p99_ms",
+        "warm offboard, 1 device, p99 (ms)",
+        true,
+    ),
+    (
+        "warm_25_devices_per_device_ms",
+        "warm offboard, 25 devices, per device, p50 (ms)",
+        true,
+    ),
+    (
+        "fake_round_trip_ms",
+        "the fake Defender's own round trip, p50 (ms)",
+        false,
+    ),
+    ("peak_rss_mib", "peak RSS after the run (MiB)", true),
+    ("binary_mib", "binary (MiB)", true),
+    ("warm_secret_fetches", "Secrets Manager calls, warm", false),
+    ("warm_token_fetches", "token calls, warm", false),
+    (
+        "defender_calls_per_device_dry",
+        "Defender calls per device, dry run",
+        false,
+    ),
+    (
+        "defender_calls_per_device_offboard",
+        "Defender calls per device, offboard",
+        false,
+    ),
+    (
+        "defender_calls_per_device_25",
+        "Defender calls per device, 25 devices",
+        false,
+    ),
+];
+
+fn cell(m: &BTreeMap<&str, f64>, key: &str) -> String {
+    m.get(key)
+        .map(|v| format!("{v:.3}"))
+        .unwrap_or_else(|| "".into())
+}
+
+fn ratio(num: &BTreeMap<&str, f64>, den: &BTreeMap<&str, f64>, key: &str) -> String {
+    match (num.get(key), den.get(key)) {
+        (Some(n), Some(d)) if *d > 0.0 => format!("{:.1}x", n / d),
+        _ => "".into(),
+    }
+}
+
+fn binary_mib(path: &str) -> Option<f64> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| m.len() as f64 / (1024.0 * 1024.0))
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
-    let w = Arc::new(world(5 * a.invocations + 6).await);
+    let machines = 5 * a.invocations + 2000 + 4 * a.starts;
+    let w = Arc::new(world(machines).await);
+    if std::env::var("PROBE").is_ok() {
+        println!("{} {} {}", w.tls.ca_file, w.tls.api.url(), w.fake.url());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        return;
+    }
     if a.ledger_only {
-        let ledger = measure_ledger(&a.rust, &w, &a, 0).await;
+        let ledger = measure_ledger(&a.rust, &w, &a).await;
         println!("| ledger figure ({}, same run) | value |", a.rust);
         println!("|---|---:|");
         for (label, v) in &ledger {
@@ -380,94 +699,67 @@ async fn main() {
         }
         return;
     }
+    eprintln!("measuring the floor {} ...", a.floor);
+    let mut floor = measure(&a.floor, &w, &a, Kind::Floor).await;
     eprintln!("measuring {} ...", a.rust);
-    let rust = measure(&a.rust, &w, &a, 0).await;
-    eprintln!("measuring {} ...", a.peer);
-    let peer = measure(&a.peer, &w, &a, a.invocations + 1).await;
-
-    let rows: [(&str, &str, bool); 15] = [
-        (
-            "init_ms_median",
-            "init: start to first GET next, median (ms)",
-            true,
-        ),
-        ("first_invocation_ms", "first invocation (ms)", true),
-        (
-            "start_to_first_answer_ms",
-            "start to first answer (ms)",
-            true,
-        ),
-        (
-            "warm_refused_p50_ms",
-            "warm, refused before Defender, p50 (ms)",
-            true,
-        ),
-        (
-            "warm_refused_p99_ms",
-            "warm, refused before Defender, p99 (ms)",
-            true,
-        ),
-        (
-            "warm_dry_run_p50_ms",
-            "warm dry run, 1 device, p50 (ms)",
-            true,
-        ),
-        (
-            "warm_dry_run_p99_ms",
-            "warm dry run, 1 device, p99 (ms)",
-            true,
-        ),
-        (
-            "warm_offboard_p50_ms",
-            "warm offboard, 1 device, p50 (ms)",
-            true,
-        ),
-        (
-            "warm_offboard_p99_ms",
-            "warm offboard, 1 device, p99 (ms)",
-            true,
-        ),
-        ("peak_rss_mib", "peak RSS after the run (MiB)", true),
-        ("warm_secret_fetches", "Secrets Manager calls, warm", false),
-        ("warm_token_fetches", "token calls, warm", false),
-        (
-            "defender_calls_per_device_dry",
-            "Defender calls per device, dry run",
-            false,
-        ),
-        (
-            "defender_calls_per_device_offboard",
-            "Defender calls per device, offboard",
-            false,
-        ),
-        (
-            "init_ms_this_start",
-            "init of the measured start (ms)",
-            true,
-        ),
-    ];
-    println!("| figure | mde-offboard (Rust) | Python peer | peer / Rust |");
-    println!("|---|---:|---:|---:|");
-    for (key, label, ratio) in rows {
-        let (r, p) = (rust[key], peer[key]);
-        let ratio = if ratio && r > 0.0 {
-            format!("{:.1}x", p / r)
+    let mut rust = measure(&a.rust, &w, &a, Kind::Function).await;
+    rust.insert("fake_round_trip_ms", ms(fake_round_trip(&w, 1000).await));
+    let mut peer = if a.no_peer {
+        BTreeMap::new()
+    } else {
+        eprintln!("measuring {} ...", a.peer);
+        measure(&a.peer, &w, &a, Kind::Function).await
+    };
+    for m in [&mut rust, &mut peer] {
+        if let (Some(t), Some(p)) = (
+            m.get("tls_start_to_first_answer_ms"),
+            m.get("start_to_first_answer_ms"),
+        ) {
+            let extra = t - p;
+            m.insert("tls_extra_ms", extra);
+            if let Some(h) = m.get("tls_handshake_ms").copied().filter(|h| *h > 0.0) {
+                m.insert("tls_extra_in_handshakes", extra / h);
+            }
+        }
+    }
+    for (m, path) in [(&mut floor, &a.floor), (&mut rust, &a.rust)] {
+        if let Some(size) = binary_mib(path) {
+            m.insert("binary_mib", size);
+        }
+    }
+    println!(
+        "| figure | floor (bare lambda_http) | mde-offboard (Rust) | Rust / floor | Python peer | peer / Rust |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (key, label, ratios) in ROWS {
+        let (rf, pr) = if ratios {
+            (ratio(&rust, &floor, key), ratio(&peer, &rust, key))
         } else {
-            "".into()
+            ("".into(), "".into())
         };
-        println!("| {label} | {r:.3} | {p:.3} | {ratio} |");
+        println!(
+            "| {label} | {} | {} | {rf} | {} | {pr} |",
+            cell(&floor, key),
+            cell(&rust, key),
+            cell(&peer, key)
+        );
     }
-    eprintln!("measuring {} with and without the ledger ...", a.rust);
-    let ledger = measure_ledger(&a.rust, &w, &a, 2 * a.invocations + 4).await;
-    println!();
-    println!("| ledger figure (Rust, same run) | value |");
-    println!("|---|---:|");
-    for (label, v) in &ledger {
-        println!("| {label} | {v:.3} |");
-    }
+    let ledger = if a.no_peer {
+        Vec::new()
+    } else {
+        eprintln!("measuring {} with and without the ledger ...", a.rust);
+        let ledger = measure_ledger(&a.rust, &w, &a).await;
+        println!();
+        println!("| ledger figure (Rust, same run) | value |");
+        println!("|---|---:|");
+        for (label, v) in &ledger {
+            println!("| {label} | {v:.3} |");
+        }
+        ledger
+    };
     if let Some(path) = a.json {
         let ledger: BTreeMap<&str, f64> = ledger.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        let v = json!({"rust": rust, "python_peer": peer, "ledger": ledger});
+        let v = json!({"floor": floor, "rust": rust, "python_peer": peer, "ledger": ledger});
         std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap())
             .expect("write the results");
     }

@@ -1,13 +1,20 @@
-//! The AWS SDK's shared configuration and client set-up: a leaf that every
-//! AWS adapter builds its client from, importing nothing of ours.
+//! The AWS SDK's shared configuration and client set-up: the one place every
+//! AWS adapter builds its client from, importing nothing of ours but the
+//! trust store.
 
 /// The SDK's configuration, loaded once: the default chain reads the
 /// environment, profile files and builds credential providers, ~15 ms that
-/// need not hold up the runtime loop.
+/// need not hold up the runtime loop. Its HTTP client, shared by every SDK
+/// client and the credential providers, trusts the process's roots rather
+/// than loading the system's.
 pub async fn sdk_config() -> &'static aws_config::SdkConfig {
     static SDK: tokio::sync::OnceCell<aws_config::SdkConfig> = tokio::sync::OnceCell::const_new();
-    SDK.get_or_init(|| aws_config::defaults(aws_config::BehaviorVersion::latest()).load())
-        .await
+    SDK.get_or_init(|| {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(super::tls::process_roots().sdk_http_client())
+            .load()
+    })
+    .await
 }
 
 /// Time limits for a call made inside a request: two attempts, each short,

@@ -190,13 +190,18 @@ impl HttpDefender {
 
     /// Opens the TLS connection to the API host so the first real call does
     /// not pay for the handshake. Any answer will do; none is rate limited.
+    /// Opens the connections to the API host and the login host at once, so
+    /// the first invocation's token request and Defender calls find a TLS
+    /// session ready instead of paying for the handshakes one after another.
+    /// HEAD on each base URL: nothing is sent but the request line.
     pub async fn warm_up(&self) {
-        let _ = self
-            .http
-            .head(&self.api_url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
+        let head = |url: &str| {
+            self.http
+                .head(url.to_string())
+                .timeout(Duration::from_secs(2))
+                .send()
+        };
+        let _ = tokio::join!(head(&self.api_url), head(self.tokens.login_url()));
     }
 }
 

@@ -94,6 +94,11 @@ impl TokenProvider {
         self
     }
 
+    /// The login host's base URL (`MDE_LOGIN_URL`).
+    pub fn login_url(&self) -> &str {
+        &self.login_url
+    }
+
     pub fn token_url(&self, tenant_id: &str) -> String {
         format!("{}/{}/oauth2/v2.0/token", self.login_url, tenant_id)
     }

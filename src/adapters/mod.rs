@@ -1,7 +1,7 @@
 //! Adapters: the ports of the domain, implemented against the real
 //! services (the Defender API and Entra ID over HTTPS, AWS through the SDK),
 //! plus the in-memory ledger. `aws` is the leaf every SDK client is built
-//! from.
+//! from, and `tls` the one trust store both HTTP stacks use.
 
 pub mod aws;
 pub mod callback;
@@ -12,4 +12,5 @@ pub mod memory_ledger;
 pub mod secrets_manager;
 pub mod sqs;
 pub mod sts;
+pub mod tls;
 pub mod write_back;

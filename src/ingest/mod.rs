@@ -206,8 +206,12 @@ impl App {
     /// warm between invocations. It never follows a redirect: a 307 from the
     /// login host would re-send the form holding the client secret, and one
     /// from the API the bearer token, to wherever `Location` points.
+    ///
+    /// Its roots are the process's (`adapters::tls`): compiled in, plus
+    /// `MDE_CA_FILE`'s, never the system store read at build time.
     pub fn http_client() -> reqwest::Client {
         reqwest::Client::builder()
+            .tls_backend_preconfigured(crate::adapters::tls::process_roots().client_config())
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("mde-offboard/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(3))
@@ -217,9 +221,11 @@ impl App {
             .expect("the TLS backend initialises")
     }
 
-    /// Fetches the secret and a token and opens the TLS connection to the
-    /// API host, so the first invocation pays for none of them twice.
-    /// Failures are left for the first request to meet and report.
+    /// Fetches the secret and a token and opens the TLS connections to the
+    /// API and login hosts (and the ledger's, with one read of no ticket),
+    /// all at once, so the first invocation waits for no handshake that
+    /// could have been made before it arrived. Failures are left for the
+    /// first request to meet and report.
     pub async fn warm_up(&self) {
         let deadline = Deadline::after(Duration::from_secs(4));
         let creds = async {
@@ -233,8 +239,16 @@ impl App {
             }
         };
         let api = self.defender.warm_up();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(4), async { tokio::join!(creds, api) }).await;
+        let ledger = async {
+            if let Some(ledger) = &self.ledger {
+                // A ticket name no delivery can carry: a read of nothing.
+                let _ = ledger.ticket_records(" warm-up ").await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(4), async {
+            tokio::join!(creds, api, ledger)
+        })
+        .await;
     }
 
     /// Answers a delivery seen before (from memory, else from the ledger,

@@ -110,20 +110,24 @@ fn timestamp() -> String {
 /// more specific than any level a user sets, so it always wins.
 pub const NO_RAW_EVENTS: &str = "lambda_runtime::layers::api_response=debug";
 
-/// Installs the JSON layer on stdout. The level comes from `RUST_LOG`, else
-/// Powertools' `POWERTOOLS_LOG_LEVEL` or Lambda's `AWS_LAMBDA_LOG_LEVEL`,
-/// else `info`.
-pub fn init() {
+/// The filter `init` installs, from the environment.
+pub fn filter_from_env() -> EnvFilter {
     let level = std::env::var("RUST_LOG")
         .or_else(|_| std::env::var("POWERTOOLS_LOG_LEVEL"))
         .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL"))
         .unwrap_or_else(|_| "info".into())
         .to_lowercase();
-    let filter = EnvFilter::try_new(&level)
+    EnvFilter::try_new(&level)
         .unwrap_or_else(|_| EnvFilter::new("info"))
-        .add_directive(NO_RAW_EVENTS.parse().expect("a valid directive"));
+        .add_directive(NO_RAW_EVENTS.parse().expect("a valid directive"))
+}
+
+/// Installs the JSON layer on stdout. The level comes from `RUST_LOG`, else
+/// Powertools' `POWERTOOLS_LOG_LEVEL` or Lambda's `AWS_LAMBDA_LOG_LEVEL`,
+/// else `info`.
+pub fn init() {
     let _ = tracing_subscriber::registry()
-        .with(filter)
+        .with(filter_from_env())
         .with(JsonLayer::new(std::io::stdout))
         .try_init();
 }

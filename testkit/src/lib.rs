@@ -13,6 +13,7 @@ pub mod secrets;
 pub mod serial;
 pub mod sts;
 pub mod ticketing;
+pub mod tls;
 
 pub use callback::{CallbackReceiver, Received};
 pub use defender::{Api, Call, FakeDefender, FakeMachine, Fault, FederatedCredential};

@@ -1,0 +1,190 @@
+//! One trust store for every TLS connection the function makes: reqwest's
+//! (Entra ID, Defender, ticketing write-back, callbacks) and the AWS SDK's
+//! (Secrets Manager, SQS, DynamoDB, STS). A leaf: it imports nothing of ours.
+//!
+//! The roots are compiled in (Mozilla's list, `webpki-root-certs`), not read
+//! from the system. Both HTTP stacks' defaults read the system store when a
+//! client is built: `/etc/ssl/certs/ca-certificates.crt` and then each of the
+//! ~290 files beside it, once for reqwest before the runtime loop starts and
+//! once more for the SDK. Measured in `bench/run`, that was most of init;
+//! compiled-in roots cost no file at all and are the same on every image
+//! (`provided.al2023` keeps its bundle at `/etc/pki/tls/certs/ca-bundle.crt`,
+//! Debian at `/etc/ssl/certs/ca-certificates.crt`; neither path matters).
+//!
+//! `MDE_CA_FILE` adds the certificates of one PEM file to them, for both
+//! stacks: a corporate TLS-inspecting proxy's CA, or the system bundle
+//! itself for a user who wants it trusted too.
+
+use std::sync::{Arc, OnceLock};
+
+use aws_smithy_http_client::tls::{self as sdk_tls, rustls_provider::CryptoMode};
+use base64::Engine as _;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+/// The roots every connection trusts.
+#[derive(Debug, Clone, Default)]
+pub struct TrustRoots {
+    /// Certificates added to the compiled-in roots (`MDE_CA_FILE`).
+    extra: Vec<CertificateDer<'static>>,
+}
+
+impl TrustRoots {
+    /// The compiled-in roots only.
+    pub fn bundled() -> Self {
+        Self::default()
+    }
+
+    /// The compiled-in roots and every certificate of a PEM file. A file
+    /// with no certificate, or one rustls cannot use as a root, is refused:
+    /// a knob that silently trusted nothing more would fail later, on the
+    /// first call, far from its cause.
+    pub fn with_pem(pem: &[u8]) -> Result<Self, String> {
+        let extra = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("is not a PEM file of certificates ({e})"))?;
+        if extra.is_empty() {
+            return Err("holds no PEM certificate (BEGIN CERTIFICATE)".into());
+        }
+        let mut store = rustls::RootCertStore::empty();
+        for (i, cert) in extra.iter().enumerate() {
+            store
+                .add(cert.clone())
+                .map_err(|e| format!("certificate {} cannot be a root ({e})", i + 1))?;
+        }
+        Ok(Self { extra })
+    }
+
+    /// Reads `with_pem` from a file.
+    pub fn load(path: &str) -> Result<Self, String> {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        Self::with_pem(&pem)
+    }
+
+    /// How many certificates were added to the compiled-in roots.
+    pub fn extra_count(&self) -> usize {
+        self.extra.len()
+    }
+
+    fn root_store(&self) -> rustls::RootCertStore {
+        let mut store = rustls::RootCertStore::empty();
+        store.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
+        store.add_parsable_certificates(self.extra.iter().cloned());
+        store
+    }
+
+    /// The rustls configuration reqwest is built with: the roots above and
+    /// aws-lc-rs, the provider the SDK uses too (one in the tree).
+    pub fn client_config(&self) -> rustls::ClientConfig {
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default protocol versions")
+        .with_root_certificates(self.root_store())
+        .with_no_client_auth()
+    }
+
+    /// The SDK's HTTP client, trusting the same roots and nothing from the
+    /// system. Its trust store takes PEM, so the roots are written out as
+    /// PEM once; the SDK parses them when it opens its first connection
+    /// (in the warm-up, beside the runtime loop, not before it).
+    pub fn sdk_http_client(&self) -> aws_sdk_secretsmanager::config::SharedHttpClient {
+        let mut store = sdk_tls::TrustStore::empty().with_native_roots(false);
+        let all = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+            .iter()
+            .chain(self.extra.iter());
+        store.add_pem_certificate(pem(all));
+        let context = sdk_tls::TlsContext::builder()
+            .with_trust_store(store)
+            .build()
+            .expect("a trust store of PEM certificates is a valid TLS context");
+        aws_smithy_http_client::Builder::new()
+            .tls_provider(sdk_tls::Provider::Rustls(CryptoMode::AwsLc))
+            .tls_context(context)
+            .build_https()
+    }
+}
+
+/// Certificates as one PEM document.
+fn pem<'a>(certs: impl Iterator<Item = &'a CertificateDer<'a>>) -> Vec<u8> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut out = String::with_capacity(256 * 1024);
+    for cert in certs {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let body = b64.encode(cert.as_ref());
+        for line in body.as_bytes().chunks(64) {
+            // base64 output is ASCII, so every chunk is valid UTF-8.
+            out.push_str(std::str::from_utf8(line).unwrap_or_default());
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out.into_bytes()
+}
+
+static PROCESS_ROOTS: OnceLock<TrustRoots> = OnceLock::new();
+
+/// Sets the roots of this process, once, at init, before any client is
+/// built. Returns false if they were already set (the first wins).
+pub fn install(roots: TrustRoots) -> bool {
+    PROCESS_ROOTS.set(roots).is_ok()
+}
+
+/// The roots of this process: those `install`ed, else the compiled-in ones.
+pub fn process_roots() -> &'static TrustRoots {
+    PROCESS_ROOTS.get_or_init(TrustRoots::bundled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compiled_in_roots_are_all_usable() {
+        let store = TrustRoots::bundled().root_store();
+        assert_eq!(
+            store.len(),
+            webpki_root_certs::TLS_SERVER_ROOT_CERTS.len(),
+            "a compiled-in root was dropped as unparsable"
+        );
+        assert!(store.len() > 100);
+    }
+
+    #[test]
+    fn the_pem_given_to_the_sdk_reads_back_as_the_same_certificates() {
+        let certs = webpki_root_certs::TLS_SERVER_ROOT_CERTS;
+        let written = pem(certs.iter());
+        let read: Vec<_> = CertificateDer::pem_slice_iter(&written)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(read.len(), certs.len());
+        assert!(
+            read.iter()
+                .zip(certs)
+                .all(|(a, b)| a.as_ref() == b.as_ref())
+        );
+    }
+
+    #[test]
+    fn a_file_without_certificates_is_refused() {
+        assert!(TrustRoots::with_pem(b"").unwrap_err().contains("no PEM"));
+        assert!(
+            TrustRoots::with_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+                .unwrap_err()
+                .contains("no PEM")
+        );
+        let garbage = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(
+            TrustRoots::with_pem(garbage)
+                .unwrap_err()
+                .contains("cannot be a root")
+        );
+    }
+
+    #[test]
+    fn a_pem_bundle_adds_each_certificate() {
+        let two = pem(webpki_root_certs::TLS_SERVER_ROOT_CERTS[..2].iter());
+        assert_eq!(TrustRoots::with_pem(&two).unwrap().extra_count(), 2);
+    }
+}
