@@ -320,17 +320,6 @@ async fn cold_starts(
         let _ = child.kill().await;
         handshakes.push(Duration::from_secs(w.tls.handshakes_since(t0) as u64));
         handshake_times.extend(w.tls.handshake_times_since(t0));
-        if std::env::var("DEBUG_HS").is_ok() && tls {
-            for (name, f) in ["sm", "login", "api"].iter().zip(w.tls.fronts()) {
-                eprintln!("{name}: {:?}", f.handshake_times_since(t0));
-            }
-            eprintln!(
-                "init {:?} first {:?} total {:?}",
-                inits.last(),
-                firsts.last(),
-                totals.last()
-            );
-        }
     }
     let mut out = BTreeMap::new();
     if tls {
@@ -685,11 +674,6 @@ async fn main() {
     let a = args();
     let machines = 5 * a.invocations + 2000 + 4 * a.starts;
     let w = Arc::new(world(machines).await);
-    if std::env::var("PROBE").is_ok() {
-        println!("{} {} {}", w.tls.ca_file, w.tls.api.url(), w.fake.url());
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        return;
-    }
     if a.ledger_only {
         let ledger = measure_ledger(&a.rust, &w, &a).await;
         println!("| ledger figure ({}, same run) | value |", a.rust);

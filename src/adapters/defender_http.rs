@@ -40,6 +40,10 @@ pub struct HttpDefender {
     tokens: Arc<TokenProvider>,
     limiters: Arc<Limiters>,
     backoff: Backoff,
+    /// Held for writing while the warm-up opens the API connection: a call
+    /// that comes meanwhile waits for that handshake to finish and reuses
+    /// the connection, rather than paying for a second handshake of its own.
+    opening: tokio::sync::RwLock<()>,
 }
 
 impl HttpDefender {
@@ -57,6 +61,7 @@ impl HttpDefender {
             tokens,
             limiters,
             backoff: Backoff::default(),
+            opening: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -78,6 +83,7 @@ impl HttpDefender {
         deadline: &Deadline,
     ) -> Result<bytes::Bytes, DefenderError> {
         let url = format!("{}{}", self.api_url, path_and_query);
+        drop(self.opening.read().await);
         let mut refreshed = false;
         let mut retries = 0u32;
         let mut throttles = 0u32;
@@ -188,20 +194,16 @@ impl HttpDefender {
         read_json(&bytes)
     }
 
-    /// Opens the TLS connection to the API host so the first real call does
-    /// not pay for the handshake. Any answer will do; none is rate limited.
-    /// Opens the connections to the API host and the login host at once, so
-    /// the first invocation's token request and Defender calls find a TLS
-    /// session ready instead of paying for the handshakes one after another.
-    /// HEAD on each base URL: nothing is sent but the request line.
-    pub async fn warm_up(&self) {
-        let head = |url: &str| {
-            self.http
-                .head(url.to_string())
-                .timeout(Duration::from_secs(2))
-                .send()
-        };
-        let _ = tokio::join!(head(&self.api_url), head(self.tokens.login_url()));
+    /// Opens a TLS connection so the first real call does not pay for the
+    /// handshake: HEAD on a base URL, any answer will do, none is rate
+    /// limited, and the connection is left in the pool.
+    async fn open(&self, url: &str) {
+        let _ = self
+            .http
+            .head(url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
     }
 }
 
@@ -370,7 +372,14 @@ impl Defender for HttpDefender {
     }
 
     fn warm_up(&self) -> BoxFuture<'_, ()> {
-        Box::pin(HttpDefender::warm_up(self))
+        Box::pin(async {
+            let _opening = self.opening.write().await;
+            self.open(&self.api_url).await
+        })
+    }
+
+    fn warm_up_login(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.open(self.tokens.login_url()))
     }
 
     fn missing_permissions(&self) -> Vec<&'static str> {

@@ -74,15 +74,24 @@ impl TrustRoots {
     }
 
     /// The rustls configuration reqwest is built with: the roots above and
-    /// aws-lc-rs, the provider the SDK uses too (one in the tree).
+    /// aws-lc-rs, the provider the SDK uses too (one in the tree). The root
+    /// store is parsed on the first handshake, not here: this runs before
+    /// the runtime loop starts, the first handshake beside it (warm-up).
     pub fn client_config(&self) -> rustls::ClientConfig {
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("aws-lc-rs supports the default protocol versions")
-        .with_root_certificates(self.root_store())
-        .with_no_client_auth()
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = Arc::new(LazyVerifier {
+            roots: self.clone(),
+            provider: provider.clone(),
+            inner: OnceLock::new(),
+        });
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("aws-lc-rs supports the default protocol versions")
+            // "dangerous" is rustls' name for any verifier of one's own; this
+            // one is rustls' own WebPKI verifier, built when first needed.
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth()
     }
 
     /// The SDK's HTTP client, trusting the same roots and nothing from the
@@ -103,6 +112,79 @@ impl TrustRoots {
             .tls_provider(sdk_tls::Provider::Rustls(CryptoMode::AwsLc))
             .tls_context(context)
             .build_https()
+    }
+}
+
+/// rustls' WebPKI verifier over the trust roots, built on first use. The
+/// handshake signatures need no roots and are checked at once.
+#[derive(Debug)]
+struct LazyVerifier {
+    roots: TrustRoots,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    inner: OnceLock<Result<Arc<rustls::client::WebPkiServerVerifier>, String>>,
+}
+
+impl LazyVerifier {
+    fn inner(&self) -> Result<&Arc<rustls::client::WebPkiServerVerifier>, rustls::Error> {
+        self.inner
+            .get_or_init(|| {
+                rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(self.roots.root_store()),
+                    self.provider.clone(),
+                )
+                .build()
+                .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| rustls::Error::General(e.clone()))
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for LazyVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner()?
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -161,8 +161,15 @@ pub trait Defender: Send + Sync {
     }
 
     /// Opens what the first call would otherwise pay for (a TLS
-    /// connection). Best effort.
+    /// connection to the API host). Best effort.
     fn warm_up(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    /// Opens the connection the first token request would pay for (to the
+    /// login host), so that request, once the secret is in, finds it idle.
+    /// Best effort.
+    fn warm_up_login(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
 }

@@ -229,7 +229,11 @@ impl App {
     pub async fn warm_up(&self) {
         let deadline = Deadline::after(Duration::from_secs(4));
         let creds = async {
-            match self.secrets.get().await {
+            // The login host's handshake runs beside the secret fetch, and
+            // the token request waits for it rather than racing it with a
+            // second connection.
+            let (secret, ()) = tokio::join!(self.secrets.get(), self.defender.warm_up_login());
+            match secret {
                 Ok(secret) => {
                     if let Err(e) = self.defender.ready(&secret, &deadline).await {
                         tracing::warn!(error = %e, "warm-up: no token yet");

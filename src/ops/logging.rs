@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Record};
 use tracing::{Event, Id, Subscriber};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
@@ -110,16 +110,41 @@ fn timestamp() -> String {
 /// more specific than any level a user sets, so it always wins.
 pub const NO_RAW_EVENTS: &str = "lambda_runtime::layers::api_response=debug";
 
-/// The filter `init` installs, from the environment.
-pub fn filter_from_env() -> EnvFilter {
+/// The filter `init` installs, from the environment: a level, or a list of
+/// `target=level` directives (`info,mde_offboard=debug`); targets not listed
+/// log at `info` unless a bare level says otherwise. A value that does not
+/// parse is `info`. `Targets` rather than `EnvFilter`: the same syntax
+/// without span-field filters, and no regex engine in the binary.
+pub fn filter_from_env() -> Targets {
     let level = std::env::var("RUST_LOG")
         .or_else(|_| std::env::var("POWERTOOLS_LOG_LEVEL"))
         .or_else(|_| std::env::var("AWS_LAMBDA_LOG_LEVEL"))
-        .unwrap_or_else(|_| "info".into())
-        .to_lowercase();
-    EnvFilter::try_new(&level)
-        .unwrap_or_else(|_| EnvFilter::new("info"))
-        .add_directive(NO_RAW_EVENTS.parse().expect("a valid directive"))
+        .unwrap_or_else(|_| "info".into());
+    filter_from(&level)
+}
+
+/// `filter_from_env` over a value.
+pub fn filter_from(level: &str) -> Targets {
+    let level = level.trim().to_lowercase();
+    let is_level = |l: &str| l.trim().parse::<LevelFilter>().is_ok();
+    let parts: Vec<&str> = level.split(',').filter(|p| !p.trim().is_empty()).collect();
+    let valid = !parts.is_empty()
+        && parts
+            .iter()
+            .all(|p| is_level(p) || p.split_once('=').is_some_and(|(_, l)| is_level(l)));
+    let mut targets = if valid {
+        level.parse::<Targets>().unwrap_or_default()
+    } else {
+        Targets::new()
+    };
+    // Only targets listed: everything else stays at info, not off.
+    if targets.default_level().is_none() {
+        targets = targets.with_default(LevelFilter::INFO);
+    }
+    // The most specific target wins in `Targets`, so this caps the raw
+    // event logging whatever the user set.
+    let (target, cap) = NO_RAW_EVENTS.split_once('=').expect("target=level");
+    targets.with_target(target, cap.parse::<LevelFilter>().expect("a level"))
 }
 
 /// Installs the JSON layer on stdout. The level comes from `RUST_LOG`, else
@@ -135,6 +160,23 @@ pub fn init() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_raw_event_cap_wins_over_any_level_and_bad_values_are_info() {
+        let raw = "lambda_runtime::layers::api_response";
+        let trace = filter_from("TRACE");
+        assert!(trace.would_enable("mde_offboard::ingest", &tracing::Level::TRACE));
+        assert!(!trace.would_enable(raw, &tracing::Level::TRACE));
+        assert!(trace.would_enable(raw, &tracing::Level::DEBUG));
+
+        let listed = filter_from("warn,mde_offboard=debug");
+        assert!(listed.would_enable("mde_offboard::ingest", &tracing::Level::DEBUG));
+        assert!(!listed.would_enable("hyper", &tracing::Level::INFO));
+
+        let bad = filter_from("loud please");
+        assert!(bad.would_enable("mde_offboard", &tracing::Level::INFO));
+        assert!(!bad.would_enable("mde_offboard", &tracing::Level::DEBUG));
+    }
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
