@@ -201,7 +201,8 @@ async fn events_of_unknown_shape_fail_cleanly_and_the_function_keeps_serving() {
         assert_eq!(kind, "MdeOffboard.UnknownEvent", "{event}");
         assert_eq!(body["error"]["code"], "unknown_event", "{event}");
     }
-    assert_eq!(fake.calls().len(), 0);
+    // The warm-up may have fetched its token by now; no Defender call.
+    assert_eq!(fake.count(Api::AnyDefender), 0);
     assert!(child.try_wait().unwrap().is_none(), "the function died");
     // Still serving.
     let ok = answer(invoke(&runtime, event_file("invoke.json")).await);
