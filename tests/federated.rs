@@ -16,7 +16,7 @@ use mde_offboard::config::Config;
 use mde_offboard::domain::secret::StaticSecret;
 use mde_testkit::{
     Api, FakeDefender, FakeRuntime, FakeSts, FederatedCredential, Outcome, StsFault, demo_machines,
-    events, federated_secret_json, moto,
+    federated_secret_json, moto,
 };
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
@@ -375,38 +375,12 @@ fn drain(
 }
 
 fn signed_event(body: &str) -> Value {
-    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let id = format!(
-        "msg_fed_{}",
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    );
-    let sig = mde_offboard::ingest::auth::standard_sign(
-        mde_testkit::GENERIC_WEBHOOK_SECRET,
-        &id,
-        now(),
-        body.as_bytes(),
-    );
-    let ts = now().to_string();
-    events::http_api_v2(
-        "POST",
-        "/v1/offboard",
-        &[
-            ("webhook-id", &id),
-            ("webhook-timestamp", &ts),
-            ("webhook-signature", &sig),
-        ],
-        body,
-    )
+    signed_lambda_event("/v1/offboard", body).0
 }
 
 fn answer_of(outcome: Option<Outcome>) -> (u16, Value) {
-    match outcome {
-        Some(Outcome::Response(v)) => (
-            v["statusCode"].as_u64().unwrap() as u16,
-            serde_json::from_str(v["body"].as_str().unwrap()).unwrap(),
-        ),
-        other => panic!("no response from the runtime: {other:?}"),
-    }
+    let (status, body, _) = lambda_response(outcome);
+    (status, body)
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use mde_testkit::{
-    Api, FakeDefender, FakeRuntime, GENERIC_WEBHOOK_SECRET, Outcome, demo_machines, events, moto,
+    Api, FakeDefender, FakeRuntime, GENERIC_WEBHOOK_SECRET, Outcome, demo_machines, moto,
 };
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
@@ -63,40 +63,11 @@ async fn output_of(mut r: Running) -> (String, String) {
 }
 
 fn response_of(outcome: Option<Outcome>) -> (u16, Value, Value) {
-    match outcome {
-        Some(Outcome::Response(v)) => {
-            let status = v["statusCode"].as_u64().unwrap() as u16;
-            let body = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
-            (status, body, v["headers"].clone())
-        }
-        other => panic!("no response from the runtime: {other:?}"),
-    }
+    lambda_response(outcome)
 }
 
 fn signed_event(path: &str, body: &str) -> (Value, String) {
-    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let id = format!(
-        "msg_e2e_{}",
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    );
-    let sig = mde_offboard::ingest::auth::standard_sign(
-        GENERIC_WEBHOOK_SECRET,
-        &id,
-        now(),
-        body.as_bytes(),
-    );
-    let ts = now().to_string();
-    let ev = events::http_api_v2(
-        "POST",
-        path,
-        &[
-            ("webhook-id", &id),
-            ("webhook-timestamp", &ts),
-            ("webhook-signature", &sig),
-        ],
-        body,
-    );
-    (ev, sig)
+    signed_lambda_event(path, body)
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use mde_testkit::tls::{TestCa, TlsFront, addr_of};
-use mde_testkit::{Api, FakeDefender, FakeRuntime, GENERIC_WEBHOOK_SECRET, Outcome, events, moto};
+use mde_testkit::{Api, FakeDefender, FakeRuntime, Outcome, moto};
 use serde_json::{Value, json};
 use tokio::process::Command;
 
@@ -57,40 +57,14 @@ fn bootstrap(runtime: &FakeRuntime, h: &Https) -> Command {
 }
 
 fn offboard_event(device: &str) -> Value {
-    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let id = format!(
-        "msg_tls_{}",
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    );
     let body = json!({"ticket": "INC0012345", "comment": "Laptop retired", "devices": [device]})
         .to_string();
-    let sig = mde_offboard::ingest::auth::standard_sign(
-        GENERIC_WEBHOOK_SECRET,
-        &id,
-        now(),
-        body.as_bytes(),
-    );
-    let ts = now().to_string();
-    events::http_api_v2(
-        "POST",
-        "/v1/offboard",
-        &[
-            ("webhook-id", &id),
-            ("webhook-timestamp", &ts),
-            ("webhook-signature", &sig),
-        ],
-        &body,
-    )
+    signed_lambda_event("/v1/offboard", &body).0
 }
 
 fn answer(outcome: Option<Outcome>) -> (u16, Value) {
-    match outcome {
-        Some(Outcome::Response(v)) => (
-            v["statusCode"].as_u64().unwrap() as u16,
-            serde_json::from_str(v["body"].as_str().unwrap()).unwrap(),
-        ),
-        other => panic!("no response from the runtime: {other:?}"),
-    }
+    let (status, body, _) = lambda_response(outcome);
+    (status, body)
 }
 
 #[tokio::test]

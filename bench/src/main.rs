@@ -147,13 +147,7 @@ async fn world(machines: usize) -> World {
             .collect(),
     )
     .await;
-    let proxy = FlakyProxy::start(
-        moto.endpoint
-            .trim_start_matches("http://")
-            .parse()
-            .expect("moto addr"),
-    )
-    .await;
+    let proxy = FlakyProxy::start(addr_of(&moto.endpoint)).await;
     let ca = TestCa::new();
     let tls = TlsWorld {
         ca_file: ca.write_ca_file("mde-bench-ca"),
@@ -496,12 +490,7 @@ async fn measure(exe: &str, w: &World, a: &Args, kind: Kind) -> BTreeMap<&'stati
 /// from the same binary in the same run.
 async fn measure_ledger(exe: &str, w: &World, a: &Args) -> Vec<(String, f64)> {
     let table = mde_testkit::ledger_table::ledger_table_from_template().await;
-    let moto_addr = moto::moto()
-        .endpoint
-        .trim_start_matches("http://")
-        .parse()
-        .expect("moto addr");
-    let proxy = mde_testkit::serial::SerialProxy::start(moto_addr).await;
+    let proxy = mde_testkit::serial::SerialProxy::start(addr_of(&moto::moto().endpoint)).await;
     let mut out = Vec::new();
     for (label, ledger) in [("without ledger", false), ("with ledger", true)] {
         let runtime = FakeRuntime::start().await;

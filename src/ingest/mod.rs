@@ -222,8 +222,7 @@ impl App {
     }
 
     /// Fetches the secret and a token and opens the TLS connections to the
-    /// API and login hosts (and the ledger's, with one read of no ticket),
-    /// all at once, so the first invocation waits for no handshake that
+    /// API and login hosts, all at once, so the first invocation waits for no handshake that
     /// could have been made before it arrived. Failures are left for the
     /// first request to meet and report.
     pub async fn warm_up(&self) {
@@ -243,16 +242,8 @@ impl App {
             }
         };
         let api = self.defender.warm_up();
-        let ledger = async {
-            if let Some(ledger) = &self.ledger {
-                // A ticket name no delivery can carry: a read of nothing.
-                let _ = ledger.ticket_records(" warm-up ").await;
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(4), async {
-            tokio::join!(creds, api, ledger)
-        })
-        .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(4), async { tokio::join!(creds, api) }).await;
     }
 
     /// Answers a delivery seen before (from memory, else from the ledger,

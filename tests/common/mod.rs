@@ -209,3 +209,37 @@ pub fn with_deadline(req: Request, budget: Duration) -> Request {
 pub fn results(body: &Value) -> &Vec<Value> {
     body["results"].as_array().expect("results")
 }
+
+/// An HTTP API event for the built binary, signed for the generic source
+/// with a fresh webhook id; also the signature, for tests that look for it
+/// in the logs.
+pub fn signed_lambda_event(path: &str, body: &str) -> (Value, String) {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let id = format!("msg_bin_{}", SEQ.fetch_add(1, Ordering::SeqCst));
+    let sig = standard_sign(GENERIC_WEBHOOK_SECRET, &id, now(), body.as_bytes());
+    let ts = now().to_string();
+    let event = events::http_api_v2(
+        "POST",
+        path,
+        &[
+            ("webhook-id", &id),
+            ("webhook-timestamp", &ts),
+            ("webhook-signature", &sig),
+        ],
+        body,
+    );
+    (event, sig)
+}
+
+/// The status, JSON body and headers of the runtime's answer to an HTTP
+/// event; panics on anything else.
+pub fn lambda_response(outcome: Option<mde_testkit::Outcome>) -> (u16, Value, Value) {
+    match outcome {
+        Some(mde_testkit::Outcome::Response(v)) => {
+            let status = v["statusCode"].as_u64().unwrap() as u16;
+            let body = serde_json::from_str(v["body"].as_str().unwrap()).unwrap();
+            (status, body, v["headers"].clone())
+        }
+        other => panic!("no response from the runtime: {other:?}"),
+    }
+}
