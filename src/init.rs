@@ -1,7 +1,7 @@
 //! Init: building the adapters from configuration, and reporting a bad
 //! configuration the way Lambda expects.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::App;
 use crate::adapters::dynamodb::DynamoLedger;
@@ -10,11 +10,34 @@ use crate::adapters::sqs::SqsQueue;
 use crate::adapters::tls::{self, TrustRoots};
 use crate::config::{Config, ConfigError};
 
+/// The app of a Lambda instance, built on first use rather than before the
+/// runtime loop: init only reads and checks the configuration (and
+/// `MDE_CA_FILE`), which is what can fail; the clients (rustls, reqwest,
+/// the limiters, the tracker) are built by the warm-up, beside the runtime's
+/// first `GET next`, or by the first invocation if it gets there first.
+pub struct LazyApp {
+    config: Config,
+    app: OnceLock<App>,
+}
+
+impl LazyApp {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            app: OnceLock::new(),
+        }
+    }
+
+    pub fn get(&self) -> &App {
+        self.app.get_or_init(|| build_app(self.config.clone()))
+    }
+}
+
 /// Builds the app with Secrets Manager as its secret source. The AWS
 /// clients are made on first use, from the environment as usual (region,
-/// credentials, `AWS_ENDPOINT_URL_SECRETS_MANAGER`).
-pub async fn build_app(config: Config) -> App {
-    trust_roots(&config).unwrap_or_else(|e| init_failed(&e));
+/// credentials, `AWS_ENDPOINT_URL_SECRETS_MANAGER`). The roots are set
+/// before (`trust_roots`).
+pub fn build_app(config: Config) -> App {
     let source = Arc::new(SecretsManagerSource::from_env(config.secret_id.clone()));
     let queue_url = config.queue_url.clone();
     let ledger_table = config.ledger_table.clone();

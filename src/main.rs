@@ -1,31 +1,42 @@
 use std::sync::Arc;
 
 use lambda_http::{Error, LambdaEvent, service_fn};
-use mde_offboard::{config::Config, dispatch, init, ops::logging};
+use mde_offboard::{config::Config, dispatch, init, init::LazyApp, ops::logging};
 use serde_json::Value;
 
-#[tokio::main]
+/// Scheduler rounds the runtime loop gets before the warm-up starts. From
+/// its first poll, hyper needs about three to send `GET next` on loopback
+/// (connect, handshake, the connection task's write); a round costs
+/// microseconds and never waits on the network, so eight leave room.
+const ROUNDS_BEFORE_WARM_UP: usize = 8;
+
+// One thread: Lambda gives a function at most a share of its vCPUs and one
+// invocation at a time; the handler, hyper's connection tasks and the
+// warm-up then wake each other without crossing threads.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     logging::init();
     let config = Config::from_env().unwrap_or_else(|e| init::init_failed(&e));
-    let app = Arc::new(init::build_app(config).await);
+    init::trust_roots(&config).unwrap_or_else(|e| init::init_failed(&e));
+    let app = Arc::new(LazyApp::new(config));
     // One entry point for every kind of event (HTTP, EventBridge, direct
     // invocation, SQS), told apart by shape in `dispatch`.
     let run = lambda_http::lambda_runtime::run(service_fn({
         let app = app.clone();
         move |event: LambdaEvent<Value>| {
             let app = app.clone();
-            async move { dispatch::dispatch(&app, event).await }
+            async move { dispatch::dispatch(app.get(), event).await }
         }
     }));
-    // Secret, token and the TLS connections are fetched beside the runtime
-    // loop, not before it: the warm-up is spawned once the loop has been
-    // polled up to its first wait (the connection for `GET next`), so its
-    // work does not hold up init, and the first invocation waits only for
-    // what is still in flight.
+    // The clients, secret, token and TLS connections are made beside the
+    // runtime loop, not before it: the warm-up starts once the loop has
+    // sent its first `GET next`, so its work holds up neither init nor that
+    // request, and the first invocation waits only for what is in flight.
     let warm = async move {
-        tokio::task::yield_now().await;
-        tokio::spawn(async move { app.warm_up().await });
+        for _ in 0..ROUNDS_BEFORE_WARM_UP {
+            tokio::task::yield_now().await;
+        }
+        tokio::spawn(async move { app.get().warm_up().await });
     };
     let (ran, ()) = tokio::join!(run, warm);
     ran

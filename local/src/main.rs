@@ -111,8 +111,9 @@ async fn serve(port: u16, secret_file: Option<String>, aws: bool) {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let (app, what) = if aws {
         let config = Config::from_env().unwrap_or_else(|e| exit(&e.to_string()));
+        mde_offboard::init::trust_roots(&config).unwrap_or_else(|e| exit(&e.to_string()));
         (
-            Arc::new(mde_offboard::init::build_app(config).await),
+            Arc::new(mde_offboard::init::build_app(config)),
             "the tenant in Secrets Manager's SECRET_ID".to_string(),
         )
     } else if let Some(path) = secret_file {

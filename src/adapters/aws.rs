@@ -1,17 +1,18 @@
 //! The AWS SDK's shared configuration and client set-up: the one place every
 //! AWS adapter builds its client from, importing nothing of ours but the
-//! trust store.
+//! HTTP client.
 
 /// The SDK's configuration, loaded once: the default chain reads the
 /// environment, profile files and builds credential providers, ~15 ms that
 /// need not hold up the runtime loop. Its HTTP client, shared by every SDK
-/// client and the credential providers, trusts the process's roots rather
-/// than loading the system's.
+/// client and the credential providers, is reqwest over the process's
+/// roots (`sdk_http`), as every other call is.
 pub async fn sdk_config() -> &'static aws_config::SdkConfig {
     static SDK: tokio::sync::OnceCell<aws_config::SdkConfig> = tokio::sync::OnceCell::const_new();
     SDK.get_or_init(|| {
+        let http = super::http_client(std::time::Duration::from_secs(2));
         aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(super::tls::process_roots().sdk_http_client())
+            .http_client(super::sdk_http::ReqwestHttpClient::new(http))
             .load()
     })
     .await

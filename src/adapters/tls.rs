@@ -14,19 +14,26 @@
 //! `MDE_CA_FILE` adds the certificates of one PEM file to them, for both
 //! stacks: a corporate TLS-inspecting proxy's CA, or the system bundle
 //! itself for a user who wants it trusted too.
+//!
+//! Both stacks are reqwest (the SDK's through `adapters::sdk_http`), so
+//! there is one rustls configuration and the root store is parsed once, on
+//! the first handshake of either.
 
 use std::sync::{Arc, OnceLock};
 
-use aws_smithy_http_client::tls::{self as sdk_tls, rustls_provider::CryptoMode};
-use base64::Engine as _;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+
+type Verified = Result<Arc<rustls::client::WebPkiServerVerifier>, String>;
 
 /// The roots every connection trusts.
 #[derive(Debug, Clone, Default)]
 pub struct TrustRoots {
     /// Certificates added to the compiled-in roots (`MDE_CA_FILE`).
     extra: Vec<CertificateDer<'static>>,
+    /// rustls' verifier over these roots, built on the first handshake and
+    /// shared by every client made from them (and their clones).
+    verifier: Arc<OnceLock<Verified>>,
 }
 
 impl TrustRoots {
@@ -52,7 +59,10 @@ impl TrustRoots {
                 .add(cert.clone())
                 .map_err(|e| format!("certificate {} cannot be a root ({e})", i + 1))?;
         }
-        Ok(Self { extra })
+        Ok(Self {
+            extra,
+            verifier: Arc::default(),
+        })
     }
 
     /// Reads `with_pem` from a file.
@@ -82,7 +92,6 @@ impl TrustRoots {
         let verifier = Arc::new(LazyVerifier {
             roots: self.clone(),
             provider: provider.clone(),
-            inner: OnceLock::new(),
         });
         rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -93,26 +102,6 @@ impl TrustRoots {
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth()
     }
-
-    /// The SDK's HTTP client, trusting the same roots and nothing from the
-    /// system. Its trust store takes PEM, so the roots are written out as
-    /// PEM once; the SDK parses them when it opens its first connection
-    /// (in the warm-up, beside the runtime loop, not before it).
-    pub fn sdk_http_client(&self) -> aws_sdk_secretsmanager::config::SharedHttpClient {
-        let mut store = sdk_tls::TrustStore::empty().with_native_roots(false);
-        let all = webpki_root_certs::TLS_SERVER_ROOT_CERTS
-            .iter()
-            .chain(self.extra.iter());
-        store.add_pem_certificate(pem(all));
-        let context = sdk_tls::TlsContext::builder()
-            .with_trust_store(store)
-            .build()
-            .expect("a trust store of PEM certificates is a valid TLS context");
-        aws_smithy_http_client::Builder::new()
-            .tls_provider(sdk_tls::Provider::Rustls(CryptoMode::AwsLc))
-            .tls_context(context)
-            .build_https()
-    }
 }
 
 /// rustls' WebPKI verifier over the trust roots, built on first use. The
@@ -121,12 +110,12 @@ impl TrustRoots {
 struct LazyVerifier {
     roots: TrustRoots,
     provider: Arc<rustls::crypto::CryptoProvider>,
-    inner: OnceLock<Result<Arc<rustls::client::WebPkiServerVerifier>, String>>,
 }
 
 impl LazyVerifier {
     fn inner(&self) -> Result<&Arc<rustls::client::WebPkiServerVerifier>, rustls::Error> {
-        self.inner
+        self.roots
+            .verifier
             .get_or_init(|| {
                 rustls::client::WebPkiServerVerifier::builder_with_provider(
                     Arc::new(self.roots.root_store()),
@@ -188,8 +177,10 @@ impl rustls::client::danger::ServerCertVerifier for LazyVerifier {
     }
 }
 
-/// Certificates as one PEM document.
+/// Certificates as one PEM document (a test's bundle).
+#[cfg(test)]
 fn pem<'a>(certs: impl Iterator<Item = &'a CertificateDer<'a>>) -> Vec<u8> {
+    use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut out = String::with_capacity(256 * 1024);
     for cert in certs {
@@ -234,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn the_pem_given_to_the_sdk_reads_back_as_the_same_certificates() {
+    fn a_pem_bundle_reads_back_as_the_same_certificates() {
         let certs = webpki_root_certs::TLS_SERVER_ROOT_CERTS;
         let written = pem(certs.iter());
         let read: Vec<_> = CertificateDer::pem_slice_iter(&written)

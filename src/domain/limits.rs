@@ -175,16 +175,17 @@ impl RateLimiter {
                     .map(|t| t.saturating_duration_since(now))
                     .unwrap_or_default();
                 for &(limit, window) in &self.windows {
-                    let in_window: Vec<&Instant> = st
+                    // Grants are in time order, so the ones still in this
+                    // window are a suffix: found by bisection, not a scan of
+                    // the hour's grants on every call.
+                    let first = st
                         .grants
-                        .iter()
-                        .filter(|t| now.duration_since(**t) < window)
-                        .collect();
-                    if in_window.len() >= limit {
+                        .partition_point(|t| now.duration_since(*t) >= window);
+                    if st.grants.len() - first >= limit {
                         // The slot frees when the oldest call that still
                         // counts against the limit leaves the window.
-                        let oldest = in_window[in_window.len() - limit];
-                        wait = wait.max((*oldest + window).saturating_duration_since(now));
+                        let oldest = st.grants[st.grants.len() - limit];
+                        wait = wait.max((oldest + window).saturating_duration_since(now));
                     }
                 }
                 if wait.is_zero() {

@@ -202,23 +202,9 @@ impl App {
         self
     }
 
-    /// The HTTP client every adapter shares: rustls, pooled connections kept
-    /// warm between invocations. It never follows a redirect: a 307 from the
-    /// login host would re-send the form holding the client secret, and one
-    /// from the API the bearer token, to wherever `Location` points.
-    ///
-    /// Its roots are the process's (`adapters::tls`): compiled in, plus
-    /// `MDE_CA_FILE`'s, never the system store read at build time.
+    /// The HTTP client every adapter shares (`adapters::http_client`).
     pub fn http_client() -> reqwest::Client {
-        reqwest::Client::builder()
-            .tls_backend_preconfigured(crate::adapters::tls::process_roots().client_config())
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("mde-offboard/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(3))
-            .pool_idle_timeout(Duration::from_secs(240))
-            .tcp_nodelay(true)
-            .build()
-            .expect("the TLS backend initialises")
+        crate::adapters::http_client(Duration::from_secs(3))
     }
 
     /// Fetches the secret and a token and opens the TLS connections to the

@@ -141,6 +141,10 @@ pub struct Call {
 #[derive(Default)]
 struct Inner {
     machines: Vec<FakeMachine>,
+    /// Lower-cased id → the first machine with it: Defender matches ids
+    /// case-insensitively, and the benchmark holds thousands of machines
+    /// (a scan per call was most of a 25-device request's time).
+    by_id: HashMap<String, usize>,
     actions: HashMap<String, Value>,
     pending: HashMap<String, String>,
     /// Issued tokens and the roles each carries.
@@ -157,6 +161,21 @@ struct Inner {
     /// identity credential over tokens from this STS.
     federation: Option<(crate::sts::FakeSts, Option<FederatedCredential>)>,
     assertion_logins: usize,
+}
+
+impl Inner {
+    fn add_machine(&mut self, m: FakeMachine) {
+        let next = self.machines.len();
+        self.by_id.entry(m.id.to_ascii_lowercase()).or_insert(next);
+        self.machines.push(m);
+    }
+
+    /// The machine with this id, matched as Defender does (any case).
+    fn machine(&self, id: &str) -> Option<&FakeMachine> {
+        self.by_id
+            .get(&id.to_ascii_lowercase())
+            .map(|&i| &self.machines[i])
+    }
 }
 
 /// A federated identity credential on the app registration.
@@ -191,12 +210,15 @@ impl FakeDefender {
     }
 
     pub async fn start_on(bind: &str, machines: Vec<FakeMachine>) -> Self {
+        let mut state = Inner::default();
+        for m in machines {
+            state.add_machine(m);
+        }
         let inner = Arc::new(Mutex::new(Inner {
-            machines,
             expires_in: json!(3599),
             offboard_status: 201,
             roles: DEFAULT_ROLES.iter().map(|r| r.to_string()).collect(),
-            ..Default::default()
+            ..state
         }));
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
@@ -272,7 +294,7 @@ impl FakeDefender {
     }
 
     pub fn add_machine(&self, m: FakeMachine) {
-        self.lock().machines.push(m);
+        self.lock().add_machine(m);
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -808,13 +830,7 @@ async fn get_machine(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let found = st
-        .lock()
-        .expect("fake state")
-        .machines
-        .iter()
-        .find(|m| m.id.eq_ignore_ascii_case(&id))
-        .cloned();
+    let found = st.lock().expect("fake state").machine(&id).cloned();
     let r = match found {
         Some(m) => reply(200, m.to_json()),
         None => reply(
@@ -861,12 +877,7 @@ async fn offboard(
         );
     };
     let mut inner = st.lock().expect("fake state");
-    let Some(m) = inner
-        .machines
-        .iter()
-        .find(|m| m.id.eq_ignore_ascii_case(&id))
-        .cloned()
-    else {
+    let Some(m) = inner.machine(&id).cloned() else {
         drop(inner);
         return record(
             &st,

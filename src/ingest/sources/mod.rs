@@ -159,8 +159,8 @@ pub struct Sources {
 impl Sources {
     /// The presets, with `SOURCES` (a path, or inline JSON) laid over them.
     pub fn load(sources_env: Option<&str>) -> Result<Self, String> {
-        let presets: Value = serde_json::from_str(PRESETS).expect("the presets are valid JSON");
-        let presets = presets.as_object().expect("an object").clone();
+        let presets: Map<String, Value> =
+            serde_json::from_str(PRESETS).expect("the presets are a valid JSON object");
         let mut user: Map<String, Value> = match sources_env.map(str::trim) {
             None | Some("") => Map::new(),
             Some(text) => {
