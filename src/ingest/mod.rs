@@ -228,8 +228,16 @@ impl App {
             }
         };
         let api = self.defender.warm_up();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(4), async { tokio::join!(creds, api) }).await;
+        // The source presets are parsed once the calls above are on their
+        // way (they are CPU only, and this is one thread).
+        let presets = async {
+            tokio::task::yield_now().await;
+            self.config.sources.prepare();
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(4), async {
+            tokio::join!(creds, api, presets)
+        })
+        .await;
     }
 
     /// Answers a delivery seen before (from memory, else from the ledger,

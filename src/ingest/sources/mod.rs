@@ -14,6 +14,7 @@
 //! of PagerDuty's list of `{name, value}` objects.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -149,16 +150,79 @@ pub const PRESETS: &str = r#"{
 }"#;
 
 /// Every source this instance serves, by name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Sources {
+    /// `None`: the presets alone (no `SOURCES`), parsed on first use from
+    /// one process-wide copy. Parsing them was a quarter of the process's
+    /// instructions up to the first `GET next` (callgrind), and they are
+    /// compiled in: there is nothing about them init could refuse.
+    loaded: Option<Loaded>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Loaded {
     defs: BTreeMap<String, SourceDef>,
     /// The built-in source `generic`: only its auth is configurable.
     generic: AuthDef,
 }
 
+static PRESETS_ONLY: LazyLock<Loaded> =
+    LazyLock::new(|| Loaded::parse(None).expect("the presets parse"));
+
+impl PartialEq for Sources {
+    fn eq(&self, other: &Self) -> bool {
+        self.loaded() == other.loaded()
+    }
+}
+
+impl Eq for Sources {}
+
 impl Sources {
     /// The presets, with `SOURCES` (a path, or inline JSON) laid over them.
+    /// A `SOURCES` is read and checked here, at init; the presets alone
+    /// wait for their first use.
     pub fn load(sources_env: Option<&str>) -> Result<Self, String> {
+        let loaded = match sources_env.map(str::trim) {
+            None | Some("") => None,
+            Some(_) => Some(Loaded::parse(sources_env)?),
+        };
+        Ok(Self { loaded })
+    }
+
+    /// Parses the presets now if they are still waiting (the warm-up, so
+    /// the first request does not).
+    pub fn prepare(&self) {
+        let _ = self.loaded();
+    }
+
+    fn loaded(&self) -> &Loaded {
+        self.loaded.as_ref().unwrap_or(&PRESETS_ONLY)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&SourceDef> {
+        self.loaded().defs.get(name)
+    }
+
+    /// The first source (by name) whose `eventbridge` lists match the event.
+    pub fn for_eventbridge(&self, event: &Value) -> Option<&SourceDef> {
+        self.loaded()
+            .defs
+            .values()
+            .find(|d| d.eventbridge.as_ref().is_some_and(|m| m.matches(event)))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.loaded().defs.keys().map(String::as_str)
+    }
+
+    /// How the built-in source `generic` authenticates.
+    pub fn generic_auth(&self) -> &AuthDef {
+        &self.loaded().generic
+    }
+}
+
+impl Loaded {
+    fn parse(sources_env: Option<&str>) -> Result<Self, String> {
         let presets: Map<String, Value> =
             serde_json::from_str(PRESETS).expect("the presets are a valid JSON object");
         let mut user: Map<String, Value> = match sources_env.map(str::trim) {
@@ -212,26 +276,6 @@ impl Sources {
             );
         }
         Ok(Self { defs, generic })
-    }
-
-    pub fn get(&self, name: &str) -> Option<&SourceDef> {
-        self.defs.get(name)
-    }
-
-    /// The first source (by name) whose `eventbridge` lists match the event.
-    pub fn for_eventbridge(&self, event: &Value) -> Option<&SourceDef> {
-        self.defs
-            .values()
-            .find(|d| d.eventbridge.as_ref().is_some_and(|m| m.matches(event)))
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.defs.keys().map(String::as_str)
-    }
-
-    /// How the built-in source `generic` authenticates.
-    pub fn generic_auth(&self) -> &AuthDef {
-        &self.generic
     }
 }
 
