@@ -9,7 +9,8 @@
 //!
 //!   mde-bench --rust target/release/bootstrap --peer bench/peer/bootstrap
 //!             --floor target/release/mde-floor
-//!             [--starts 10] [--invocations 1000] [--json out.json]
+//!             [--starts 10] [--init-starts 30] [--invocations 1000]
+//!             [--json out.json]
 //!             [--no-peer] [--ledger-only]
 
 use std::collections::BTreeMap;
@@ -34,6 +35,8 @@ struct Args {
     /// Ours and the floor only (the knob table's runs).
     no_peer: bool,
     starts: usize,
+    /// Starts of the floor and ours taking turns, for the init row.
+    init_starts: usize,
     invocations: usize,
     json: Option<String>,
     /// Only the ledger figures (no peer needed).
@@ -53,6 +56,9 @@ fn args() -> Args {
         floor: get("--floor").unwrap_or_else(|| "target/release/mde-floor".into()),
         no_peer: v.iter().any(|a| a == "--no-peer"),
         starts: get("--starts").and_then(|s| s.parse().ok()).unwrap_or(10),
+        init_starts: get("--init-starts")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30),
         invocations: get("--invocations")
             .and_then(|s| s.parse().ok())
             .unwrap_or(1000),
@@ -348,31 +354,104 @@ async fn cold_starts(
 /// upstreams are on other machines; this is the figure to hold against the
 /// floor. Median of `starts`.
 async fn quiet_inits(exe: &str, w: &World, starts: usize) -> Duration {
+    interleaved_quiet_inits(&[exe], w, starts).await[0]
+}
+
+/// As `quiet_inits` for several binaries taking turns start by start (as
+/// `bench/init-starts` does), so a busy moment of the machine falls on all
+/// of them alike: the floor and ours are compared this way.
+async fn interleaved_quiet_inits(exes: &[&str], w: &World, starts: usize) -> Vec<Duration> {
     let closed = "http://127.0.0.1:1".to_string();
     let extra = [
         ("AWS_ENDPOINT_URL_SECRETS_MANAGER", closed.clone()),
         ("MDE_API_URL", closed.clone()),
         ("MDE_LOGIN_URL", closed),
     ];
-    let mut inits = Vec::with_capacity(starts);
+    // Its environment only: the endpoint itself is `FirstNext`'s.
+    let runtime = FakeRuntime::start().await;
+    let mut inits = vec![Vec::with_capacity(starts); exes.len()];
     for _ in 0..starts {
-        let runtime = FakeRuntime::start().await;
-        let t0 = Instant::now();
-        let mut child = spawn_with(exe, &runtime, w, &extra);
-        inits.push(wait_first_next(&runtime, t0).await);
-        let _ = child.kill().await;
+        for (exe, times) in exes.iter().zip(inits.iter_mut()) {
+            let endpoint = FirstNext::start();
+            let mut env = extra.to_vec();
+            env.push(("AWS_LAMBDA_RUNTIME_API", endpoint.addr.to_string()));
+            let t0 = Instant::now();
+            let mut child = spawn_with(exe, &runtime, w, &env);
+            let at = tokio::task::spawn_blocking(move || endpoint.wait())
+                .await
+                .expect("the waiting thread");
+            times.push(at.duration_since(t0));
+            let _ = child.kill().await;
+        }
     }
-    percentile(&mut inits, 0.5)
+    inits.iter_mut().map(|t| percentile(t, 0.5)).collect()
+}
+
+/// A Runtime API endpoint that only notes when `GET next` arrives: a
+/// blocking listener on its own OS thread, so the moment is read as soon as
+/// the kernel has the bytes, not when the driver's async runtime gets round
+/// to it (it shares the two cores with the start being measured, and with
+/// whatever that start does just after its `GET next`).
+struct FirstNext {
+    addr: std::net::SocketAddr,
+    at: std::sync::mpsc::Receiver<Instant>,
+}
+
+impl FirstNext {
+    fn start() -> Self {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, at) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let Ok((mut conn, _)) = listener.accept() else {
+                return;
+            };
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while let Ok(n @ 1..) = conn.read(&mut chunk) {
+                got.extend_from_slice(&chunk[..n]);
+                if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let now = Instant::now();
+                    assert!(
+                        got.starts_with(b"GET /2018-06-01/runtime/invocation/next"),
+                        "the first request is GET next"
+                    );
+                    let _ = tx.send(now);
+                    break;
+                }
+            }
+            // Held open (no answer) until the start is killed.
+            let _ = conn.read(&mut chunk);
+        });
+        Self { addr, at }
+    }
+
+    fn wait(self) -> Instant {
+        self.at
+            .recv_timeout(Duration::from_secs(30))
+            .expect("GET next within 30 s")
+    }
 }
 
 /// Everything for one implementation: cold starts over plain HTTP and over
 /// HTTPS, then one warm instance.
-async fn measure(exe: &str, w: &World, a: &Args, kind: Kind) -> BTreeMap<&'static str, f64> {
+/// `quiet_init`: measure init with nothing else running here (the peer);
+/// the floor's and ours are measured together, taking turns.
+async fn measure(
+    exe: &str,
+    w: &World,
+    a: &Args,
+    kind: Kind,
+    quiet_init: bool,
+) -> BTreeMap<&'static str, f64> {
     let mut out = cold_starts(exe, w, a.starts, kind, false).await;
-    out.insert(
-        "init_quiet_ms_median",
-        ms(quiet_inits(exe, w, a.starts).await),
-    );
+    if quiet_init {
+        out.insert(
+            "init_quiet_ms_median",
+            ms(quiet_inits(exe, w, a.starts).await),
+        );
+    }
     if kind == Kind::Function {
         out.extend(cold_starts(exe, w, a.starts, kind, true).await);
     }
@@ -566,7 +645,7 @@ async fn fake_round_trip(w: &World, n: usize) -> Duration {
 const ROWS: [(&str, &str, bool); 25] = [
     (
         "init_quiet_ms_median",
-        "init: start to first GET next, nothing else running, median (ms)",
+        "init: start to first GET next, nothing else running, floor and ours taking turns, median (ms)",
         true,
     ),
     (
@@ -704,16 +783,20 @@ async fn main() {
         }
         return;
     }
+    eprintln!("init of the floor and {}, taking turns ...", a.rust);
+    let quiet = interleaved_quiet_inits(&[&a.floor, &a.rust], &w, a.init_starts).await;
     eprintln!("measuring the floor {} ...", a.floor);
-    let mut floor = measure(&a.floor, &w, &a, Kind::Floor).await;
+    let mut floor = measure(&a.floor, &w, &a, Kind::Floor, false).await;
+    floor.insert("init_quiet_ms_median", ms(quiet[0]));
     eprintln!("measuring {} ...", a.rust);
-    let mut rust = measure(&a.rust, &w, &a, Kind::Function).await;
+    let mut rust = measure(&a.rust, &w, &a, Kind::Function, false).await;
+    rust.insert("init_quiet_ms_median", ms(quiet[1]));
     rust.insert("fake_round_trip_ms", ms(fake_round_trip(&w, 1000).await));
     let mut peer = if a.no_peer {
         BTreeMap::new()
     } else {
         eprintln!("measuring {} ...", a.peer);
-        measure(&a.peer, &w, &a, Kind::Function).await
+        measure(&a.peer, &w, &a, Kind::Function, true).await
     };
     for m in [&mut rust, &mut peer] {
         if let (Some(t), Some(p)) = (
