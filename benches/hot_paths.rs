@@ -96,8 +96,9 @@ fn source_mapping(c: &mut Criterion) {
     g.finish();
 }
 
-/// What init does before the runtime loop, each part on its own, beside
-/// the baseline of parsing one small JSON document.
+/// What a start builds, each part on its own, beside the baseline of
+/// parsing one small JSON document: the configuration before the runtime
+/// loop, the TLS configuration and HTTP client in the warm-up after it.
 fn init_parts(c: &mut Criterion) {
     let mut g = c.benchmark_group("init");
     g.bench_function("baseline_parse_small_json", |b| {

@@ -83,10 +83,10 @@ impl TrustRoots {
         store
     }
 
-    /// The rustls configuration reqwest is built with: the roots above and
-    /// aws-lc-rs, the provider the SDK uses too (one in the tree). The root
-    /// store is parsed on the first handshake, not here: this runs before
-    /// the runtime loop starts, the first handshake beside it (warm-up).
+    /// The rustls configuration every reqwest client is built with: the
+    /// roots above and aws-lc-rs (the one provider in the tree). The root
+    /// store is parsed on the first handshake, once for all the clients
+    /// made from these roots, not here.
     pub fn client_config(&self) -> rustls::ClientConfig {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier = Arc::new(LazyVerifier {

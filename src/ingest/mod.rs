@@ -4,8 +4,8 @@
 //! own way, and then share one path: replay check → map → validate → the
 //! domain (`App::execute`) → one answer, remembered for replays.
 //!
-//! Everything `App` needs is built once at init and shared by warm
-//! invocations.
+//! Everything `App` needs is built once per instance (by the warm-up, just
+//! after init; see `init::LazyApp`) and shared by warm invocations.
 
 pub mod auth;
 pub mod direct;
