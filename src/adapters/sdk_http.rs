@@ -59,7 +59,7 @@ impl HttpConnector for Connector {
         let built = build(&self.http, &request, self.read_timeout);
         HttpConnectorFuture::new(async move {
             let response = built?.send().await.map_err(transport_error)?;
-            answer(response).await
+            answer(response)
         })
     }
 }
@@ -90,7 +90,7 @@ fn build(
 /// also because the SDK's trace log prints an in-memory body whole, and
 /// Secrets Manager's holds the client secret (tests/lambda_binary.rs runs
 /// the binary at `RUST_LOG=trace` to catch exactly that).
-async fn answer(response: reqwest::Response) -> Result<HttpResponse, ConnectorError> {
+fn answer(response: reqwest::Response) -> Result<HttpResponse, ConnectorError> {
     let (parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
     let status = StatusCode::try_from(parts.status.as_u16())
         .map_err(|e| ConnectorError::other(e.into(), None))?;

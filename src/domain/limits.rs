@@ -455,6 +455,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn limiter_keeps_1500_an_hour_across_both_windows() {
+        let l = RateLimiter::defender();
+        let long = Deadline::after(Duration::from_secs(100_000));
+        let start = Instant::now();
+        for _ in 0..1500 {
+            l.acquire(&long).await.unwrap();
+        }
+        // 100 a minute: the 1,500th went out in the fifteenth minute.
+        assert_eq!(Instant::now() - start, Duration::from_secs(14 * 60));
+        // The next waits for the hour's first calls to leave its window,
+        // though the minute's window has room long before.
+        l.acquire(&long).await.unwrap();
+        assert_eq!(Instant::now() - start, Duration::from_secs(3600));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn block_for_holds_every_caller_back() {
         let l = RateLimiter::defender();
         let long = Deadline::after(Duration::from_secs(600));
