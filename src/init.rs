@@ -28,8 +28,17 @@ impl LazyApp {
         }
     }
 
+    /// The app; the first call builds it and claims the warm-up's
+    /// connections, so an invocation that arrives before the warm-up task
+    /// has run (its event was waiting) waits for the warm-up's handshakes
+    /// instead of racing them. The caller must see the warm-up run
+    /// (`src/main.rs` spawns it whatever comes first).
     pub fn get(&self) -> &App {
-        self.app.get_or_init(|| build_app(self.config.clone()))
+        self.app.get_or_init(|| {
+            let app = build_app(self.config.clone());
+            app.claim_warm_up();
+            app
+        })
     }
 }
 

@@ -8,6 +8,7 @@ use futures_util::future::BoxFuture;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
 
 use crate::adapters::entra::{AccessToken, TokenProvider};
 use crate::domain::defender::*;
@@ -43,7 +44,20 @@ pub struct HttpDefender {
     /// Held for writing while the warm-up opens the API connection: a call
     /// that comes meanwhile waits for that handshake to finish and reuses
     /// the connection, rather than paying for a second handshake of its own.
-    opening: tokio::sync::RwLock<()>,
+    opening: Arc<RwLock<()>>,
+    /// The same for the login host and the first token request.
+    login_opening: Arc<RwLock<()>>,
+    /// Both held from `claim_warm_up` until the warm-up's own use: an
+    /// invocation that comes before the warm-up task has run waits too.
+    claimed: std::sync::Mutex<Claimed>,
+}
+
+type Held = Option<OwnedRwLockWriteGuard<()>>;
+
+#[derive(Default)]
+struct Claimed {
+    api: Held,
+    login: Held,
 }
 
 impl HttpDefender {
@@ -61,13 +75,26 @@ impl HttpDefender {
             tokens,
             limiters,
             backoff: Backoff::default(),
-            opening: tokio::sync::RwLock::new(()),
+            opening: Arc::default(),
+            login_opening: Arc::default(),
+            claimed: std::sync::Mutex::default(),
         }
     }
 
     async fn token(&self, deadline: &Deadline) -> Result<AccessToken, DefenderError> {
         let secret = self.secrets.get().await?;
+        drop(self.login_opening.read().await);
         Ok(self.tokens.get(&secret, deadline).await?)
+    }
+
+    /// The claimed guard for one host, else a fresh one: held while the
+    /// warm-up opens that host's connection.
+    async fn hold(&self, lock: &Arc<RwLock<()>>, pick: fn(&mut Claimed) -> &mut Held) -> Held {
+        let claimed = pick(&mut self.claimed.lock().unwrap_or_else(|e| e.into_inner())).take();
+        match claimed {
+            Some(g) => Some(g),
+            None => Some(lock.clone().write_owned().await),
+        }
     }
 
     /// One logical call: rate limit, token, send, and the retry rules of
@@ -204,8 +231,19 @@ impl HttpDefender {
             .timeout(Duration::from_secs(2))
             .send()
             .await;
+        // hyper hands an HTTP/1 connection back to the pool from a task of
+        // its own once the exchange is over; a few scheduler rounds let it
+        // run before the caller opens the gate, so the call waiting on it
+        // finds the connection idle rather than racing a second one open.
+        for _ in 0..POOL_RETURN_ROUNDS {
+            tokio::task::yield_now().await;
+        }
     }
 }
+
+/// Scheduler rounds after a warm-up `HEAD` (see `open`); each costs
+/// microseconds and waits on nothing.
+const POOL_RETURN_ROUNDS: usize = 3;
 
 /// Used when a 429 carries no usable `Retry-After`.
 pub const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(5);
@@ -371,15 +409,24 @@ impl Defender for HttpDefender {
         Box::pin(async move { self.tokens.get(secret, deadline).await.map(|_| ()) })
     }
 
+    fn claim_warm_up(&self) {
+        let mut c = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
+        c.api = self.opening.clone().try_write_owned().ok();
+        c.login = self.login_opening.clone().try_write_owned().ok();
+    }
+
     fn warm_up(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {
-            let _opening = self.opening.write().await;
+            let _opening = self.hold(&self.opening, |c| &mut c.api).await;
             self.open(&self.api_url).await
         })
     }
 
     fn warm_up_login(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.open(self.tokens.login_url()))
+        Box::pin(async {
+            let _opening = self.hold(&self.login_opening, |c| &mut c.login).await;
+            self.open(self.tokens.login_url()).await
+        })
     }
 
     fn missing_permissions(&self) -> Vec<&'static str> {

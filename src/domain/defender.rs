@@ -160,6 +160,11 @@ pub trait Defender: Send + Sync {
         Vec::new()
     }
 
+    /// Marks the warm-up's connections as being opened, before its task
+    /// has run: a call that comes first waits for them instead of opening
+    /// its own. Only for an instance whose warm-up is sure to run.
+    fn claim_warm_up(&self) {}
+
     /// Opens what the first call would otherwise pay for (a TLS
     /// connection to the API host). Best effort.
     fn warm_up(&self) -> BoxFuture<'_, ()> {

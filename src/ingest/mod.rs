@@ -207,6 +207,12 @@ impl App {
         crate::adapters::http_client(Duration::from_secs(3))
     }
 
+    /// Claims the warm-up's connections now (see `Defender::claim_warm_up`);
+    /// `warm_up` must follow.
+    pub fn claim_warm_up(&self) {
+        self.defender.claim_warm_up();
+    }
+
     /// Fetches the secret and a token and opens the TLS connections to the
     /// API and login hosts, all at once, so the first invocation waits for no handshake that
     /// could have been made before it arrived. Failures are left for the
