@@ -41,23 +41,47 @@ pub struct HttpDefender {
     tokens: Arc<TokenProvider>,
     limiters: Arc<Limiters>,
     backoff: Backoff,
-    /// Held for writing while the warm-up opens the API connection: a call
-    /// that comes meanwhile waits for that handshake to finish and reuses
-    /// the connection, rather than paying for a second handshake of its own.
-    opening: Arc<RwLock<()>>,
+    /// Held while the warm-up opens the API connection: a call that comes
+    /// meanwhile waits for that handshake and reuses the connection, rather
+    /// than paying for a second handshake of its own.
+    api_gate: Gate,
     /// The same for the login host and the first token request.
-    login_opening: Arc<RwLock<()>>,
-    /// Both held from `claim_warm_up` until the warm-up's own use: an
-    /// invocation that comes before the warm-up task has run waits too.
-    claimed: std::sync::Mutex<Claimed>,
+    login_gate: Gate,
 }
 
-type Held = Option<OwnedRwLockWriteGuard<()>>;
-
+/// A lock the warm-up holds for writing while it opens one host's
+/// connection; calls to that host wait on a read.
 #[derive(Default)]
-struct Claimed {
-    api: Held,
-    login: Held,
+struct Gate {
+    lock: Arc<RwLock<()>>,
+    /// Taken by `claim`, before the warm-up task has run: an invocation that
+    /// comes first waits too.
+    claimed: std::sync::Mutex<Option<OwnedRwLockWriteGuard<()>>>,
+}
+
+impl Gate {
+    fn claim(&self) {
+        *self.claimed.lock().unwrap_or_else(|e| e.into_inner()) =
+            self.lock.clone().try_write_owned().ok();
+    }
+
+    /// The claimed guard, else a fresh one.
+    async fn hold(&self) -> OwnedRwLockWriteGuard<()> {
+        let claimed = self
+            .claimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match claimed {
+            Some(g) => g,
+            None => self.lock.clone().write_owned().await,
+        }
+    }
+
+    /// Returns once no warm-up is opening the host.
+    async fn pass(&self) {
+        drop(self.lock.read().await);
+    }
 }
 
 impl HttpDefender {
@@ -75,26 +99,15 @@ impl HttpDefender {
             tokens,
             limiters,
             backoff: Backoff::default(),
-            opening: Arc::default(),
-            login_opening: Arc::default(),
-            claimed: std::sync::Mutex::default(),
+            api_gate: Gate::default(),
+            login_gate: Gate::default(),
         }
     }
 
     async fn token(&self, deadline: &Deadline) -> Result<AccessToken, DefenderError> {
         let secret = self.secrets.get().await?;
-        drop(self.login_opening.read().await);
+        self.login_gate.pass().await;
         Ok(self.tokens.get(&secret, deadline).await?)
-    }
-
-    /// The claimed guard for one host, else a fresh one: held while the
-    /// warm-up opens that host's connection.
-    async fn hold(&self, lock: &Arc<RwLock<()>>, pick: fn(&mut Claimed) -> &mut Held) -> Held {
-        let claimed = pick(&mut self.claimed.lock().unwrap_or_else(|e| e.into_inner())).take();
-        match claimed {
-            Some(g) => Some(g),
-            None => Some(lock.clone().write_owned().await),
-        }
     }
 
     /// One logical call: rate limit, token, send, and the retry rules of
@@ -110,7 +123,7 @@ impl HttpDefender {
         deadline: &Deadline,
     ) -> Result<bytes::Bytes, DefenderError> {
         let url = format!("{}{}", self.api_url, path_and_query);
-        drop(self.opening.read().await);
+        self.api_gate.pass().await;
         let mut refreshed = false;
         let mut retries = 0u32;
         let mut throttles = 0u32;
@@ -410,21 +423,20 @@ impl Defender for HttpDefender {
     }
 
     fn claim_warm_up(&self) {
-        let mut c = self.claimed.lock().unwrap_or_else(|e| e.into_inner());
-        c.api = self.opening.clone().try_write_owned().ok();
-        c.login = self.login_opening.clone().try_write_owned().ok();
+        self.api_gate.claim();
+        self.login_gate.claim();
     }
 
     fn warm_up(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {
-            let _opening = self.hold(&self.opening, |c| &mut c.api).await;
+            let _opening = self.api_gate.hold().await;
             self.open(&self.api_url).await
         })
     }
 
     fn warm_up_login(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {
-            let _opening = self.hold(&self.login_opening, |c| &mut c.login).await;
+            let _opening = self.login_gate.hold().await;
             self.open(self.tokens.login_url()).await
         })
     }

@@ -214,9 +214,9 @@ impl App {
     }
 
     /// Fetches the secret and a token and opens the TLS connections to the
-    /// API and login hosts, all at once, so the first invocation waits for no handshake that
-    /// could have been made before it arrived. Failures are left for the
-    /// first request to meet and report.
+    /// API and login hosts, all at once, so the first invocation waits for
+    /// no handshake that could have been made before it arrived. Failures
+    /// are left for the first request to meet and report.
     pub async fn warm_up(&self) {
         let deadline = Deadline::after(Duration::from_secs(4));
         let creds = async {
