@@ -8,9 +8,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use hmac::{Hmac, KeyInit, Mac};
-use mde_offboard::ingest::auth::{StandardHeaders, standard_key, standard_sign, verify_standard};
-use mde_offboard::ingest::input::parse_generic;
-use mde_offboard::ingest::sources::Sources;
+use mde_offboard::intake::auth::{StandardHeaders, standard_key, standard_sign, verify_standard};
+use mde_offboard::intake::generic::parse_generic;
+use mde_offboard::intake::sources::Sources;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
@@ -115,7 +115,7 @@ fn init_parts(c: &mut Criterion) {
     g.bench_function("tls_client_config", |b| {
         b.iter(|| mde_offboard::adapters::tls::TrustRoots::bundled().client_config())
     });
-    g.bench_function("http_client", |b| b.iter(mde_offboard::App::http_client));
+    g.bench_function("http_client", |b| b.iter(mde_offboard::init::http_client));
     g.bench_function("log_filter", |b| {
         b.iter(mde_offboard::ops::logging::filter_from_env)
     });

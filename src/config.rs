@@ -10,8 +10,8 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::domain::secret::CredentialMode;
-use crate::ingest::input::{CallbackHosts, is_https_or_loopback};
-use crate::ingest::sources::Sources;
+use crate::intake::sources::Sources;
+use crate::support::url_policy::{CallbackHosts, is_https_or_loopback};
 
 /// A configuration value that is missing or cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]

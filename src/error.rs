@@ -8,12 +8,13 @@ use lambda_http::{Body, Response};
 use serde_json::json;
 use thiserror::Error;
 
+use crate::domain::defender::DefenderError;
 use crate::domain::ledger::LedgerError;
 use crate::domain::limits::retry_after_secs;
+use crate::domain::model::FieldError;
 use crate::domain::secret::CredentialError;
-use crate::ingest::auth::AuthError;
-use crate::ingest::input::FieldError;
-use crate::ingest::sources::StaleError;
+use crate::intake::auth::AuthError;
+use crate::intake::sources::StaleError;
 
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -54,7 +55,7 @@ pub enum ApiError {
     #[error(transparent)]
     Credentials(#[from] CredentialError),
     #[error("Defender: {0}")]
-    Defender(String, Option<Duration>),
+    Defender(DefenderError),
     #[error("this delivery is still being processed by another invocation; retry after {}s", retry_after_secs(*.0))]
     InProgress(Duration),
     #[error(transparent)]
@@ -87,8 +88,8 @@ impl ApiError {
             Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Credentials(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Credentials(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Defender(_, Some(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Defender(_, None) => StatusCode::BAD_GATEWAY,
+            Self::Defender(e) if e.retry_after().is_some() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Defender(_) => StatusCode::BAD_GATEWAY,
             Self::InProgress(_) | Self::NotCancellable { .. } => StatusCode::CONFLICT,
             Self::MissingPermission(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Ledger(LedgerError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -129,8 +130,8 @@ impl ApiError {
                 "identity_token_unavailable"
             }
             Self::Credentials(CredentialError::AssertionRefused(r)) => r.code(),
-            Self::Defender(_, Some(_)) => "defender_unavailable",
-            Self::Defender(_, None) => "defender_error",
+            Self::Defender(e) if e.retry_after().is_some() => "defender_unavailable",
+            Self::Defender(_) => "defender_error",
             Self::InProgress(_) => "in_progress",
             Self::MissingPermission(_) => "missing_permission",
             Self::NotCancellable { .. } => "not_cancellable",
@@ -143,7 +144,7 @@ impl ApiError {
         match self {
             Self::Credentials(e) if e.is_retryable() => Some(Duration::from_secs(10)),
             Self::QueueUnavailable(_) => Some(Duration::from_secs(10)),
-            Self::Defender(_, ra) => *ra,
+            Self::Defender(e) => e.retry_after(),
             Self::InProgress(ra) => Some(*ra),
             Self::Ledger(e) => e.retry_after(),
             _ => None,

@@ -1,14 +1,24 @@
-//! Init: building the adapters from configuration, and reporting a bad
-//! configuration the way Lambda expects.
+//! The composition root: the only place adapters are wired to ports, and
+//! where a bad configuration is reported the way Lambda expects.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use crate::App;
+use crate::adapters::callback::Callbacks;
+use crate::adapters::defender_http::HttpDefender;
 use crate::adapters::dynamodb::DynamoLedger;
+use crate::adapters::entra::TokenProvider;
 use crate::adapters::secrets_manager::SecretsManagerSource;
 use crate::adapters::sqs::SqsQueue;
+use crate::adapters::sts::StsIdentityTokens;
 use crate::adapters::tls::{self, TrustRoots};
+use crate::adapters::write_back::WriteBacks;
+use crate::app::{App, Ports};
 use crate::config::{Config, ConfigError};
+use crate::domain::defender::Defender;
+use crate::domain::federation::{IdentityTokenCache, IdentityTokenSource};
+use crate::domain::limits::{Deadline, Limiters};
+use crate::domain::secret::{CredentialMode, SecretCache, SecretSource};
 
 /// The app of a Lambda instance, built on first use rather than before the
 /// runtime loop: init only reads and checks the configuration (and
@@ -17,14 +27,14 @@ use crate::config::{Config, ConfigError};
 /// first `GET next`, or by the first invocation if it gets there first.
 pub struct LazyApp {
     config: Config,
-    app: OnceLock<App>,
+    instance: OnceLock<Instance>,
 }
 
 impl LazyApp {
     pub fn new(config: Config) -> Self {
         Self {
             config,
-            app: OnceLock::new(),
+            instance: OnceLock::new(),
         }
     }
 
@@ -34,30 +44,214 @@ impl LazyApp {
     /// instead of racing them. The caller must see the warm-up run
     /// (`src/main.rs` spawns it whatever comes first).
     pub fn get(&self) -> &App {
-        self.app.get_or_init(|| {
-            let app = build_app(self.config.clone());
-            app.claim_warm_up();
-            app
+        &self.instance().app
+    }
+
+    fn instance(&self) -> &Instance {
+        self.instance.get_or_init(|| {
+            let instance = build_instance(self.config.clone());
+            instance.claim_warm_up();
+            instance
         })
+    }
+
+    /// See `Instance::warm_up`.
+    pub async fn warm_up(&self) {
+        self.instance().warm_up().await
     }
 }
 
-/// Builds the app with Secrets Manager as its secret source. The AWS
-/// clients are made on first use, from the environment as usual (region,
-/// credentials, `AWS_ENDPOINT_URL_SECRETS_MANAGER`). The roots are set
-/// before (`trust_roots`).
+/// The app with Secrets Manager as its secret source, and the queue and the
+/// ledger the configuration names. The AWS clients are made on first use,
+/// from the environment as usual (region, credentials,
+/// `AWS_ENDPOINT_URL_*`). The roots are set before (`trust_roots`).
 pub fn build_app(config: Config) -> App {
+    build_instance(config).app
+}
+
+/// As `build_app`, with what its warm-up opens.
+pub fn build_instance(config: Config) -> Instance {
     let source = Arc::new(SecretsManagerSource::from_env(config.secret_id.clone()));
     let queue_url = config.queue_url.clone();
     let ledger_table = config.ledger_table.clone();
-    let mut app = App::new(config, source, App::http_client());
+    let mut instance = Wiring::new(config, source).instance();
     if let Some(url) = queue_url {
-        app = app.with_queue(Arc::new(SqsQueue::from_env(url)));
+        instance.app = instance.app.with_queue(Arc::new(SqsQueue::from_env(url)));
     }
     if let Some(table) = ledger_table {
-        app = app.with_ledger(Arc::new(DynamoLedger::from_env(table)));
+        instance.app = instance
+            .app
+            .with_ledger(Arc::new(DynamoLedger::from_env(table)));
     }
-    app
+    instance
+}
+
+/// The HTTP client every adapter shares (`adapters::http_client`).
+pub fn http_client() -> reqwest::Client {
+    crate::adapters::http_client(Duration::from_secs(3))
+}
+
+/// The adapters an app is built over. By default the real ones: the
+/// Defender API and Entra ID over HTTPS (STS for federated credentials),
+/// callbacks and ticket write-backs; a test or a simulation replaces a part.
+pub struct Wiring {
+    config: Config,
+    secret_source: Arc<dyn SecretSource>,
+    http: Option<reqwest::Client>,
+    limiters: Option<Limiters>,
+    identity: Option<Arc<dyn IdentityTokenSource>>,
+    defender: Option<Arc<dyn Defender>>,
+}
+
+impl Wiring {
+    pub fn new(config: Config, secret_source: Arc<dyn SecretSource>) -> Self {
+        Self {
+            config,
+            secret_source,
+            http: None,
+            limiters: None,
+            identity: None,
+            defender: None,
+        }
+    }
+
+    /// The HTTP client every outbound call shares (default `http_client()`).
+    pub fn http(mut self, http: reqwest::Client) -> Self {
+        self.http = Some(http);
+        self
+    }
+
+    /// Defender's rate limits (simulations scale time).
+    pub fn limiters(mut self, limiters: Limiters) -> Self {
+        self.limiters = Some(limiters);
+        self
+    }
+
+    /// Federated mode's web identity tokens from `identity` (an STS client
+    /// pointed where a test says) rather than STS from the environment.
+    pub fn identity_tokens(mut self, identity: Arc<dyn IdentityTokenSource>) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Any Defender instead of the API over HTTPS (an in-memory one).
+    pub fn defender(mut self, defender: Arc<dyn Defender>) -> Self {
+        self.defender = Some(defender);
+        self
+    }
+
+    pub fn build(self) -> App {
+        self.instance().app
+    }
+
+    /// As `build`, with what its warm-up opens.
+    pub fn instance(self) -> Instance {
+        let config = self.config;
+        let http = self.http.unwrap_or_else(http_client);
+        let secrets = Arc::new(
+            SecretCache::new(self.secret_source, config.secret_ttl).for_mode(config.credentials),
+        );
+        let (defender, warm): (Arc<dyn Defender>, _) = match self.defender {
+            Some(defender) => (defender, None),
+            None => {
+                let mut tokens = TokenProvider::new(
+                    http.clone(),
+                    config.login_url.clone(),
+                    config.scope.clone(),
+                );
+                if config.credentials == CredentialMode::Federated {
+                    // STS through the SDK, its client made on first use
+                    // from the environment (`AWS_ENDPOINT_URL_STS` included).
+                    let identity = self
+                        .identity
+                        .unwrap_or_else(|| Arc::new(StsIdentityTokens::from_env()));
+                    tokens = tokens.federated(Arc::new(IdentityTokenCache::new(identity)));
+                }
+                let limiters = self
+                    .limiters
+                    .unwrap_or_else(|| Limiters::new(config.rate_per_minute));
+                let defender = Arc::new(HttpDefender::new(
+                    http.clone(),
+                    config.api_url.clone(),
+                    secrets.clone(),
+                    Arc::new(tokens),
+                    Arc::new(limiters),
+                ));
+                (defender.clone(), Some(defender))
+            }
+        };
+        let ports = Ports {
+            secrets,
+            defender,
+            // Asked in this order for each final outcome.
+            follow_ups: vec![
+                Arc::new(Callbacks::new(http.clone())),
+                Arc::new(WriteBacks::new(http)),
+            ],
+        };
+        Instance {
+            app: App::new(config, ports),
+            warm,
+        }
+    }
+}
+
+/// An app and, where it calls the Defender API over HTTPS, what its
+/// warm-up opens.
+pub struct Instance {
+    pub app: App,
+    warm: Option<Arc<HttpDefender>>,
+}
+
+impl Instance {
+    fn claim_warm_up(&self) {
+        if let Some(d) = &self.warm {
+            d.claim_warm_up();
+        }
+    }
+
+    /// Fetches the secret and a token and opens the TLS connections to the
+    /// API and login hosts, all at once, so the first invocation waits for
+    /// no handshake that could have been made before it arrived. Failures
+    /// are left for the first request to meet and report.
+    pub async fn warm_up(&self) {
+        let app = &self.app;
+        let deadline = Deadline::after(Duration::from_secs(4));
+        let login = async {
+            if let Some(d) = &self.warm {
+                d.warm_up_login().await
+            }
+        };
+        let creds = async {
+            // The login host's handshake runs beside the secret fetch, and
+            // the token request waits for it rather than racing it with a
+            // second connection.
+            let (secret, ()) = tokio::join!(app.secrets().get(), login);
+            match secret {
+                Ok(secret) => {
+                    if let Err(e) = app.defender.ready(&secret, &deadline).await {
+                        tracing::warn!(error = %e, "warm-up: no token yet");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "warm-up: no secret yet"),
+            }
+        };
+        let api = async {
+            if let Some(d) = &self.warm {
+                d.warm_up().await
+            }
+        };
+        // The source presets are parsed once the calls above are on their
+        // way (they are CPU only, and this is one thread).
+        let presets = async {
+            tokio::task::yield_now().await;
+            app.config().sources.prepare();
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(4), async {
+            tokio::join!(creds, api, presets)
+        })
+        .await;
+    }
 }
 
 /// Sets the roots every TLS connection trusts, before any client is built:

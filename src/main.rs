@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use lambda_http::{Error, LambdaEvent, service_fn};
-use mde_offboard::{config::Config, dispatch, init, init::LazyApp, ops::logging};
+use mde_offboard::{config::Config, inbound, init, init::LazyApp, ops::logging};
 use serde_json::Value;
 
 /// Scheduler rounds the runtime loop gets before the warm-up starts. From
@@ -25,7 +25,7 @@ async fn main() -> Result<(), Error> {
         let app = app.clone();
         move |event: LambdaEvent<Value>| {
             let app = app.clone();
-            async move { dispatch::dispatch(app.get(), event).await }
+            async move { inbound::dispatch(app.get(), event).await }
         }
     }));
     // The clients, secret, token and TLS connections are made beside the
@@ -36,7 +36,7 @@ async fn main() -> Result<(), Error> {
         for _ in 0..ROUNDS_BEFORE_WARM_UP {
             tokio::task::yield_now().await;
         }
-        tokio::spawn(async move { app.get().warm_up().await });
+        tokio::spawn(async move { app.warm_up().await });
     };
     let (ran, ()) = tokio::join!(run, warm);
     ran

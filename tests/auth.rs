@@ -14,7 +14,7 @@ use lambda_http::{Body, Request};
 use mde_offboard::App;
 use mde_offboard::config::Config;
 use mde_offboard::domain::secret::{CredentialError, SecretSource};
-use mde_offboard::ingest::auth::standard_sign;
+use mde_offboard::intake::auth::standard_sign;
 use mde_testkit::{Api, FakeDefender, GENERIC_WEBHOOK_SECRET, demo_machines, events, ids};
 use serde_json::{Value, json};
 
@@ -57,7 +57,7 @@ impl Harness {
             text: secret.to_string(),
             fetches: AtomicUsize::new(0),
         });
-        let app = App::new(config, source.clone(), App::http_client());
+        let app = mde_offboard::init::Wiring::new(config, source.clone()).build();
         Self { fake, app, source }
     }
 
@@ -66,7 +66,7 @@ impl Harness {
     }
 
     async fn send(&self, req: Request) -> (u16, Value) {
-        let resp = self.app.handle(req).await;
+        let resp = mde_offboard::inbound::http::handle(&self.app, req).await;
         let status = resp.status().as_u16();
         let body = match resp.body() {
             Body::Text(t) => serde_json::from_str(t).expect("the answer is JSON"),

@@ -11,7 +11,7 @@ use mde_offboard::adapters::defender_http::HttpDefender;
 use mde_offboard::adapters::entra::TokenProvider;
 use mde_offboard::domain::defender::{Defender, DefenderError};
 use mde_offboard::domain::limits::{Deadline, Limiters};
-use mde_offboard::ingest::input::MachineId;
+use mde_offboard::domain::model::MachineId;
 use mde_testkit::defender::SCOPE;
 use mde_testkit::{Api, FakeDefender, demo_machines, ids};
 

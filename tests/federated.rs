@@ -53,12 +53,9 @@ async fn federated_with(secret: String, credential: Option<FederatedCredential>)
     ];
     let config = Config::from_lookup(|k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))
         .expect("test configuration");
-    let app = App::with_identity_tokens(
-        config,
-        Arc::new(StaticSecret(secret)),
-        App::http_client(),
-        Arc::new(StsIdentityTokens::new(sts_client(&sts.url()))),
-    );
+    let app = mde_offboard::init::Wiring::new(config, Arc::new(StaticSecret(secret)))
+        .identity_tokens(Arc::new(StsIdentityTokens::new(sts_client(&sts.url()))))
+        .build();
     Federated { fake, sts, app }
 }
 
@@ -74,10 +71,11 @@ impl Federated {
     async fn offboard(&self, device: &str) -> (u16, Value, Option<String>) {
         let body =
             json!({"ticket": "INC0015", "comment": "Federated offboard", "devices": [device]});
-        let resp = self
-            .app
-            .handle(signed("POST", "/v1/offboard", &body.to_string()))
-            .await;
+        let resp = mde_offboard::inbound::http::handle(
+            &self.app,
+            signed("POST", "/v1/offboard", &body.to_string()),
+        )
+        .await;
         let status = resp.status().as_u16();
         let retry_after = resp
             .headers()

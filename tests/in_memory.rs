@@ -11,9 +11,9 @@ use mde_offboard::App;
 use mde_offboard::config::Config;
 use mde_offboard::domain::defender::{Defender, DefenderError, Machine, MachineAction};
 use mde_offboard::domain::limits::Deadline;
+use mde_offboard::domain::model::{DeviceName, MachineId};
 use mde_offboard::domain::secret::StaticSecret;
-use mde_offboard::ingest::auth::standard_sign;
-use mde_offboard::ingest::input::{DeviceName, MachineId};
+use mde_offboard::intake::auth::standard_sign;
 use mde_testkit::{GENERIC_WEBHOOK_SECRET, secret_json};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -129,7 +129,9 @@ fn app(defender: Arc<MemoryDefender>) -> App {
     ]
     .into();
     let config = Config::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
-    App::from_ports(config, Arc::new(StaticSecret(secret_json())), defender)
+    mde_offboard::init::Wiring::new(config, Arc::new(StaticSecret(secret_json())))
+        .defender(defender)
+        .build()
 }
 
 /// events/generic.json with this body, signed now.
@@ -153,7 +155,7 @@ fn signed_fixture(body: &Value, id: &str) -> Request {
 }
 
 async fn send(app: &App, req: Request) -> (u16, Value) {
-    let resp = app.handle(req).await;
+    let resp = mde_offboard::inbound::http::handle(app, req).await;
     let status = resp.status().as_u16();
     let body = match resp.body() {
         Body::Text(t) => serde_json::from_str(t).unwrap(),

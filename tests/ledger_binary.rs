@@ -158,7 +158,7 @@ impl Answer {
 fn delivery(method: &str, path: &str, id: &str, body: &str) -> Value {
     let ts = now();
     let sig =
-        mde_offboard::ingest::auth::standard_sign(GENERIC_WEBHOOK_SECRET, id, ts, body.as_bytes());
+        mde_offboard::intake::auth::standard_sign(GENERIC_WEBHOOK_SECRET, id, ts, body.as_bytes());
     let ts = ts.to_string();
     events::http_api_v2(
         method,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use lambda_http::{Body, Response};
 use mde_offboard::adapters::memory_ledger::InMemoryLedger;
-use mde_offboard::ingest::auth::hmac_hex;
+use mde_offboard::intake::auth::hmac_hex;
 use mde_testkit::{Api, Fault};
 use serde_json::{Value, json};
 
@@ -226,7 +226,7 @@ impl Answer {
 }
 
 async fn answer(h: &Harness, req: lambda_http::Request) -> Answer {
-    Answer::of(h.app.handle(req).await)
+    Answer::of(mde_offboard::inbound::http::handle(&h.app, req).await)
 }
 
 fn event_body(name: &str) -> String {
@@ -257,7 +257,7 @@ async fn offboard_answers_match_the_document() {
     // 200: the README's sample, every outcome but the dry-run and budget ones.
     let sample = event_body("generic.body.json");
     let ts = now().to_string();
-    let sig = mde_offboard::ingest::auth::standard_sign(
+    let sig = mde_offboard::intake::auth::standard_sign(
         mde_testkit::GENERIC_WEBHOOK_SECRET,
         "msg_openapi_replay",
         now(),
@@ -401,11 +401,10 @@ async fn queued_budget_and_unavailable_answers_match_the_document() {
     .await;
     let app = h.app.with_ledger(Arc::new(InMemoryLedger::new()));
     let a = Answer::of(
-        app.handle(signed(
-            "POST",
-            "/v1/offboard",
-            &body(&[ids::WIN11, ids::WIN10]),
-        ))
+        mde_offboard::inbound::http::handle(
+            &app,
+            signed("POST", "/v1/offboard", &body(&[ids::WIN11, ids::WIN10])),
+        )
         .await,
     );
     let mut got = statuses(&a.body);
@@ -507,7 +506,9 @@ async fn action_and_ticket_answers_match_the_document() {
     .await;
     let app = h.app.with_ledger(Arc::new(InMemoryLedger::new()));
     let app = &app;
-    let send = |req: lambda_http::Request| async move { Answer::of(app.handle(req).await) };
+    let send = |req: lambda_http::Request| async move {
+        Answer::of(mde_offboard::inbound::http::handle(app, req).await)
+    };
     let done = send(signed("POST", "/v1/offboard", &body(&[ids::WIN11]))).await;
     let action_id = done.body["results"][0]["action_id"]
         .as_str()
@@ -762,7 +763,7 @@ fn the_examples_are_the_events_samples() {
 /// checks: a value the schema takes is one the function takes, and back.
 #[test]
 fn the_text_patterns_are_the_codes_rules() {
-    use mde_offboard::ingest::input::{Comment, DeviceRef, Ticket};
+    use mde_offboard::domain::model::{Comment, DeviceRef, Ticket};
     let doc = Doc::load();
     let mut samples: Vec<String> = [
         "INC0012345",

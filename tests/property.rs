@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use mde_offboard::ingest::auth::{hmac_hex, standard_sign};
+use mde_offboard::intake::auth::{hmac_hex, standard_sign};
 use mde_testkit::GENERIC_WEBHOOK_SECRET;
 use proptest::prelude::*;
 use serde_json::{Value, json};

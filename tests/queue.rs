@@ -53,7 +53,7 @@ async fn poll_once(app: &App, queue: &str, budget: Duration, visibility_secs: i3
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let answer = app.handle_queue(event, "test", deadline_ms).await;
+    let answer = mde_offboard::inbound::sqs::handle_queue(app, event, "test", deadline_ms).await;
     let failed: HashSet<String> = answer
         .batch_item_failures
         .iter()
@@ -244,20 +244,19 @@ async fn two_thousand_devices_lose_nothing_and_respect_the_limits() {
             ("MDE_LOGIN_URL", fake.url()),
         ]);
         let config = Config::from_lookup(|k| env.get(k).cloned()).unwrap();
-        App::with_limiters(
-            config,
-            Arc::new(StaticSecret(mde_testkit::secret_json())),
-            App::http_client(),
-            Limiters::scaled(45, MINUTE),
-        )
-        .with_queue(queue.clone())
+        mde_offboard::init::Wiring::new(config, Arc::new(StaticSecret(mde_testkit::secret_json())))
+            .limiters(Limiters::scaled(45, MINUTE))
+            .build()
+            .with_queue(queue.clone())
     };
     // Enqueue through the request path, 500 at a time.
     let front = worker();
     for chunk in (0..DEVICES).collect::<Vec<_>>().chunks(500) {
         let devices: Vec<String> = chunk.iter().map(|i| format!("{i:040x}")).collect();
         let body = json!({"ticket": "CHG-BULK", "comment": "Lab teardown", "devices": devices, "mode": "queue"}).to_string();
-        let resp = front.handle(signed("POST", "/v1/offboard", &body)).await;
+        let resp =
+            mde_offboard::inbound::http::handle(&front, signed("POST", "/v1/offboard", &body))
+                .await;
         assert_eq!(resp.status(), 202);
     }
     let started = Instant::now();
@@ -286,7 +285,8 @@ async fn two_thousand_devices_lose_nothing_and_respect_the_limits() {
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap()
                     .as_millis() as u64;
-                let answer = w.handle_queue(event, "sim", deadline_ms).await;
+                let answer =
+                    mde_offboard::inbound::sqs::handle_queue(&w, event, "sim", deadline_ms).await;
                 let failed: HashSet<String> = answer
                     .batch_item_failures
                     .iter()
@@ -539,14 +539,13 @@ async fn messages_the_function_did_not_seal_are_never_acted_on() {
     let (logs, guard) = Logs::capture();
     let batch = take_all(&queue).await;
     assert_eq!(batch.len(), 5);
-    let (answer, metrics) = h
-        .app
-        .handle_queue_metered(
-            event_of(batch),
-            "test",
-            deadline_ms(Duration::from_secs(20)),
-        )
-        .await;
+    let (answer, metrics) = mde_offboard::inbound::sqs::handle_queue_metered(
+        &h.app,
+        event_of(batch),
+        "test",
+        deadline_ms(Duration::from_secs(20)),
+    )
+    .await;
     drop(guard);
     let failed: HashSet<String> = answer
         .batch_item_failures
@@ -592,14 +591,13 @@ async fn messages_the_function_did_not_seal_are_never_acted_on() {
     );
 
     // The genuine message is acted on.
-    let answer = h
-        .app
-        .handle_queue(
-            event_of(genuine),
-            "test",
-            deadline_ms(Duration::from_secs(20)),
-        )
-        .await;
+    let answer = mde_offboard::inbound::sqs::handle_queue(
+        &h.app,
+        event_of(genuine),
+        "test",
+        deadline_ms(Duration::from_secs(20)),
+    )
+    .await;
     assert!(answer.batch_item_failures.is_empty());
     let offboards = h.fake.accepted_offboards();
     assert_eq!(offboards.len(), 1);
@@ -798,11 +796,11 @@ async fn queueing_stops_before_the_deadline() {
         ("MDE_API_URL", "http://127.0.0.1:9".to_string()),
         ("MDE_LOGIN_URL", "http://127.0.0.1:9".to_string()),
     ]);
-    let app = App::new(
+    let app = mde_offboard::init::Wiring::new(
         Config::from_lookup(|k| env.get(k).cloned()).unwrap(),
         Arc::new(StaticSecret(mde_testkit::secret_json())),
-        App::http_client(),
     )
+    .build()
     .with_queue(port.clone());
     let devices: Vec<String> = (0..100).map(|i| format!("pc-{i}.contoso.com")).collect();
     let body =
@@ -812,7 +810,7 @@ async fn queueing_stops_before_the_deadline() {
         signed("POST", "/v1/offboard", &body),
         Duration::from_millis(2500),
     );
-    let resp = app.handle(req).await;
+    let resp = mde_offboard::inbound::http::handle(&app, req).await;
     assert_eq!(resp.status(), 503);
     let b: Value = match resp.body() {
         lambda_http::Body::Text(t) => serde_json::from_str(t).unwrap(),
@@ -867,14 +865,13 @@ async fn a_weak_queue_key_fails_closed_on_both_sides() {
     let mut msg = SqsMessage::default();
     msg.message_id = Some("m1".into());
     msg.body = Some(seal_by_hand(&secret.to_string(), &queued(ids::WIN11)));
-    let (answer, _) = h
-        .app
-        .handle_queue_metered(
-            event_of(vec![msg]),
-            "test",
-            deadline_ms(Duration::from_secs(20)),
-        )
-        .await;
+    let (answer, _) = mde_offboard::inbound::sqs::handle_queue_metered(
+        &h.app,
+        event_of(vec![msg]),
+        "test",
+        deadline_ms(Duration::from_secs(20)),
+    )
+    .await;
     assert_eq!(answer.batch_item_failures.len(), 1);
     assert!(h.fake.calls().is_empty());
 }
@@ -882,15 +879,7 @@ async fn a_weak_queue_key_fails_closed_on_both_sides() {
 /// The wire format written out from the README, with the key derived from
 /// the whole SecretString.
 fn seal_by_hand(secret_text: &str, item: &QueuedDevice) -> String {
-    use base64::Engine as _;
-    use hmac::{KeyInit, Mac};
-    let derived = mde_offboard::domain::queue::derive_key(secret_text);
-    let text = serde_json::to_string(item).unwrap();
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&derived).unwrap();
-    mac.update(b"mde-offboard queue message v1\n");
-    mac.update(text.as_bytes());
-    let tag = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    json!({"v": 1, "mac": tag, "msg": text}).to_string()
+    seal_text_by_hand(secret_text, &serde_json::to_string(item).unwrap())
 }
 
 #[test]
@@ -902,4 +891,74 @@ fn the_wire_format_is_the_documented_one() {
         Ok(item.clone())
     );
     assert_eq!(keys_of(&text).seal(&item), seal_by_hand(&text, &item));
+}
+
+/// A rolling deploy: a newer build seals a message this build cannot read
+/// (it names a follow-up this build does not know). The worker puts it back
+/// on the queue for a newer worker instead of failing it into the
+/// dead-letter queue; once it is older than the rule's 14 days, it fails.
+#[tokio::test]
+async fn a_message_from_a_newer_build_is_kept_for_a_newer_worker() {
+    let secret = mde_testkit::secret_json();
+    let port = Arc::new(FlakyQueue::default());
+    port.healed.store(true, Ordering::SeqCst);
+    let Harness { app, fake, .. } = Harness::with(Options {
+        secret: secret.clone(),
+        ..Default::default()
+    })
+    .await;
+    let app = app.with_queue(port.clone());
+    let newer = |enqueued_at: i64| {
+        let mut msg = serde_json::to_value(queued(ids::WIN11)).unwrap();
+        msg["enqueued_at"] = json!(enqueued_at);
+        msg["notify"] = json!({"to": "slack", "channel": "C0123"});
+        seal_text_by_hand(&secret, &msg.to_string())
+    };
+    let message = |id: &str, body: String| {
+        let mut m = SqsMessage::default();
+        m.message_id = Some(id.into());
+        m.body = Some(body);
+        m
+    };
+    let fresh = newer(now());
+    let (answer, metrics) = mde_offboard::inbound::sqs::handle_queue_metered(
+        &app,
+        event_of(vec![message("m1", fresh.clone())]),
+        "test",
+        deadline_ms(Duration::from_secs(20)),
+    )
+    .await;
+    assert!(answer.batch_item_failures.is_empty(), "not for the DLQ");
+    assert_eq!(
+        *port.taken.lock().unwrap(),
+        vec![fresh],
+        "put back as it was"
+    );
+    assert_eq!(
+        metrics.get(mde_offboard::ops::metrics::names::KEPT_FOR_NEWER),
+        1.0
+    );
+    assert!(fake.calls().is_empty(), "nothing offboarded");
+
+    let stale = newer(now() - 15 * 86_400);
+    let (answer, _) = mde_offboard::inbound::sqs::handle_queue_metered(
+        &app,
+        event_of(vec![message("m2", stale)]),
+        "test",
+        deadline_ms(Duration::from_secs(20)),
+    )
+    .await;
+    assert_eq!(answer.batch_item_failures.len(), 1, "past the rule: DLQ");
+    assert_eq!(port.taken.lock().unwrap().len(), 1, "not put back again");
+}
+
+fn seal_text_by_hand(secret_text: &str, text: &str) -> String {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    let derived = mde_offboard::domain::secret::derive_key(secret_text);
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&derived).unwrap();
+    mac.update(b"mde-offboard queue message v1\n");
+    mac.update(text.as_bytes());
+    let tag = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    json!({"v": 1, "mac": tag, "msg": text}).to_string()
 }

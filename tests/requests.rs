@@ -26,7 +26,7 @@ async fn unsigned_and_badly_signed_requests_are_401() {
     let h = Harness::new().await;
     let body = good();
     let ts = now().to_string();
-    let sig = mde_offboard::ingest::auth::standard_sign(
+    let sig = mde_offboard::intake::auth::standard_sign(
         GENERIC_WEBHOOK_SECRET,
         "msg_1",
         now(),
@@ -299,7 +299,7 @@ async fn rest_api_and_alb_events_work_too() {
     let id = "msg_rest";
     let ts = now();
     let sig =
-        mde_offboard::ingest::auth::standard_sign(GENERIC_WEBHOOK_SECRET, id, ts, body.as_bytes());
+        mde_offboard::intake::auth::standard_sign(GENERIC_WEBHOOK_SECRET, id, ts, body.as_bytes());
     let rest = json!({
         "resource": "/v1/offboard", "path": "/v1/offboard", "httpMethod": "POST",
         "headers": {"webhook-id": id, "webhook-timestamp": ts.to_string(), "webhook-signature": sig, "content-type": "application/json"},
@@ -317,7 +317,7 @@ async fn rest_api_and_alb_events_work_too() {
         "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/mde/1"}},
         "httpMethod": "POST", "path": "/v1/offboard", "queryStringParameters": {},
         "headers": {"webhook-id": "msg_alb", "webhook-timestamp": ts.to_string(),
-            "webhook-signature": mde_offboard::ingest::auth::standard_sign(GENERIC_WEBHOOK_SECRET, "msg_alb", ts, body.as_bytes()),
+            "webhook-signature": mde_offboard::intake::auth::standard_sign(GENERIC_WEBHOOK_SECRET, "msg_alb", ts, body.as_bytes()),
             "content-type": "application/json", "x-forwarded-for": "192.0.2.1"},
         "body": body, "isBase64Encoded": false
     });

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use lambda_http::Request;
-use mde_offboard::ingest::auth::{hmac_hex, standard_sign};
-use mde_offboard::ingest::sources::Sources;
+use mde_offboard::intake::auth::{hmac_hex, standard_sign};
+use mde_offboard::intake::sources::Sources;
 use mde_testkit::{Api, GENERIC_WEBHOOK_SECRET};
 use serde_json::{Value, json};
 

@@ -23,10 +23,10 @@ use mde_offboard::config::Config;
 use mde_offboard::domain::defender::{Defender, DefenderError, Machine, MachineAction};
 use mde_offboard::domain::ledger::Ledger;
 use mde_offboard::domain::limits::Deadline;
+use mde_offboard::domain::model::{DeviceName, MachineId};
 use mde_offboard::domain::queue::{Queue, QueueError};
 use mde_offboard::domain::secret::StaticSecret;
-use mde_offboard::ingest::auth::standard_sign;
-use mde_offboard::ingest::input::{DeviceName, MachineId};
+use mde_offboard::intake::auth::standard_sign;
 use mde_testkit::{CallbackReceiver, FakeTicketing, GENERIC_WEBHOOK_SECRET, secret_json};
 use serde_json::{Value, json};
 
@@ -230,16 +230,14 @@ fn sim_with(secret_extra: &Value) -> Sim {
     });
     let ledger = Arc::new(InMemoryLedger::new());
     let c = clock.clone();
-    let app = App::from_ports(
-        config,
-        Arc::new(StaticSecret(secret(secret_extra))),
-        defender.clone(),
-    )
-    .with_queue(queue.clone())
-    .with_ledger(ledger.clone())
-    .with_clock(Arc::new(move || {
-        UNIX_EPOCH + Duration::from_secs(c.now() as u64)
-    }));
+    let app = mde_offboard::init::Wiring::new(config, Arc::new(StaticSecret(secret(secret_extra))))
+        .defender(defender.clone())
+        .build()
+        .with_queue(queue.clone())
+        .with_ledger(ledger.clone())
+        .with_clock(Arc::new(move || {
+            UNIX_EPOCH + Duration::from_secs(c.now() as u64)
+        }));
     Sim {
         notify_failed: Mutex::new(0.0),
         app,
@@ -290,7 +288,8 @@ impl Sim {
             event.records = vec![msg];
             let deadline = SystemTime::now() + Duration::from_secs(20);
             let ms = deadline.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
-            let (answer, m) = self.app.handle_queue_metered(event, "sim", ms).await;
+            let (answer, m) =
+                mde_offboard::inbound::sqs::handle_queue_metered(&self.app, event, "sim", ms).await;
             *self.notify_failed.lock().unwrap() +=
                 m.get(mde_offboard::ops::metrics::names::NOTIFY_FAILED);
             if !answer.batch_item_failures.is_empty() {
@@ -308,7 +307,7 @@ async fn each_action_is_followed_to_its_final_state_and_called_back_once() {
     let body = json!({"ticket": "INC-77", "comment": "retired",
         "devices": [OK_ID, FAIL_ID, CANCEL_ID, DRAWER_ID],
         "callback_url": receiver.url()});
-    let resp = s.app.handle(signed(&body, "msg_track_1")).await;
+    let resp = mde_offboard::inbound::http::handle(&s.app, signed(&body, "msg_track_1")).await;
     assert_eq!(resp.status().as_u16(), 200);
     let Body::Text(text) = resp.body() else {
         panic!("no body")
@@ -385,7 +384,7 @@ async fn a_callback_receiver_down_twice_gets_it_on_the_third_try_and_a_4xx_is_no
         let receiver = CallbackReceiver::start(CALLBACK_SECRET, script).await;
         let body = json!({"ticket": "INC-78", "comment": "retired",
             "devices": [OK_ID], "callback_url": receiver.url()});
-        let resp = s.app.handle(signed(&body, "msg_track_2")).await;
+        let resp = mde_offboard::inbound::http::handle(&s.app, signed(&body, "msg_track_2")).await;
         assert_eq!(resp.status().as_u16(), 200);
         s.drain(100).await;
         let got = receiver.received();
@@ -405,7 +404,9 @@ async fn without_a_callback_url_the_outcome_is_still_recorded() {
     let s = sim();
     let body = json!({"ticket": "INC-79", "comment": "retired", "devices": [OK_ID]});
     assert_eq!(
-        s.app.handle(signed(&body, "msg_track_3")).await.status(),
+        mde_offboard::inbound::http::handle(&s.app, signed(&body, "msg_track_3"))
+            .await
+            .status(),
         200
     );
     s.drain(100).await;
@@ -477,7 +478,7 @@ async fn each_preset_writes_the_outcome_back_to_its_ticket_exactly_once() {
         json!(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
     pd["event"]["data"]["changed_custom_fields"][0]["value"] = json!([CANCEL_ID]);
     for (source, body) in [("servicenow", &snow), ("jira", &jira), ("pagerduty", &pd)] {
-        let resp = s.app.handle(delivery(source, body)).await;
+        let resp = mde_offboard::inbound::http::handle(&s.app, delivery(source, body)).await;
         let Body::Text(text) = resp.body() else {
             panic!("no body")
         };
@@ -522,7 +523,12 @@ async fn a_refused_write_back_is_counted_once_and_the_outcome_stands() {
             .as_millis() as i64
     );
     jira["issue"]["fields"]["customfield_10071"] = json!([OK_ID]);
-    assert_eq!(s.app.handle(delivery("jira", &jira)).await.status(), 200);
+    assert_eq!(
+        mde_offboard::inbound::http::handle(&s.app, delivery("jira", &jira))
+            .await
+            .status(),
+        200
+    );
     s.drain(100).await;
     assert_eq!(tickets.calls(), 1, "a 404 is not retried");
     assert!(tickets.written().is_empty());
@@ -543,7 +549,12 @@ async fn without_write_back_credentials_nothing_is_written() {
             .as_millis() as i64
     );
     jira["issue"]["fields"]["customfield_10071"] = json!([OK_ID]);
-    assert_eq!(s.app.handle(delivery("jira", &jira)).await.status(), 200);
+    assert_eq!(
+        mde_offboard::inbound::http::handle(&s.app, delivery("jira", &jira))
+            .await
+            .status(),
+        200
+    );
     s.drain(100).await;
     assert_eq!(tickets.calls(), 0);
     assert_eq!(*s.notify_failed.lock().unwrap(), 0.0);
@@ -639,7 +650,8 @@ async fn a_sealed_track_message_with_a_bad_field_is_rejected() {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
-        let (answer, m) = s.app.handle_queue_metered(event, "t", ms).await;
+        let (answer, m) =
+            mde_offboard::inbound::sqs::handle_queue_metered(&s.app, event, "t", ms).await;
         assert_eq!(answer.batch_item_failures.len(), 1, "{bad:?}");
         assert_eq!(m.get(mde_offboard::ops::metrics::names::REJECTED), 1.0);
     }
@@ -675,15 +687,11 @@ async fn a_direct_invocations_callback_gets_the_outcome() {
     let receiver = CallbackReceiver::start(CALLBACK_SECRET, &[]).await;
     let event = json!({"ticket": "INC-81", "comment": "retired", "devices": [OK_ID],
         "callback_url": receiver.url()});
-    let resp = s
-        .app
-        .handle_direct(
-            mde_offboard::dispatch::EventKind::Invoke,
-            event,
-            &lambda_http::Context::default(),
-        )
-        .await;
-    assert_eq!(resp.status().as_u16(), 200);
+    let resp =
+        mde_offboard::inbound::direct::invoke(&s.app, &event, &lambda_http::Context::default())
+            .await
+            .expect("answered");
+    assert_eq!(resp.status, 200);
     s.drain(100).await;
     let got = receiver.received();
     assert_eq!(got.len(), 1);

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
-use mde_offboard::ingest::auth::standard_sign;
+use mde_offboard::intake::auth::standard_sign;
 use mde_testkit::proxy::FlakyProxy;
 use mde_testkit::tls::{TestCa, TlsFront, addr_of};
 use mde_testkit::{

@@ -1,8 +1,8 @@
 //! Checks shared by several targets.
 #![allow(dead_code)]
 
-use mde_offboard::ingest::input::{DeviceRef, MAX_COMMENT_CHARS, MAX_TICKET_CHARS, OffboardRequest};
-use mde_offboard::ingest::sources::{Mapped, SourceDef};
+use mde_offboard::intake::generic::{DeviceRef, MAX_COMMENT_CHARS, MAX_TICKET_CHARS, OffboardRequest};
+use mde_offboard::intake::sources::{Mapped, SourceDef};
 use serde_json::Value;
 
 /// The sample payloads under `events/`, for mapping fuzzed definitions.

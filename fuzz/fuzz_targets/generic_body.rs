@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mde_offboard::ingest::input::{DeviceRef, GENERIC_FIELDS, JsonError, MAX_COMMENT_CHARS, MAX_DEVICE_CHARS, MAX_TICKET_CHARS, is_hidden_format, parse_generic, strict_json};
+use mde_offboard::intake::generic::{DeviceRef, GENERIC_FIELDS, JsonError, MAX_COMMENT_CHARS, MAX_DEVICE_CHARS, MAX_TICKET_CHARS, is_hidden_format, parse_generic, strict_json};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {

@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lambda_http::{Body, Request, Response};
 use libfuzzer_sys::fuzz_target;
 use mde_offboard::App;
-use mde_offboard::ingest::auth::{hmac_hex, standard_sign};
+use mde_offboard::intake::auth::{hmac_hex, standard_sign};
 use mde_offboard::config::Config;
 use mde_offboard::domain::secret::StaticSecret;
 use mde_offboard::domain::limits::Limiters;
@@ -95,12 +95,9 @@ fn world() -> &'static World {
         // minute: the fuzzer makes thousands of calls a minute, and with
         // the real windows the limiter would make it wait or answer 503.
         let limiters = Limiters::scaled(100, Duration::from_micros(1));
-        let app = App::with_limiters(
-            config,
-            Arc::new(StaticSecret(secret_json())),
-            App::http_client(),
-            limiters,
-        );
+        let app = mde_offboard::init::Wiring::new(config, Arc::new(StaticSecret(secret_json())))
+            .limiters(limiters)
+            .build();
         World { rt, fake, app }
     })
 }
@@ -203,8 +200,8 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(rest);
 
     if let Some(req) = parse_event(&text) {
-        check(w.rt.block_on(w.app.handle(req)), "whole event");
+        check(w.rt.block_on(mde_offboard::inbound::http::handle(&w.app, req)), "whole event");
     }
     let req = signed_event(selector, &text, seq);
-    check(w.rt.block_on(w.app.handle(req)), "signed body");
+    check(w.rt.block_on(mde_offboard::inbound::http::handle(&w.app, req)), "signed body");
 });

@@ -10,7 +10,7 @@ mod common;
 use std::borrow::Cow;
 
 use libfuzzer_sys::fuzz_target;
-use mde_offboard::ingest::sources::{Mapped, Pointer, Sources, Template, scalar_text};
+use mde_offboard::intake::sources::{Mapped, Pointer, Sources, Template, scalar_text};
 use serde_json::{Value, json};
 
 fn split(data: &[u8]) -> (Cow<'_, str>, Cow<'_, str>, &[u8]) {

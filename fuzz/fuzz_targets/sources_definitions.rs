@@ -9,7 +9,7 @@ mod common;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use mde_offboard::ingest::sources::Sources;
+use mde_offboard::intake::sources::Sources;
 use serde_json::Value;
 
 fn docs() -> &'static [Value] {

@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 
 use libfuzzer_sys::fuzz_target;
-use mde_offboard::ingest::auth::{StandardHeaders, TOLERANCE_SECONDS, hmac_hex, standard_key, standard_sign, verify_bearer, verify_hmac_hex, verify_standard};
+use mde_offboard::intake::auth::{StandardHeaders, TOLERANCE_SECONDS, hmac_hex, standard_key, standard_sign, verify_bearer, verify_hmac_hex, verify_standard};
 
 /// The Standard Webhooks specification's test vector time, so the seed
 /// built from it verifies.

@@ -27,7 +27,7 @@ use lambda_http::Body;
 use mde_offboard::App;
 use mde_offboard::config::Config;
 use mde_offboard::domain::secret::StaticSecret;
-use mde_offboard::ingest::http::MAX_BODY_BYTES;
+use mde_offboard::inbound::http::MAX_BODY_BYTES;
 use mde_testkit::{FakeDefender, FakeSecretsManager, FakeTicketing, demo_machines};
 
 mod tracking;
@@ -106,6 +106,13 @@ async fn main() {
     .await;
 }
 
+/// Fetches the secret and a token and opens the connections before the
+/// first request, as the Lambda's warm-up does.
+async fn warm(instance: mde_offboard::init::Instance) -> Arc<App> {
+    instance.warm_up().await;
+    Arc::new(instance.app)
+}
+
 async fn serve(port: u16, secret_file: Option<String>, aws: bool) {
     mde_offboard::ops::logging::init();
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -113,7 +120,7 @@ async fn serve(port: u16, secret_file: Option<String>, aws: bool) {
         let config = Config::from_env().unwrap_or_else(|e| exit(&e.to_string()));
         mde_offboard::init::trust_roots(&config).unwrap_or_else(|e| exit(&e.to_string()));
         (
-            Arc::new(mde_offboard::init::build_app(config)),
+            warm(mde_offboard::init::build_instance(config)).await,
             "the tenant in Secrets Manager's SECRET_ID".to_string(),
         )
     } else if let Some(path) = secret_file {
@@ -124,11 +131,8 @@ async fn serve(port: u16, secret_file: Option<String>, aws: bool) {
         })
         .unwrap_or_else(|e| exit(&e.to_string()));
         (
-            Arc::new(App::new(
-                config,
-                Arc::new(StaticSecret(text)),
-                App::http_client(),
-            )),
+            warm(mde_offboard::init::Wiring::new(config, Arc::new(StaticSecret(text))).instance())
+                .await,
             format!("the real tenant in {path}"),
         )
     } else {
@@ -161,16 +165,14 @@ async fn serve(port: u16, secret_file: Option<String>, aws: bool) {
             obj.extend(keys.clone());
         }
         let (queue, rx) = tracking::queue();
-        let app = App::new(
-            config,
-            Arc::new(StaticSecret(secret.to_string())),
-            App::http_client(),
-        )
-        .with_queue(queue.clone())
-        .with_ledger(Arc::new(
+        let mut instance =
+            mde_offboard::init::Wiring::new(config, Arc::new(StaticSecret(secret.to_string())))
+                .instance();
+        instance.app = instance.app.with_queue(queue.clone()).with_ledger(Arc::new(
             mde_offboard::adapters::memory_ledger::InMemoryLedger::new(),
         ));
-        let app = Arc::new(app);
+        instance.warm_up().await;
+        let app = Arc::new(instance.app);
         tracking::drain(app.clone(), queue, rx);
         (
             app,
@@ -180,7 +182,6 @@ async fn serve(port: u16, secret_file: Option<String>, aws: bool) {
             ),
         )
     };
-    app.warm_up().await;
     let router = axum::Router::new().fallback(handle).with_state(app);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr)
@@ -226,7 +227,7 @@ async fn handle(
         .extensions
         .insert(lambda_http::request::RequestContext::ApiGatewayV2(ctx));
     let req = lambda_http::Request::from_parts(parts, Body::from(bytes.to_vec()));
-    let resp = app.handle(req).await;
+    let resp = mde_offboard::inbound::http::handle(&app, req).await;
     let (parts, body) = resp.into_parts();
     let bytes: Vec<u8> = match body {
         Body::Text(t) => t.into_bytes(),
@@ -324,7 +325,7 @@ async fn call_generic(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let signature = mde_offboard::ingest::auth::standard_sign(key, &id, now, body.as_bytes());
+    let signature = mde_offboard::intake::auth::standard_sign(key, &id, now, body.as_bytes());
     let client = reqwest::Client::new();
     let method = if verb == "post" {
         reqwest::Method::POST

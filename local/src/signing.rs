@@ -6,8 +6,8 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mde_offboard::ingest::auth::{hmac_hex, standard_sign};
-use mde_offboard::ingest::sources::Sources;
+use mde_offboard::intake::auth::{hmac_hex, standard_sign};
+use mde_offboard::intake::sources::Sources;
 use serde_json::{Map, Value};
 
 /// What a sample file holds.
@@ -205,7 +205,7 @@ pub fn to_event(sample: &Sample, d: &Delivery) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mde_offboard::ingest::auth::verify_hmac_hex;
+    use mde_offboard::intake::auth::verify_hmac_hex;
 
     fn sample(file: &str) -> Sample {
         let path = format!("{}/../events/{file}", env!("CARGO_MANIFEST_DIR"));

@@ -66,7 +66,8 @@ pub fn drain(app: Arc<App>, queue: Arc<LocalQueue>, mut rx: mpsc::UnboundedRecei
             let ms = deadline
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            let answer = app.handle_queue(event, "local-worker", ms).await;
+            let answer =
+                mde_offboard::inbound::sqs::handle_queue(&app, event, "local-worker", ms).await;
             if !answer.batch_item_failures.is_empty() {
                 let _ = queue
                     .send_batch_delayed(&[body], Duration::from_secs(5))

@@ -15,7 +15,12 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use thiserror::Error;
 
+use futures_util::future::BoxFuture;
+
+use crate::domain::follow_up::{FinalOutcome, FollowUp};
 use crate::domain::limits::Deadline;
+use crate::domain::secret::AppSecret;
+use crate::ops::metrics;
 
 /// The `webhook_secrets` key that signs callbacks.
 pub const CALLBACK_SECRET_KEY: &str = "callback";
@@ -146,6 +151,77 @@ pub async fn deliver(
             return Delivery::GaveUp { attempts };
         }
         tokio::time::sleep(*wait).await;
+    }
+}
+
+/// The callback follow-up: the final outcome POSTed, signed, to the
+/// request's `callback_url`.
+pub struct Callbacks {
+    http: reqwest::Client,
+}
+
+impl Callbacks {
+    pub fn new(http: reqwest::Client) -> Self {
+        Self { http }
+    }
+
+    async fn send(&self, o: &FinalOutcome<'_>, url: &str, secret: &AppSecret, deadline: &Deadline) {
+        let t = o.action;
+        let key = secret
+            .webhook_secrets(CALLBACK_SECRET_KEY)
+            .first()
+            .ok_or(SigningKeyError::Missing)
+            .and_then(|v| SigningKey::parse(v));
+        let key = match key {
+            Ok(k) => k,
+            Err(e) => {
+                metrics::count(metrics::names::CALLBACK_FAILED);
+                tracing::warn!(action_id = %t.action_id, error = %e, "callback not sent");
+                return;
+            }
+        };
+        let body = serde_json::json!({
+            "type": "offboard.outcome",
+            "ticket": t.ticket,
+            "device": t.device,
+            "machine_id": t.machine_id,
+            "action_id": t.action_id,
+            "status": o.status.as_str(),
+            "detail": o.detail,
+            "requested_at": o.requested_at,
+            "finished_at": o.finished_at,
+        })
+        .to_string();
+        // One id per outcome, so a receiver can drop a duplicate.
+        let id = format!("msg_{}_{}", t.action_id, o.status.as_str());
+        match deliver(&self.http, url, &key, &id, &body, deadline).await {
+            Delivery::Delivered { attempts } => {
+                tracing::info!(action_id = %t.action_id, attempts, "callback delivered");
+            }
+            Delivery::Refused { status } => {
+                metrics::count(metrics::names::CALLBACK_FAILED);
+                tracing::warn!(action_id = %t.action_id, status, "callback refused (4xx); not retried");
+            }
+            Delivery::GaveUp { attempts } => {
+                metrics::count(metrics::names::CALLBACK_FAILED);
+                tracing::warn!(action_id = %t.action_id, attempts, "callback failed on every attempt; given up");
+            }
+        }
+    }
+}
+
+impl FollowUp for Callbacks {
+    fn deliver<'a>(
+        &'a self,
+        outcome: &'a FinalOutcome<'a>,
+        secret: &'a AppSecret,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(url) = &outcome.action.callback_url {
+                self.send(outcome, url, secret, deadline).await;
+            }
+        })
     }
 }
 

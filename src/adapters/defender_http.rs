@@ -13,8 +13,8 @@ use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
 use crate::adapters::entra::{AccessToken, TokenProvider};
 use crate::domain::defender::*;
 use crate::domain::limits::{ApiKind, Backoff, Deadline, Limiters, parse_retry_after};
+use crate::domain::model::{DeviceName, MachineId};
 use crate::domain::secret::{AppSecret, CredentialError, SecretCache};
-use crate::ingest::input::{DeviceName, MachineId};
 use crate::ops::metrics;
 
 #[derive(Deserialize)]
@@ -204,7 +204,7 @@ impl HttpDefender {
                             let bytes = resp.bytes().await.unwrap_or_default();
                             return Err(DefenderError::Refused {
                                 status: s.as_u16(),
-                                code: refusal_code(&bytes),
+                                code: refusal_code(&bytes).as_str().into(),
                             });
                         }
                     }
@@ -400,11 +400,9 @@ impl Defender for HttpDefender {
     ) -> BoxFuture<'a, Result<MachineAction, DefenderError>> {
         Box::pin(async move {
             let body = json!({ "Comment": comment });
-            // Cancel has its own published limit (100/min, 1,500/h), like
-            // offboard's; it shares the offboard limiter until `ApiKind`
-            // gets its own variant (limits.rs is not this change's).
+            // Cancel has its own published limit (100/min, 1,500/h).
             self.call_json(
-                ApiKind::Offboard,
+                ApiKind::CancelAction,
                 Method::POST,
                 &format!("/api/machineactions/{}/cancel", encode_query(action_id)),
                 Some(&body),
@@ -422,27 +420,33 @@ impl Defender for HttpDefender {
         Box::pin(async move { self.tokens.get(secret, deadline).await.map(|_| ()) })
     }
 
-    fn claim_warm_up(&self) {
+    fn missing_permissions(&self) -> Vec<&'static str> {
+        self.tokens.missing()
+    }
+}
+
+/// The warm-up (`init`): what the first call would otherwise pay for.
+impl HttpDefender {
+    /// Marks the warm-up's connections as being opened, before its task
+    /// has run: a call that comes first waits for them instead of opening
+    /// its own. Only for an instance whose warm-up is sure to run.
+    pub fn claim_warm_up(&self) {
         self.api_gate.claim();
         self.login_gate.claim();
     }
 
-    fn warm_up(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            let _opening = self.api_gate.hold().await;
-            self.open(&self.api_url).await
-        })
+    /// Opens the TLS connection to the API host. Best effort.
+    pub async fn warm_up(&self) {
+        let _opening = self.api_gate.hold().await;
+        self.open(&self.api_url).await
     }
 
-    fn warm_up_login(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {
-            let _opening = self.login_gate.hold().await;
-            self.open(self.tokens.login_url()).await
-        })
-    }
-
-    fn missing_permissions(&self) -> Vec<&'static str> {
-        self.tokens.missing()
+    /// Opens the connection the first token request would pay for (to the
+    /// login host), so that request, once the secret is in, finds it idle.
+    /// Best effort.
+    pub async fn warm_up_login(&self) {
+        let _opening = self.login_gate.hold().await;
+        self.open(self.tokens.login_url()).await
     }
 }
 

@@ -16,8 +16,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use thiserror::Error;
 
+use futures_util::future::BoxFuture;
+
+use crate::domain::follow_up::{FinalOutcome, FollowUp};
 use crate::domain::limits::Deadline;
-use crate::domain::notify::{NotifyTarget, WriteBackCreds};
+use crate::domain::notify::{NotifyTarget, WriteBackCreds, note_text};
+use crate::domain::secret::AppSecret;
+use crate::ops::metrics;
 
 /// Waits before the second and third attempt.
 pub const RETRY_WAITS: [Duration; 2] = [Duration::from_millis(250), Duration::from_millis(750)];
@@ -126,6 +131,55 @@ pub async fn write_back(
             return Err(NotifyError::GaveUp { system, attempts });
         }
         tokio::time::sleep(*wait).await;
+    }
+}
+
+/// The ticket follow-up: the final outcome as a note on the ticket a
+/// source's `notify` names.
+pub struct WriteBacks {
+    http: reqwest::Client,
+}
+
+impl WriteBacks {
+    pub fn new(http: reqwest::Client) -> Self {
+        Self { http }
+    }
+}
+
+impl FollowUp for WriteBacks {
+    fn deliver<'a>(
+        &'a self,
+        o: &'a FinalOutcome<'a>,
+        secret: &'a AppSecret,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let t = o.action;
+            let Some(target) = &t.notify else {
+                return;
+            };
+            let text = note_text(
+                &t.device,
+                &t.machine_id,
+                &t.action_id,
+                o.status.as_str(),
+                o.detail,
+                o.finished_at,
+            );
+            let system = target.system();
+            match write_back(&self.http, target, &secret.write_back, &text, deadline).await {
+                Ok(()) => {
+                    tracing::info!(action_id = %t.action_id, ticket = %t.ticket, system, "outcome written back to the ticket");
+                }
+                Err(e) if !e.is_failure() => {
+                    tracing::info!(action_id = %t.action_id, system, reason = %e, "no write-back");
+                }
+                Err(e) => {
+                    metrics::count(metrics::names::NOTIFY_FAILED);
+                    tracing::warn!(action_id = %t.action_id, ticket = %t.ticket, system, error = %e, "write-back failed; the outcome stands");
+                }
+            }
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! actions, the errors that matter to a device's outcome, and the port the
 //! domain calls. The HTTP adapter is `adapters::defender_http`.
 
+use std::fmt;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -9,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::domain::limits::Deadline;
+use crate::domain::model::{DeviceName, MachineId};
 use crate::domain::secret::{AppSecret, CredentialError};
-use crate::ingest::input::{DeviceName, MachineId};
 
 /// A machine as Defender describes it; unknown fields are ignored.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
@@ -72,9 +73,9 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, 
 pub enum DefenderError {
     #[error("Defender does not know this machine or action")]
     NotFound,
-    /// A 4xx with Defender's `error.code` (e.g. `ActiveRequestAlreadyExists`).
+    /// A 4xx with Defender's `error.code`.
     #[error("Defender refused the call: {code} (HTTP {status})")]
-    Refused { status: u16, code: String },
+    Refused { status: u16, code: RefusalCode },
     #[error(
         "Defender answered 401 with a fresh token: the app registration is not accepted by this tenant's API"
     )]
@@ -95,6 +96,37 @@ pub enum DefenderError {
     Deadline,
     #[error(transparent)]
     Credentials(#[from] CredentialError),
+}
+
+/// Defender's `error.code` on a refusal: the ones the domain acts on, by
+/// name; any other as Defender wrote it. Never matched on the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefusalCode {
+    /// An offboard action for this machine is already pending.
+    ActiveRequestAlreadyExists,
+    /// The offboard API does not support the machine's OS platform.
+    OsPlatformNotSupported,
+    Other(String),
+}
+
+impl From<&str> for RefusalCode {
+    fn from(code: &str) -> Self {
+        match code {
+            "ActiveRequestAlreadyExists" => Self::ActiveRequestAlreadyExists,
+            "OsPlatformNotSupported" => Self::OsPlatformNotSupported,
+            other => Self::Other(other.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for RefusalCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ActiveRequestAlreadyExists => "ActiveRequestAlreadyExists",
+            Self::OsPlatformNotSupported => "OsPlatformNotSupported",
+            Self::Other(code) => code,
+        })
+    }
 }
 
 impl DefenderError {
@@ -158,23 +190,5 @@ pub trait Defender: Send + Sync {
     /// (from the token's roles); empty when none are, or nothing is known.
     fn missing_permissions(&self) -> Vec<&'static str> {
         Vec::new()
-    }
-
-    /// Marks the warm-up's connections as being opened, before its task
-    /// has run: a call that comes first waits for them instead of opening
-    /// its own. Only for an instance whose warm-up is sure to run.
-    fn claim_warm_up(&self) {}
-
-    /// Opens what the first call would otherwise pay for (a TLS
-    /// connection to the API host). Best effort.
-    fn warm_up(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-
-    /// Opens the connection the first token request would pay for (to the
-    /// login host), so that request, once the secret is in, finds it idle.
-    /// Best effort.
-    fn warm_up_login(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
     }
 }

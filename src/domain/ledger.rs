@@ -24,7 +24,13 @@ use futures_util::future::BoxFuture;
 use serde::{Serialize, Serializer};
 use thiserror::Error;
 
-pub use crate::ingest::replay::Answer as StoredAnswer;
+/// A delivery's final answer as kept for replays: the status the contract
+/// gives it (200, 202) and the JSON text, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAnswer {
+    pub status: u16,
+    pub body: String,
+}
 
 /// Names the adapter and the table definition (template.yaml's `LedgerTable`,
 /// the template's `LedgerTable`) must agree on; a test checks they do.

@@ -216,11 +216,19 @@ pub enum ApiKind {
     GetMachine,
     Offboard,
     GetAction,
+    CancelAction,
 }
 
-/// One limiter per API, as Defender counts them.
+/// One limiter per API, as Defender counts them: a field per kind, so a
+/// new kind does not compile until it has its limiter.
 #[derive(Debug)]
-pub struct Limiters([RateLimiter; 4]);
+pub struct Limiters {
+    list_machines: RateLimiter,
+    get_machine: RateLimiter,
+    offboard: RateLimiter,
+    get_action: RateLimiter,
+    cancel_action: RateLimiter,
+}
 
 impl Limiters {
     /// `per_minute` calls a minute to each API (and Defender's 1,500 an
@@ -235,11 +243,23 @@ impl Limiters {
     pub fn scaled(per_minute: usize, minute: Duration) -> Self {
         let per_hour = per_minute * 15;
         let w = [(per_minute, minute), (per_hour, minute * 60)];
-        Self(std::array::from_fn(|_| RateLimiter::new(&w)))
+        Self {
+            list_machines: RateLimiter::new(&w),
+            get_machine: RateLimiter::new(&w),
+            offboard: RateLimiter::new(&w),
+            get_action: RateLimiter::new(&w),
+            cancel_action: RateLimiter::new(&w),
+        }
     }
 
     pub fn for_api(&self, kind: ApiKind) -> &RateLimiter {
-        &self.0[kind as usize]
+        match kind {
+            ApiKind::ListMachines => &self.list_machines,
+            ApiKind::GetMachine => &self.get_machine,
+            ApiKind::Offboard => &self.offboard,
+            ApiKind::GetAction => &self.get_action,
+            ApiKind::CancelAction => &self.cancel_action,
+        }
     }
 }
 

@@ -6,8 +6,10 @@
 
 pub mod defender;
 pub mod federation;
+pub mod follow_up;
 pub mod ledger;
 pub mod limits;
+pub mod model;
 pub mod notify;
 pub mod offboard;
 pub mod policy;

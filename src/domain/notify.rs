@@ -9,8 +9,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::ingest::sources::Pointer;
-use crate::ingest::sources::scalar_text;
+use crate::support::json_pointer::Pointer;
+use crate::support::json_pointer::scalar_text;
 
 /// Where one delivery's outcome is written, as the delivery named it.
 /// Carried in track messages, so strict.
@@ -181,7 +181,7 @@ fn base_url(key: &str, v: Option<&str>) -> Result<String, String> {
     let v = v.ok_or(format!("the secret's '{key}' has no base_url"))?;
     let url = reqwest::Url::parse(v.trim())
         .map_err(|_| format!("the secret's '{key}.base_url' is not a URL"))?;
-    if !crate::ingest::input::is_https_or_loopback(&url) {
+    if !crate::support::url_policy::is_https_or_loopback(&url) {
         return Err(format!("the secret's '{key}.base_url' must be https://"));
     }
     Ok(v.trim().trim_end_matches('/').to_string())

@@ -8,11 +8,11 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::domain::defender::{Defender, DefenderError, Machine};
+use crate::domain::defender::{Defender, DefenderError, Machine, RefusalCode};
 use crate::domain::ledger::Ledger;
 use crate::domain::limits::Deadline;
+use crate::domain::model::{Device, DeviceRef, MachineId};
 use crate::domain::policy::{self, Platforms, Refusal};
-use crate::ingest::input::{Device, DeviceRef, MachineId};
 
 /// Devices handled at once. Small: every device costs up to three calls
 /// against Defender's 100-a-minute limit, and the limiter queues the rest.
@@ -278,14 +278,15 @@ impl Offboarder {
                 r.action_id = Some(action.id);
                 r
             }
-            Err(DefenderError::Refused { code, .. }) if code == "ActiveRequestAlreadyExists" => {
-                base(Status::AlreadyPending)
-                    .detail("an offboard action for this machine is already pending")
-            }
-            Err(DefenderError::Refused { code, .. }) if code == "OsPlatformNotSupported" => base(
-                Status::UnsupportedOs,
-            )
-            .detail(
+            Err(DefenderError::Refused {
+                code: RefusalCode::ActiveRequestAlreadyExists,
+                ..
+            }) => base(Status::AlreadyPending)
+                .detail("an offboard action for this machine is already pending"),
+            Err(DefenderError::Refused {
+                code: RefusalCode::OsPlatformNotSupported,
+                ..
+            }) => base(Status::UnsupportedOs).detail(
                 "Defender refused: the machine's OS platform is not supported by the offboard API",
             ),
             Err(DefenderError::NotFound) => {

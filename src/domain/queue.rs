@@ -30,9 +30,9 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 use crate::domain::limits::Deadline;
+use crate::domain::model::{Comment, Device, FieldError, Ticket};
 use crate::domain::secret::AppSecret;
 use crate::domain::tracking::TrackedAction;
-use crate::ingest::input::{Comment, Device, FieldError, Ticket, parse_device};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -41,9 +41,6 @@ pub const ENVELOPE_VERSION: u64 = 1;
 /// Bound into every MAC, so a MAC made for anything else (another version,
 /// another use of the same key) never verifies as a queue message.
 const MAC_PURPOSE: &[u8] = b"mde-offboard queue message v1\n";
-/// Label of the key derived from the whole SecretString when the secret has
-/// no `webhook_secrets.queue`.
-const DERIVE_LABEL: &[u8] = b"mde-offboard queue mac v1";
 /// `whsec_` keys as the official Standard Webhooks libraries read them:
 /// padded or not, trailing bits ignored.
 const WHSEC_B64: GeneralPurpose = GeneralPurpose::new(
@@ -135,6 +132,11 @@ pub enum Rejection {
     Malformed,
     #[error("the message names an unknown source")]
     UnknownSource,
+    /// Sealed with our key, yet this build cannot read it: another build
+    /// of the function wrote it (a newer one, mid-deploy, naming a
+    /// follow-up this one does not know). Kept for a worker that can.
+    #[error("the sealed message was written by another build of the function")]
+    AnotherBuild { written_at: Option<i64> },
     #[error("the message's {0}")]
     Field(FieldError),
 }
@@ -182,17 +184,6 @@ pub enum QueueKeyError {
     Weak,
     #[error("the secret's key 'webhook_secrets.queue' holds a whsec_ value that is not base64")]
     NotBase64,
-}
-
-/// The key used when the secret names no `queue` key: HMAC-SHA256 keyed with
-/// the whole SecretString. Rotating any part of the secret therefore
-/// invalidates messages in flight (they end in the DLQ); set
-/// `webhook_secrets.queue` to rotate the rest independently.
-pub fn derive_key(secret_string: &str) -> [u8; 32] {
-    let mut mac = HmacSha256::new_from_slice(secret_string.as_bytes())
-        .expect("HMAC takes keys of any length");
-    mac.update(DERIVE_LABEL);
-    mac.finalize().into_bytes().into()
 }
 
 /// One `webhook_secrets.queue` value as key bytes, by the webhook key rules.
@@ -266,7 +257,7 @@ impl QueueKeys {
         }
         serde_json::from_str(&msg)
             .map(QueueMessage::Device)
-            .map_err(|_| Rejection::Malformed)
+            .map_err(|_| another_build(&msg))
     }
 
     fn verified_text(&self, body: &str) -> Result<String, Rejection> {
@@ -295,6 +286,20 @@ impl QueueKeys {
     }
 }
 
+/// A verified message this build cannot read: when it says when it was
+/// written (`enqueued_at`, a track's `requested_at`), another build's;
+/// otherwise malformed.
+fn another_build(msg: &str) -> Rejection {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(msg) else {
+        return Rejection::Malformed;
+    };
+    let written_at = v
+        .get("enqueued_at")
+        .or_else(|| v.pointer("/track/requested_at"))
+        .and_then(serde_json::Value::as_i64);
+    Rejection::AnotherBuild { written_at }
+}
+
 /// Re-validates a queued device as the HTTP path validates a request. A
 /// valid MAC proves who wrote it, not that the writer's checks were the ones
 /// this build makes.
@@ -307,7 +312,7 @@ pub fn validate(
     }
     let ticket = Ticket::parse("ticket", &item.ticket).map_err(Rejection::Field)?;
     let comment = Comment::parse("comment", &item.comment).map_err(Rejection::Field)?;
-    let device = parse_device("device", &item.device).map_err(Rejection::Field)?;
+    let device = Device::parse("device", &item.device).map_err(Rejection::Field)?;
     Ok(VerifiedDevice {
         source: item.source,
         ticket,

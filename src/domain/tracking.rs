@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::ledger::ActionStatus;
-use crate::ingest::input::MachineId;
+use crate::domain::model::MachineId;
 
 /// SQS refuses a `DelaySeconds` above 900: longer waits are chained.
 pub const MAX_DELAY_SECONDS: u64 = 900;

@@ -34,6 +34,9 @@ pub mod names {
     pub const AUTH_REJECTED: &str = "AuthRejected";
     /// Queue messages the worker refused (no valid MAC, or a field invalid).
     pub const REJECTED: &str = "Rejected";
+    /// Sealed messages another build wrote, put back for a worker that
+    /// reads them (a rolling deploy).
+    pub const KEPT_FOR_NEWER: &str = "KeptForNewer";
     pub const IGNORED: &str = "Ignored";
     /// An authenticated webhook delivery whose content maps to no request
     /// (no ticket, no device, a bad value): answered 202, so only this

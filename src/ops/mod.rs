@@ -1,5 +1,4 @@
 //! Operations: logs, metrics and the audit trail, apart from the work.
 
-pub mod audit;
 pub mod logging;
 pub mod metrics;

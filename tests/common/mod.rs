@@ -11,7 +11,7 @@ use lambda_http::{Body, Context, Request, RequestExt, Response};
 use mde_offboard::App;
 use mde_offboard::adapters::secrets_manager::SecretsManagerSource;
 use mde_offboard::config::Config;
-use mde_offboard::ingest::auth::standard_sign;
+use mde_offboard::intake::auth::standard_sign;
 use mde_testkit::{FakeDefender, GENERIC_WEBHOOK_SECRET, demo_machines, events, moto};
 use serde_json::Value;
 
@@ -132,7 +132,7 @@ impl Harness {
             None => sm_client(),
         };
         let source = Arc::new(SecretsManagerSource::new(client, secret_name.clone()));
-        let mut app = App::new(config, source, App::http_client());
+        let mut app = mde_offboard::init::Wiring::new(config, source).build();
         if let Some(url) = &opts.queue_url {
             app = app.with_queue(Arc::new(mde_offboard::adapters::sqs::SqsQueue::new(
                 sqs_client(),
@@ -147,7 +147,7 @@ impl Harness {
     }
 
     pub async fn send(&self, req: Request) -> (u16, Value, Response<Body>) {
-        let resp = self.app.handle(req).await;
+        let resp = mde_offboard::inbound::http::handle(&self.app, req).await;
         let status = resp.status().as_u16();
         let body = match resp.body() {
             Body::Text(t) => serde_json::from_str(t).expect("the answer is JSON"),

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use thiserror::Error;
 
-use super::pointer::Pointer;
+use crate::support::json_pointer::Pointer;
 
 /// How a sender writes the time into its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! Following each requested offboard to its final state (see
 //! `domain::tracking`), and reporting it: the ledger, one audit line
-//! `action_outcome`, a metric per final status, and the callback.
+//! `action_outcome`, a metric per final status, and the follow-ups
+//! (`domain::follow_up`: callbacks, ticket write-backs).
 //!
 //! Sharing Defender's budget: tracking reads only `GET /api/machineactions/
 //! {id}`, an API Defender counts apart from the offboard POST and the
@@ -13,23 +14,17 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
-
-use crate::App;
-use crate::adapters::callback::{self, CALLBACK_SECRET_KEY, Delivery, SigningKey, SigningKeyError};
-use crate::adapters::write_back::write_back;
+use super::App;
 use crate::domain::defender::DefenderError;
+use crate::domain::follow_up::{FinalOutcome, FollowUpTargets};
 use crate::domain::ledger::{ActionStatus, RecordKey, StatusUpdate, format_time};
 use crate::domain::limits::{DEADLINE_MARGIN, Deadline, RateLimiter};
-use crate::domain::notify::{NotifyTarget, note_text};
 use crate::domain::offboard::{DeviceResult, Status};
-use crate::domain::queue::{QueueKeys, Rejection};
+use crate::domain::queue::QueueKeys;
 use crate::domain::secret::AppSecret;
-use crate::domain::tracking::{
-    self, Next, Step, THROTTLED_RETRY_SECONDS, TrackedAction, delay_for,
-};
-use crate::ingest::input::{CallbackUrl, Ticket};
+use crate::domain::tracking::{Next, Step, THROTTLED_RETRY_SECONDS, TrackedAction, delay_for};
 use crate::ops::metrics;
+use crate::support::time::unix;
 
 /// The wall clock tracking reads; a simulation passes its own.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -39,26 +34,19 @@ pub struct Tracker {
     pub(crate) clock: Clock,
     /// Tracking's share of the GetAction budget.
     limiter: RateLimiter,
-    http: reqwest::Client,
 }
 
 impl Tracker {
-    pub(crate) fn new(per_minute: usize, http: reqwest::Client) -> Self {
+    pub(crate) fn new(per_minute: usize) -> Self {
         Self {
             clock: Arc::new(SystemTime::now),
             limiter: RateLimiter::new(&[((per_minute / 2).max(1), Duration::from_secs(60))]),
-            http,
         }
     }
 
     fn now(&self) -> i64 {
         unix((self.clock)())
     }
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Metric name per final status.
@@ -72,29 +60,6 @@ pub fn outcome_metric(s: ActionStatus) -> &'static str {
             metrics::names::ACTION_NOT_CONFIRMED
         }
     }
-}
-
-/// Re-validates a track message as the device message is re-validated: a
-/// valid MAC proves who wrote it, not that today's rules held.
-pub fn validate_track(
-    t: TrackedAction,
-    known_source: impl Fn(&str) -> bool,
-    hosts: &crate::ingest::input::CallbackHosts,
-) -> Result<TrackedAction, Rejection> {
-    if !known_source(&t.source) {
-        return Err(Rejection::UnknownSource);
-    }
-    Ticket::parse("ticket", &t.ticket).map_err(Rejection::Field)?;
-    if !tracking::valid_action_id(&t.action_id) || !tracking::valid_machine_id(&t.machine_id) {
-        return Err(Rejection::Malformed);
-    }
-    if let Some(url) = &t.callback_url {
-        CallbackUrl::parse("callback_url", url, hosts).map_err(Rejection::Field)?;
-    }
-    if t.notify.as_ref().is_some_and(|n| !n.is_valid()) {
-        return Err(Rejection::Malformed);
-    }
-    Ok(t)
 }
 
 impl App {
@@ -116,8 +81,7 @@ impl App {
         results: &[DeviceResult],
         ticket: &str,
         source: &str,
-        callback_url: Option<&str>,
-        notify: Option<&NotifyTarget>,
+        to: &FollowUpTargets,
         secret: &AppSecret,
     ) {
         let (true, Some(writer)) = (self.tracking_on(), &self.queue) else {
@@ -138,8 +102,8 @@ impl App {
                     ticket: ticket.to_string(),
                     device: r.device.clone(),
                     source: source.to_string(),
-                    callback_url: callback_url.map(str::to_string),
-                    notify: notify.cloned(),
+                    callback_url: to.callback_url.clone(),
+                    notify: to.notify.clone(),
                     requested_at: now,
                     attempt: 0,
                     due_at: plan.first_due(now),
@@ -266,7 +230,7 @@ impl App {
     }
 
     /// The final status: the ledger, the audit line, the metric, then the
-    /// callback. A failing callback never changes the outcome.
+    /// follow-ups. A failing follow-up never changes the outcome.
     async fn finish(
         &self,
         t: &TrackedAction,
@@ -313,106 +277,17 @@ impl App {
             "action outcome"
         );
         metrics::count(outcome_metric(status));
-        if let Some(url) = &t.callback_url {
-            let body = json!({
-                "type": "offboard.outcome",
-                "ticket": t.ticket,
-                "device": t.device,
-                "machine_id": t.machine_id,
-                "action_id": t.action_id,
-                "status": status.as_str(),
-                "detail": detail,
-                "requested_at": requested_at,
-                "finished_at": finished_at,
-            })
-            .to_string();
-            self.call_back(t, url, &body, status, secret, deadline)
-                .await;
-        }
-        if let Some(target) = &t.notify {
-            let text = note_text(
-                &t.device,
-                &t.machine_id,
-                &t.action_id,
-                status.as_str(),
-                detail,
-                &finished_at,
-            );
-            self.notify(t, target, &text, secret, deadline).await;
+        let outcome = FinalOutcome {
+            action: t,
+            status,
+            detail,
+            requested_at: &requested_at,
+            finished_at: &finished_at,
+        };
+        for follow_up in &self.follow_ups {
+            follow_up.deliver(&outcome, secret, deadline).await;
         }
         true
-    }
-
-    /// The write-back: logged and counted when it fails, never more.
-    async fn notify(
-        &self,
-        t: &TrackedAction,
-        target: &NotifyTarget,
-        text: &str,
-        secret: &AppSecret,
-        deadline: &Deadline,
-    ) {
-        let system = target.system();
-        match write_back(
-            &self.tracker.http,
-            target,
-            &secret.write_back,
-            text,
-            deadline,
-        )
-        .await
-        {
-            Ok(()) => {
-                tracing::info!(action_id = %t.action_id, ticket = %t.ticket, system, "outcome written back to the ticket");
-            }
-            Err(e) if !e.is_failure() => {
-                tracing::info!(action_id = %t.action_id, system, reason = %e, "no write-back");
-            }
-            Err(e) => {
-                metrics::count(metrics::names::NOTIFY_FAILED);
-                tracing::warn!(action_id = %t.action_id, ticket = %t.ticket, system, error = %e, "write-back failed; the outcome stands");
-            }
-        }
-    }
-
-    async fn call_back(
-        &self,
-        t: &TrackedAction,
-        url: &str,
-        body: &str,
-        status: ActionStatus,
-        secret: &AppSecret,
-        deadline: &Deadline,
-    ) {
-        let key = secret
-            .webhook_secrets(CALLBACK_SECRET_KEY)
-            .first()
-            .ok_or(SigningKeyError::Missing)
-            .and_then(|v| SigningKey::parse(v));
-        let key = match key {
-            Ok(k) => k,
-            Err(e) => {
-                metrics::count(metrics::names::CALLBACK_FAILED);
-                tracing::warn!(action_id = %t.action_id, error = %e, "callback not sent");
-                return;
-            }
-        };
-        // One id per outcome, so a receiver can drop a duplicate.
-        let id = format!("msg_{}_{}", t.action_id, status.as_str());
-        let delivery = callback::deliver(&self.tracker.http, url, &key, &id, body, deadline).await;
-        match delivery {
-            Delivery::Delivered { attempts } => {
-                tracing::info!(action_id = %t.action_id, attempts, "callback delivered");
-            }
-            Delivery::Refused { status } => {
-                metrics::count(metrics::names::CALLBACK_FAILED);
-                tracing::warn!(action_id = %t.action_id, status, "callback refused (4xx); not retried");
-            }
-            Delivery::GaveUp { attempts } => {
-                metrics::count(metrics::names::CALLBACK_FAILED);
-                tracing::warn!(action_id = %t.action_id, attempts, "callback failed on every attempt; given up");
-            }
-        }
     }
 }
 

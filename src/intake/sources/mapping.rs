@@ -6,10 +6,8 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use super::SourceDef;
-use super::pointer::{Pointer, scalar_text};
-use crate::ingest::input::{
-    Comment, Device, FieldError, Mode, OffboardRequest, Ticket, parse_device,
-};
+use crate::domain::model::{Comment, Device, FieldError, Mode, OffboardRequest, Ticket};
+use crate::support::json_pointer::{Pointer, scalar_text};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Condition {
@@ -106,7 +104,7 @@ impl SourceDef {
                     }
                 };
                 for s in strings.into_iter().filter(|s| !s.trim().is_empty()) {
-                    let d = parse_device(p.as_str(), s)?;
+                    let d = Device::parse(p.as_str(), s)?;
                     if seen.insert(d.target.key()) {
                         devices.push(d);
                     }

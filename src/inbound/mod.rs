@@ -1,24 +1,36 @@
-//! The one entry point: every event Lambda hands over is told apart by its
+//! The Lambda edges. Every event Lambda hands over is told apart by its
 //! shape, before anything deserialises it into a typed event, and sent to
-//! the ingest path that serves it.
+//! the edge that serves it (`http`, `direct`, `sqs`); an edge translates
+//! the event into a call of the core (`app`) and the core's answer back
+//! into an HTTP response, an invocation result or batch item failures,
+//! and decides nothing else.
 //!
 //! Shape first, because `lambda_http`'s conversion of an event into an HTTP
 //! request panics on some shapes no HTTP front end sends, and because an
 //! EventBridge event or a Step Functions payload would otherwise be
 //! mistaken for one.
 
+pub mod direct;
+pub mod http;
+pub mod sqs;
+
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 
 use lambda_http::lambda_runtime::Diagnostic;
 use lambda_http::request::LambdaRequest;
 use lambda_http::{Adapter, Body, Context, LambdaEvent, Request, Response, Service, service_fn};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
-use crate::App;
+use crate::app::{App, Outcome};
+use crate::domain::limits::{DEFAULT_BUDGET, Deadline};
+use crate::error::ApiError;
+use crate::ops::metrics;
 
 /// What kind of event an invocation carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
+enum EventKind {
     /// API Gateway (REST or HTTP API), a Function URL or an ALB.
     Http,
     /// An EventBridge event delivered by a rule.
@@ -33,7 +45,7 @@ pub enum EventKind {
 
 /// Tells an event's kind from its shape alone. Pure: the event is not
 /// deserialised here.
-pub fn classify(event: &Value) -> EventKind {
+fn classify(event: &Value) -> EventKind {
     let Some(obj) = event.as_object() else {
         return EventKind::Unknown;
     };
@@ -134,29 +146,86 @@ pub fn direct_answer(status: u16, body: &str) -> Result<Value, InvocationError> 
     })
 }
 
+impl From<ApiError> for InvocationError {
+    fn from(e: ApiError) -> Self {
+        let body = json!({"error": {"code": e.code(), "message": e.message()}});
+        match direct_answer(e.status().as_u16(), &body.to_string()) {
+            Err(e) => e,
+            // No error has a 2xx status; were one added, it still fails.
+            Ok(_) => Self {
+                error_type: error_types::CONFIG_ERROR,
+                message: body.to_string(),
+            },
+        }
+    }
+}
+
+/// A use case's answer as a direct event's result.
+fn direct_result(answer: Result<Outcome, ApiError>) -> Result<Value, InvocationError> {
+    let o = answer?;
+    direct_answer(o.status, &o.body)
+}
+
+/// What every invocation opens with, whatever its kind: its deadline, its
+/// span (request id, cold start, trace id) and its metrics, collected while
+/// it runs.
+pub(crate) struct Invocation<'a> {
+    app: &'a App,
+    request_id: String,
+    pub deadline: Deadline,
+    span: tracing::Span,
+}
+
+impl<'a> Invocation<'a> {
+    pub fn begin(app: &'a App, request_id: &str, trace_id: Option<&str>, deadline_ms: u64) -> Self {
+        let deadline = if deadline_ms > 0 {
+            Deadline::from_epoch_millis(deadline_ms)
+        } else {
+            Deadline::after(DEFAULT_BUDGET)
+        };
+        let cold_start = app.cold.swap(false, Ordering::Relaxed);
+        let span = tracing::info_span!(
+            "invocation",
+            function_request_id = %request_id,
+            cold_start,
+            xray_trace_id = trace_id.unwrap_or(""),
+        );
+        Self {
+            app,
+            request_id: request_id.to_string(),
+            deadline,
+            span,
+        }
+    }
+
+    /// Runs the work in the invocation's span; answers its result and the
+    /// metrics it counted (not yet written).
+    pub async fn run_metered<T>(self, work: impl Future<Output = T>) -> (T, metrics::Collector) {
+        metrics::scope(work.instrument(self.span)).await
+    }
+
+    /// Runs the work, then writes its metrics with the dimension `source`.
+    pub async fn run<T>(self, source: &str, work: impl Future<Output = T>) -> T {
+        let (app, request_id) = (self.app, self.request_id.clone());
+        let (out, collected) = self.run_metered(work).await;
+        collected.emit(&app.config().metrics_namespace, source, &request_id);
+        out
+    }
+}
+
 /// Serves one invocation of any kind.
 pub async fn dispatch(app: &App, event: LambdaEvent<Value>) -> Result<Value, InvocationError> {
     let LambdaEvent { payload, context } = event;
     match classify(&payload) {
-        EventKind::Http => http(app, payload, context).await,
+        EventKind::Http => http_event(app, payload, context).await,
         EventKind::Sqs => {
             let batch = serde_json::from_value(payload)
                 .map_err(|e| InvocationError::unknown(&format!("not an SQS batch: {e}")))?;
-            let answer = app
-                .handle_queue(batch, &context.request_id, context.deadline)
-                .await;
+            let answer = sqs::handle_queue(app, batch, &context.request_id, context.deadline).await;
             Ok(serde_json::to_value(answer).unwrap_or_default())
         }
-        kind @ (EventKind::EventBridge | EventKind::Invoke) => {
-            let resp = app.handle_direct(kind, payload, &context).await;
-            let text = match resp.body() {
-                Body::Text(t) => t.clone(),
-                Body::Binary(b) => String::from_utf8_lossy(b).into_owned(),
-                Body::Empty => String::new(),
-                _ => String::new(),
-            };
-            direct_answer(resp.status().as_u16(), &text)
-        }
+        EventKind::EventBridge => direct_result(direct::eventbridge(app, &payload, &context).await),
+        EventKind::Invoke => direct_result(direct::invoke(app, &payload, &context).await),
         EventKind::Unknown => {
             tracing::warn!(
                 function_request_id = %context.request_id,
@@ -171,11 +240,11 @@ pub async fn dispatch(app: &App, event: LambdaEvent<Value>) -> Result<Value, Inv
 
 /// An HTTP event through `lambda_http`'s own adapter (request conversion,
 /// X-Ray header, the answer shaped for the front end that sent it).
-async fn http(app: &App, payload: Value, context: Context) -> Result<Value, InvocationError> {
+async fn http_event(app: &App, payload: Value, context: Context) -> Result<Value, InvocationError> {
     let request: LambdaRequest = serde_json::from_value(payload)
         .map_err(|e| InvocationError::unknown(&format!("not an HTTP event: {e}")))?;
     let mut adapter = Adapter::from(service_fn(|req: Request| async move {
-        Ok::<Response<Body>, std::convert::Infallible>(app.handle(req).await)
+        Ok::<Response<Body>, std::convert::Infallible>(http::handle(app, req).await)
     }));
     // The conversion inside `call` panics on some malformed shapes (an
     // invalid URI or header); such an event is refused, not a crash.

@@ -1,20 +1,28 @@
-//! Replay protection in the warm instance: an authenticated delivery seen
-//! before (same source, same delivery key) is answered from memory without
-//! calling Defender again, like Powertools' idempotency utility but without
-//! a table.
+//! Idempotency: a delivery seen before (same source, same delivery key) is
+//! answered again without calling Defender, from the warm instance's
+//! memory or from the ledger that every instance shares (like Powertools'
+//! idempotency utility); one still running elsewhere is 409 `in_progress`.
 //!
-//! It covers the common case, a sender retrying into the same warm
-//! instance. It does not cover a retry that lands on another instance or
-//! after a cold start; there Defender's own pending-action check answers
-//! `already_pending`, so a replay can never offboard twice.
+//! Without the ledger only the memory covers replays: a retry that lands on
+//! another instance meets Defender's own pending-action check, which
+//! answers `already_pending`, so a replay can never offboard twice.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use std::time::SystemTime;
+
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
+
+use super::audit::Origin;
+use super::{App, Outcome};
+use crate::domain::ledger::{ANSWER_KEPT_FOR, Begin, IdempotencyKey};
+use crate::domain::limits::Deadline;
+use crate::error::ApiError;
+use crate::ops::metrics;
 
 /// As long as the presets' freshness windows (and far longer than Standard
 /// Webhooks' 300 s tolerance), so a replay that the time checks still admit
@@ -87,16 +95,10 @@ impl fmt::Display for DeliveryKey {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    pub status: u16,
-    pub body: String,
-}
+pub use crate::domain::ledger::StoredAnswer as Answer;
 
-impl Answer {
-    fn cost(&self) -> usize {
-        self.body.len() + ENTRY_OVERHEAD
-    }
+fn cost(a: &Answer) -> usize {
+    a.body.len() + ENTRY_OVERHEAD
 }
 
 type Digest32 = [u8; 32];
@@ -125,7 +127,7 @@ impl ReplayCache {
     /// are not final and are not remembered by the caller; an answer larger
     /// than the whole budget is not remembered at all.
     pub fn put(&self, key: &DeliveryKey, answer: Answer) {
-        let cost = answer.cost();
+        let cost = cost(&answer);
         if cost > MAX_BYTES {
             return;
         }
@@ -155,7 +157,7 @@ impl ReplayCache {
 impl Inner {
     fn remove(&mut self, k: &Digest32) {
         if let Some((_, a)) = self.answers.remove(k) {
-            self.bytes -= a.cost();
+            self.bytes -= cost(&a);
         }
     }
 
@@ -170,6 +172,106 @@ impl Inner {
                 self.remove(&k);
             }
         }
+    }
+}
+
+/// The ledger's answer to "may this delivery run?", passed to the work:
+/// when the ledger could not be reached only a dry run may go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This invocation runs the delivery (claimed in the ledger, if any).
+    Fresh,
+    /// The ledger could not be reached: fail closed unless a dry run.
+    LedgerDown,
+}
+
+impl App {
+    /// Answers a delivery seen before (from memory, else from the ledger,
+    /// which any instance shares); claims a new one in the ledger while it
+    /// runs, so a duplicate elsewhere is 409 `in_progress`; remembers final
+    /// answers. A 503 (or any refusal) is not kept: a retry runs again.
+    pub(crate) async fn once<F: Future<Output = Result<Outcome, ApiError>>>(
+        &self,
+        origin: &Origin,
+        key: &DeliveryKey,
+        deadline: &Deadline,
+        work: impl FnOnce(Claim) -> F,
+    ) -> Result<Outcome, ApiError> {
+        if let Some(a) = self.replay.get(key) {
+            tracing::info!(source = %origin.source, delivery_key = %key, webhook_id = origin.webhook_id(), "replayed delivery answered from memory; Defender not called");
+            return Ok(replayed(a));
+        }
+        let (claim, claimed) = match &self.ledger {
+            None => (Claim::Fresh, None),
+            Some(ledger) => {
+                let id = IdempotencyKey::from(key.digest());
+                match ledger
+                    .begin(&id, SystemTime::now(), deadline.wall_clock())
+                    .await
+                {
+                    Ok(Begin::Started) => (Claim::Fresh, Some((ledger, id))),
+                    Ok(Begin::InProgress { retry_after }) => {
+                        tracing::info!(source = %origin.source, delivery_key = %key, "delivery already in progress elsewhere");
+                        return Err(ApiError::InProgress(retry_after));
+                    }
+                    Ok(Begin::Done(answer)) => {
+                        tracing::info!(source = %origin.source, delivery_key = %key, "replayed delivery answered from the ledger; Defender not called");
+                        self.replay.put(key, answer.clone());
+                        return Ok(replayed(answer));
+                    }
+                    Err(e) => {
+                        tracing::warn!(source = %origin.source, error = %e, "ledger unreachable: only a dry run may go on");
+                        (Claim::LedgerDown, None)
+                    }
+                }
+            }
+        };
+        let result = work(claim).await;
+        let kept = match &result {
+            Ok(o) if matches!(o.status, 200 | 202) => Some(Answer {
+                status: o.status,
+                body: o.body.clone(),
+            }),
+            _ => None,
+        };
+        if let Some((ledger, id)) = claimed {
+            let done = match &kept {
+                Some(answer) => {
+                    ledger
+                        .complete(&id, answer, SystemTime::now() + ANSWER_KEPT_FOR)
+                        .await
+                }
+                None => ledger.abandon(&id).await,
+            };
+            if let Err(e) = done {
+                // The claim expires at the deadline by itself.
+                tracing::warn!(source = %origin.source, error = %e, "the ledger did not take the delivery's end");
+            }
+        }
+        if let Some(answer) = kept {
+            self.replay.put(key, answer);
+        }
+        result
+    }
+}
+
+/// A stored answer, sent again and marked as such.
+fn replayed(a: Answer) -> Outcome {
+    metrics::count(metrics::names::REPLAYED);
+    Outcome {
+        status: a.status,
+        body: a.body,
+        retry_after: None,
+        replayed: true,
+    }
+}
+
+/// The replay key of a delivery (contract, "Replays"): the sender's id
+/// where the signature covers it, else the body's hash.
+pub fn delivery_key(source: &str, signed_id: Option<&str>, body: &[u8]) -> DeliveryKey {
+    match signed_id.filter(|id| !id.is_empty()) {
+        Some(id) => DeliveryKey::signed_id(source, id),
+        None => DeliveryKey::body_hash(source, body),
     }
 }
 
@@ -247,7 +349,7 @@ mod tests {
         }
         let (count, bytes) = c.stored();
         assert!(bytes <= MAX_BYTES, "{bytes} bytes stored");
-        assert_eq!(count, MAX_BYTES / big.cost());
+        assert_eq!(count, MAX_BYTES / cost(&big));
         assert!(c.get(&key(0)).is_none(), "the oldest went first");
         assert!(c.get(&key(n - 1)).is_some(), "the newest stays");
         // A small answer still fits after the big ones.

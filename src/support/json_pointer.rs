@@ -8,7 +8,7 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pointer {
     raw: String,
-    pub(super) tokens: Vec<String>,
+    pub(crate) tokens: Vec<String>,
 }
 
 impl Pointer {

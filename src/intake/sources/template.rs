@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::pointer::{Pointer, scalar_text};
+use crate::support::json_pointer::{Pointer, scalar_text};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {

@@ -1,275 +1,16 @@
-//! The request, validated into small typed values.
-//!
-//! Everything that comes from outside passes through here once; past this
-//! module a `MachineId` is always 40 lowercase hex characters and a
-//! `Comment` never holds a control character.
+//! The generic body (`POST /v1/offboard`, direct invocations, an
+//! EventBridge event's `detail`) and the cancel body, read strictly into the
+//! domain's typed values: unknown and duplicated fields are refused.
 
 use std::cell::RefCell;
 use std::fmt;
 
-use serde::Serialize;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-pub const MAX_COMMENT_CHARS: usize = 1000;
-pub const MAX_TICKET_CHARS: usize = 256;
-pub const MAX_DEVICE_CHARS: usize = 255;
-
-/// Why a field was refused. Wrong JSON shapes are the sender's bug (400);
-/// well-formed values outside the bounds are 422.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum FieldError {
-    #[error("field '{field}' is required")]
-    Missing { field: String },
-    #[error("field '{field}' must be {expected}")]
-    WrongType {
-        field: String,
-        expected: &'static str,
-    },
-    #[error("field '{field}' {reason}")]
-    OutOfBounds { field: String, reason: String },
-    /// A field the generic body does not define: a typo such as `dryRun`
-    /// must never be read as "not given" and offboard for real.
-    #[error("field '{field}' is not part of the body{}", hint.map(|h| format!(" (did you mean '{h}'?)")).unwrap_or_default())]
-    Unknown {
-        field: String,
-        hint: Option<&'static str>,
-    },
-    /// A key given twice: parsers disagree on which copy wins, so neither is
-    /// trusted.
-    #[error("field '{field}' is given twice")]
-    Duplicate { field: String },
-    /// A `callback_url` this deployment may not call.
-    #[error("field '{field}' {reason}")]
-    CallbackNotAllowed { field: String, reason: String },
-}
-
-impl FieldError {
-    pub fn field(&self) -> &str {
-        match self {
-            Self::Missing { field }
-            | Self::WrongType { field, .. }
-            | Self::OutOfBounds { field, .. }
-            | Self::Unknown { field, .. }
-            | Self::Duplicate { field }
-            | Self::CallbackNotAllowed { field, .. } => field,
-        }
-    }
-
-    fn bounds(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::OutOfBounds {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-/// Characters that change how text is shown without being seen: bidi
-/// overrides, isolates and marks, zero-width spaces and joiners, the BOM.
-/// In a ticket, comment or device name they let an audit line or the
-/// Defender portal read differently from what was sent.
-pub fn is_hidden_format(c: char) -> bool {
-    matches!(
-        c,
-        '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{FEFF}'
-            | '\u{061C}'
-            | '\u{2060}'
-    )
-}
-
-/// Refused in every value a person reads later (ticket, comment, device).
-fn is_unsafe_char(c: char) -> bool {
-    c.is_control() || is_hidden_format(c)
-}
-
-const UNSAFE_CHARS: &str = "must not contain control characters or invisible formatting characters (bidirectional or zero-width)";
-
-/// A Defender machine id: the 40-hex-character SHA-1 Defender assigns.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct MachineId(String);
-
-impl MachineId {
-    pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| Self(s.to_ascii_lowercase()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for MachineId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A device name, matched case-insensitively against `computerDnsName`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DeviceName(String);
-
-impl DeviceName {
-    pub fn parse(s: &str) -> Result<Self, &'static str> {
-        if s.is_empty() {
-            return Err("must not be empty");
-        }
-        if s.chars().count() > MAX_DEVICE_CHARS {
-            return Err("is longer than 255 characters");
-        }
-        if s.chars().any(|c| c.is_whitespace() || is_unsafe_char(c)) {
-            return Err(
-                "must not contain spaces, control characters or invisible formatting characters",
-            );
-        }
-        Ok(Self(s.to_string()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The name as an OData string literal: quoted, with `'` doubled.
-    pub fn odata_literal(&self) -> String {
-        odata_quote(&self.0)
-    }
-
-    pub fn matches(&self, computer_dns_name: &str) -> bool {
-        self.0.to_lowercase() == computer_dns_name.to_lowercase()
-    }
-}
-
-pub fn odata_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// A device as the caller named it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum DeviceRef {
-    Id(MachineId),
-    Name(DeviceName),
-}
-
-impl DeviceRef {
-    /// 40 hex characters is a machine id, anything else a name.
-    pub fn parse(s: &str) -> Result<Self, &'static str> {
-        match MachineId::parse(s) {
-            Some(id) => Ok(Self::Id(id)),
-            None => DeviceName::parse(s).map(Self::Name),
-        }
-    }
-
-    /// Two references to the same device compare equal on this key.
-    pub fn key(&self) -> String {
-        match self {
-            Self::Id(id) => id.to_string(),
-            Self::Name(n) => n.as_str().to_lowercase(),
-        }
-    }
-}
-
-/// A device as given (for the answer) and as understood.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Device {
-    pub given: String,
-    pub target: DeviceRef,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ticket(String);
-
-impl Ticket {
-    pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err(FieldError::bounds(field, "must not be empty"));
-        }
-        if s.chars().count() > MAX_TICKET_CHARS {
-            return Err(FieldError::bounds(
-                field,
-                format!("must be at most {MAX_TICKET_CHARS} characters"),
-            ));
-        }
-        if s.chars().any(is_unsafe_char) {
-            return Err(FieldError::bounds(field, UNSAFE_CHARS));
-        }
-        Ok(Self(s.to_string()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Comment(String);
-
-impl Comment {
-    pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err(FieldError::bounds(field, "must not be empty"));
-        }
-        if s.chars().count() > MAX_COMMENT_CHARS {
-            return Err(FieldError::bounds(
-                field,
-                format!("must be at most {MAX_COMMENT_CHARS} characters"),
-            ));
-        }
-        if s.chars().any(is_unsafe_char) {
-            return Err(FieldError::bounds(field, UNSAFE_CHARS));
-        }
-        Ok(Self(s.to_string()))
-    }
-
-    /// For text pulled from someone else's payload: control and invisible
-    /// formatting characters become spaces and the result is cut to the
-    /// limit instead of refused.
-    pub fn sanitize(s: &str) -> Option<Self> {
-        let cleaned: String = s
-            .chars()
-            .map(|c| if is_unsafe_char(c) { ' ' } else { c })
-            .take(MAX_COMMENT_CHARS)
-            .collect();
-        let cleaned = cleaned.trim();
-        (!cleaned.is_empty()).then(|| Self(cleaned.to_string()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    #[default]
-    Now,
-    Queue,
-}
-
-/// What every route boils down to: a ticket, a comment, the devices.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OffboardRequest {
-    pub ticket: Ticket,
-    pub comment: Comment,
-    pub devices: Vec<Device>,
-    /// Can only turn dry run on; the environment's `DRY_RUN` wins otherwise.
-    pub dry_run: bool,
-    pub mode: Mode,
-}
-
-impl OffboardRequest {
-    /// The text sent to Defender as `Comment`: ticket and comment, so the
-    /// MachineAction in the Defender portal points back at its ticket.
-    pub fn defender_comment(&self) -> String {
-        format!("{}: {}", self.ticket.as_str(), self.comment.as_str())
-    }
-}
+pub use crate::domain::model::*;
+use crate::support::url_policy::{CallbackHosts, CallbackUrl};
 
 /// The fields the generic body defines; anything else is refused.
 pub const GENERIC_FIELDS: [&str; 6] = [
@@ -320,6 +61,18 @@ pub fn parse_cancel_body(body: &Value) -> Result<Comment, FieldError> {
         });
     }
     Comment::parse("comment", required_str(obj, "comment")?)
+}
+
+/// A `callback_url` this deployment may call, or why not, naming `field`.
+pub fn callback_url(
+    field: &str,
+    s: &str,
+    hosts: &CallbackHosts,
+) -> Result<CallbackUrl, FieldError> {
+    CallbackUrl::parse(s, hosts).map_err(|reason| FieldError::CallbackNotAllowed {
+        field: field.to_string(),
+        reason,
+    })
 }
 
 /// Validates the generic body (`POST /v1/offboard`), refusing every
@@ -385,7 +138,7 @@ pub fn parse_generic_body(body: &Value, hosts: &CallbackHosts) -> Result<Generic
     };
     let callback_url = match obj.get("callback_url") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(CallbackUrl::parse("callback_url", s, hosts)?),
+        Some(Value::String(s)) => Some(callback_url("callback_url", s, hosts)?),
         Some(_) => {
             return Err(FieldError::WrongType {
                 field: "callback_url".into(),
@@ -403,79 +156,6 @@ pub fn parse_generic_body(body: &Value, hosts: &CallbackHosts) -> Result<Generic
         },
         callback_url,
     })
-}
-
-/// Whether a URL's host is the machine itself: the only place plain
-/// `http://` is accepted (tests and the local run).
-pub fn is_loopback(url: &reqwest::Url) -> bool {
-    // The URL parser writes IP hosts in canonical form (`127.1` becomes
-    // `127.0.0.1`, `[0::1]` becomes `[::1]`), so these strings are enough.
-    url.host_str()
-        .is_some_and(|h| h.eq_ignore_ascii_case("localhost") || h == "127.0.0.1" || h == "[::1]")
-}
-
-/// `https://`, or any scheme of http(s) on a loopback host.
-pub fn is_https_or_loopback(url: &reqwest::Url) -> bool {
-    url.scheme() == "https" || (url.scheme() == "http" && is_loopback(url))
-}
-
-/// `CALLBACK_HOSTS`: the hosts a `callback_url` may point at, lowercased.
-/// Empty refuses every callback.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CallbackHosts(Vec<String>);
-
-impl CallbackHosts {
-    pub fn parse(list: &str) -> Self {
-        Self(
-            list.split(',')
-                .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
-                .filter(|h| !h.is_empty())
-                .collect(),
-        )
-    }
-
-    pub fn allows(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.');
-        self.0.iter().any(|h| h.eq_ignore_ascii_case(host))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-/// A `callback_url` on an allowed host: the function will POST outcomes
-/// there, so it must not be a way to reach anything else.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallbackUrl(reqwest::Url);
-
-impl CallbackUrl {
-    pub fn parse(field: &str, s: &str, hosts: &CallbackHosts) -> Result<Self, FieldError> {
-        let refuse = |reason: String| FieldError::CallbackNotAllowed {
-            field: field.to_string(),
-            reason,
-        };
-        let url = reqwest::Url::parse(s.trim()).map_err(|_| refuse("is not a URL".into()))?;
-        if !is_https_or_loopback(&url) {
-            return Err(refuse("must be an https:// URL".into()));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(refuse("must not carry credentials".into()));
-        }
-        let host = url.host_str().unwrap_or_default().to_string();
-        if !hosts.allows(host.trim_start_matches('[').trim_end_matches(']')) {
-            return Err(refuse(if hosts.is_empty() {
-                "is not allowed: no CALLBACK_HOSTS are configured".into()
-            } else {
-                format!("points at '{host}', which is not in CALLBACK_HOSTS")
-            }));
-        }
-        Ok(Self(url))
-    }
-
-    pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
 }
 
 /// Why a body is not JSON the generic route accepts.
@@ -622,15 +302,6 @@ pub fn parse_devices<'a>(
             })
         })
         .collect()
-}
-
-pub fn parse_device(field: &str, s: &str) -> Result<Device, FieldError> {
-    let trimmed = s.trim();
-    let target = DeviceRef::parse(trimmed).map_err(|reason| FieldError::bounds(field, reason))?;
-    Ok(Device {
-        given: trimmed.to_string(),
-        target,
-    })
 }
 
 #[cfg(test)]

@@ -19,18 +19,19 @@ use std::sync::LazyLock;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+mod builtin;
 mod freshness;
 mod mapping;
-mod pointer;
 mod template;
 
+pub use crate::support::json_pointer::{Pointer, scalar_text};
+pub use builtin::{EVENTBRIDGE, GENERIC, INVOKE};
 use freshness::parse_freshness;
 pub use freshness::{Freshness, MAX_FUTURE, StaleError, TimeUnit};
 pub use mapping::{Condition, Mapped};
-pub use pointer::{Pointer, scalar_text};
 pub use template::Template;
 
-use crate::ingest::auth::AuthDef;
+use crate::intake::auth::AuthDef;
 
 /// A definition that cannot be used; init stops with this line.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -242,11 +243,11 @@ impl Loaded {
                 }
             }
         };
-        let generic = match user.remove(crate::ingest::auth::GENERIC_KEY) {
-            None => AuthDef::standard(crate::ingest::auth::GENERIC_KEY),
+        let generic = match user.remove(crate::intake::auth::GENERIC_KEY) {
+            None => AuthDef::standard(crate::intake::auth::GENERIC_KEY),
             Some(def) => AuthDef::parse_generic(&def).map_err(|(field, reason)| {
                 SourceError {
-                    source_name: crate::ingest::auth::GENERIC_KEY.to_string(),
+                    source_name: crate::intake::auth::GENERIC_KEY.to_string(),
                     field,
                     reason,
                 }
@@ -430,7 +431,7 @@ fn parse_def(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::input::FieldError;
+    use crate::domain::model::FieldError;
     use serde_json::json;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -670,7 +671,7 @@ mod tests {
         let all = Sources::default();
         for name in ["jira", "pagerduty"] {
             let w = all.get(name).unwrap().freshness.clone().expect(name);
-            assert!(w.max_age <= crate::ingest::replay::REMEMBER_FOR, "{name}");
+            assert!(w.max_age <= crate::app::idempotency::REMEMBER_FOR, "{name}");
         }
     }
 
@@ -715,7 +716,7 @@ mod tests {
             "tines": {"auth": {"scheme": "standard-webhooks", "secret": "tines"}, "ticket": "/t", "devices": ["/d"]}}}"#)).unwrap();
         assert_eq!(
             custom.get("jira").unwrap().auth.schemes(),
-            [crate::ingest::auth::Scheme::Bearer { secret: "j".into() }]
+            [crate::intake::auth::Scheme::Bearer { secret: "j".into() }]
         );
         assert!(custom.get("pagerduty").is_some());
         assert!(custom.get("tines").is_some());
@@ -730,7 +731,7 @@ mod tests {
         assert!(j.freshness.is_some(), "the preset's window is kept");
         assert!(matches!(
             j.auth.schemes(),
-            [crate::ingest::auth::Scheme::HmacSha256Hex { .. }]
+            [crate::intake::auth::Scheme::HmacSha256Hex { .. }]
         ));
     }
 

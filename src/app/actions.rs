@@ -1,0 +1,175 @@
+//! Machine actions and tickets: read an action, cancel a mistaken offboard,
+//! list what the ledger holds for a ticket.
+
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+
+use super::audit::Origin;
+use super::{App, Outcome};
+use crate::domain::defender::{DefenderError, MachineAction};
+use crate::domain::ledger::ActionStatus;
+use crate::domain::limits::Deadline;
+use crate::domain::model::{Comment, Ticket};
+use crate::domain::secret::AppSecret;
+use crate::error::ApiError;
+
+/// MachineAction ids are GUIDs; anything else cannot exist.
+fn action_ref(action_id: &str) -> Result<&str, ApiError> {
+    if action_id.len() > 64
+        || !action_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(ApiError::ActionNotFound(action_id.to_string()));
+    }
+    Ok(action_id)
+}
+
+fn action_json(a: &MachineAction) -> Value {
+    json!({
+        "action_id": a.id,
+        "machine_id": a.machine_id,
+        "type": a.action_type,
+        "status": a.status,
+        "last_update": a.last_update(),
+    })
+}
+
+fn is_final(a: &MachineAction) -> bool {
+    ActionStatus::parse(a.status.as_deref().unwrap_or("")).is_some_and(ActionStatus::is_final)
+}
+
+impl App {
+    /// `GET /v1/actions/{id}`: the action as Defender holds it.
+    pub async fn action(
+        &self,
+        secret: &AppSecret,
+        action_id: &str,
+        deadline: &Deadline,
+    ) -> Result<Outcome, ApiError> {
+        let action_id = action_ref(action_id)?;
+        self.defender.ready(secret, deadline).await?;
+        let a = self.read_action(action_id, deadline).await?;
+        Ok(Outcome::ok(&action_json(&a)))
+    }
+
+    async fn read_action(
+        &self,
+        action_id: &str,
+        deadline: &Deadline,
+    ) -> Result<MachineAction, ApiError> {
+        match self.defender.get_action(action_id, deadline).await {
+            Ok(a) => Ok(a),
+            Err(DefenderError::NotFound) => Err(ApiError::ActionNotFound(action_id.to_string())),
+            Err(e) => Err(ApiError::Defender(e)),
+        }
+    }
+
+    /// `POST /v1/actions/{id}/cancel`: undoes a mistaken offboard while
+    /// Defender has not carried it out. The action is read first: Defender
+    /// documents no error code for cancelling a final action, so finality
+    /// is judged by its status.
+    pub async fn cancel(
+        &self,
+        secret: &AppSecret,
+        action_id: &str,
+        comment: &Comment,
+        origin: &Origin,
+        deadline: &Deadline,
+    ) -> Result<Outcome, ApiError> {
+        let action_id = action_ref(action_id)?;
+        self.defender.ready(secret, deadline).await?;
+        let before = self.read_action(action_id, deadline).await?;
+        let not_cancellable = |a: &MachineAction| ApiError::NotCancellable {
+            action_id: action_id.to_string(),
+            status: a.status.clone().unwrap_or_default(),
+        };
+        if is_final(&before) {
+            return Err(not_cancellable(&before));
+        }
+        let a = match self
+            .defender
+            .cancel_action(action_id, comment.as_str(), deadline)
+            .await
+        {
+            Ok(a) => a,
+            // It may have become final in between: say so if it did.
+            Err(refused @ DefenderError::Refused { .. }) => {
+                let now = self.read_action(action_id, deadline).await?;
+                if is_final(&now) {
+                    return Err(not_cancellable(&now));
+                }
+                return Err(ApiError::Defender(refused));
+            }
+            Err(DefenderError::NotFound) => {
+                return Err(ApiError::ActionNotFound(action_id.to_string()));
+            }
+            Err(e) => return Err(ApiError::Defender(e)),
+        };
+        tracing::info!(
+            target: "audit",
+            event = "action_cancelled",
+            source = %origin.source,
+            action_id = %a.id,
+            machine_id = a.machine_id.as_deref().unwrap_or(""),
+            status = a.status.as_deref().unwrap_or(""),
+            comment = comment.as_str(),
+            source_ip = origin.source_ip.as_deref().unwrap_or(""),
+            webhook_id = origin.webhook_id(),
+            "machine action cancelled"
+        );
+        self.record_cancel(&a).await;
+        Ok(Outcome::ok(&action_json(&a)))
+    }
+
+    /// The ledger's records of a cancelled action follow it. Best effort:
+    /// the cancel has happened and is audited.
+    async fn record_cancel(&self, a: &MachineAction) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let status = a
+            .status
+            .as_deref()
+            .and_then(ActionStatus::parse)
+            .unwrap_or(ActionStatus::Cancelled);
+        let Some(machine_id) = a.machine_id.as_deref() else {
+            return;
+        };
+        let records = match ledger.machine_records(machine_id).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(action_id = %a.id, error = %e, "cancel not recorded in the ledger");
+                return;
+            }
+        };
+        for rec in records.iter().filter(|r| r.action_id == a.id) {
+            if let Err(e) = ledger
+                .update_action_status(&rec.key(), status, SystemTime::now())
+                .await
+            {
+                tracing::warn!(action_id = %a.id, error = %e, "cancel not recorded in the ledger");
+            }
+        }
+    }
+
+    /// Whether `GET /v1/tickets/{ticket}` exists here: it needs the ledger.
+    pub fn has_tickets(&self) -> bool {
+        self.ledger.is_some()
+    }
+
+    /// `GET /v1/tickets/{ticket}`: every device outcome the ledger holds
+    /// for a ticket (one Query). A ticket with none answers an empty list.
+    pub async fn ticket(&self, ticket: &str) -> Result<Outcome, ApiError> {
+        let ledger = self
+            .ledger
+            .as_ref()
+            .ok_or_else(|| ApiError::NoRoute(format!("/v1/tickets/{ticket}")))?;
+        let ticket = Ticket::parse("ticket", ticket)?;
+        let devices = ledger.ticket_records(ticket.as_str()).await?;
+        Ok(Outcome::ok(
+            &json!({"ticket": ticket.as_str(), "devices": devices}),
+        ))
+    }
+}

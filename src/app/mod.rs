@@ -1,0 +1,156 @@
+//! The application core: the use cases every door shares, over ports.
+//!
+//! An edge (`inbound`) turns an event into a call of one use case and its
+//! answer back into what Lambda expects; nothing here knows HTTP or an
+//! adapter. The use cases:
+//! - `offboarding`: a delivery (generic body or a source's mapping) through
+//!   replay protection to the devices' outcomes, or the queue (`enqueue`);
+//! - `work`: one queued message (a device, or a tracking check);
+//! - `tracking`: an action followed to its end, and its follow-ups;
+//! - `actions`: read and cancel an action, list a ticket's devices.
+//!
+//! Everything `App` holds is built once per instance by the composition
+//! root (`init`) and shared by warm invocations.
+
+pub mod actions;
+pub mod audit;
+pub mod enqueue;
+pub mod idempotency;
+pub mod offboarding;
+pub mod tracking;
+pub mod work;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::domain::defender::Defender;
+use crate::domain::follow_up::FollowUp;
+use crate::domain::ledger::Ledger;
+use crate::domain::offboard::{Budget, Offboarder};
+use crate::domain::queue::{Queue, QueueWriter};
+use crate::domain::secret::{AppSecret, SecretCache};
+use crate::error::ApiError;
+use crate::intake::auth::{Admitted, AuthDef, Presented};
+use idempotency::ReplayCache;
+
+/// The ports the core runs over, wired by `init` (or a test).
+pub struct Ports {
+    pub secrets: Arc<SecretCache>,
+    pub defender: Arc<dyn Defender>,
+    /// Where a final outcome goes besides the ledger and the audit line
+    /// (callbacks, ticket write-backs), each asked in turn.
+    pub follow_ups: Vec<Arc<dyn FollowUp>>,
+}
+
+pub struct App {
+    pub(crate) config: Config,
+    pub(crate) secrets: Arc<SecretCache>,
+    pub(crate) defender: Arc<dyn Defender>,
+    pub(crate) offboarder: Offboarder,
+    pub(crate) queue: Option<QueueWriter>,
+    pub(crate) ledger: Option<Arc<dyn Ledger>>,
+    pub(crate) replay: ReplayCache,
+    pub(crate) tracker: tracking::Tracker,
+    pub(crate) follow_ups: Vec<Arc<dyn FollowUp>>,
+    /// Until the first invocation: for the `cold_start` log key.
+    pub cold: AtomicBool,
+}
+
+/// What a use case answers: the contract's status (200, 202, or 503 with
+/// `retry_after`) and the JSON text. The edge renders it as an HTTP
+/// response or as the invocation's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: u16,
+    pub body: String,
+    pub retry_after: Option<Duration>,
+    /// Answered again from memory or the ledger (`x-mde-replay`).
+    pub replayed: bool,
+}
+
+impl Outcome {
+    pub fn json(status: u16, body: &Value) -> Self {
+        Self {
+            status,
+            body: body.to_string(),
+            retry_after: None,
+            replayed: false,
+        }
+    }
+
+    pub fn ok(body: &Value) -> Self {
+        Self::json(200, body)
+    }
+
+    pub fn accepted(body: &Value) -> Self {
+        Self::json(202, body)
+    }
+}
+
+impl App {
+    pub fn new(config: Config, ports: Ports) -> Self {
+        let tracker = tracking::Tracker::new(config.rate_per_minute);
+        let offboarder = Offboarder::new(ports.defender.clone(), config.protected_tags.clone())
+            .with_platforms(config.supported_platforms);
+        Self {
+            config,
+            secrets: ports.secrets,
+            defender: ports.defender,
+            offboarder,
+            queue: None,
+            ledger: None,
+            replay: ReplayCache::default(),
+            tracker,
+            follow_ups: ports.follow_ups,
+            cold: AtomicBool::new(true),
+        }
+    }
+
+    /// Enables `"mode": "queue"` with this queue.
+    pub fn with_queue(mut self, queue: Arc<dyn Queue>) -> Self {
+        self.queue = Some(QueueWriter::new(queue));
+        self
+    }
+
+    /// Enables the durable ledger: idempotency across instances, device
+    /// records, and the hourly budget when `MAX_OFFBOARDS_PER_HOUR` is set.
+    pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        let budget = self.config.max_offboards_per_hour.map(|per_hour| Budget {
+            ledger: ledger.clone(),
+            per_hour,
+        });
+        self.offboarder = self.offboarder.with_budget(budget);
+        self.ledger = Some(ledger);
+        self
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn secrets(&self) -> &SecretCache {
+        &self.secrets
+    }
+
+    /// Checks a request as `auth` says. A request without the headers its
+    /// schemes read is refused before the secret is fetched, so unsigned
+    /// floods cost no Secrets Manager call.
+    pub async fn authenticate(
+        &self,
+        presented: &Presented<'_>,
+        auth: &AuthDef,
+    ) -> Result<(Arc<AppSecret>, Admitted), ApiError> {
+        auth.precheck(presented)?;
+        let secret = self.secrets.get().await?;
+        let admitted = auth.verify(presented, &secret).inspect_err(|e| {
+            if e.is_config_error() {
+                tracing::warn!(reason = %e, "webhook secret configuration error");
+            }
+        })?;
+        Ok((secret, admitted))
+    }
+}

@@ -1,0 +1,259 @@
+//! The queue worker's use case: one batch of messages, each a device to
+//! offboard or an action to check, through the same per-device pipeline as
+//! a request.
+//!
+//! Messages are handled one after another so the rate limiter paces them;
+//! a device that failed (throttled, Defender down, a refusal a retry might
+//! cure) is answered as one to retry, so SQS delivers it again later and,
+//! after the queue's maxReceiveCount, moves it to the dead-letter queue.
+//! Nothing is dropped, and a redelivered message that was in fact done
+//! comes back `already_pending` from Defender.
+//!
+//! A message is acted on only when its MAC verifies and every field passes
+//! the HTTP path's checks (see `domain::queue`): anyone with
+//! `sqs:SendMessage` can write to the queue, so its content is no more
+//! trusted than a request. A refused message is retried too, so it ends in
+//! the dead-letter queue where an operator sees it.
+
+use super::App;
+use super::audit::Origin;
+use crate::domain::follow_up::FollowUpTargets;
+use crate::domain::limits::Deadline;
+use crate::domain::offboard::Status;
+use crate::domain::queue::{
+    self, QueueKeys, QueueMessage, QueuedDevice, Rejection, VerifiedDevice,
+};
+use crate::domain::secret::AppSecret;
+use crate::domain::tracking::{MAX_DELAY_SECONDS, TrackedAction};
+use crate::intake::generic::callback_url;
+use crate::ops::metrics;
+use crate::support::time::unix_now;
+
+/// One message of a batch, as the queue delivered it.
+pub struct Message<'a> {
+    pub id: Option<&'a str>,
+    pub body: &'a str,
+}
+
+/// How long a message another build wrote is kept for a worker that can
+/// read it, counted from when it was written.
+pub const KEEP_FOR_NEWER: i64 = 14 * 86_400;
+
+/// What a verified message asks of the worker.
+enum Work {
+    Device(Box<VerifiedDevice>),
+    Track(Box<TrackedAction>),
+}
+
+/// A message, opened.
+enum Opened {
+    Work(Work),
+    /// Written by another build (see `Rejection::AnotherBuild`): put back
+    /// on the queue, as it is, for a worker of that build.
+    KeepForNewer,
+    /// Refused (audited and counted): left for the dead-letter queue.
+    Refused,
+}
+
+impl App {
+    /// One batch; answers the ids of the messages to deliver again.
+    pub async fn work(&self, batch: &[Message<'_>], deadline: &Deadline) -> Vec<String> {
+        let ids = |ms: &mut dyn Iterator<Item = &Message<'_>>| -> Vec<String> {
+            ms.filter_map(|m| m.id.map(str::to_string)).collect()
+        };
+        // The MAC key is in the secret: without it no message can be
+        // trusted, and every one goes back to the queue.
+        let keys = match self.secrets.get().await {
+            Ok(secret) => QueueKeys::from_secret(&secret)
+                .map(|k| (secret, k))
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let (secret, keys) = match keys {
+            Ok(k) => k,
+            Err(reason) => {
+                tracing::warn!(error = %reason, records = batch.len(), "no queue key; the batch goes back to the queue");
+                return ids(&mut batch.iter());
+            }
+        };
+        // Refused messages never reach Defender, nor cost a token.
+        let mut retry = Vec::new();
+        let mut accepted: Vec<(&Message<'_>, Work)> = Vec::new();
+        for m in batch {
+            match self.open(&keys, m) {
+                Opened::Work(work) => accepted.push((m, work)),
+                // Another build's message needs no token: it goes back.
+                Opened::KeepForNewer if self.keep_for_newer(m).await => {}
+                Opened::KeepForNewer | Opened::Refused => retry.extend(m.id.map(str::to_string)),
+            }
+        }
+        if accepted.is_empty() {
+            return retry;
+        }
+        if let Err(e) = self.defender.ready(&secret, deadline).await {
+            tracing::warn!(error = %e, records = accepted.len(), "no token; the messages go back to the queue");
+            retry.extend(ids(&mut accepted.iter().map(|(m, _)| *m)));
+            return retry;
+        }
+        for (m, work) in accepted {
+            let done = match work {
+                Work::Device(item) => self.offboard_queued(*item, &secret, deadline).await,
+                Work::Track(t) => self.handle_track(*t, &keys, &secret, deadline).await,
+            };
+            if !done {
+                retry.extend(m.id.map(str::to_string));
+            }
+        }
+        retry
+    }
+
+    /// Opens a message and re-validates it; a refusal is audited and
+    /// counted here, and the message left for the dead-letter queue.
+    fn open(&self, keys: &QueueKeys, m: &Message<'_>) -> Opened {
+        let message_id = m.id.unwrap_or("");
+        let known = |s: &str| self.config.sources.is_known(s);
+        let opened = match keys.open_message(m.body) {
+            Ok(QueueMessage::Track(t)) => {
+                return match validate_track(t, known, self) {
+                    Ok(t) => Opened::Work(Work::Track(Box::new(t))),
+                    Err(reason) => {
+                        metrics::count(metrics::names::REJECTED);
+                        tracing::warn!(detail = %reason, message_id, "track message rejected; left for the dead-letter queue");
+                        Opened::Refused
+                    }
+                };
+            }
+            Ok(QueueMessage::Device(d)) => Ok(d),
+            Err(Rejection::AnotherBuild {
+                written_at: Some(at),
+            }) if unix_now() - at < KEEP_FOR_NEWER => return Opened::KeepForNewer,
+            Err(e) => Err(e),
+        };
+        let hosts = &self.config.callback_hosts;
+        let checked = opened.clone().and_then(|item| {
+            let d = queue::validate(item, known)?;
+            if let Some(url) = &d.callback_url {
+                callback_url("callback_url", url, hosts).map_err(Rejection::Field)?;
+            }
+            if d.notify.as_ref().is_some_and(|n| !n.is_valid()) {
+                return Err(Rejection::Malformed);
+            }
+            Ok(d)
+        });
+        let reason = match checked {
+            Ok(d) => return Opened::Work(Work::Device(Box::new(d))),
+            Err(reason) => reason,
+        };
+        {
+            metrics::count(metrics::names::REJECTED);
+            // Fields are quoted only when the MAC proved this function wrote
+            // them; an unsealed message's claims would be a false audit line.
+            let sealed = opened.ok();
+            let field = |f: fn(&QueuedDevice) -> &str| sealed.as_ref().map(f).unwrap_or("");
+            tracing::warn!(
+                target: "audit",
+                event = "device_outcome",
+                source = field(|i| &i.source),
+                ticket = field(|i| &i.ticket),
+                device = field(|i| &i.device),
+                machine_id = "",
+                computer_dns_name = "",
+                status = "rejected",
+                action_id = "",
+                detail = %reason,
+                dry_run = sealed.as_ref().is_some_and(|i| i.dry_run),
+                source_ip = "",
+                webhook_id = field(|i| i.webhook_id.as_deref().unwrap_or("")),
+                message_id,
+                "queue message rejected; left for the dead-letter queue"
+            );
+        }
+        Opened::Refused
+    }
+
+    /// A rolling deploy's rule: a message a newer build wrote (naming a
+    /// follow-up this build does not know, say) goes back on the queue with
+    /// the longest delay SQS allows, so a newer worker takes it; it is never
+    /// sent to the dead-letter queue while it is younger than
+    /// `KEEP_FOR_NEWER`. `true` once it is back on the queue.
+    async fn keep_for_newer(&self, m: &Message<'_>) -> bool {
+        let Some(writer) = &self.queue else {
+            return false;
+        };
+        let delay = std::time::Duration::from_secs(MAX_DELAY_SECONDS);
+        let sent = writer
+            .port
+            .send_batch_delayed(&[m.body.to_string()], delay)
+            .await;
+        let kept = matches!(sent, Ok(refused) if refused.is_empty());
+        metrics::count(metrics::names::KEPT_FOR_NEWER);
+        tracing::info!(
+            message_id = m.id.unwrap_or(""),
+            kept,
+            "a message another build wrote; put back for a worker that reads it"
+        );
+        kept
+    }
+
+    /// `true` when the message is done with (whatever the outcome), `false`
+    /// when SQS should deliver it again.
+    async fn offboard_queued(
+        &self,
+        item: VerifiedDevice,
+        secret: &AppSecret,
+        deadline: &Deadline,
+    ) -> bool {
+        let dry_run = item.dry_run || self.config.dry_run;
+        let results = self
+            .offboarder
+            .run(
+                std::slice::from_ref(&item.device),
+                &item.defender_comment(),
+                dry_run,
+                deadline,
+            )
+            .await;
+        let origin = Origin::new(&item.source, None, item.webhook_id.clone());
+        let to = FollowUpTargets {
+            callback_url: item.callback_url.clone(),
+            notify: item.notify.clone(),
+        };
+        self.after_run(
+            &results,
+            item.ticket.as_str(),
+            &origin,
+            &to,
+            dry_run,
+            secret,
+        )
+        .await;
+        // Over budget is not a failure of the device: the message comes
+        // back after its visibility timeout, when the hour has room again.
+        !matches!(results[0].status, Status::Failed | Status::BudgetExceeded)
+    }
+}
+
+/// Re-validates a track message as the device message is re-validated: a
+/// valid MAC proves who wrote it, not that today's rules held.
+fn validate_track(
+    t: TrackedAction,
+    known_source: impl Fn(&str) -> bool,
+    app: &App,
+) -> Result<TrackedAction, Rejection> {
+    if !known_source(&t.source) {
+        return Err(Rejection::UnknownSource);
+    }
+    crate::domain::model::Ticket::parse("ticket", &t.ticket).map_err(Rejection::Field)?;
+    if !crate::domain::tracking::valid_action_id(&t.action_id)
+        || !crate::domain::tracking::valid_machine_id(&t.machine_id)
+    {
+        return Err(Rejection::Malformed);
+    }
+    if let Some(url) = &t.callback_url {
+        callback_url("callback_url", url, &app.config.callback_hosts).map_err(Rejection::Field)?;
+    }
+    if t.notify.as_ref().is_some_and(|n| !n.is_valid()) {
+        return Err(Rejection::Malformed);
+    }
+    Ok(t)
+}

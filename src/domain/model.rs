@@ -1,0 +1,282 @@
+//! The domain's words: the typed values every request is validated into.
+//!
+//! Past `parse` a `MachineId` is always 40 lowercase hex characters and a
+//! `Comment` never holds a control character, whichever door the request
+//! came through.
+
+use std::fmt;
+
+use serde::Serialize;
+use thiserror::Error;
+
+pub const MAX_COMMENT_CHARS: usize = 1000;
+pub const MAX_TICKET_CHARS: usize = 256;
+pub const MAX_DEVICE_CHARS: usize = 255;
+
+/// Why a field was refused. Wrong JSON shapes are the sender's bug (400);
+/// well-formed values outside the bounds are 422.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FieldError {
+    #[error("field '{field}' is required")]
+    Missing { field: String },
+    #[error("field '{field}' must be {expected}")]
+    WrongType {
+        field: String,
+        expected: &'static str,
+    },
+    #[error("field '{field}' {reason}")]
+    OutOfBounds { field: String, reason: String },
+    /// A field the generic body does not define: a typo such as `dryRun`
+    /// must never be read as "not given" and offboard for real.
+    #[error("field '{field}' is not part of the body{}", hint.map(|h| format!(" (did you mean '{h}'?)")).unwrap_or_default())]
+    Unknown {
+        field: String,
+        hint: Option<&'static str>,
+    },
+    /// A key given twice: parsers disagree on which copy wins, so neither is
+    /// trusted.
+    #[error("field '{field}' is given twice")]
+    Duplicate { field: String },
+    /// A `callback_url` this deployment may not call.
+    #[error("field '{field}' {reason}")]
+    CallbackNotAllowed { field: String, reason: String },
+}
+
+impl FieldError {
+    pub fn field(&self) -> &str {
+        match self {
+            Self::Missing { field }
+            | Self::WrongType { field, .. }
+            | Self::OutOfBounds { field, .. }
+            | Self::Unknown { field, .. }
+            | Self::Duplicate { field }
+            | Self::CallbackNotAllowed { field, .. } => field,
+        }
+    }
+
+    pub(crate) fn bounds(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::OutOfBounds {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Characters that change how text is shown without being seen: bidi
+/// overrides, isolates and marks, zero-width spaces and joiners, the BOM.
+/// In a ticket, comment or device name they let an audit line or the
+/// Defender portal read differently from what was sent.
+pub fn is_hidden_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+            | '\u{061C}'
+            | '\u{2060}'
+    )
+}
+
+/// Refused in every value a person reads later (ticket, comment, device).
+fn is_unsafe_char(c: char) -> bool {
+    c.is_control() || is_hidden_format(c)
+}
+
+const UNSAFE_CHARS: &str = "must not contain control characters or invisible formatting characters (bidirectional or zero-width)";
+
+/// A Defender machine id: the 40-hex-character SHA-1 Defender assigns.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct MachineId(String);
+
+impl MachineId {
+    pub fn parse(s: &str) -> Option<Self> {
+        (s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| Self(s.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MachineId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A device name, matched case-insensitively against `computerDnsName`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeviceName(String);
+
+impl DeviceName {
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if s.is_empty() {
+            return Err("must not be empty");
+        }
+        if s.chars().count() > MAX_DEVICE_CHARS {
+            return Err("is longer than 255 characters");
+        }
+        if s.chars().any(|c| c.is_whitespace() || is_unsafe_char(c)) {
+            return Err(
+                "must not contain spaces, control characters or invisible formatting characters",
+            );
+        }
+        Ok(Self(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name as an OData string literal: quoted, with `'` doubled.
+    pub fn odata_literal(&self) -> String {
+        odata_quote(&self.0)
+    }
+
+    pub fn matches(&self, computer_dns_name: &str) -> bool {
+        self.0.to_lowercase() == computer_dns_name.to_lowercase()
+    }
+}
+
+pub fn odata_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A device as the caller named it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DeviceRef {
+    Id(MachineId),
+    Name(DeviceName),
+}
+
+impl DeviceRef {
+    /// 40 hex characters is a machine id, anything else a name.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        match MachineId::parse(s) {
+            Some(id) => Ok(Self::Id(id)),
+            None => DeviceName::parse(s).map(Self::Name),
+        }
+    }
+
+    /// Two references to the same device compare equal on this key.
+    pub fn key(&self) -> String {
+        match self {
+            Self::Id(id) => id.to_string(),
+            Self::Name(n) => n.as_str().to_lowercase(),
+        }
+    }
+}
+
+/// A device as given (for the answer) and as understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub given: String,
+    pub target: DeviceRef,
+}
+
+impl Device {
+    /// A device string; `field` names where it came from.
+    pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
+        let trimmed = s.trim();
+        let target =
+            DeviceRef::parse(trimmed).map_err(|reason| FieldError::bounds(field, reason))?;
+        Ok(Self {
+            given: trimmed.to_string(),
+            target,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket(String);
+
+impl Ticket {
+    pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(FieldError::bounds(field, "must not be empty"));
+        }
+        if s.chars().count() > MAX_TICKET_CHARS {
+            return Err(FieldError::bounds(
+                field,
+                format!("must be at most {MAX_TICKET_CHARS} characters"),
+            ));
+        }
+        if s.chars().any(is_unsafe_char) {
+            return Err(FieldError::bounds(field, UNSAFE_CHARS));
+        }
+        Ok(Self(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comment(String);
+
+impl Comment {
+    pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(FieldError::bounds(field, "must not be empty"));
+        }
+        if s.chars().count() > MAX_COMMENT_CHARS {
+            return Err(FieldError::bounds(
+                field,
+                format!("must be at most {MAX_COMMENT_CHARS} characters"),
+            ));
+        }
+        if s.chars().any(is_unsafe_char) {
+            return Err(FieldError::bounds(field, UNSAFE_CHARS));
+        }
+        Ok(Self(s.to_string()))
+    }
+
+    /// For text pulled from someone else's payload: control and invisible
+    /// formatting characters become spaces and the result is cut to the
+    /// limit instead of refused.
+    pub fn sanitize(s: &str) -> Option<Self> {
+        let cleaned: String = s
+            .chars()
+            .map(|c| if is_unsafe_char(c) { ' ' } else { c })
+            .take(MAX_COMMENT_CHARS)
+            .collect();
+        let cleaned = cleaned.trim();
+        (!cleaned.is_empty()).then(|| Self(cleaned.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Now,
+    Queue,
+}
+
+/// What every route boils down to: a ticket, a comment, the devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffboardRequest {
+    pub ticket: Ticket,
+    pub comment: Comment,
+    pub devices: Vec<Device>,
+    /// Can only turn dry run on; the environment's `DRY_RUN` wins otherwise.
+    pub dry_run: bool,
+    pub mode: Mode,
+}
+
+impl OffboardRequest {
+    /// The text sent to Defender as `Comment`: ticket and comment, so the
+    /// MachineAction in the Defender portal points back at its ticket.
+    pub fn defender_comment(&self) -> String {
+        format!("{}: {}", self.ticket.as_str(), self.comment.as_str())
+    }
+}

@@ -1,0 +1,5 @@
+//! Small helpers that import nothing of this crate.
+
+pub mod json_pointer;
+pub mod time;
+pub mod url_policy;
