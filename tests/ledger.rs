@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::types::{AttributeValue, KeyType, ProjectionType, TimeToLiveStatus};
-use mde_offboard::adapters::dynamodb::{DynamoLedger, dynamodb_client};
+use mde_offboard::adapters::aws;
+use mde_offboard::adapters::dynamodb::DynamoLedger;
+use mde_offboard::adapters::dynamodb::item::schema;
 use mde_offboard::domain::ledger::{
     ANSWER_KEPT_FOR, ActionStatus, Begin, DeviceRecord, IdempotencyKey, Ledger, LedgerError,
-    RecordKey, RecordedOutcome, StatusUpdate, StoredAnswer, schema,
+    RecordKey, RecordedOutcome, StatusUpdate, StoredAnswer,
 };
 use mde_testkit::ledger_table::{ledger_table_definition, ledger_table_from_template};
 use mde_testkit::moto;
@@ -19,7 +21,7 @@ use mde_testkit::serial::SerialProxy;
 
 fn client_at(endpoint: &str) -> aws_sdk_dynamodb::Client {
     use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-    dynamodb_client(
+    aws::client(
         aws_sdk_dynamodb::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))

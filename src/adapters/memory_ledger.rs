@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
 
+use crate::adapters::dynamodb::item::{ItemKey, bucket_of, epoch_ms, epoch_s, retry_after_from};
 use crate::domain::ledger::*;
 
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 
+use crate::adapters::aws::{self, LazyClient};
 use crate::domain::federation::{IdentityToken, IdentityTokenSource};
 use crate::domain::secret::CredentialError;
 
@@ -14,23 +15,18 @@ use crate::domain::secret::CredentialError;
 const SIGNING_ALGORITHM: &str = "RS256";
 
 pub struct StsIdentityTokens {
-    /// Built on first use, like the Secrets Manager client.
-    client: tokio::sync::OnceCell<aws_sdk_sts::Client>,
+    client: LazyClient<aws_sdk_sts::Client>,
 }
 
 impl StsIdentityTokens {
-    pub fn new(client: aws_sdk_sts::Client) -> Self {
+    pub fn new(client: impl Into<LazyClient<aws_sdk_sts::Client>>) -> Self {
         Self {
-            client: tokio::sync::OnceCell::new_with(Some(client)),
+            client: client.into(),
         }
     }
 
-    /// The client comes from the environment (region, credentials,
-    /// `AWS_ENDPOINT_URL_STS`) when first needed.
     pub fn from_env() -> Self {
-        Self {
-            client: tokio::sync::OnceCell::new(),
-        }
+        Self::new(LazyClient::from_env())
     }
 }
 
@@ -40,27 +36,23 @@ impl IdentityTokenSource for StsIdentityTokens {
         audience: &'a str,
         lifetime: Duration,
     ) -> BoxFuture<'a, Result<IdentityToken, CredentialError>> {
-        use aws_sdk_sts::error::ProvideErrorMetadata;
         Box::pin(async move {
-            let client = self
+            let out = self
                 .client
-                .get_or_init(|| async {
-                    crate::adapters::aws::sts_client(aws_sdk_sts::config::Builder::from(
-                        crate::adapters::aws::sdk_config().await,
-                    ))
-                })
-                .await;
-            let out = client
+                .get()
+                .await
                 .get_web_identity_token()
                 .audience(audience)
                 .signing_algorithm(SIGNING_ALGORITHM)
                 .duration_seconds(i32::try_from(lifetime.as_secs()).unwrap_or(300))
                 .send()
                 .await
-                .map_err(|e| {
-                    let status = e.raw_response().map(|r| r.status().as_u16());
-                    let code = e.code().unwrap_or("unknown").to_string();
-                    classify(&e, status, code)
+                .map_err(|e| match aws::sort(&e) {
+                    f if f.summary == "OutboundWebIdentityFederationDisabledException" => {
+                        CredentialError::FederationDisabled
+                    }
+                    f if f.passing => CredentialError::IdentityTokenUnavailable(f.summary),
+                    f => CredentialError::IdentityTokenRefused(f.summary),
                 })?;
             let jwt = out
                 .web_identity_token
@@ -77,29 +69,6 @@ impl IdentityTokenSource for StsIdentityTokens {
                 .unwrap_or(SystemTime::UNIX_EPOCH);
             Ok(IdentityToken::new(jwt, expires_at))
         })
-    }
-}
-
-fn classify<E, R>(
-    e: &aws_sdk_sts::error::SdkError<E, R>,
-    status: Option<u16>,
-    code: String,
-) -> CredentialError {
-    use aws_sdk_sts::error::SdkError;
-    match e {
-        SdkError::ServiceError(_) if code == "OutboundWebIdentityFederationDisabledException" => {
-            CredentialError::FederationDisabled
-        }
-        SdkError::ServiceError(_)
-            if status.is_some_and(|s| s < 500)
-                && code != "Throttling"
-                && code != "ThrottlingException" =>
-        {
-            CredentialError::IdentityTokenRefused(code)
-        }
-        SdkError::ServiceError(_) => CredentialError::IdentityTokenUnavailable(code),
-        SdkError::TimeoutError(_) => CredentialError::IdentityTokenUnavailable("timed out".into()),
-        _ => CredentialError::IdentityTokenUnavailable("could not reach the service".into()),
     }
 }
 

@@ -1,24 +1,10 @@
 //! The durable ledger (`LEDGER_TABLE`): what the function must remember
 //! across instances and cold starts. Idempotency of deliveries, a record of
-//! every device an offboard was asked for, and the hourly budget, all in one
-//! DynamoDB table whose key schema is ours (see [`schema`]).
-//!
-//! One table, three kinds of item, told apart by the partition key's prefix:
-//!
-//! | item | `pk` | `sk` |
-//! |---|---|---|
-//! | a delivery | `IDEM#<sha256 hex>` | `IDEM` |
-//! | a device record | `TICKET#<ticket>` | `MACHINE#<machine id>#ACTION#<action id>` |
-//! | a budget bucket | `BUDGET#<bucket start, unix s>` | `BUDGET` |
-//!
-//! A ticket's records share a partition, so `GET /v1/tickets/{ticket}` is one
-//! Query. A machine's history is one Query on the `by-machine` index
-//! (`gsi1pk = MACHINE#<id>`, `gsi1sk = <requested_at>#<ticket>`): a GSI and
-//! not a second item, because DynamoDB keeps it in step with the base item
-//! on every write (no transaction, no second write to forget), and history
-//! reads tolerate its eventual consistency.
+//! every device an offboard was asked for, and the hourly budget. The port
+//! and its types; how they are stored is the adapter's
+//! (`adapters::dynamodb::item`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 use serde::{Serialize, Serializer};
@@ -30,19 +16,6 @@ use thiserror::Error;
 pub struct StoredAnswer {
     pub status: u16,
     pub body: String,
-}
-
-/// Names the adapter and the table definition (template.yaml's `LedgerTable`,
-/// the template's `LedgerTable`) must agree on; a test checks they do.
-pub mod schema {
-    pub const PK: &str = "pk";
-    pub const SK: &str = "sk";
-    pub const GSI1_PK: &str = "gsi1pk";
-    pub const GSI1_SK: &str = "gsi1sk";
-    pub const BY_MACHINE: &str = "by-machine";
-    /// DynamoDB's TTL attribute (unix seconds). TTL deletes lazily, up to
-    /// days late, so every read that cares checks it itself.
-    pub const EXPIRES_AT: &str = "expires_at";
 }
 
 /// How long a finished answer is replayed.
@@ -87,13 +60,8 @@ impl From<[u8; 32]> for IdempotencyKey {
 }
 
 impl IdempotencyKey {
-    pub(crate) fn pk(&self) -> String {
-        let mut s = String::with_capacity(5 + 64);
-        s.push_str("IDEM#");
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+    pub fn bytes(&self) -> [u8; 32] {
+        self.0
     }
 }
 
@@ -228,20 +196,6 @@ pub struct RecordKey {
     pub action_id: String,
 }
 
-impl RecordKey {
-    pub(crate) fn pk(&self) -> String {
-        ticket_pk(&self.ticket)
-    }
-
-    pub(crate) fn sk(&self) -> String {
-        format!("MACHINE#{}#ACTION#{}", self.machine_id, self.action_id)
-    }
-}
-
-pub(crate) fn ticket_pk(ticket: &str) -> String {
-    format!("TICKET#{ticket}")
-}
-
 /// What `update_action_status` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusUpdate {
@@ -259,25 +213,6 @@ pub(crate) fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::E
 /// (the machine index's sort key relies on it).
 pub(crate) fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
-}
-
-pub(crate) fn epoch_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-pub(crate) fn epoch_s(t: SystemTime) -> i64 {
-    epoch_ms(t) / 1000
-}
-
-pub(crate) fn bucket_of(now: SystemTime) -> i64 {
-    epoch_s(now).div_euclid(BUDGET_BUCKET.as_secs() as i64)
-}
-
-/// Rounded up to whole seconds, at least one: Retry-After is in seconds.
-pub(crate) fn retry_after_from(until_ms: i64, now: SystemTime) -> Duration {
-    let left = until_ms.saturating_sub(epoch_ms(now)).max(0) as u64;
-    Duration::from_secs(left.div_ceil(1000).max(1))
 }
 
 /// Port: the durable ledger. Small calls; the handler composes them.

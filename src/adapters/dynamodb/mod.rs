@@ -1,133 +1,39 @@
-//! Adapter: the ledger in a DynamoDB table.
+//! Adapter: the ledger in a DynamoDB table: the ledger's calls here, the
+//! items' layout and codec in `item`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
     AttributeValue, KeysAndAttributes, ReturnValuesOnConditionCheckFailure,
 };
 use futures_util::future::BoxFuture;
 
+use crate::adapters::aws::{self, LazyClient};
 use crate::domain::ledger::*;
 
-/// Attribute names. Every expression aliases them (`#st`, ...): `state`,
-/// `owner`, `count` and `source` are DynamoDB reserved words.
-mod attr {
-    pub const STATE: &str = "state";
-    pub const OWNER: &str = "owner";
-    pub const IN_PROGRESS_UNTIL_MS: &str = "in_progress_until_ms";
-    pub const ANSWER_STATUS: &str = "answer_status";
-    pub const ANSWER_BODY: &str = "answer_body";
-    pub const TICKET: &str = "ticket";
-    pub const MACHINE_ID: &str = "machine_id";
-    pub const DEVICE: &str = "device";
-    pub const OUTCOME: &str = "outcome";
-    pub const ACTION_ID: &str = "action_id";
-    pub const ACTION_STATUS: &str = "action_status";
-    pub const REQUESTED_AT: &str = "requested_at";
-    pub const UPDATED_AT: &str = "updated_at";
-    pub const SOURCE: &str = "source";
-    pub const COUNT: &str = "count";
-}
+pub mod item;
 
-const IN_PROGRESS: &str = "in_progress";
-const COMPLETED: &str = "completed";
-const IDEM_SK: &str = "IDEM";
-const BUDGET_SK: &str = "BUDGET";
+use item::*;
+
 /// A past bucket is read again while an instance with a slightly late clock
 /// could still be writing to it.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
-type Item = HashMap<String, AttributeValue>;
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-fn get_s<'i>(item: &'i Item, name: &str) -> Result<&'i str, LedgerError> {
-    match item.get(name) {
-        Some(AttributeValue::S(v)) => Ok(v),
-        _ => Err(LedgerError::Refused(format!(
-            "an item lacks the string {name}"
-        ))),
-    }
-}
-
-fn get_n(item: &Item, name: &str) -> Result<i64, LedgerError> {
-    match item.get(name) {
-        Some(AttributeValue::N(v)) => v
-            .parse()
-            .map_err(|_| LedgerError::Refused(format!("an item's {name} is not an integer"))),
-        _ => Err(LedgerError::Refused(format!(
-            "an item lacks the number {name}"
-        ))),
-    }
-}
-
-fn get_time(item: &Item, name: &str) -> Result<SystemTime, LedgerError> {
-    humantime::parse_rfc3339(get_s(item, name)?)
-        .map_err(|_| LedgerError::Refused(format!("an item's {name} is not a time")))
-}
-
-fn record_from_item(item: &Item) -> Result<DeviceRecord, LedgerError> {
-    let bad = |what: &str| LedgerError::Refused(format!("an item's {what} is not one we write"));
-    Ok(DeviceRecord {
-        ticket: get_s(item, attr::TICKET)?.to_string(),
-        machine_id: get_s(item, attr::MACHINE_ID)?.to_string(),
-        device: get_s(item, attr::DEVICE)?.to_string(),
-        status: RecordedOutcome::parse(get_s(item, attr::OUTCOME)?)
-            .ok_or_else(|| bad("outcome"))?,
-        action_id: get_s(item, attr::ACTION_ID)?.to_string(),
-        action_status: ActionStatus::parse(get_s(item, attr::ACTION_STATUS)?)
-            .ok_or_else(|| bad("action status"))?,
-        requested_at: get_time(item, attr::REQUESTED_AT)?,
-        updated_at: get_time(item, attr::UPDATED_AT)?,
-        source: get_s(item, attr::SOURCE)?.to_string(),
-    })
-}
-
-/// Sorts an SDK error into the two kinds the caller acts on. Throttling and
-/// 5xx are worth a retry; so is anything that never got an answer.
-fn classify<E>(e: SdkError<E>) -> LedgerError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let reason = |e: &SdkError<E>| aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string();
-    match &e {
-        aws_sdk_dynamodb::error::SdkError::ServiceError(se) => {
-            let status = se.raw().status().as_u16();
-            let code = se.err().code().unwrap_or("");
-            let retryable = status >= 500
-                || matches!(
-                    code,
-                    "ThrottlingException"
-                        | "ProvisionedThroughputExceededException"
-                        | "RequestLimitExceeded"
-                        | "InternalServerError"
-                        | "ServiceUnavailable"
-                        | "TransactionConflictException"
-                );
-            if retryable {
-                LedgerError::Unavailable(reason(&e))
-            } else {
-                LedgerError::Refused(reason(&e))
-            }
-        }
-        aws_sdk_dynamodb::error::SdkError::ConstructionFailure(_) => {
-            LedgerError::Refused(reason(&e))
-        }
-        _ => LedgerError::Unavailable(reason(&e)),
-    }
-}
-
 type SdkError<E> =
     aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>;
+
+/// The two kinds of failure the caller acts on (`aws::sort`).
+fn classify<E>(e: SdkError<E>) -> LedgerError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match aws::sort(&e) {
+        f if f.passing => LedgerError::Unavailable(f.detail),
+        f => LedgerError::Refused(f.detail),
+    }
+}
 
 /// The operations whose condition can fail, with the old item DynamoDB
 /// returned (ReturnValuesOnConditionCheckFailure=ALL_OLD): no second read.
@@ -161,7 +67,10 @@ condition_failure!(
 /// `Ok(old item)` when the call failed its condition, else the error.
 fn condition_failed<E>(e: SdkError<E>) -> Result<Option<Item>, LedgerError>
 where
-    E: ConditionFailure + ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    E: ConditionFailure
+        + aws_sdk_dynamodb::error::ProvideErrorMetadata
+        + std::error::Error
+        + 'static,
 {
     match e {
         aws_sdk_dynamodb::error::SdkError::ServiceError(se) if se.err().is_condition_failure() => {
@@ -171,33 +80,9 @@ where
     }
 }
 
-/// The DynamoDB client with time limits that fit in a request, like the
-/// Secrets Manager one: two attempts, never long enough to eat the Lambda
-/// deadline, so an unreachable table becomes a quick 503.
-pub fn dynamodb_client(conf: aws_sdk_dynamodb::config::Builder) -> aws_sdk_dynamodb::Client {
-    use aws_sdk_dynamodb::config::retry::RetryConfig;
-    use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
-    let conf = conf
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(1))
-                .operation_attempt_timeout(Duration::from_secs(2))
-                .operation_timeout(Duration::from_secs(4))
-                .build(),
-        )
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(2)
-                .with_initial_backoff(Duration::from_millis(100)),
-        )
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(conf)
-}
-
 /// Adapter: the table in DynamoDB.
 pub struct DynamoLedger {
-    /// Built on first use, like the SQS and Secrets Manager clients.
-    client: tokio::sync::OnceCell<aws_sdk_dynamodb::Client>,
+    client: LazyClient<aws_sdk_dynamodb::Client>,
     table: String,
     /// Closed budget buckets never change: read once per instance.
     closed_buckets: Mutex<HashMap<i64, u32>>,
@@ -207,9 +92,9 @@ pub struct DynamoLedger {
 }
 
 impl DynamoLedger {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+    pub fn new(client: impl Into<LazyClient<aws_sdk_dynamodb::Client>>, table: String) -> Self {
         Self {
-            client: tokio::sync::OnceCell::new_with(Some(client)),
+            client: client.into(),
             table,
             closed_buckets: Mutex::default(),
             page_size: None,
@@ -217,12 +102,7 @@ impl DynamoLedger {
     }
 
     pub fn from_env(table: String) -> Self {
-        Self {
-            client: tokio::sync::OnceCell::new(),
-            table,
-            closed_buckets: Mutex::default(),
-            page_size: None,
-        }
+        Self::new(LazyClient::from_env(), table)
     }
 
     pub fn with_page_size(mut self, items: i32) -> Self {
@@ -231,14 +111,7 @@ impl DynamoLedger {
     }
 
     async fn client(&self) -> &aws_sdk_dynamodb::Client {
-        self.client
-            .get_or_init(|| async {
-                let base = aws_sdk_dynamodb::config::Builder::from(
-                    crate::adapters::aws::sdk_config().await,
-                );
-                dynamodb_client(base)
-            })
-            .await
+        self.client.get().await
     }
 
     async fn query_all(
@@ -335,14 +208,9 @@ impl DynamoLedger {
                 .into_iter()
                 .flatten()
             {
-                let pk = get_s(item, schema::PK)?;
-                let b = pk
-                    .strip_prefix("BUDGET#")
-                    .and_then(|t| t.parse::<i64>().ok())
-                    .map(|start| start.div_euclid(BUDGET_BUCKET.as_secs() as i64))
-                    .ok_or_else(|| {
-                        LedgerError::Refused("a budget item's key is not ours".into())
-                    })?;
+                let b = bucket_of_pk(get_s(item, schema::PK)?).ok_or_else(|| {
+                    LedgerError::Refused("a budget item's key is not ours".into())
+                })?;
                 let c = u32::try_from(get_n(item, attr::COUNT)?.max(0)).unwrap_or(u32::MAX);
                 found.insert(b, c);
             }
@@ -367,18 +235,6 @@ impl DynamoLedger {
     }
 }
 
-fn budget_pk(bucket: i64) -> String {
-    format!("BUDGET#{}", bucket * BUDGET_BUCKET.as_secs() as i64)
-}
-
-fn answer_from_item(item: &Item) -> Result<StoredAnswer, LedgerError> {
-    Ok(StoredAnswer {
-        status: u16::try_from(get_n(item, attr::ANSWER_STATUS)?)
-            .map_err(|_| LedgerError::Refused("a stored answer's status is not HTTP".into()))?,
-        body: get_s(item, attr::ANSWER_BODY)?.to_string(),
-    })
-}
-
 impl Ledger for DynamoLedger {
     fn begin<'a>(
         &'a self,
@@ -398,7 +254,7 @@ impl Ledger for DynamoLedger {
                 .put_item()
                 .table_name(&self.table)
                 .item(schema::PK, s(key.pk()))
-                .item(schema::SK, s(IDEM_SK))
+                .item(schema::SK, s(key.sk()))
                 .item(attr::STATE, s(IN_PROGRESS))
                 .item(attr::OWNER, s(&owner))
                 .item(attr::IN_PROGRESS_UNTIL_MS, n(until_ms))
@@ -440,7 +296,7 @@ impl Ledger for DynamoLedger {
                 .put_item()
                 .table_name(&self.table)
                 .item(schema::PK, s(key.pk()))
-                .item(schema::SK, s(IDEM_SK))
+                .item(schema::SK, s(key.sk()))
                 .item(attr::STATE, s(COMPLETED))
                 .item(attr::ANSWER_STATUS, n(answer.status))
                 .item(attr::ANSWER_BODY, s(&answer.body))
@@ -460,7 +316,7 @@ impl Ledger for DynamoLedger {
                 .delete_item()
                 .table_name(&self.table)
                 .key(schema::PK, s(key.pk()))
-                .key(schema::SK, s(IDEM_SK))
+                .key(schema::SK, s(key.sk()))
                 .condition_expression("#st = :ip")
                 .expression_attribute_names("#st", attr::STATE)
                 .expression_attribute_values(":ip", s(IN_PROGRESS))
@@ -530,7 +386,10 @@ impl Ledger for DynamoLedger {
                 None,
                 "#pk = :pk AND begins_with(#sk, :machine)",
                 &[("#pk", schema::PK), ("#sk", schema::SK)],
-                &[(":pk", s(ticket_pk(ticket))), (":machine", s("MACHINE#"))],
+                &[
+                    (":pk", s(ticket_pk(ticket))),
+                    (":machine", s(MACHINE_PREFIX)),
+                ],
             )
             .await
         })
@@ -664,10 +523,6 @@ impl Ledger for DynamoLedger {
             Ok(0)
         })
     }
-}
-
-fn machine_pk(machine_id: &str) -> String {
-    format!("MACHINE#{machine_id}")
 }
 
 /// What a failed claim means, from the record that made it fail.
