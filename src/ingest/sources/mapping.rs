@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::SourceDef;
@@ -11,9 +12,10 @@ use crate::ingest::input::{
     Comment, Device, FieldError, Mode, OffboardRequest, Ticket, parse_device,
 };
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Condition {
     pub pointer: Pointer,
+    #[serde(rename = "in", deserialize_with = "super::texts")]
     pub one_of: Vec<String>,
 }
 
