@@ -710,6 +710,65 @@ mod tests {
     }
 
     #[test]
+    fn errors_give_the_path_to_the_value_at_fault() {
+        let auth = r#"{"scheme": "bearer", "secret": "s"}"#;
+        for (rest, field) in [
+            (
+                r#""auth": [{"scheme": "bearer", "secret": "a"}, {"scheme": "iam", "principals": ["a"], "secret": "b"}]"#,
+                "'auth[1].secret' is not a known field",
+            ),
+            (r#""auth": []"#, "'auth' holds an empty list"),
+            (
+                r#""auth": {"scheme": "iam", "principals": []}"#,
+                "'auth' holds an empty list",
+            ),
+            (
+                r#""auth": {"scheme": "basic", "secret": ""}"#,
+                "'auth' has an empty",
+            ),
+            (
+                &format!(r#""auth": {auth}, "ticket": ["/a", "b"]"#),
+                "'ticket[1]' 'b' is not a JSON Pointer",
+            ),
+            (
+                &format!(r#""auth": {auth}, "freshness": {{"pointer": "/t", "unit": "m"}}"#),
+                "'freshness.unit' unknown variant `m`",
+            ),
+            (
+                &format!(r#""auth": {auth}, "notify": {{"to": "servicenow", "tabel": "x"}}"#),
+                "'notify.tabel' is not a known field",
+            ),
+            (
+                &format!(r#""auth": {auth}, "notify": {{"to": "servicenow", "table": "a/b"}}"#),
+                "'notify' table 'a/b' is not a table name",
+            ),
+            (
+                r#""eventbridge": {"source": ["aws.x"]}"#,
+                "'eventbridge.detail-type' is required",
+            ),
+        ] {
+            let json =
+                format!(r#"{{"sources": {{"x": {{"ticket": "/t", "devices": "/d", {rest}}}}}}}"#);
+            let e = Sources::load(Some(&json)).unwrap_err();
+            assert!(e.contains(&format!("source 'x': field {field}")), "{e}");
+        }
+        // Whatever `extends` took from a preset, null drops it.
+        let s = Sources::load(Some(
+            r#"{"sources": {"jira": {"extends": "jira", "when": null, "freshness": null, "notify": null, "id_header": "X-Id"}}}"#,
+        ))
+        .unwrap();
+        let j = s.get("jira").unwrap();
+        assert!(j.when.is_empty() && j.freshness.is_none() && j.notify.is_none());
+        assert_eq!(j.id_header.as_deref(), Some("x-id"));
+        // Only EventBridge reaches a source without auth.
+        let s = Sources::load(Some(
+            r#"{"sources": {"eb": {"ticket": "/t", "devices": "/d", "eventbridge": {"source": ["a"], "detail-type": ["b"]}}}}"#,
+        ))
+        .unwrap();
+        assert!(s.get("eb").unwrap().auth.schemes().is_empty());
+    }
+
+    #[test]
     fn bad_definitions_name_the_source_and_field() {
         for (json, field) in [
             (
