@@ -55,50 +55,46 @@ impl NotifyTarget {
 /// A source's `"notify"`: `"jira"`, `"pagerduty"`, `"servicenow"`, or for
 /// ServiceNow `{"to": "servicenow", "sys_id": "<pointer>", "table": "<name>"}`
 /// (defaults `/sys_id` and `incident`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "to", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(expecting = "jira, servicenow, pagerduty or an object with 'to'")]
 pub enum NotifyDef {
     Jira,
     Pagerduty,
-    Servicenow { sys_id: Pointer, table: String },
+    Servicenow {
+        #[serde(default = "default_sys_id")]
+        sys_id: Pointer,
+        #[serde(default = "default_table", deserialize_with = "table")]
+        table: String,
+    },
+}
+
+fn default_sys_id() -> Pointer {
+    Pointer::parse("/sys_id").expect("a pointer")
+}
+
+fn default_table() -> String {
+    "incident".into()
+}
+
+fn table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let table = String::deserialize(d)?;
+    match word(&table, 80, b"_") {
+        true => Ok(table),
+        false => Err(serde::de::Error::custom(format!(
+            "table '{table}' is not a table name"
+        ))),
+    }
 }
 
 impl NotifyDef {
+    /// A name alone is short for `{"to": <name>}`.
     pub fn parse(v: &Value) -> Result<Self, String> {
-        let (to, obj) = match v {
-            Value::String(s) => (s.as_str(), None),
-            Value::Object(m) => (
-                m.get("to")
-                    .and_then(Value::as_str)
-                    .ok_or("needs 'to': jira, servicenow or pagerduty")?,
-                Some(m),
-            ),
-            _ => return Err("must be jira, servicenow, pagerduty or an object".into()),
-        };
-        let field = |m: Option<&Map<String, Value>>, k: &str| -> Option<String> {
-            m.and_then(|m| m.get(k))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
-        if let Some(m) = obj
-            && let Some(k) = m
-                .keys()
-                .find(|k| !["to", "sys_id", "table"].contains(&k.as_str()))
-        {
-            return Err(format!("has an unknown field '{k}'"));
+        match v {
+            Value::String(to) => Self::deserialize(serde_json::json!({ "to": to })),
+            _ => Self::deserialize(v),
         }
-        match to {
-            "jira" => Ok(Self::Jira),
-            "pagerduty" => Ok(Self::Pagerduty),
-            "servicenow" => {
-                let sys_id = Pointer::parse(&field(obj, "sys_id").unwrap_or("/sys_id".into()))?;
-                let table = field(obj, "table").unwrap_or("incident".into());
-                if !word(&table, 80, b"_") {
-                    return Err(format!("table '{table}' is not a table name"));
-                }
-                Ok(Self::Servicenow { sys_id, table })
-            }
-            other => Err(format!("'{other}' is not jira, servicenow or pagerduty")),
-        }
+        .map_err(|e| e.to_string())
     }
 
     /// The target of one delivery, or `None` when the payload does not

@@ -15,6 +15,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use hmac::{Hmac, KeyInit, Mac};
 use lambda_http::http::HeaderMap;
+use serde::{Deserialize, Deserializer, de};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -338,8 +339,8 @@ pub fn verify_api_key(value: Option<&str>, secrets: &[String]) -> Result<(), Aut
 
 /// An ARN pattern from `principals`: `*` matches any run of characters,
 /// everything else itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PrincipalPattern(String);
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PrincipalPattern(#[serde(deserialize_with = "filled")] String);
 
 impl PrincipalPattern {
     pub fn matches(&self, arn: &str) -> bool {
@@ -378,31 +379,54 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// One way a source lets a caller in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One way a source lets a caller in. `secret` names a key of
+/// `webhook_secrets`; header names are kept in lowercase.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "scheme", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(expecting = "a scheme object")]
 pub enum Scheme {
     StandardWebhooks {
+        #[serde(deserialize_with = "filled")]
         secret: String,
     },
     HmacSha256Hex {
+        #[serde(deserialize_with = "header_name")]
         header: String,
+        #[serde(default)]
         prefix: String,
+        #[serde(deserialize_with = "filled")]
         secret: String,
     },
     Bearer {
+        #[serde(deserialize_with = "filled")]
         secret: String,
     },
     Basic {
+        #[serde(deserialize_with = "filled")]
         secret: String,
     },
     ApiKey {
+        #[serde(deserialize_with = "header_name")]
         header: String,
+        #[serde(deserialize_with = "filled")]
         secret: String,
     },
     /// Authorised by AWS IAM before the request reached the function.
     Iam {
+        #[serde(deserialize_with = "crate::support::config_de::non_empty_list")]
         principals: Vec<PrincipalPattern>,
     },
+}
+
+/// A secret's key, a header name or an ARN pattern: never empty.
+fn filled<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Some(String::deserialize(d)?)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| de::Error::custom("has an empty 'secret', 'header' or principal"))
+}
+
+fn header_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    filled(d).map(|h| h.to_ascii_lowercase())
 }
 
 impl Scheme {
@@ -500,75 +524,6 @@ impl Scheme {
             }
         }
     }
-
-    fn parse(v: &Value, field: &str) -> Result<Self, (String, String)> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| (field.to_string(), "must be an object".to_string()))?;
-        let s = |k: &str| -> Result<String, (String, String)> {
-            obj.get(k)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .ok_or_else(|| {
-                    (
-                        format!("{field}.{k}"),
-                        "is required and must be a non-empty string".to_string(),
-                    )
-                })
-        };
-        let scheme = s("scheme")?;
-        if scheme == "iam" {
-            if obj.contains_key("secret") {
-                return Err((
-                    format!("{field}.secret"),
-                    "is not taken by iam: IAM authorises the caller".to_string(),
-                ));
-            }
-            let principals = obj
-                .get("principals")
-                .and_then(Value::as_array)
-                .filter(|a| !a.is_empty())
-                .and_then(|a| {
-                    a.iter()
-                        .map(|p| p.as_str().filter(|p| !p.is_empty()))
-                        .map(|p| p.map(|p| PrincipalPattern(p.to_string())))
-                        .collect::<Option<Vec<_>>>()
-                })
-                .ok_or_else(|| {
-                    (
-                        format!("{field}.principals"),
-                        "is required and must be a non-empty array of ARNs".to_string(),
-                    )
-                })?;
-            return Ok(Self::Iam { principals });
-        }
-        let secret = s("secret")?;
-        match scheme.as_str() {
-            "standard-webhooks" => Ok(Self::StandardWebhooks { secret }),
-            "hmac-sha256-hex" => Ok(Self::HmacSha256Hex {
-                header: s("header")?.to_ascii_lowercase(),
-                prefix: obj
-                    .get("prefix")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-                secret,
-            }),
-            "bearer" => Ok(Self::Bearer { secret }),
-            "basic" => Ok(Self::Basic { secret }),
-            "api-key" => Ok(Self::ApiKey {
-                header: s("header")?.to_ascii_lowercase(),
-                secret,
-            }),
-            other => Err((
-                format!("{field}.scheme"),
-                format!(
-                    "'{other}' is not one of standard-webhooks, hmac-sha256-hex, bearer, basic, api-key, iam"
-                ),
-            )),
-        }
-    }
 }
 
 /// What a request presents to be authenticated.
@@ -606,8 +561,10 @@ pub const GENERIC_KEY: &str = "generic";
 /// A source's authentication: one scheme or several, any one of which
 /// admits the call (so a sender can move to another scheme without
 /// downtime).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct AuthDef {
+    #[serde(deserialize_with = "crate::support::config_de::one_or_many")]
     schemes: Vec<Scheme>,
 }
 
@@ -634,44 +591,16 @@ impl AuthDef {
         &self.schemes
     }
 
-    /// Parses a source's `auth`: one scheme object or a non-empty list of
-    /// them. Errors are `(field, reason)`.
-    pub fn parse(v: Option<&Value>) -> Result<Self, (String, String)> {
-        let schemes = match v {
-            Some(one @ Value::Object(_)) => vec![Scheme::parse(one, "auth")?],
-            Some(Value::Array(list)) if !list.is_empty() => list
-                .iter()
-                .enumerate()
-                .map(|(i, s)| Scheme::parse(s, &format!("auth[{i}]")))
-                .collect::<Result<_, _>>()?,
-            _ => {
-                return Err((
-                    "auth".to_string(),
-                    "is required and must be a scheme object or a non-empty list of them"
-                        .to_string(),
-                ));
-            }
-        };
-        Ok(Self { schemes })
-    }
-
     /// The built-in source `generic`'s definition in `SOURCES`: only its
     /// `auth` may change, since its mapping is the generic body.
     pub fn parse_generic(def: &Value) -> Result<Self, (String, String)> {
-        let obj = def
-            .as_object()
-            .ok_or_else(|| (String::new(), "must be an object".to_string()))?;
-        if let Some(k) = obj.keys().find(|k| k.as_str() != "auth") {
-            return Err((
-                k.clone(),
-                "cannot be set: the generic source takes only 'auth' (its mapping is the generic body)"
-                    .to_string(),
-            ));
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Generic {
+            auth: Option<AuthDef>,
         }
-        match obj.get("auth") {
-            None => Ok(Self::standard(GENERIC_KEY)),
-            v => Self::parse(v),
-        }
+        let g: Generic = crate::support::config_de::from_value("", def)?;
+        Ok(g.auth.unwrap_or_else(|| Self::standard(GENERIC_KEY)))
     }
 
     /// Refuses a request that carries nothing any scheme reads: no secret
@@ -736,6 +665,7 @@ impl AuthDef {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::support::config_de::from_value;
 
     // The published test vector of the Standard Webhooks specification
     // (standard-webhooks/standard-webhooks, libraries' shared tests).
@@ -1103,9 +1033,10 @@ mod tests {
     #[test]
     fn an_unsigned_id_header_is_never_a_delivery_id() {
         let s = app_secret(serde_json::json!({ "sn": "snow-bearer-token-never-log" }));
-        let def = AuthDef::parse(Some(
+        let def = from_value::<AuthDef>(
+            "auth",
             &serde_json::json!({"scheme": "bearer", "secret": "sn"}),
-        ))
+        )
         .unwrap();
         let h = header_map(&[
             ("authorization", "Bearer snow-bearer-token-never-log"),
@@ -1119,9 +1050,9 @@ mod tests {
 
     #[test]
     fn precheck_refuses_a_request_without_the_schemes_header() {
-        let def = AuthDef::parse(Some(&serde_json::json!(
+        let def = from_value::<AuthDef>("auth", &serde_json::json!(
             {"scheme": "hmac-sha256-hex", "header": "X-Hub-Signature", "prefix": "sha256=", "secret": "jira"}
-        )))
+        ))
         .unwrap();
         let bare = HeaderMap::new();
         assert_eq!(
@@ -1147,7 +1078,7 @@ mod tests {
     }
 
     fn def(v: Value) -> AuthDef {
-        AuthDef::parse(Some(&v)).unwrap()
+        from_value::<AuthDef>("auth", &v).unwrap()
     }
 
     fn with_arn<'a>(h: &'a HeaderMap, arn: Option<&'a str>) -> Presented<'a> {
@@ -1341,7 +1272,11 @@ mod tests {
             ),
             (serde_json::json!([]), "auth"),
         ] {
-            assert_eq!(AuthDef::parse(Some(&v)).unwrap_err().0, field, "{v}");
+            assert_eq!(
+                from_value::<AuthDef>("auth", &v).unwrap_err().0,
+                field,
+                "{v}"
+            );
         }
         assert_eq!(
             AuthDef::parse_generic(

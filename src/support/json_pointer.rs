@@ -2,10 +2,12 @@
 //! an object a token is always a key): `*` for every element, and
 //! `[key=value]` for the elements that are objects whose `key` is `value`.
 
+use serde::Deserialize;
 use serde_json::Value;
 
 /// An RFC 6901 pointer, parsed once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Pointer {
     raw: String,
     pub(crate) tokens: Vec<String>,
@@ -75,6 +77,13 @@ impl Pointer {
             Value::Array(items) => array_index(token).and_then(|i| items.get_mut(i)),
             _ => None,
         })
+    }
+}
+
+impl TryFrom<String> for Pointer {
+    type Error = String;
+    fn try_from(raw: String) -> Result<Self, String> {
+        Self::parse(&raw)
     }
 }
 

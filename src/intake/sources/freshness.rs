@@ -3,16 +3,20 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Deserializer, de};
 use serde_json::Value;
 use thiserror::Error;
 
 use crate::support::json_pointer::Pointer;
 
 /// How a sender writes the time into its body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum TimeUnit {
+    #[serde(rename = "ms")]
     Millis,
+    #[serde(rename = "s")]
     Seconds,
+    #[serde(rename = "rfc3339")]
     Rfc3339,
 }
 
@@ -43,11 +47,21 @@ pub enum StaleError {
 /// The optional `freshness` window: a captured delivery, validly signed,
 /// cannot be replayed once its body time has aged out, even into an
 /// instance whose replay cache never saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Freshness {
     pub pointer: Pointer,
     pub unit: TimeUnit,
+    #[serde(rename = "max_age_seconds", deserialize_with = "max_age")]
     pub max_age: Duration,
+}
+
+/// `max_age_seconds`: a whole number of seconds, at most a week.
+fn max_age<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    Some(u64::deserialize(d)?)
+        .filter(|n| (1..=7 * 24 * 3600).contains(n))
+        .map(Duration::from_secs)
+        .ok_or_else(|| de::Error::custom("must be a whole number of seconds from 1 to 604800"))
 }
 
 impl Freshness {
@@ -139,49 +153,4 @@ fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     } else {
         utc.checked_add(shift)
     }
-}
-
-pub(super) fn parse_freshness(v: &Value) -> Result<Freshness, (String, String)> {
-    let bad = |k: &str, r: &str| (format!("freshness.{k}"), r.to_string());
-    let obj = v.as_object().ok_or_else(|| {
-        (
-            "freshness".to_string(),
-            "must be an object with pointer, unit and max_age_seconds".to_string(),
-        )
-    })?;
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !["pointer", "unit", "max_age_seconds"].contains(&k.as_str()))
-    {
-        return Err(bad(
-            k,
-            "is not a known field (known: pointer, unit, max_age_seconds)",
-        ));
-    }
-    let pointer = obj
-        .get("pointer")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("pointer", "must be a JSON Pointer string"))
-        .and_then(|p| Pointer::parse(p).map_err(|r| (String::from("freshness.pointer"), r)))?;
-    let unit = match obj.get("unit").and_then(Value::as_str) {
-        Some("ms") => TimeUnit::Millis,
-        Some("s") => TimeUnit::Seconds,
-        Some("rfc3339") => TimeUnit::Rfc3339,
-        _ => return Err(bad("unit", "must be one of \"ms\", \"s\", \"rfc3339\"")),
-    };
-    let max_age = obj
-        .get("max_age_seconds")
-        .and_then(Value::as_u64)
-        .filter(|n| (1..=7 * 24 * 3600).contains(n))
-        .ok_or_else(|| {
-            bad(
-                "max_age_seconds",
-                "must be a whole number of seconds from 1 to 604800",
-            )
-        })?;
-    Ok(Freshness {
-        pointer,
-        unit,
-        max_age: Duration::from_secs(max_age),
-    })
 }

@@ -3,15 +3,17 @@
 
 use std::collections::HashSet;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::SourceDef;
 use crate::domain::model::{Comment, Device, FieldError, Mode, OffboardRequest, Ticket};
 use crate::support::json_pointer::{Pointer, scalar_text};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Condition {
     pub pointer: Pointer,
+    #[serde(rename = "in", deserialize_with = "super::texts")]
     pub one_of: Vec<String>,
 }
 

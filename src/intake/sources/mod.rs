@@ -16,6 +16,8 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
+use serde::de;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -26,12 +28,12 @@ mod template;
 
 pub use crate::support::json_pointer::{Pointer, scalar_text};
 pub use builtin::{EVENTBRIDGE, GENERIC, INVOKE};
-use freshness::parse_freshness;
 pub use freshness::{Freshness, MAX_FUTURE, StaleError, TimeUnit};
 pub use mapping::{Condition, Mapped};
 pub use template::Template;
 
 use crate::intake::auth::AuthDef;
+use crate::support::config_de::{from_value, non_empty_list, one_or_many};
 
 /// A definition that cannot be used; init stops with this line.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -42,14 +44,22 @@ pub struct SourceError {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a source definition object")]
 pub struct SourceDef {
+    #[serde(skip)]
     pub name: String,
+    /// No scheme only on a source that EventBridge alone reaches.
+    #[serde(default = "AuthDef::none")]
     pub auth: AuthDef,
+    #[serde(default, deserialize_with = "or_default")]
     pub when: Vec<Condition>,
     /// The first pointer that reaches a value is the ticket.
+    #[serde(deserialize_with = "one_or_many")]
     pub ticket: Vec<Pointer>,
+    #[serde(deserialize_with = "one_or_many")]
     pub devices: Vec<Pointer>,
+    #[serde(default = "default_comment")]
     pub comment: Template,
     /// The header that carries the sender's delivery id, for the audit line.
     pub id_header: Option<String>,
@@ -57,14 +67,17 @@ pub struct SourceDef {
     /// EventBridge events this source takes (direct invocation).
     pub eventbridge: Option<EventBridgeMatch>,
     /// Where the final outcome is written back (`"notify"`).
+    #[serde(default, deserialize_with = "notify")]
     pub notify: Option<crate::domain::notify::NotifyDef>,
 }
 
 /// Which EventBridge events a source takes: both lists must hold the
 /// event's value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct EventBridgeMatch {
+    #[serde(deserialize_with = "non_empty_list")]
     pub source: Vec<String>,
+    #[serde(rename = "detail-type", deserialize_with = "non_empty_list")]
     pub detail_type: Vec<String>,
 }
 
@@ -78,32 +91,6 @@ impl EventBridgeMatch {
         };
         is_in(&self.source, "source") && is_in(&self.detail_type, "detail-type")
     }
-}
-
-fn parse_eventbridge(v: Option<&Value>) -> Result<Option<EventBridgeMatch>, (String, String)> {
-    let Some(v) = v.filter(|v| !v.is_null()) else {
-        return Ok(None);
-    };
-    let list = |key: &str| -> Result<Vec<String>, (String, String)> {
-        v.get(key)
-            .and_then(Value::as_array)
-            .filter(|a| !a.is_empty())
-            .and_then(|a| {
-                a.iter()
-                    .map(|s| s.as_str().map(str::to_string))
-                    .collect::<Option<Vec<_>>>()
-            })
-            .ok_or_else(|| {
-                (
-                    format!("eventbridge.{key}"),
-                    "must be a non-empty array of strings".to_string(),
-                )
-            })
-    };
-    Ok(Some(EventBridgeMatch {
-        source: list("source")?,
-        detail_type: list("detail-type")?,
-    }))
 }
 
 /// The built-in presets, as `SOURCES` would define them.
@@ -243,38 +230,34 @@ impl Loaded {
                 }
             }
         };
+        let fail = |name: &str, (field, reason): (String, String)| {
+            let source_name = name.to_string();
+            SourceError {
+                source_name,
+                field,
+                reason,
+            }
+            .to_string()
+        };
         let generic = match user.remove(crate::intake::auth::GENERIC_KEY) {
             None => AuthDef::standard(crate::intake::auth::GENERIC_KEY),
-            Some(def) => AuthDef::parse_generic(&def).map_err(|(field, reason)| {
-                SourceError {
-                    source_name: crate::intake::auth::GENERIC_KEY.to_string(),
-                    field,
-                    reason,
-                }
-                .to_string()
-            })?,
+            Some(def) => AuthDef::parse_generic(&def)
+                .map_err(|e| fail(crate::intake::auth::GENERIC_KEY, e))?,
         };
         let mut defs = BTreeMap::new();
-        for (name, def) in presets.iter().filter(|(n, _)| !user.contains_key(*n)) {
-            defs.insert(
-                name.clone(),
-                parse_def(name, def, &presets).map_err(|e| e.to_string())?,
-            );
-        }
-        for (name, def) in &user {
-            if !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                || name.is_empty()
+        let given = presets.iter().filter(|(n, _)| !user.contains_key(*n));
+        for (name, def) in given.chain(&user) {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
                 return Err(format!(
                     "source '{name}': the name may hold only letters, digits, '-' and '_'"
                 ));
             }
-            defs.insert(
-                name.clone(),
-                parse_def(name, def, &presets).map_err(|e| e.to_string())?,
-            );
+            let def = parse_def(name, def, &presets).map_err(|e| fail(name, e))?;
+            defs.insert(name.clone(), def);
         }
         Ok(Self { defs, generic })
     }
@@ -286,146 +269,69 @@ impl Default for Sources {
     }
 }
 
+/// One source's definition; an error is `(field, reason)`.
 fn parse_def(
     name: &str,
     def: &Value,
     presets: &Map<String, Value>,
-) -> Result<SourceDef, SourceError> {
-    let err = |field: &str, reason: String| SourceError {
-        source_name: name.to_string(),
-        field: field.to_string(),
-        reason,
-    };
-    let mut obj = def
-        .as_object()
-        .ok_or_else(|| err("", "must be an object".into()))?
-        .clone();
+) -> Result<SourceDef, (String, String)> {
+    let mut def = def.clone();
     // `extends` starts from a preset and changes only the fields given,
     // e.g. Jira with another device field.
-    if let Some(base) = obj.remove("extends") {
+    if let Some(obj) = def.as_object_mut()
+        && let Some(base) = obj.remove("extends")
+    {
+        let extends = |reason: String| ("extends".to_string(), reason);
         let base_name = base
             .as_str()
-            .ok_or_else(|| err("extends", "must be a preset's name".into()))?;
+            .ok_or_else(|| extends("must be a preset's name".into()))?;
         let mut merged = presets
             .get(base_name)
             .and_then(Value::as_object)
-            .ok_or_else(|| err("extends", format!("names no preset ('{base_name}')")))?
+            .ok_or_else(|| extends(format!("names no preset ('{base_name}')")))?
             .clone();
-        merged.extend(obj);
-        obj = merged;
-    }
-    let known = [
-        "auth",
-        "when",
-        "ticket",
-        "devices",
-        "comment",
-        "id_header",
-        "freshness",
-        "eventbridge",
-        "notify",
-    ];
-    if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(err(
-            k,
-            format!("is not a known field (known: {})", known.join(", ")),
-        ));
+        merged.append(obj);
+        *obj = merged;
     }
     // A source only EventBridge reaches needs no HTTP auth: IAM admitted
     // its events, and without `auth` its webhook route refuses every call.
-    let auth = match (obj.get("auth"), obj.get("eventbridge")) {
-        (None, Some(_)) => AuthDef::none(),
-        (v, _) => AuthDef::parse(v).map_err(|(f, r)| err(&f, r))?,
-    };
-    let when = match obj.get("when") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let field = format!("when[{i}]");
-                let pointer = c
-                    .get("pointer")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        err(
-                            &format!("{field}.pointer"),
-                            "must be a JSON Pointer string".into(),
-                        )
-                    })
-                    .and_then(|p| {
-                        Pointer::parse(p).map_err(|r| err(&format!("{field}.pointer"), r))
-                    })?;
-                let one_of = c
-                    .get("in")
-                    .and_then(Value::as_array)
-                    .filter(|a| !a.is_empty())
-                    .and_then(|a| a.iter().map(scalar_text).collect::<Option<Vec<_>>>())
-                    .ok_or_else(|| {
-                        err(
-                            &format!("{field}.in"),
-                            "must be a non-empty array of strings".into(),
-                        )
-                    })?;
-                Ok(Condition { pointer, one_of })
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(err("when", "must be an array of conditions".into())),
-    };
-    let pointers = |field: &str| -> Result<Vec<Pointer>, SourceError> {
-        let list: Vec<&str> = match obj.get(field) {
-            Some(Value::String(s)) => vec![s.as_str()],
-            Some(Value::Array(a)) if !a.is_empty() => a
-                .iter()
-                .map(Value::as_str)
-                .collect::<Option<_>>()
-                .ok_or_else(|| err(field, "must be a JSON Pointer or an array of them".into()))?,
-            None => return Err(err(field, "is required".into())),
-            _ => {
-                return Err(err(
-                    field,
-                    "must be a JSON Pointer or a non-empty array of them".into(),
-                ));
-            }
-        };
-        list.into_iter()
-            .map(|p| Pointer::parse(p).map_err(|r| err(field, r)))
-            .collect()
-    };
-    let ticket = pointers("ticket")?;
-    let devices = pointers("devices")?;
-    let comment = match obj.get("comment") {
-        None => Template::parse("Offboarded for {ticket}"),
-        Some(Value::String(s)) => Template::parse(s),
-        Some(_) => return Err(err("comment", "must be a string template".into())),
+    let bridged = def.get("eventbridge").is_some();
+    let mut def: SourceDef = from_value("", &def)?;
+    if def.auth.schemes().is_empty() && !bridged {
+        let reason = "is required and must be a scheme object or a non-empty list of them";
+        return Err(("auth".into(), reason.into()));
     }
-    .map_err(|r| err("comment", r))?;
-    let id_header = match obj.get("id_header") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.to_ascii_lowercase()),
-        Some(_) => return Err(err("id_header", "must be a header name".into())),
-    };
-    let freshness = match obj.get("freshness") {
-        None | Some(Value::Null) => None,
-        Some(f) => Some(parse_freshness(f).map_err(|(f, r)| err(&f, r))?),
-    };
-    Ok(SourceDef {
-        name: name.to_string(),
-        auth,
-        when,
-        ticket,
-        devices,
-        comment,
-        id_header,
-        freshness,
-        eventbridge: parse_eventbridge(obj.get("eventbridge")).map_err(|(f, r)| err(&f, r))?,
-        notify: match obj.get("notify") {
-            None | Some(Value::Null) => None,
-            Some(v) => {
-                Some(crate::domain::notify::NotifyDef::parse(v).map_err(|r| err("notify", r))?)
-            }
-        },
-    })
+    def.name = name.to_string();
+    def.id_header = def.id_header.map(|h| h.to_ascii_lowercase());
+    Ok(def)
+}
+
+/// A condition's `in`: strings, numbers or booleans, compared as text.
+fn texts<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    non_empty_list::<D, Value>(d)?
+        .iter()
+        .map(scalar_text)
+        .collect::<Option<_>>()
+        .ok_or_else(|| de::Error::custom("must hold only strings, numbers or booleans"))
+}
+
+/// `null` is the default, so an `extends` can drop what a preset set.
+fn or_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+fn notify<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::domain::notify::NotifyDef>, D::Error> {
+    Option::<Value>::deserialize(d)?
+        .map(|v| crate::domain::notify::NotifyDef::parse(&v).map_err(de::Error::custom))
+        .transpose()
+}
+
+fn default_comment() -> Template {
+    Template::parse("Offboarded for {ticket}").expect("a template")
 }
 
 #[cfg(test)]
@@ -577,7 +483,11 @@ mod tests {
     }
 
     fn window(unit: &str) -> Freshness {
-        parse_freshness(&json!({"pointer": "/t", "unit": unit, "max_age_seconds": 600})).unwrap()
+        from_value(
+            "freshness",
+            &json!({"pointer": "/t", "unit": unit, "max_age_seconds": 600}),
+        )
+        .unwrap()
     }
 
     fn at(secs: u64) -> SystemTime {
@@ -700,7 +610,11 @@ mod tests {
             ),
             (json!("/t"), "freshness"),
         ] {
-            assert_eq!(parse_freshness(&f).unwrap_err().0, field, "{f}");
+            assert_eq!(
+                from_value::<Freshness>("freshness", &f).unwrap_err().0,
+                field,
+                "{f}"
+            );
         }
     }
 
@@ -733,6 +647,65 @@ mod tests {
             j.auth.schemes(),
             [crate::intake::auth::Scheme::HmacSha256Hex { .. }]
         ));
+    }
+
+    #[test]
+    fn errors_give_the_path_to_the_value_at_fault() {
+        let auth = r#"{"scheme": "bearer", "secret": "s"}"#;
+        for (rest, field) in [
+            (
+                r#""auth": [{"scheme": "bearer", "secret": "a"}, {"scheme": "iam", "principals": ["a"], "secret": "b"}]"#,
+                "'auth[1].secret' is not a known field",
+            ),
+            (r#""auth": []"#, "'auth' holds an empty list"),
+            (
+                r#""auth": {"scheme": "iam", "principals": []}"#,
+                "'auth' holds an empty list",
+            ),
+            (
+                r#""auth": {"scheme": "basic", "secret": ""}"#,
+                "'auth' has an empty",
+            ),
+            (
+                &format!(r#""auth": {auth}, "ticket": ["/a", "b"]"#),
+                "'ticket[1]' 'b' is not a JSON Pointer",
+            ),
+            (
+                &format!(r#""auth": {auth}, "freshness": {{"pointer": "/t", "unit": "m"}}"#),
+                "'freshness.unit' unknown variant `m`",
+            ),
+            (
+                &format!(r#""auth": {auth}, "notify": {{"to": "servicenow", "tabel": "x"}}"#),
+                "'notify.tabel' is not a known field",
+            ),
+            (
+                &format!(r#""auth": {auth}, "notify": {{"to": "servicenow", "table": "a/b"}}"#),
+                "'notify' table 'a/b' is not a table name",
+            ),
+            (
+                r#""eventbridge": {"source": ["aws.x"]}"#,
+                "'eventbridge.detail-type' is required",
+            ),
+        ] {
+            let json =
+                format!(r#"{{"sources": {{"x": {{"ticket": "/t", "devices": "/d", {rest}}}}}}}"#);
+            let e = Sources::load(Some(&json)).unwrap_err();
+            assert!(e.contains(&format!("source 'x': field {field}")), "{e}");
+        }
+        // Whatever `extends` took from a preset, null drops it.
+        let s = Sources::load(Some(
+            r#"{"sources": {"jira": {"extends": "jira", "when": null, "freshness": null, "notify": null, "id_header": "X-Id"}}}"#,
+        ))
+        .unwrap();
+        let j = s.get("jira").unwrap();
+        assert!(j.when.is_empty() && j.freshness.is_none() && j.notify.is_none());
+        assert_eq!(j.id_header.as_deref(), Some("x-id"));
+        // Only EventBridge reaches a source without auth.
+        let s = Sources::load(Some(
+            r#"{"sources": {"eb": {"ticket": "/t", "devices": "/d", "eventbridge": {"source": ["a"], "detail-type": ["b"]}}}}"#,
+        ))
+        .unwrap();
+        assert!(s.get("eb").unwrap().auth.schemes().is_empty());
     }
 
     #[test]

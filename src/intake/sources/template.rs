@@ -1,6 +1,7 @@
 //! Comment templates: `{ticket}` and `{/json/pointer}` are replaced by the
 //! values they name.
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::support::json_pointer::{Pointer, scalar_text};
@@ -13,8 +14,16 @@ enum Part {
 }
 
 /// A comment template: `{ticket}` and `{/json/pointer}` are replaced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Template(Vec<Part>);
+
+impl TryFrom<String> for Template {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s)
+    }
+}
 
 impl Template {
     pub fn parse(s: &str) -> Result<Self, String> {
