@@ -9,7 +9,8 @@
 //!   validate); its `auth`, `sources` and `input` modules are pure;
 //! - `domain`: what happens to a device, over port traits;
 //! - `adapters`: the ports against Defender, Entra ID and AWS;
-//! - `ops`: logs, metrics, audit.
+//! - `ops`: logs, metrics, audit;
+//! - `support`: small helpers that import nothing of this crate.
 //!
 //! `config` and `error` (every error to one status, in one place) serve all
 //! of them; `init` builds the app from the environment.
@@ -22,5 +23,6 @@ pub mod error;
 pub mod ingest;
 pub mod init;
 pub mod ops;
+pub mod support;
 
 pub use ingest::App;
