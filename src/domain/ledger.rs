@@ -18,13 +18,14 @@
 //! on every write (no transaction, no second write to forget), and history
 //! reads tolerate its eventual consistency.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 use serde::{Serialize, Serializer};
 use thiserror::Error;
 
 pub use crate::ingest::replay::Answer as StoredAnswer;
+pub(crate) use crate::support::time::unix_millis as epoch_ms;
 
 /// Names the adapter and the table definition (template.yaml's `LedgerTable`,
 /// the template's `LedgerTable`) must agree on; a test checks they do.
@@ -82,12 +83,7 @@ impl From<[u8; 32]> for IdempotencyKey {
 
 impl IdempotencyKey {
     pub(crate) fn pk(&self) -> String {
-        let mut s = String::with_capacity(5 + 64);
-        s.push_str("IDEM#");
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+        format!("IDEM#{}", hex::encode(self.0))
     }
 }
 
@@ -253,11 +249,6 @@ pub(crate) fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::E
 /// (the machine index's sort key relies on it).
 pub(crate) fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
-}
-
-pub(crate) fn epoch_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 pub(crate) fn epoch_s(t: SystemTime) -> i64 {

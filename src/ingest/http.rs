@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use lambda_http::http::StatusCode;
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
+use percent_encoding::percent_decode_str;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,13 +15,14 @@ use tracing::Instrument;
 
 use super::auth::{Admitted, AuthDef, Presented};
 use super::input;
-use super::{App, Caller, GENERIC, Intake, delivery_key, header, json_response, unix_now};
+use super::{App, Caller, GENERIC, Intake, delivery_key, header, json_response};
 use crate::domain::defender::{DefenderError, MachineAction};
 use crate::domain::ledger::ActionStatus;
 use crate::domain::limits::{DEFAULT_BUDGET, Deadline};
 use crate::domain::secret::AppSecret;
 use crate::error::ApiError;
 use crate::ops::metrics;
+use crate::support::time::unix_now;
 
 /// Bodies above this are refused before any work (413).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -45,29 +47,6 @@ fn action_json(a: &MachineAction) -> Value {
         "status": a.status,
         "last_update": a.last_update(),
     })
-}
-
-/// A path segment as the ticket it names (`%20` and the like decoded);
-/// invalid UTF-8 is kept as replacement characters, which the ticket's own
-/// checks then refuse.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn body_bytes(req: &Request) -> Result<&[u8], ApiError> {
@@ -489,7 +468,10 @@ impl App {
             .ledger
             .as_ref()
             .ok_or_else(|| ApiError::NoRoute(format!("/v1/tickets/{ticket}")))?;
-        let ticket = input::Ticket::parse("ticket", &percent_decode(ticket))?;
+        // `%20` and the like decoded; invalid UTF-8 is kept as replacement
+        // characters, which the ticket's own checks then refuse.
+        let ticket = percent_decode_str(ticket).decode_utf8_lossy();
+        let ticket = input::Ticket::parse("ticket", &ticket)?;
         let devices = ledger.ticket_records(ticket.as_str()).await?;
         Ok(json_response(
             StatusCode::OK,

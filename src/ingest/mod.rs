@@ -18,7 +18,7 @@ pub mod worker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use lambda_http::http::{HeaderMap, StatusCode};
 use lambda_http::{Body, Response};
@@ -44,6 +44,7 @@ use crate::ingest::input::{Mode, OffboardRequest};
 use crate::ingest::sources::{Mapped, SourceDef};
 use crate::ops::audit::audit;
 use crate::ops::metrics;
+use crate::support::time::unix_now;
 use replay::{DeliveryKey, ReplayCache};
 
 /// The built-in source of the generic route and the action route.
@@ -618,13 +619,6 @@ fn delivery_key(source: &str, signed_id: Option<&str>, body: &[u8]) -> DeliveryK
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

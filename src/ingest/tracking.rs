@@ -30,6 +30,7 @@ use crate::domain::tracking::{
 };
 use crate::ingest::input::{CallbackUrl, Ticket};
 use crate::ops::metrics;
+use crate::support::time::unix_secs;
 
 /// The wall clock tracking reads; a simulation passes its own.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -52,13 +53,8 @@ impl Tracker {
     }
 
     fn now(&self) -> i64 {
-        unix((self.clock)())
+        unix_secs((self.clock)())
     }
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Metric name per final status.
