@@ -4,10 +4,12 @@
 //! writes it as a Lambda event for `cargo lambda invoke --data-file`.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use mde_offboard::intake::auth::{hmac_hex, standard_sign};
+use mde_offboard::intake::auth::hmac_hex;
 use mde_offboard::intake::sources::Sources;
+use mde_offboard::support::time::unix_secs;
+use mde_offboard::support::webhook_sig::StandardWebhooks;
 use serde_json::{Map, Value};
 
 /// What a sample file holds.
@@ -136,10 +138,7 @@ pub fn sign(
         .or(secret["webhook_secrets"][&source][0].as_str())
         .ok_or_else(|| SignError(format!("the secret has no webhook secret for '{source}'")))?
         .to_string();
-    let secs = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let secs = unix_secs(now);
     // A new id per delivery: the function answers a repeated id from its
     // replay memory without acting again.
     let id = format!("msg_local_{secs}_{nonce}");
@@ -163,12 +162,14 @@ pub fn sign(
             .headers
             .push(("authorization".into(), format!("Bearer {key}"))),
         _ => {
+            let signer = StandardWebhooks::from_secret(&key)
+                .map_err(|e| SignError(format!("webhook_secrets.{source} {e}")))?;
             d.headers.push(("webhook-id".into(), id.clone()));
             d.headers
                 .push(("webhook-timestamp".into(), secs.to_string()));
             d.headers.push((
                 "webhook-signature".into(),
-                standard_sign(&key, &id, secs, d.body.as_bytes()),
+                signer.sign(&id, secs, d.body.as_bytes()),
             ));
         }
     }
@@ -206,6 +207,7 @@ pub fn to_event(sample: &Sample, d: &Delivery) -> Value {
 mod tests {
     use super::*;
     use mde_offboard::intake::auth::verify_hmac_hex;
+    use std::time::UNIX_EPOCH;
 
     fn sample(file: &str) -> Sample {
         let path = format!("{}/../events/{file}", env!("CARGO_MANIFEST_DIR"));

@@ -4,15 +4,9 @@
 //! Standard Webhooks (Svix's libraries, a SOAR's webhook action) can check
 //! it came from this function.
 
-use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::ops::ControlFlow;
+use std::time::Duration;
 
-use base64::Engine as _;
-use base64::alphabet;
-use base64::engine::DecodePaddingMode;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD as B64};
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 use thiserror::Error;
 
 use futures_util::future::BoxFuture;
@@ -21,6 +15,9 @@ use crate::domain::follow_up::{FinalOutcome, FollowUp};
 use crate::domain::limits::Deadline;
 use crate::domain::secret::AppSecret;
 use crate::ops::metrics;
+use crate::support::retry;
+use crate::support::time::unix_now;
+use crate::support::webhook_sig::StandardWebhooks;
 
 /// The `webhook_secrets` key that signs callbacks.
 pub const CALLBACK_SECRET_KEY: &str = "callback";
@@ -35,22 +32,9 @@ pub const RETRY_WAITS: [Duration; 3] = [
 /// Longest one callback attempt may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-const WHSEC_B64: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new()
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-        .with_decode_allow_trailing_bits(true),
-);
-
 /// A callback signing key, never printed.
-#[derive(Clone)]
-pub struct SigningKey(Vec<u8>);
-
-impl fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SigningKey(<redacted>)")
-    }
-}
+#[derive(Debug, Clone)]
+pub struct SigningKey(StandardWebhooks);
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SigningKeyError {
@@ -65,25 +49,17 @@ pub enum SigningKeyError {
 impl SigningKey {
     /// A `whsec_<base64>` value, as Standard Webhooks libraries read it.
     pub fn parse(value: &str) -> Result<Self, SigningKeyError> {
-        let b64 = value
-            .strip_prefix("whsec_")
-            .ok_or(SigningKeyError::Invalid)?;
-        let bytes = WHSEC_B64
-            .decode(b64.trim())
-            .map_err(|_| SigningKeyError::Invalid)?;
-        if bytes.len() < 16 {
+        if !value.starts_with("whsec_") {
             return Err(SigningKeyError::Invalid);
         }
-        Ok(Self(bytes))
+        StandardWebhooks::from_secret(value)
+            .map(Self)
+            .map_err(|_| SigningKeyError::Invalid)
     }
 
     /// `v1,<base64 HMAC-SHA256>` of `{id}.{timestamp}.{body}`.
     pub fn sign(&self, id: &str, timestamp: i64, body: &str) -> String {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
-        mac.update(format!("{id}.{timestamp}.").as_bytes());
-        mac.update(body.as_bytes());
-        format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
+        self.0.sign(id, timestamp, body.as_bytes())
     }
 }
 
@@ -113,16 +89,10 @@ pub async fn deliver(
     body: &str,
     deadline: &Deadline,
 ) -> Delivery {
-    let mut attempts = 0;
-    loop {
-        // A slow receiver must not eat the batch's other messages' time.
-        let Some(timeout) = deadline.call_timeout().map(|t| t.min(CALL_TIMEOUT)) else {
-            return Delivery::GaveUp { attempts };
-        };
-        attempts += 1;
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+    // A slow receiver must not eat the batch's other messages' time.
+    let timeout = || deadline.call_timeout().map(|t| t.min(CALL_TIMEOUT));
+    let attempt = |attempts, timeout| async move {
+        let ts = unix_now();
         let sent = http
             .post(url)
             .timeout(timeout)
@@ -134,24 +104,20 @@ pub async fn deliver(
             .send()
             .await;
         match sent {
-            Ok(r) if r.status().is_success() => return Delivery::Delivered { attempts },
-            Ok(r) if r.status().is_client_error() => {
-                return Delivery::Refused {
-                    status: r.status().as_u16(),
-                };
+            Ok(r) if r.status().is_success() => {
+                ControlFlow::Break(Delivery::Delivered { attempts })
             }
+            Ok(r) if r.status().is_client_error() => ControlFlow::Break(Delivery::Refused {
+                status: r.status().as_u16(),
+            }),
             // A 3xx is never followed (the client's policy) and is no
             // better on a retry than a 5xx.
-            Ok(_) | Err(_) => {}
+            Ok(_) | Err(_) => ControlFlow::Continue(()),
         }
-        let Some(wait) = RETRY_WAITS.get(attempts as usize - 1) else {
-            return Delivery::GaveUp { attempts };
-        };
-        if !deadline.fits(*wait) {
-            return Delivery::GaveUp { attempts };
-        }
-        tokio::time::sleep(*wait).await;
-    }
+    };
+    retry::bounded(&RETRY_WAITS, timeout, |w| deadline.fits(w), attempt)
+        .await
+        .unwrap_or_else(|attempts| Delivery::GaveUp { attempts })
 }
 
 /// The callback follow-up: the final outcome POSTed, signed, to the
@@ -250,6 +216,7 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(!format!("{:?}", SigningKey(vec![1; 16])).contains('1'));
+        let key = SigningKey(StandardWebhooks::from_bytes(vec![1; 16]));
+        assert!(!format!("{key:?}").contains('1'));
     }
 }

@@ -3,7 +3,6 @@
 //! proves itself with the client secret, or (federated) with an STS web
 //! identity token as the client assertion.
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,24 +14,19 @@ use tokio::time::Instant;
 use crate::domain::federation::IdentityTokenCache;
 use crate::domain::limits::{Deadline, MAX_UPSTREAM_WAIT, later, parse_seconds, seconds_f64};
 use crate::domain::secret::{AppSecret, AssertionRefusal, CredentialError};
+use crate::support::redacted::Redacted;
 
 /// RFC 7523's client assertion type, which Entra ID expects with a
 /// federated credential.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A bearer token; `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AccessToken(String);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessToken(Redacted<String>);
 
 impl AccessToken {
     pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for AccessToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AccessToken(<redacted>)")
+        &self.0.0
     }
 }
 
@@ -303,7 +297,7 @@ pub fn read_token_answer(
             ));
         }
         return Ok((
-            AccessToken(t.access_token),
+            AccessToken(Redacted(t.access_token)),
             token_lifetime(t.expires_in.as_ref()),
         ));
     }
@@ -429,7 +423,7 @@ mod tests {
     #[test]
     fn debug_is_redacted() {
         assert_eq!(
-            format!("{:?}", AccessToken("eyJ".into())),
+            format!("{:?}", AccessToken(Redacted("eyJ".into()))),
             "AccessToken(<redacted>)"
         );
     }

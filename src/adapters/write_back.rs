@@ -11,6 +11,7 @@
 //! any other 4xx is not (credentials, a deleted record: a retry cannot cure
 //! it).
 
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -18,11 +19,13 @@ use thiserror::Error;
 
 use futures_util::future::BoxFuture;
 
+use crate::adapters::callback::CALL_TIMEOUT;
 use crate::domain::follow_up::{FinalOutcome, FollowUp};
 use crate::domain::limits::Deadline;
 use crate::domain::notify::{NotifyTarget, WriteBackCreds, note_text};
 use crate::domain::secret::AppSecret;
 use crate::ops::metrics;
+use crate::support::retry;
 
 /// Waits before the second and third attempt.
 pub const RETRY_WAITS: [Duration; 2] = [Duration::from_millis(250), Duration::from_millis(750)];
@@ -75,7 +78,7 @@ pub async fn write_back(
                     .as_ref()
                     .map_err(bad)?;
                 http.post(format!("{}/rest/api/3/issue/{issue}/comment", c.base_url))
-                    .basic_auth(&c.user, Some(&c.password))
+                    .basic_auth(&c.user, Some(&c.password.0))
                     .json(&json!({ "body": adf(text) }))
             }
             NotifyTarget::Servicenow { table, sys_id } => {
@@ -86,7 +89,7 @@ pub async fn write_back(
                     .as_ref()
                     .map_err(bad)?;
                 http.patch(format!("{}/api/now/table/{table}/{sys_id}", c.base_url))
-                    .basic_auth(&c.user, Some(&c.password))
+                    .basic_auth(&c.user, Some(&c.password.0))
                     .header("accept", "application/json")
                     .json(&json!({ "work_notes": text }))
             }
@@ -98,40 +101,36 @@ pub async fn write_back(
                     .as_ref()
                     .map_err(bad)?;
                 http.post(format!("{}/incidents/{incident}/notes", c.base_url))
-                    .header("authorization", format!("Token token={}", c.token))
+                    .header("authorization", format!("Token token={}", c.token.0))
                     .header("from", &c.from)
                     .header("accept", "application/vnd.pagerduty+json;version=2")
                     .json(&json!({ "note": { "content": text } }))
             }
         })
     };
-    let mut attempts = 0;
-    loop {
-        let Some(timeout) = deadline
-            .call_timeout()
-            .map(|t| t.min(crate::adapters::callback::CALL_TIMEOUT))
-        else {
-            return Err(NotifyError::GaveUp { system, attempts });
-        };
-        attempts += 1;
-        match build(http)?.timeout(timeout).send().await {
-            Ok(r) if r.status().is_success() => return Ok(()),
-            Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
-                return Err(NotifyError::Refused {
-                    system,
-                    status: r.status().as_u16(),
-                });
+    let timeout = || deadline.call_timeout().map(|t| t.min(CALL_TIMEOUT));
+    let attempt = |_, timeout| {
+        let request = build(http);
+        async move {
+            let sent = match request {
+                Ok(request) => request.timeout(timeout).send().await,
+                Err(e) => return ControlFlow::Break(Err(e)),
+            };
+            match sent {
+                Ok(r) if r.status().is_success() => ControlFlow::Break(Ok(())),
+                Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
+                    ControlFlow::Break(Err(NotifyError::Refused {
+                        system,
+                        status: r.status().as_u16(),
+                    }))
+                }
+                Ok(_) | Err(_) => ControlFlow::Continue(()),
             }
-            Ok(_) | Err(_) => {}
         }
-        let Some(wait) = RETRY_WAITS.get(attempts as usize - 1) else {
-            return Err(NotifyError::GaveUp { system, attempts });
-        };
-        if !deadline.fits(*wait) {
-            return Err(NotifyError::GaveUp { system, attempts });
-        }
-        tokio::time::sleep(*wait).await;
-    }
+    };
+    retry::bounded(&RETRY_WAITS, timeout, |w| deadline.fits(w), attempt)
+        .await
+        .unwrap_or_else(|attempts| Err(NotifyError::GaveUp { system, attempts }))
 }
 
 /// The ticket follow-up: the final outcome as a note on the ticket a

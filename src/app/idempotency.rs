@@ -60,10 +60,9 @@ impl DeliveryKey {
     /// a replayer cannot copy): the same bytes are the same delivery.
     pub fn body_hash(source: &str, body: &[u8]) -> Self {
         let digest: [u8; 32] = Sha256::digest(body).into();
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         Self {
             source: source.to_string(),
-            key: format!("sha256:{hex}"),
+            key: format!("sha256:{}", hex::encode(digest)),
         }
     }
 

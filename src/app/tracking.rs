@@ -24,7 +24,7 @@ use crate::domain::queue::QueueKeys;
 use crate::domain::secret::AppSecret;
 use crate::domain::tracking::{Next, Step, THROTTLED_RETRY_SECONDS, TrackedAction, delay_for};
 use crate::ops::metrics;
-use crate::support::time::unix;
+use crate::support::time::unix_secs;
 
 /// The wall clock tracking reads; a simulation passes its own.
 pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
@@ -45,7 +45,7 @@ impl Tracker {
     }
 
     fn now(&self) -> i64 {
-        unix((self.clock)())
+        unix_secs((self.clock)())
     }
 }
 

@@ -2,10 +2,12 @@
 //! limiter. All on tokio's clock, so tests run them on a paused clock.
 
 use std::collections::VecDeque;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+
+use crate::support::time::unix_millis;
 
 /// Time kept back before the Lambda deadline to write the answer: a wait or
 /// a retry that would end inside it is not started.
@@ -55,10 +57,7 @@ impl Deadline {
         if ms < NOT_A_WALL_CLOCK_MS {
             return Self::after(DEFAULT_BUDGET);
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = unix_millis(SystemTime::now()) as u64;
         Self::after(Duration::from_millis(ms.saturating_sub(now_ms)))
     }
 
@@ -310,6 +309,7 @@ pub fn retry_after_secs(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn backoff_doubles_with_bounded_jitter_and_stops() {

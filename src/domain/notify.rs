@@ -9,8 +9,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::support::json_pointer::Pointer;
-use crate::support::json_pointer::scalar_text;
+use crate::support::json_pointer::{Pointer, scalar_text};
+use crate::support::redacted::Redacted;
 
 /// Where one delivery's outcome is written, as the delivery named it.
 /// Carried in track messages, so strict.
@@ -138,37 +138,19 @@ impl fmt::Debug for WriteBackCreds {
 
 /// A base URL and basic-auth credentials (Jira: email and API token;
 /// ServiceNow: user and password).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BasicApi {
     pub base_url: String,
     pub user: String,
-    pub password: String,
+    pub password: Redacted<String>,
 }
 
 /// PagerDuty's REST API key and the `From` user's email.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenApi {
     pub base_url: String,
-    pub token: String,
+    pub token: Redacted<String>,
     pub from: String,
-}
-
-impl fmt::Debug for BasicApi {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BasicApi")
-            .field("base_url", &self.base_url)
-            .field("password", &"<redacted>")
-            .finish()
-    }
-}
-
-impl fmt::Debug for TokenApi {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenApi")
-            .field("base_url", &self.base_url)
-            .field("token", &"<redacted>")
-            .finish()
-    }
 }
 
 pub const PAGERDUTY_API: &str = "https://api.pagerduty.com";
@@ -200,7 +182,7 @@ impl WriteBackCreds {
                 Ok(BasicApi {
                     base_url: base_url(key, o.get("base_url").and_then(Value::as_str))?,
                     user: text(key, o, user)?,
-                    password: text(key, o, password)?,
+                    password: Redacted(text(key, o, password)?),
                 })
             })
         };
@@ -214,7 +196,7 @@ impl WriteBackCreds {
                     None => PAGERDUTY_API.to_string(),
                     some => base_url(key, some)?,
                 },
-                token: text(key, o, "token")?,
+                token: Redacted(text(key, o, "token")?),
                 from: text(key, o, "from")?,
             })
         });

@@ -14,16 +14,13 @@
 //! version), so nothing is MACed that a JSON re-serialisation could change.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine as _;
-use base64::alphabet;
-use base64::engine::DecodePaddingMode;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD as B64};
+use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::future::BoxFuture;
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::Mac;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -33,26 +30,18 @@ use crate::domain::limits::Deadline;
 use crate::domain::model::{Comment, Device, FieldError, Ticket};
 use crate::domain::secret::AppSecret;
 use crate::domain::tracking::TrackedAction;
-
-type HmacSha256 = Hmac<Sha256>;
+use crate::support::redacted::Redacted;
+use crate::support::webhook_sig::{
+    HmacSha256, KeyError, MIN_KEY_LEN, any_matches, hmac_sha256, strong_key,
+};
 
 /// The envelope version this build writes and the only one it opens.
 pub const ENVELOPE_VERSION: u64 = 1;
 /// Bound into every MAC, so a MAC made for anything else (another version,
 /// another use of the same key) never verifies as a queue message.
 const MAC_PURPOSE: &[u8] = b"mde-offboard queue message v1\n";
-/// `whsec_` keys as the official Standard Webhooks libraries read them:
-/// padded or not, trailing bits ignored.
-const WHSEC_B64: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new()
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-        .with_decode_allow_trailing_bits(true),
-);
 /// The `webhook_secrets` key of the queue's own MAC keys.
 pub const QUEUE_SECRET_KEY: &str = "queue";
-/// Same rule as every webhook secret: a shorter key is guessable.
-pub const MIN_KEY_BYTES: usize = 16;
 
 /// What the worker needs to offboard one device, as the request gave it.
 /// Strict: a field this build does not know is a message it did not write.
@@ -163,14 +152,8 @@ struct Envelope {
 }
 
 /// A MAC key, never printed.
-#[derive(Clone, PartialEq, Eq)]
-struct MacKey(Vec<u8>);
-
-impl fmt::Debug for MacKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MacKey(<redacted>)")
-    }
-}
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MacKey(Redacted<Vec<u8>>);
 
 /// The queue's MAC keys: sign with the first, accept any (rotation).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,25 +162,20 @@ pub struct QueueKeys(Vec<MacKey>);
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum QueueKeyError {
     #[error(
-        "the secret's key 'webhook_secrets.queue' holds a value with less than {MIN_KEY_BYTES} bytes of key"
+        "the secret's key 'webhook_secrets.queue' holds a value with less than {MIN_KEY_LEN} bytes of key"
     )]
     Weak,
     #[error("the secret's key 'webhook_secrets.queue' holds a whsec_ value that is not base64")]
     NotBase64,
 }
 
-/// One `webhook_secrets.queue` value as key bytes, by the webhook key rules.
-fn key_bytes(value: &str) -> Result<Vec<u8>, QueueKeyError> {
-    let bytes = match value.strip_prefix("whsec_") {
-        Some(b64) => WHSEC_B64
-            .decode(b64.trim())
-            .map_err(|_| QueueKeyError::NotBase64)?,
-        None => value.as_bytes().to_vec(),
-    };
-    if bytes.len() < MIN_KEY_BYTES {
-        return Err(QueueKeyError::Weak);
+/// One `webhook_secrets.queue` value as a key, by the webhook key rules.
+fn mac_key(value: &str) -> Result<MacKey, QueueKeyError> {
+    match strong_key(value) {
+        Ok(key) => Ok(MacKey(Redacted(key))),
+        Err(KeyError::NotBase64) => Err(QueueKeyError::NotBase64),
+        Err(KeyError::TooShort) => Err(QueueKeyError::Weak),
     }
-    Ok(bytes)
 }
 
 impl QueueKeys {
@@ -206,11 +184,13 @@ impl QueueKeys {
     pub fn from_secret(secret: &AppSecret) -> Result<Self, QueueKeyError> {
         let configured = secret.webhook_secrets(QUEUE_SECRET_KEY);
         if configured.is_empty() {
-            return Ok(Self(vec![MacKey(secret.derived_queue_key.to_vec())]));
+            return Ok(Self(vec![MacKey(Redacted(
+                secret.derived_queue_key.to_vec(),
+            ))]));
         }
         configured
             .iter()
-            .map(|v| key_bytes(v).map(MacKey))
+            .map(|v| mac_key(v))
             .collect::<Result<Vec<_>, _>>()
             .map(Self)
     }
@@ -268,21 +248,15 @@ impl QueueKeys {
         let tag = B64
             .decode(env.mac.as_bytes())
             .map_err(|_| Rejection::BadMac)?;
-        let verified = self
-            .0
-            .iter()
-            .any(|k| self.mac(k, &env.msg).verify_slice(&tag).is_ok());
-        if !verified {
+        let macs = self.0.iter().map(|k| self.mac(k, &env.msg));
+        if !any_matches(macs, std::slice::from_ref(&tag)) {
             return Err(Rejection::BadMac);
         }
         Ok(env.msg)
     }
 
     fn mac(&self, key: &MacKey, msg: &str) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&key.0).expect("HMAC takes keys of any length");
-        mac.update(MAC_PURPOSE);
-        mac.update(msg.as_bytes());
-        mac
+        hmac_sha256(&key.0.0, &[MAC_PURPOSE, msg.as_bytes()])
     }
 }
 
@@ -508,6 +482,7 @@ impl QueueWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hmac::KeyInit;
 
     const ID: &str = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
 
@@ -585,7 +560,7 @@ mod tests {
     fn a_mac_without_the_purpose_label_does_not_verify() {
         let keys = QueueKeys::from_secret(&secret("")).unwrap();
         let msg = serde_json::to_string(&item()).unwrap();
-        let mut plain = HmacSha256::new_from_slice(&keys.0[0].0).unwrap();
+        let mut plain = HmacSha256::new_from_slice(&keys.0[0].0.0).unwrap();
         plain.update(msg.as_bytes());
         let body = serde_json::json!({"v": 1, "mac": B64.encode(plain.finalize().into_bytes()), "msg": msg});
         assert_eq!(keys.open(&body.to_string()), Err(Rejection::BadMac));

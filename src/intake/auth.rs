@@ -10,10 +10,7 @@
 //! a secret.
 
 use base64::Engine as _;
-use base64::alphabet;
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::Mac;
 use lambda_http::http::HeaderMap;
 use serde::{Deserialize, Deserializer, de};
 use serde_json::Value;
@@ -22,25 +19,11 @@ use subtle::ConstantTimeEq;
 use thiserror::Error;
 
 use crate::domain::secret::AppSecret;
-
-type HmacSha256 = Hmac<Sha256>;
-
-/// Standard Webhooks' tolerance for clock skew and replay.
-pub const TOLERANCE_SECONDS: i64 = 300;
-
-/// Least key material a webhook secret must hold: bytes after decoding a
-/// `whsec_` value, characters otherwise (the password part for `basic`).
-pub const MIN_KEY_LEN: usize = 16;
-
-/// `whsec_` secrets as the official libraries read them: Python's
-/// `b64decode(secret + "==")` takes padded and unpadded text alike and
-/// ignores stray trailing bits.
-const WHSEC: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new()
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-        .with_decode_allow_trailing_bits(true),
-);
+use crate::support::webhook_sig::{
+    KeyError, LENIENT_B64, SigError, StandardWebhooks, any_matches, hmac_sha256, secret_key,
+    strong_key,
+};
+pub use crate::support::webhook_sig::{MIN_KEY_LEN, StandardHeaders, TOLERANCE_SECONDS};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AuthError {
@@ -63,6 +46,17 @@ pub enum AuthError {
     WeakKey { key: String, problem: KeyProblem },
 }
 
+impl From<SigError> for AuthError {
+    fn from(e: SigError) -> Self {
+        match e {
+            SigError::MissingHeader(h) => Self::MissingHeader(h),
+            SigError::Malformed(h) => Self::Malformed(h),
+            SigError::StaleTimestamp => Self::StaleTimestamp,
+            SigError::NoMatch => Self::NoMatch,
+        }
+    }
+}
+
 impl AuthError {
     /// The operator's mistake, not the caller's: worth a warning in the log.
     pub fn is_config_error(&self) -> bool {
@@ -81,24 +75,26 @@ pub enum KeyProblem {
     NotUserPassword,
 }
 
-/// The key bytes of a Standard Webhooks secret: base64 after `whsec_`
-/// (padded or not), or the raw bytes of a secret without that prefix. An
-/// undecodable `whsec_` value is an error, never raw bytes: falling back
-/// would turn a typo into a key nobody chose.
-pub fn standard_key(secret: &str) -> Result<Vec<u8>, KeyProblem> {
-    match secret.strip_prefix("whsec_") {
-        Some(b64) => WHSEC.decode(b64.trim()).map_err(|_| KeyProblem::NotBase64),
-        None => Ok(secret.as_bytes().to_vec()),
+impl From<KeyError> for KeyProblem {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::NotBase64 => Self::NotBase64,
+            KeyError::TooShort => Self::TooShort,
+        }
     }
 }
 
-/// Checks one secret value against the key rules for `scheme`.
+/// The key bytes of a Standard Webhooks secret (`webhook_sig::secret_key`).
+pub fn standard_key(secret: &str) -> Result<Vec<u8>, KeyProblem> {
+    secret_key(secret).map_err(KeyProblem::from)
+}
+
+/// Checks one secret value against the key rules for `scheme`: at least
+/// `MIN_KEY_LEN` bytes after decoding a `whsec_` value, characters
+/// otherwise (the password part for `basic`).
 fn check_key(scheme: &Scheme, value: &str) -> Result<(), KeyProblem> {
     if value.starts_with("whsec_") {
-        return match standard_key(value)? {
-            k if k.len() < MIN_KEY_LEN => Err(KeyProblem::TooShort),
-            _ => Ok(()),
-        };
+        return strong_key(value).map(|_| ()).map_err(KeyProblem::from);
     }
     let material = match scheme {
         Scheme::Basic { .. } => value.split_once(':').ok_or(KeyProblem::NotUserPassword)?.1,
@@ -110,64 +106,10 @@ fn check_key(scheme: &Scheme, value: &str) -> Result<(), KeyProblem> {
     Ok(())
 }
 
-/// Headers a Standard Webhooks request carries.
-#[derive(Debug, Clone, Copy)]
-pub struct StandardHeaders<'a> {
-    pub id: Option<&'a str>,
-    pub timestamp: Option<&'a str>,
-    pub signature: Option<&'a str>,
-}
-
-impl<'a> StandardHeaders<'a> {
-    /// `webhook-*`, or Svix's `svix-*` (the same scheme under its older
-    /// names) when none of the `webhook-*` headers is there.
-    pub fn from_headers(headers: &'a HeaderMap) -> Self {
-        let set = |prefix: &str| Self {
-            id: header(headers, &format!("{prefix}-id")),
-            timestamp: header(headers, &format!("{prefix}-timestamp")),
-            signature: header(headers, &format!("{prefix}-signature")),
-        };
-        let standard = set("webhook");
-        if standard.id.is_none() && standard.timestamp.is_none() && standard.signature.is_none() {
-            let svix = set("svix");
-            if svix.id.is_some() || svix.timestamp.is_some() || svix.signature.is_some() {
-                return svix;
-            }
-        }
-        standard
-    }
-
-    fn require(&self) -> Result<(&'a str, &'a str, &'a str), AuthError> {
-        Ok((
-            self.id.ok_or(AuthError::MissingHeader("webhook-id"))?,
-            self.timestamp
-                .ok_or(AuthError::MissingHeader("webhook-timestamp"))?,
-            self.signature
-                .ok_or(AuthError::MissingHeader("webhook-signature"))?,
-        ))
-    }
-}
-
 /// Signs `{id}.{timestamp}.{body}`, for tests, the local sender and docs.
 /// An undecodable secret signs with an empty key, which no source accepts.
 pub fn standard_sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mac = standard_mac(
-        &standard_key(secret).unwrap_or_default(),
-        id,
-        timestamp,
-        body,
-    );
-    format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
-}
-
-fn standard_mac(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac
+    StandardWebhooks::from_bytes(secret_key(secret).unwrap_or_default()).sign(id, timestamp, body)
 }
 
 /// Verifies a Standard Webhooks request against any of `secrets` (several
@@ -179,50 +121,12 @@ pub fn verify_standard(
     secrets: &[String],
     now: i64,
 ) -> Result<(), AuthError> {
-    let (id, ts_raw, sig) = h.require()?;
-    if id.is_empty() {
-        return Err(AuthError::Malformed("webhook-id"));
-    }
-    let ts: i64 = ts_raw
-        .trim()
-        .parse()
-        .map_err(|_| AuthError::Malformed("webhook-timestamp"))?;
-    // Checked: `now - i64::MIN` overflows, and a wrapped difference would
-    // let an absurd timestamp through as fresh (found by the fuzzer).
-    let fresh = now
-        .checked_sub(ts)
-        .is_some_and(|d| d.unsigned_abs() <= TOLERANCE_SECONDS as u64);
-    if !fresh {
-        return Err(AuthError::StaleTimestamp);
-    }
-    // Candidates that are not v1 or not base64 are skipped, not fatal: the
-    // spec lets senders add signatures of other versions.
-    let candidates: Vec<Vec<u8>> = sig
-        .split_whitespace()
-        .filter_map(|entry| entry.strip_prefix("v1,"))
-        .filter_map(|b64| B64.decode(b64).ok())
-        .collect();
-    if candidates.is_empty() {
-        return Err(AuthError::NoMatch);
-    }
-    let mut matched = false;
-    for key in secrets
+    let keys: Vec<StandardWebhooks> = secrets
         .iter()
-        .filter_map(|s| standard_key(s).ok())
-        .filter(|k| !k.is_empty())
-    {
-        let mac = standard_mac(&key, id, ts, body);
-        for c in &candidates {
-            // `verify_slice` is constant-time; keep looping so timing does
-            // not tell which secret or entry matched.
-            matched |= mac.clone().verify_slice(c).is_ok();
-        }
-    }
-    if matched {
-        Ok(())
-    } else {
-        Err(AuthError::NoMatch)
-    }
+        .filter_map(|s| secret_key(s).ok())
+        .map(StandardWebhooks::from_bytes)
+        .collect();
+    Ok(StandardWebhooks::verify_any(&keys, &h, body, now)?)
 }
 
 /// HMAC-SHA256 of the raw body, lowercase hex, after `prefix` in one
@@ -245,16 +149,11 @@ pub fn verify_hmac_hex(
     if candidates.is_empty() {
         return Err(AuthError::NoMatch);
     }
-    let mut matched = false;
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        let mut mac =
-            HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
-        mac.update(body);
-        for c in &candidates {
-            matched |= mac.clone().verify_slice(c).is_ok();
-        }
-    }
-    if matched {
+    let macs = secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| hmac_sha256(s.as_bytes(), &[body]));
+    if any_matches(macs, &candidates) {
         Ok(())
     } else {
         Err(AuthError::NoMatch)
@@ -263,14 +162,11 @@ pub fn verify_hmac_hex(
 
 /// Computes the hex HMAC-SHA256 a sender would put after its prefix.
 pub fn hmac_hex(secret: &str, body: &[u8]) -> String {
-    let mut mac =
-        HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
-    mac.update(body);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(
+        hmac_sha256(secret.as_bytes(), &[body])
+            .finalize()
+            .into_bytes(),
+    )
 }
 
 /// Whether `given` equals one of `secrets`, in time that depends on
@@ -316,7 +212,7 @@ pub fn verify_basic(authorization: Option<&str>, secrets: &[String]) -> Result<(
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(AuthError::Malformed("authorization"));
     }
-    let pair = WHSEC
+    let pair = LENIENT_B64
         .decode(encoded.trim())
         .map_err(|_| AuthError::Malformed("authorization"))?;
     if matches_any(&pair, secrets) {
@@ -364,15 +260,9 @@ impl PrincipalPattern {
     }
 }
 
+/// Hex digits only, in pairs, either case.
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    // `from_str_radix` accepts a leading '+': only hex digits are hex here.
-    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
+    hex::decode(s).ok()
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -448,7 +338,8 @@ impl Scheme {
         match self {
             Self::StandardWebhooks { .. } => StandardHeaders::from_headers(req.headers)
                 .require()
-                .map(|_| ()),
+                .map(|_| ())
+                .map_err(AuthError::from),
             // Header names in a definition are free text; a name that is
             // not a valid header is simply never present.
             Self::HmacSha256Hex { header: name, .. } => header(req.headers, name)
@@ -666,6 +557,7 @@ impl AuthDef {
 mod tests {
     use super::*;
     use crate::support::config_de::from_value;
+    use base64::engine::general_purpose::STANDARD as B64;
 
     // The published test vector of the Standard Webhooks specification
     // (standard-webhooks/standard-webhooks, libraries' shared tests).

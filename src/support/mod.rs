@@ -1,6 +1,10 @@
-//! Small helpers that import nothing of this crate.
+//! Small helpers shared across the layers. They import nothing of this
+//! crate, only std and external crates.
 
 pub mod config_de;
 pub mod json_pointer;
+pub mod redacted;
+pub mod retry;
 pub mod time;
 pub mod url_policy;
+pub mod webhook_sig;
