@@ -100,8 +100,10 @@ pub struct Config {
     pub metrics_namespace: String,
     /// Calls a minute this instance makes to each Defender API.
     pub rate_per_minute: usize,
-    /// `MDE_MODE=worker`: drain the queue instead of serving HTTP.
+    /// `MDE_MODE=worker`: serve SQS batches only.
     pub worker: bool,
+    /// `DIRECT_EVENTS`: the kinds of event without HTTP or SQS it serves.
+    pub direct_events: DirectEvents,
     /// `CALLBACK_HOSTS`: where a `callback_url` may point; empty refuses all.
     pub callback_hosts: CallbackHosts,
     /// `MDE_CREDENTIALS`: a client secret, or an STS token as the assertion.
@@ -217,6 +219,8 @@ impl Config {
                 ));
             }
         };
+        let direct_events = DirectEvents::parse(get("DIRECT_EVENTS").as_deref().unwrap_or(""))
+            .map_err(|reason| ConfigError::new("DIRECT_EVENTS", reason))?;
         let callback_hosts = get("CALLBACK_HOSTS")
             .map(|v| CallbackHosts::parse(&v))
             .unwrap_or_default();
@@ -248,6 +252,7 @@ impl Config {
             callback_hosts,
             rate_per_minute,
             worker,
+            direct_events,
             metrics_namespace,
             secret_id,
             cloud,
@@ -265,6 +270,29 @@ impl Config {
             secret_ttl,
             sources,
         })
+    }
+}
+
+/// `DIRECT_EVENTS`: the doors opened to events that come without HTTP or
+/// SQS (contract, "Doors"). Empty opens none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirectEvents {
+    pub eventbridge: bool,
+    pub invoke: bool,
+}
+
+impl DirectEvents {
+    fn parse(list: &str) -> Result<Self, String> {
+        let mut open = Self::default();
+        for kind in list.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+            match kind.to_ascii_lowercase().as_str() {
+                "eventbridge" => open.eventbridge = true,
+                "invoke" => open.invoke = true,
+                "none" => {}
+                other => return Err(format!("'{other}' is not eventbridge or invoke")),
+            }
+        }
+        Ok(open)
     }
 }
 

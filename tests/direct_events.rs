@@ -32,6 +32,8 @@ async fn start(fake: &FakeDefender, extra: &[(&str, &str)]) -> (FakeRuntime, Chi
         .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &moto::moto().endpoint)
         .env("MDE_API_URL", fake.url())
         .env("MDE_LOGIN_URL", fake.url())
+        // Both doors open unless a test says otherwise.
+        .env("DIRECT_EVENTS", "eventbridge,invoke")
         .envs(extra.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -232,4 +234,53 @@ async fn an_sqs_batch_is_served_by_the_same_function_without_mde_mode() {
         json!([{"itemIdentifier": "059f36b4-87a3-44ab-83d2-661975830a7d"}])
     );
     assert_eq!(fake.count(Api::Offboard), 0);
+}
+
+/// The doors (contract, "Doors"): the queue worker serves SQS batches
+/// only, and the HTTP function serves EventBridge events and direct
+/// invocations only where `DIRECT_EVENTS` names them. A refused event fails
+/// `MdeOffboard.Refused`, and nothing is called.
+#[tokio::test]
+async fn the_worker_serves_sqs_batches_only() {
+    let fake = FakeDefender::start(demo_machines()).await;
+    let (runtime, mut child) = start(&fake, &[("MDE_MODE", "worker")]).await;
+    let (http, _) =
+        signed_lambda_event("/v1/offboard", &event_file("generic.body.json").to_string());
+    for event in [
+        event_file("invoke.json"),
+        event_file("eventbridge.json"),
+        http,
+    ] {
+        let (kind, body) = error(invoke(&runtime, event.clone()).await);
+        assert_eq!(kind, "MdeOffboard.Refused", "{event}");
+        assert_eq!(body["error"]["code"], "not_a_worker_event", "{event}");
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the function died");
+    assert_eq!(fake.count(Api::AnyDefender), 0, "nothing called");
+    // An SQS batch still reaches the worker.
+    let sqs = json!({"Records": [{"messageId": "m1", "body": "{}", "eventSource": "aws:sqs"}]});
+    let out = answer(invoke(&runtime, sqs).await);
+    assert_eq!(out["batchItemFailures"], json!([{"itemIdentifier": "m1"}]));
+}
+
+#[tokio::test]
+async fn direct_events_are_refused_unless_direct_events_names_them() {
+    let fake = FakeDefender::start(demo_machines()).await;
+    let (runtime, _child) = start(&fake, &[("DIRECT_EVENTS", "")]).await;
+    for event in [event_file("invoke.json"), event_file("eventbridge.json")] {
+        let (kind, body) = error(invoke(&runtime, event.clone()).await);
+        assert_eq!(kind, "MdeOffboard.Refused", "{event}");
+        assert_eq!(body["error"]["code"], "event_kind_disabled", "{event}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("DIRECT_EVENTS"), "{message}");
+    }
+    assert_eq!(fake.count(Api::AnyDefender), 0, "nothing called");
+
+    // One door open: that kind is served, the other still refused.
+    let fake = FakeDefender::start(demo_machines()).await;
+    let (runtime, _child) = start(&fake, &[("DIRECT_EVENTS", "eventbridge")]).await;
+    let (kind, _) = error(invoke(&runtime, event_file("invoke.json")).await);
+    assert_eq!(kind, "MdeOffboard.Refused");
+    let ok = answer(invoke(&runtime, event_file("eventbridge.json")).await);
+    assert!(!statuses(&ok).is_empty(), "{ok}");
 }

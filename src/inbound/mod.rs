@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::app::{App, Outcome};
+use crate::config::Config;
 use crate::domain::limits::{DEFAULT_BUDGET, Deadline};
 use crate::error::ApiError;
 use crate::ops::metrics;
@@ -106,6 +107,7 @@ pub mod error_types {
     pub const INVALID_REQUEST: &str = "MdeOffboard.InvalidRequest";
     pub const CONFIG_ERROR: &str = "MdeOffboard.ConfigError";
     pub const UNKNOWN_EVENT: &str = "MdeOffboard.UnknownEvent";
+    pub const REFUSED: &str = "MdeOffboard.Refused";
 }
 
 impl From<InvocationError> for Diagnostic {
@@ -213,10 +215,63 @@ impl<'a> Invocation<'a> {
     }
 }
 
+/// Which events this function serves (contract, "Doors"), in one place.
+/// SQS batches everywhere: each message carries its seal. HTTP events only
+/// where `MDE_MODE` is not `worker`. EventBridge events and direct
+/// invocations only where `DIRECT_EVENTS` names them: whoever may invoke
+/// the function can hand it any payload, so each such door is one an
+/// operator chose to open.
+fn door(kind: EventKind, config: &Config) -> Result<(), (&'static str, &'static str)> {
+    let open = match kind {
+        EventKind::Sqs => return Ok(()),
+        _ if config.worker => {
+            return Err((
+                "not_a_worker_event",
+                "this function serves SQS batches only (MDE_MODE=worker)",
+            ));
+        }
+        EventKind::Http | EventKind::Unknown => true,
+        EventKind::EventBridge => config.direct_events.eventbridge,
+        EventKind::Invoke => config.direct_events.invoke,
+    };
+    match open {
+        true => Ok(()),
+        false => Err((
+            "event_kind_disabled",
+            "this kind of event is not served here: DIRECT_EVENTS does not name it",
+        )),
+    }
+}
+
+/// A refused event: nothing is called, and the audit trail says so.
+fn refused(kind: EventKind, (code, message): (&str, &str), request_id: &str) -> InvocationError {
+    metrics::count(metrics::names::EVENT_REFUSED);
+    tracing::warn!(
+        target: "audit",
+        event = "event_refused",
+        status = "rejected",
+        kind = ?kind,
+        code,
+        function_request_id = %request_id,
+        "event refused at the door; nothing was called"
+    );
+    InvocationError {
+        error_type: error_types::REFUSED,
+        message: json!({"error": {"code": code, "message": format!("{message}.")}}).to_string(),
+    }
+}
+
 /// Serves one invocation of any kind.
 pub async fn dispatch(app: &App, event: LambdaEvent<Value>) -> Result<Value, InvocationError> {
     let LambdaEvent { payload, context } = event;
-    match classify(&payload) {
+    let kind = classify(&payload);
+    if let Err(why) = door(kind, app.config()) {
+        let id = &context.request_id;
+        let (e, m) = metrics::scope(async { refused(kind, why, id) }).await;
+        m.emit(&app.config().metrics_namespace, "door", id);
+        return Err(e);
+    }
+    match kind {
         EventKind::Http => http_event(app, payload, context).await,
         EventKind::Sqs => {
             let batch = serde_json::from_value(payload)
@@ -332,5 +387,55 @@ mod tests {
         assert_eq!(e(500), error_types::CONFIG_ERROR);
         let err = direct_answer(503, r#"{"ticket":"T"}"#).unwrap_err();
         assert_eq!(err.message, r#"{"ticket":"T"}"#);
+    }
+
+    fn config(env: &[(&str, &str)]) -> Result<Config, crate::config::ConfigError> {
+        Config::from_lookup(|k| {
+            [("SECRET_ID", "s")]
+                .iter()
+                .chain(env)
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn each_door_opens_only_where_configured() {
+        let code =
+            |kind, env: &[(&str, &str)]| door(kind, &config(env).unwrap()).err().map(|e| e.0);
+        let all = [
+            EventKind::Http,
+            EventKind::Sqs,
+            EventKind::EventBridge,
+            EventKind::Invoke,
+            EventKind::Unknown,
+        ];
+        // By default: HTTP, SQS (and the unknown shape, refused later as
+        // UnknownEvent); EventBridge and invoke are shut.
+        let shut: Vec<_> = all.iter().map(|k| code(*k, &[])).collect();
+        assert_eq!(
+            shut,
+            [
+                None,
+                None,
+                Some("event_kind_disabled"),
+                Some("event_kind_disabled"),
+                None
+            ]
+        );
+        let open = [("DIRECT_EVENTS", "invoke, EventBridge")];
+        assert!(all.iter().all(|k| code(*k, &open).is_none()));
+        // The worker: SQS only, whatever DIRECT_EVENTS says.
+        let worker = [
+            ("MDE_MODE", "worker"),
+            ("DIRECT_EVENTS", "eventbridge,invoke"),
+        ];
+        for k in all {
+            let expected = (k != EventKind::Sqs).then_some("not_a_worker_event");
+            assert_eq!(code(k, &worker), expected, "{k:?}");
+        }
+        let bad = config(&[("DIRECT_EVENTS", "eventbridge,sns")]).unwrap_err();
+        assert_eq!(bad.var, "DIRECT_EVENTS");
+        assert!(bad.reason.contains("'sns'"), "{bad}");
     }
 }

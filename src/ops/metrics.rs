@@ -37,6 +37,8 @@ pub mod names {
     /// Sealed messages another build wrote, put back for a worker that
     /// reads them (a rolling deploy).
     pub const KEPT_FOR_NEWER: &str = "KeptForNewer";
+    /// Events refused at the door (`MDE_MODE`, `DIRECT_EVENTS`).
+    pub const EVENT_REFUSED: &str = "EventRefused";
     pub const IGNORED: &str = "Ignored";
     /// An authenticated webhook delivery whose content maps to no request
     /// (no ticket, no device, a bad value): answered 202, so only this
