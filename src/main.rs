@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use lambda_http::{Error, LambdaEvent, service_fn};
 use mde_offboard::{config::Config, inbound, init, init::LazyApp, ops::logging};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Scheduler rounds the runtime loop gets before the warm-up starts. From
 /// its first poll, hyper needs about three to send `GET next` on loopback
@@ -23,7 +23,7 @@ async fn main() -> Result<(), Error> {
     // invocation, SQS), told apart by shape in `dispatch`.
     let run = lambda_http::lambda_runtime::run(service_fn({
         let app = app.clone();
-        move |event: LambdaEvent<Value>| {
+        move |event: LambdaEvent<Box<RawValue>>| {
             let app = app.clone();
             async move { inbound::dispatch(app.get(), event).await }
         }

@@ -284,3 +284,40 @@ async fn direct_events_are_refused_unless_direct_events_names_them() {
     let ok = answer(invoke(&runtime, event_file("eventbridge.json")).await);
     assert!(!statuses(&ok).is_empty(), "{ok}");
 }
+
+/// A direct invocation and an EventBridge event's `detail`, read as a
+/// generic body, are as strict as over HTTP: a field given twice or a field
+/// the body does not define is refused, and nothing is called.
+#[tokio::test]
+async fn direct_generic_bodies_are_strict() {
+    let fake = FakeDefender::start(demo_machines()).await;
+    let (runtime, _child) = start(&fake, &[]).await;
+    let twice = format!(
+        r#"{{"ticket": "INC1", "comment": "retired", "devices": ["{}"], "dry_run": true, "dry_run": false}}"#,
+        ids::WIN11
+    );
+    let unknown = format!(
+        r#"{{"ticket": "INC1", "comment": "retired", "devices": ["{}"], "dryRun": true}}"#,
+        ids::WIN11
+    );
+    let bridged = format!(
+        r#"{{"version": "0", "id": "e-dup-1", "detail-type": "Offboard Devices", "source": "mde-offboard",
+            "account": "123456789012", "time": "2026-11-25T09:00:00Z", "region": "us-east-1", "resources": [],
+            "detail": {}}}"#,
+        twice
+    );
+    for (payload, code) in [
+        (twice.as_str(), "invalid_json"),
+        (unknown.as_str(), "unknown_field"),
+        (bridged.as_str(), "invalid_json"),
+    ] {
+        let out = runtime
+            .invoke_raw(payload, Duration::from_secs(20))
+            .await
+            .expect("the runtime answered");
+        let (kind, body) = error(out);
+        assert_eq!(kind, "MdeOffboard.InvalidRequest", "{payload}");
+        assert_eq!(body["error"]["code"], code, "{payload}");
+    }
+    assert_eq!(fake.count(Api::Offboard), 0, "nothing offboarded");
+}

@@ -12,30 +12,47 @@ use crate::app::audit::Origin;
 use crate::app::idempotency::DeliveryKey;
 use crate::app::offboarding::{Content, Delivery};
 use crate::app::{App, Outcome};
+use crate::domain::limits::Deadline;
 use crate::error::ApiError;
+use crate::inbound::http::MAX_BODY_BYTES;
+use crate::intake::generic::{self, JsonError};
 use crate::intake::sources::{EVENTBRIDGE, INVOKE};
 
 /// An EventBridge event: the first source definition whose `eventbridge`
 /// lists match it maps it; else its `detail` is a generic body. Its `id`,
 /// kept across EventBridge's retries, is the delivery key: IAM admitted the
 /// event, so the id is as trustworthy as a signed one.
-pub async fn eventbridge(app: &App, event: &Value, ctx: &Context) -> Result<Outcome, ApiError> {
+pub async fn eventbridge(
+    app: &App,
+    raw: &str,
+    event: &Value,
+    ctx: &Context,
+) -> Result<Outcome, ApiError> {
     let def = app.config().sources.for_eventbridge(event);
     let source = def.map_or(EVENTBRIDGE, |d| d.name.as_str());
-    let id = event.get("id").and_then(Value::as_str);
-    let key = match id {
-        Some(id) => DeliveryKey::signed_id(source, id),
-        None => DeliveryKey::body_hash(source, &serde_json::to_vec(event).unwrap_or_default()),
-    };
-    let detail = event.get("detail").cloned().unwrap_or(Value::Null);
+    // An EventBridge event always has an `id` (`inbound::classify`).
+    let id = event.get("id").and_then(Value::as_str).unwrap_or_default();
+    let key = DeliveryKey::signed_id(source, id);
+    let origin = Origin::new(source, None, Some(id.to_string()));
     let content = match def {
         // A source's mapping: content it cannot map is ignored, as for
         // webhooks, since the rule's sender cannot fix it.
         Some(def) => Content::Mapped { def, doc: event },
-        None => Content::Generic(&detail),
+        // `detail` is a generic body, as strict as over HTTP.
+        None => {
+            let detail = match strict(raw) {
+                Ok(strict) => strict.get("detail").cloned().unwrap_or(Value::Null),
+                Err(e) => return run(app, ctx, &origin.source, async |_| Err(e)).await,
+            };
+            let d = Delivery {
+                origin,
+                key,
+                content: Content::Generic(&detail),
+            };
+            return deliver(app, ctx, d).await;
+        }
     };
-    let origin = Origin::new(source, None, id.map(str::to_string));
-    run(
+    deliver(
         app,
         ctx,
         Delivery {
@@ -47,19 +64,47 @@ pub async fn eventbridge(app: &App, event: &Value, ctx: &Context) -> Result<Outc
     .await
 }
 
-/// A direct invocation whose payload is a generic body; it has no id, so
-/// its body is its key.
-pub async fn invoke(app: &App, payload: &Value, ctx: &Context) -> Result<Outcome, ApiError> {
-    let body = serde_json::to_vec(payload).unwrap_or_default();
+/// A direct invocation whose payload is a generic body, as strict as over
+/// HTTP; it has no id, so its bytes are its key.
+pub async fn invoke(app: &App, raw: &str, ctx: &Context) -> Result<Outcome, ApiError> {
     let delivery = Delivery {
         origin: Origin::new(INVOKE, None, None),
-        key: DeliveryKey::body_hash(INVOKE, &body),
-        content: Content::Generic(payload),
+        key: DeliveryKey::body_hash(INVOKE, raw.as_bytes()),
+        content: Content::GenericText(raw.as_bytes()),
     };
-    run(app, ctx, delivery).await
+    if raw.len() > MAX_BODY_BYTES {
+        return run(app, ctx, INVOKE, async |_| Err(ApiError::TooLarge)).await;
+    }
+    deliver(app, ctx, delivery).await
 }
 
-async fn run(app: &App, ctx: &Context, d: Delivery<'_>) -> Result<Outcome, ApiError> {
+/// The event read strictly: no field given twice, at most 256 KiB.
+fn strict(raw: &str) -> Result<Value, ApiError> {
+    if raw.len() > MAX_BODY_BYTES {
+        return Err(ApiError::TooLarge);
+    }
+    generic::strict_json(raw.as_bytes()).map_err(|e| match e {
+        JsonError::Syntax(m) => ApiError::NotJson(m),
+        JsonError::Field(f) => ApiError::Field(f),
+    })
+}
+
+async fn deliver(app: &App, ctx: &Context, d: Delivery<'_>) -> Result<Outcome, ApiError> {
+    let source = d.origin.source.clone();
+    run(app, ctx, &source, async |deadline: Deadline| {
+        let secret = app.secrets().get().await?;
+        app.deliver(d, &secret, &deadline).await
+    })
+    .await
+}
+
+/// The invocation around the work, and its one log line.
+async fn run(
+    app: &App,
+    ctx: &Context,
+    source: &str,
+    work: impl AsyncFnOnce(Deadline) -> Result<Outcome, ApiError>,
+) -> Result<Outcome, ApiError> {
     let inv = Invocation::begin(
         app,
         &ctx.request_id,
@@ -67,12 +112,8 @@ async fn run(app: &App, ctx: &Context, d: Delivery<'_>) -> Result<Outcome, ApiEr
         ctx.deadline,
     );
     let deadline = inv.deadline;
-    let source = d.origin.source.clone();
-    inv.run(&source, async {
-        let answer = match app.secrets().get().await {
-            Ok(secret) => app.deliver(d, &secret, &deadline).await,
-            Err(e) => Err(e.into()),
-        };
+    inv.run(source, async {
+        let answer = work(deadline).await;
         match &answer {
             Ok(o) => tracing::info!(source = %source, status = o.status, "event handled"),
             Err(e) => {

@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use lambda_http::lambda_runtime::Diagnostic;
 use lambda_http::request::LambdaRequest;
 use lambda_http::{Adapter, Body, Context, LambdaEvent, Request, Response, Service, service_fn};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tracing::Instrument;
 
@@ -261,9 +262,18 @@ fn refused(kind: EventKind, (code, message): (&str, &str), request_id: &str) -> 
     }
 }
 
-/// Serves one invocation of any kind.
-pub async fn dispatch(app: &App, event: LambdaEvent<Value>) -> Result<Value, InvocationError> {
-    let LambdaEvent { payload, context } = event;
+/// Serves one invocation of any kind. The payload comes as the invoker
+/// wrote it: a generic body read from it is as strict as over HTTP (a field
+/// given twice is refused, which a parsed `Value` would hide).
+pub async fn dispatch(
+    app: &App,
+    event: LambdaEvent<Box<RawValue>>,
+) -> Result<Value, InvocationError> {
+    let LambdaEvent {
+        payload: raw,
+        context,
+    } = event;
+    let payload: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
     let kind = classify(&payload);
     if let Err(why) = door(kind, app.config()) {
         let id = &context.request_id;
@@ -279,8 +289,10 @@ pub async fn dispatch(app: &App, event: LambdaEvent<Value>) -> Result<Value, Inv
             let answer = sqs::handle_queue(app, batch, &context.request_id, context.deadline).await;
             Ok(serde_json::to_value(answer).unwrap_or_default())
         }
-        EventKind::EventBridge => direct_result(direct::eventbridge(app, &payload, &context).await),
-        EventKind::Invoke => direct_result(direct::invoke(app, &payload, &context).await),
+        EventKind::EventBridge => {
+            direct_result(direct::eventbridge(app, raw.get(), &payload, &context).await)
+        }
+        EventKind::Invoke => direct_result(direct::invoke(app, raw.get(), &context).await),
         EventKind::Unknown => {
             tracing::warn!(
                 function_request_id = %context.request_id,
