@@ -687,10 +687,13 @@ async fn a_direct_invocations_callback_gets_the_outcome() {
     let receiver = CallbackReceiver::start(CALLBACK_SECRET, &[]).await;
     let event = json!({"ticket": "INC-81", "comment": "retired", "devices": [OK_ID],
         "callback_url": receiver.url()});
-    let resp =
-        mde_offboard::inbound::direct::invoke(&s.app, &event, &lambda_http::Context::default())
-            .await
-            .expect("answered");
+    let resp = mde_offboard::inbound::direct::invoke(
+        &s.app,
+        &event.to_string(),
+        &lambda_http::Context::default(),
+    )
+    .await
+    .expect("answered");
     assert_eq!(resp.status, 200);
     s.drain(100).await;
     let got = receiver.received();
