@@ -147,14 +147,46 @@ pub fn filter_from(level: &str) -> Targets {
     targets.with_target(target, cap.parse::<LevelFilter>().expect("a level"))
 }
 
+/// Targets whose records carry what must never reach a log, and the most
+/// verbose level they may log at, whatever `RUST_LOG` says: the runtime's
+/// raw event (every request header, signatures and bearer secrets
+/// included), and the SDK's transmitted request (an SQS send's body holds
+/// the sealed messages). `Targets` alone would let a more specific
+/// directive (`target[{body}]=trace`) lift its cap; this filter is applied
+/// beside it, and both must pass.
+const CAPPED: [(&str, tracing::Level); 2] = [
+    (
+        "lambda_runtime::layers::api_response",
+        tracing::Level::DEBUG,
+    ),
+    (
+        "aws_smithy_runtime::client::orchestrator",
+        tracing::Level::DEBUG,
+    ),
+];
+
+fn never_secret(meta: &tracing::Metadata<'_>) -> bool {
+    !CAPPED
+        .iter()
+        .any(|(target, most)| meta.target().starts_with(target) && meta.level() > most)
+}
+
+/// The subscriber `init` installs, writing JSON lines to `writer`.
+pub fn subscriber<W>(filter: Targets, writer: W) -> impl Subscriber + Send + Sync
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::filter::filter_fn(never_secret))
+        .with(JsonLayer::new(writer))
+}
+
 /// Installs the JSON layer on stdout. The level comes from `RUST_LOG`, else
 /// Powertools' `POWERTOOLS_LOG_LEVEL` or Lambda's `AWS_LAMBDA_LOG_LEVEL`,
 /// else `info`.
 pub fn init() {
-    let _ = tracing_subscriber::registry()
-        .with(filter_from_env())
-        .with(JsonLayer::new(std::io::stdout))
-        .try_init();
+    let _ = subscriber(filter_from_env(), std::io::stdout).try_init();
 }
 
 #[cfg(test)]
@@ -194,6 +226,31 @@ mod tests {
         type Writer = Buf;
         fn make_writer(&'a self) -> Self::Writer {
             self.clone()
+        }
+    }
+
+    /// I1: a directive naming a field is more specific than the cap in
+    /// `Targets`; the raw event and the SDK's request bodies stay out all
+    /// the same.
+    #[test]
+    fn no_setting_logs_the_raw_event_or_a_transmitted_request() {
+        for setting in [
+            "trace",
+            "lambda_runtime::layers::api_response[{body}]=trace",
+            "aws_smithy_runtime::client::orchestrator[{request}]=trace,trace",
+        ] {
+            let buf = Buf::default();
+            tracing::subscriber::with_default(
+                subscriber(filter_from(setting), buf.clone()),
+                || {
+                    tracing::trace!(target: "lambda_runtime::layers::api_response", body = "webhook-signature: v1,SECRET", "raw event");
+                    tracing::trace!(target: "aws_smithy_runtime::client::orchestrator", request = "mac=SECRET", "transmitting request");
+                    tracing::info!(target: "mde_offboard", "kept");
+                },
+            );
+            let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+            assert!(!text.contains("SECRET"), "{setting}: {text}");
+            assert!(text.contains("kept"), "{setting}");
         }
     }
 
