@@ -11,8 +11,9 @@ use mde_offboard::adapters::aws;
 use mde_offboard::adapters::dynamodb::DynamoLedger;
 use mde_offboard::adapters::dynamodb::item::schema;
 use mde_offboard::domain::ledger::{
-    ANSWER_KEPT_FOR, ActionStatus, Begin, DeviceRecord, IdempotencyKey, Ledger, LedgerError,
-    RecordKey, RecordedOutcome, StatusUpdate, StoredAnswer,
+    ANSWER_KEPT_FOR, ActionStatus, Begin, DeliveryClaims, DeviceRecord, DeviceRecords,
+    IdempotencyKey, LedgerError, OffboardBudget, RecordKey, RecordedOutcome, StatusUpdate,
+    StoredAnswer,
 };
 use mde_testkit::ledger_table::{ledger_table_definition, ledger_table_from_template};
 use mde_testkit::moto;

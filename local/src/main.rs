@@ -169,7 +169,7 @@ async fn serve(port: u16, secret_file: Option<String>, aws: bool) {
             mde_offboard::init::Wiring::new(config, Arc::new(StaticSecret(secret.to_string())))
                 .instance();
         instance.app = instance.app.with_queue(queue.clone()).with_ledger(Arc::new(
-            mde_offboard::adapters::memory_ledger::InMemoryLedger::new(),
+            mde_offboard::adapters::memory::ledger::InMemoryLedger::new(),
         ));
         instance.warm_up().await;
         let app = Arc::new(instance.app);

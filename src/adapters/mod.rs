@@ -1,6 +1,6 @@
 //! Adapters: the ports of the domain, implemented against the real
 //! services (the Defender API and Entra ID over HTTPS, AWS through the SDK),
-//! plus the in-memory ledger. `aws` is the leaf every SDK client is built
+//! plus in-process ones (`memory`). `aws` is the leaf every SDK client is built
 //! from, `sdk_http` the SDK's HTTP client over reqwest, and `tls` the one
 //! trust store every connection uses.
 
@@ -11,7 +11,7 @@ pub mod callback;
 pub mod defender_http;
 pub mod dynamodb;
 pub mod entra;
-pub mod memory_ledger;
+pub mod memory;
 pub mod sdk_http;
 pub mod secrets_manager;
 pub mod sqs;

@@ -126,7 +126,7 @@ impl App {
     /// The ledger's records of a cancelled action follow it. Best effort:
     /// the cancel has happened and is audited.
     async fn record_cancel(&self, a: &MachineAction) {
-        let Some(ledger) = &self.ledger else {
+        let Some(ledger) = &self.records else {
             return;
         };
         let status = a
@@ -156,14 +156,14 @@ impl App {
 
     /// Whether `GET /v1/tickets/{ticket}` exists here: it needs the ledger.
     pub fn has_tickets(&self) -> bool {
-        self.ledger.is_some()
+        self.records.is_some()
     }
 
     /// `GET /v1/tickets/{ticket}`: every device outcome the ledger holds
     /// for a ticket (one Query). A ticket with none answers an empty list.
     pub async fn ticket(&self, ticket: &str) -> Result<Outcome, ApiError> {
         let ledger = self
-            .ledger
+            .records
             .as_ref()
             .ok_or_else(|| ApiError::NoRoute(format!("/v1/tickets/{ticket}")))?;
         let ticket = Ticket::parse("ticket", ticket)?;

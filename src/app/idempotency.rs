@@ -200,7 +200,7 @@ impl App {
             tracing::info!(source = %origin.source, delivery_key = %key, webhook_id = origin.webhook_id(), "replayed delivery answered from memory; Defender not called");
             return Ok(replayed(a));
         }
-        let (claim, claimed) = match &self.ledger {
+        let (claim, claimed) = match &self.claims {
             None => (Claim::Fresh, None),
             Some(ledger) => {
                 let id = IdempotencyKey::from(key.digest());

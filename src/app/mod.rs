@@ -29,7 +29,7 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::domain::defender::Defender;
 use crate::domain::follow_up::FollowUp;
-use crate::domain::ledger::Ledger;
+use crate::domain::ledger::{DeliveryClaims, DeviceRecords, OffboardBudget};
 use crate::domain::offboard::{Budget, Offboarder};
 use crate::domain::queue::{Queue, QueueWriter};
 use crate::domain::secret::{AppSecret, SecretCache};
@@ -52,7 +52,8 @@ pub struct App {
     pub(crate) defender: Arc<dyn Defender>,
     pub(crate) offboarder: Offboarder,
     pub(crate) queue: Option<QueueWriter>,
-    pub(crate) ledger: Option<Arc<dyn Ledger>>,
+    pub(crate) claims: Option<Arc<dyn DeliveryClaims>>,
+    pub(crate) records: Option<Arc<dyn DeviceRecords>>,
     pub(crate) replay: ReplayCache,
     pub(crate) tracker: tracking::Tracker,
     pub(crate) follow_ups: Vec<Arc<dyn FollowUp>>,
@@ -102,7 +103,8 @@ impl App {
             defender: ports.defender,
             offboarder,
             queue: None,
-            ledger: None,
+            claims: None,
+            records: None,
             replay: ReplayCache::default(),
             tracker,
             follow_ups: ports.follow_ups,
@@ -118,13 +120,17 @@ impl App {
 
     /// Enables the durable ledger: idempotency across instances, device
     /// records, and the hourly budget when `MAX_OFFBOARDS_PER_HOUR` is set.
-    pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+    pub fn with_ledger<L>(mut self, ledger: Arc<L>) -> Self
+    where
+        L: DeliveryClaims + DeviceRecords + OffboardBudget + 'static,
+    {
         let budget = self.config.max_offboards_per_hour.map(|per_hour| Budget {
             ledger: ledger.clone(),
             per_hour,
         });
         self.offboarder = self.offboarder.with_budget(budget);
-        self.ledger = Some(ledger);
+        self.claims = Some(ledger.clone());
+        self.records = Some(ledger);
         self
     }
 

@@ -240,7 +240,7 @@ impl App {
     /// `GET /v1/tickets/{ticket}` can list them. A write that fails is
     /// logged: the offboard itself has happened and is audited.
     async fn record_outcomes(&self, results: &[DeviceResult], ticket: &str, source: &str) {
-        let Some(ledger) = &self.ledger else {
+        let Some(ledger) = &self.records else {
             return;
         };
         let now = std::time::SystemTime::now();

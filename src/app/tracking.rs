@@ -70,7 +70,7 @@ impl App {
     }
 
     fn tracking_on(&self) -> bool {
-        self.ledger.is_some() && self.queue.is_some()
+        self.records.is_some() && self.queue.is_some()
     }
 
     /// Sends the first track message of each action just requested. A
@@ -246,7 +246,7 @@ impl App {
             action_id: t.action_id.clone(),
         };
         let mut status = status;
-        if let Some(ledger) = &self.ledger {
+        if let Some(ledger) = &self.records {
             match ledger.update_action_status(&key, status, finished).await {
                 Ok(StatusUpdate::Updated | StatusUpdate::NotFound) => {}
                 // The cancel route, say, wrote a final status first: that is

@@ -8,7 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 use serde::{Serialize, Serializer};
+use strum::{EnumString, IntoStaticStr};
 use thiserror::Error;
+
+use crate::support::time::{unix_millis, unix_secs};
 
 /// A delivery's final answer as kept for replays: the status the contract
 /// gives it (200, 202) and the JSON text, byte for byte.
@@ -21,7 +24,7 @@ pub struct StoredAnswer {
 /// How long a finished answer is replayed.
 pub const ANSWER_KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
 /// Budget buckets: the rolling hour is the current bucket and the twelve
-/// before it (see [`Ledger::take_budget`]).
+/// before it (see [`OffboardBudget::take_budget`]).
 pub const BUDGET_BUCKET: Duration = Duration::from_secs(300);
 pub(crate) const BUDGET_BUCKETS_BEFORE: i64 = 12;
 /// DynamoDB's item limit is 400 KB; past this the answer is not kept.
@@ -51,17 +54,11 @@ impl LedgerError {
 /// The delivery key (the contract's rule: signed delivery id, or source and
 /// body SHA-256), hashed so the table holds no payload and keys stay short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey([u8; 32]);
+pub struct IdempotencyKey(pub(crate) [u8; 32]);
 
 impl From<[u8; 32]> for IdempotencyKey {
     fn from(k: [u8; 32]) -> Self {
         Self(k)
-    }
-}
-
-impl IdempotencyKey {
-    pub fn bytes(&self) -> [u8; 32] {
-        self.0
     }
 }
 
@@ -77,8 +74,9 @@ pub enum Begin {
 }
 
 /// The device outcomes the ledger records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, IntoStaticStr, EnumString)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum RecordedOutcome {
     OffboardRequested,
     AlreadyPending,
@@ -86,24 +84,13 @@ pub enum RecordedOutcome {
 
 impl RecordedOutcome {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OffboardRequested => "offboard_requested",
-            Self::AlreadyPending => "already_pending",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        match s {
-            "offboard_requested" => Some(Self::OffboardRequested),
-            "already_pending" => Some(Self::AlreadyPending),
-            _ => None,
-        }
+        self.into()
     }
 }
 
 /// A MachineAction's status as Defender reports it, plus `NotConfirmed`
 /// for when tracking gives up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, IntoStaticStr, EnumString)]
 pub enum ActionStatus {
     Pending,
     InProgress,
@@ -116,38 +103,18 @@ pub enum ActionStatus {
 
 impl ActionStatus {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "Pending",
-            Self::InProgress => "InProgress",
-            Self::Succeeded => "Succeeded",
-            Self::Failed => "Failed",
-            Self::Cancelled => "Cancelled",
-            Self::TimeOut => "TimeOut",
-            Self::NotConfirmed => "NotConfirmed",
-        }
+        self.into()
     }
 
     /// Defender's own spelling; anything else is not a status we keep.
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "Pending" => Self::Pending,
-            "InProgress" => Self::InProgress,
-            "Succeeded" => Self::Succeeded,
-            "Failed" => Self::Failed,
-            "Cancelled" => Self::Cancelled,
-            "TimeOut" => Self::TimeOut,
-            "NotConfirmed" => Self::NotConfirmed,
-            _ => return None,
-        })
+        s.parse().ok()
     }
 
     /// Defender never moves these again. `NotConfirmed` is ours, not
     /// Defender's: a later real status (a cancel, say) may replace it.
     pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            Self::Succeeded | Self::Failed | Self::Cancelled | Self::TimeOut
-        )
+        Self::FINAL.contains(&self)
     }
 
     pub(crate) const FINAL: [Self; 4] = [
@@ -215,8 +182,23 @@ pub(crate) fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Port: the durable ledger. Small calls; the handler composes them.
-pub trait Ledger: Send + Sync {
+/// The budget bucket `now` falls in (buckets count from the epoch).
+pub(crate) fn bucket_of(now: SystemTime) -> i64 {
+    unix_secs(now).div_euclid(BUDGET_BUCKET.as_secs() as i64)
+}
+
+/// How long to wait for a claim held until `until_ms`: rounded up to whole
+/// seconds, at least one (Retry-After is in seconds).
+pub(crate) fn retry_after_from(until_ms: i64, now: SystemTime) -> Duration {
+    let left = until_ms.saturating_sub(unix_millis(now)).max(0) as u64;
+    Duration::from_secs(left.div_ceil(1000).max(1))
+}
+
+/// What every ledger call returns.
+pub type LedgerFuture<'a, T> = BoxFuture<'a, Result<T, LedgerError>>;
+
+/// Port: idempotency of deliveries across instances.
+pub trait DeliveryClaims: Send + Sync {
     /// Claims a delivery with one conditional write: it is ours when no
     /// record exists, the record's expiry has passed (TTL deletes lazily, so
     /// the condition checks it), or an in-progress record's holder died
@@ -227,7 +209,7 @@ pub trait Ledger: Send + Sync {
         key: &'a IdempotencyKey,
         now: SystemTime,
         in_progress_until: SystemTime,
-    ) -> BoxFuture<'a, Result<Begin, LedgerError>>;
+    ) -> LedgerFuture<'a, Begin>;
 
     /// Keeps the final answer until `expires_at` (now + [`ANSWER_KEPT_FOR`]).
     fn complete<'a>(
@@ -235,33 +217,27 @@ pub trait Ledger: Send + Sync {
         key: &'a IdempotencyKey,
         answer: &'a StoredAnswer,
         expires_at: SystemTime,
-    ) -> BoxFuture<'a, Result<(), LedgerError>>;
+    ) -> LedgerFuture<'a, ()>;
 
     /// Drops an in-progress claim: a 503 answer is not kept, so a retry
     /// proceeds at once. A completed record is left alone.
-    fn abandon<'a>(&'a self, key: &'a IdempotencyKey) -> BoxFuture<'a, Result<(), LedgerError>>;
+    fn abandon<'a>(&'a self, key: &'a IdempotencyKey) -> LedgerFuture<'a, ()>;
+}
 
+/// Port: a record of every device an offboard was asked for.
+pub trait DeviceRecords: Send + Sync {
     /// Records a device outcome. Written again for the same ticket, machine
     /// and action (a replayed `already_pending`), it keeps the first
     /// `requested_at` and the action's latest status, which only
     /// `update_action_status` changes.
-    fn record_device<'a>(
-        &'a self,
-        record: &'a DeviceRecord,
-    ) -> BoxFuture<'a, Result<(), LedgerError>>;
+    fn record_device<'a>(&'a self, record: &'a DeviceRecord) -> LedgerFuture<'a, ()>;
 
     /// Every record of a ticket (one Query, all pages), ordered by machine.
-    fn ticket_records<'a>(
-        &'a self,
-        ticket: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<DeviceRecord>, LedgerError>>;
+    fn ticket_records<'a>(&'a self, ticket: &'a str) -> LedgerFuture<'a, Vec<DeviceRecord>>;
 
     /// A machine's records across tickets, oldest first (one Query on the
     /// index, all pages; eventually consistent).
-    fn machine_records<'a>(
-        &'a self,
-        machine_id: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<DeviceRecord>, LedgerError>>;
+    fn machine_records<'a>(&'a self, machine_id: &'a str) -> LedgerFuture<'a, Vec<DeviceRecord>>;
 
     /// Sets an action's latest status; a final status is never replaced by
     /// another.
@@ -270,8 +246,11 @@ pub trait Ledger: Send + Sync {
         key: &'a RecordKey,
         status: ActionStatus,
         updated_at: SystemTime,
-    ) -> BoxFuture<'a, Result<StatusUpdate, LedgerError>>;
+    ) -> LedgerFuture<'a, StatusUpdate>;
+}
 
+/// Port: the hourly offboard budget, shared by every instance.
+pub trait OffboardBudget: Send + Sync {
     /// Takes up to `wanted` offboards from the budget of `limit` per rolling
     /// hour and returns how many were granted (0 to `wanted`).
     ///
@@ -283,12 +262,7 @@ pub trait Ledger: Send + Sync {
     /// five minutes early. (A fixed hourly window would let `2 × limit`
     /// through around the hour; a weighted previous-hour estimate is not a
     /// bound.) Buckets expire by TTL two hours after they close.
-    fn take_budget<'a>(
-        &'a self,
-        wanted: u32,
-        limit: u32,
-        now: SystemTime,
-    ) -> BoxFuture<'a, Result<u32, LedgerError>>;
+    fn take_budget(&self, wanted: u32, limit: u32, now: SystemTime) -> LedgerFuture<'_, u32>;
 }
 
 pub(crate) fn check_body_size(answer: &StoredAnswer) -> Result<(), LedgerError> {
@@ -299,4 +273,39 @@ pub(crate) fn check_body_size(answer: &StoredAnswer) -> Result<(), LedgerError> 
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_spelled_as_stored_and_as_serialised() {
+        let all = [
+            ActionStatus::Pending,
+            ActionStatus::InProgress,
+            ActionStatus::Succeeded,
+            ActionStatus::Failed,
+            ActionStatus::Cancelled,
+            ActionStatus::TimeOut,
+            ActionStatus::NotConfirmed,
+        ];
+        for s in all {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            assert_eq!(ActionStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(ActionStatus::parse("pending"), None);
+        for o in [
+            RecordedOutcome::OffboardRequested,
+            RecordedOutcome::AlreadyPending,
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+            assert_eq!(o.as_str().parse::<RecordedOutcome>(), Ok(o));
+        }
+        assert_eq!(
+            RecordedOutcome::OffboardRequested.as_str(),
+            "offboard_requested"
+        );
+        assert_eq!(RecordedOutcome::AlreadyPending.as_str(), "already_pending");
+    }
 }

@@ -1,8 +1,8 @@
 //! The domain: what happens to a device (validate, resolve, check the
 //! platform, tags and budget, offboard), over small port traits that the
 //! adapters implement: `defender::Defender`, `secret::SecretSource`,
-//! `queue::Queue` and `ledger::Ledger`. Pure where it can be; tested with
-//! in-memory fakes.
+//! `queue::Queue` and the ledger's `DeliveryClaims`, `DeviceRecords` and
+//! `OffboardBudget`. Pure where it can be; tested with in-memory fakes.
 
 pub mod defender;
 pub mod federation;

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::domain::defender::{Defender, DefenderError, Machine, RefusalCode};
-use crate::domain::ledger::Ledger;
+use crate::domain::ledger::OffboardBudget;
 use crate::domain::limits::Deadline;
 use crate::domain::model::{Device, DeviceRef, MachineId};
 use crate::domain::policy::{self, Platforms, Refusal};
@@ -106,7 +106,7 @@ impl DeviceResult {
 /// ledger so it holds across instances.
 #[derive(Clone)]
 pub struct Budget {
-    pub ledger: Arc<dyn Ledger>,
+    pub ledger: Arc<dyn OffboardBudget>,
     pub per_hour: u32,
 }
 

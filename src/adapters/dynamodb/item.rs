@@ -16,13 +16,13 @@
 //! reads tolerate its eventual consistency.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::str::FromStr;
+use std::time::SystemTime;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::domain::ledger::{
-    ActionStatus, BUDGET_BUCKET, DeviceRecord, IdempotencyKey, LedgerError, RecordKey,
-    RecordedOutcome, StoredAnswer,
+    BUDGET_BUCKET, DeviceRecord, IdempotencyKey, LedgerError, RecordKey, StoredAnswer, format_time,
 };
 
 /// Names the adapter and the table definition (template.yaml's `LedgerTable`)
@@ -38,8 +38,9 @@ pub mod schema {
     pub const EXPIRES_AT: &str = "expires_at";
 }
 
-/// Attribute names. Every expression aliases them (`#st`, ...): `state`,
-/// `owner`, `count` and `source` are DynamoDB reserved words.
+/// Attribute names. Every expression aliases them by their own name
+/// (`#state`, ...): `state`, `owner`, `count` and `source` are DynamoDB
+/// reserved words.
 pub(crate) mod attr {
     pub const STATE: &str = "state";
     pub const OWNER: &str = "owner";
@@ -65,20 +66,26 @@ pub(crate) const BUDGET_SK: &str = "BUDGET";
 /// The sort keys of a ticket's device records begin with it.
 pub(crate) const MACHINE_PREFIX: &str = "MACHINE#";
 
+pub(crate) type Item = HashMap<String, AttributeValue>;
+
 /// The partition and sort keys of an item.
 pub(crate) trait ItemKey {
     fn pk(&self) -> String;
     fn sk(&self) -> String;
+
+    /// The item under this key with `attrs`; with none, the key alone.
+    fn item<const N: usize>(&self, attrs: [(&str, AttributeValue); N]) -> Item {
+        let key = [(schema::PK, s(self.pk())), (schema::SK, s(self.sk()))];
+        key.into_iter()
+            .chain(attrs)
+            .map(|(name, v)| (name.to_string(), v))
+            .collect()
+    }
 }
 
 impl ItemKey for IdempotencyKey {
     fn pk(&self) -> String {
-        let mut s = String::with_capacity(5 + 64);
-        s.push_str("IDEM#");
-        for b in self.bytes() {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
+        format!("IDEM#{}", hex::encode(self.0))
     }
 
     fn sk(&self) -> String {
@@ -99,6 +106,19 @@ impl ItemKey for RecordKey {
     }
 }
 
+/// A budget bucket (`domain::ledger::bucket_of`).
+pub(crate) struct Bucket(pub i64);
+
+impl ItemKey for Bucket {
+    fn pk(&self) -> String {
+        format!("BUDGET#{}", self.0 * BUDGET_BUCKET.as_secs() as i64)
+    }
+
+    fn sk(&self) -> String {
+        BUDGET_SK.into()
+    }
+}
+
 pub(crate) fn ticket_pk(ticket: &str) -> String {
     format!("TICKET#{ticket}")
 }
@@ -107,38 +127,6 @@ pub(crate) fn ticket_pk(ticket: &str) -> String {
 pub(crate) fn machine_pk(machine_id: &str) -> String {
     format!("{MACHINE_PREFIX}{machine_id}")
 }
-
-pub(crate) fn budget_pk(bucket: i64) -> String {
-    format!("BUDGET#{}", bucket * BUDGET_BUCKET.as_secs() as i64)
-}
-
-/// The bucket a budget item's key names.
-pub(crate) fn bucket_of_pk(pk: &str) -> Option<i64> {
-    pk.strip_prefix("BUDGET#")
-        .and_then(|t| t.parse::<i64>().ok())
-        .map(|start| start.div_euclid(BUDGET_BUCKET.as_secs() as i64))
-}
-
-pub(crate) fn epoch_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-pub(crate) fn epoch_s(t: SystemTime) -> i64 {
-    epoch_ms(t) / 1000
-}
-
-pub(crate) fn bucket_of(now: SystemTime) -> i64 {
-    epoch_s(now).div_euclid(BUDGET_BUCKET.as_secs() as i64)
-}
-
-/// Rounded up to whole seconds, at least one: Retry-After is in seconds.
-pub(crate) fn retry_after_from(until_ms: i64, now: SystemTime) -> Duration {
-    let left = until_ms.saturating_sub(epoch_ms(now)).max(0) as u64;
-    Duration::from_secs(left.div_ceil(1000).max(1))
-}
-
-pub(crate) type Item = HashMap<String, AttributeValue>;
 
 pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
@@ -157,11 +145,18 @@ pub(crate) fn get_s<'i>(item: &'i Item, name: &str) -> Result<&'i str, LedgerErr
     }
 }
 
-pub(crate) fn get_n(item: &Item, name: &str) -> Result<i64, LedgerError> {
+/// A string attribute read as `T`.
+pub(crate) fn get<T: FromStr>(item: &Item, name: &str) -> Result<T, LedgerError> {
+    get_s(item, name)?
+        .parse()
+        .map_err(|_| LedgerError::Refused(format!("an item's {name} is not one we write")))
+}
+
+pub(crate) fn get_n<T: FromStr>(item: &Item, name: &str) -> Result<T, LedgerError> {
     match item.get(name) {
         Some(AttributeValue::N(v)) => v
             .parse()
-            .map_err(|_| LedgerError::Refused(format!("an item's {name} is not an integer"))),
+            .map_err(|_| LedgerError::Refused(format!("an item's {name} is out of range"))),
         _ => Err(LedgerError::Refused(format!(
             "an item lacks the number {name}"
         ))),
@@ -173,27 +168,72 @@ fn get_time(item: &Item, name: &str) -> Result<SystemTime, LedgerError> {
         .map_err(|_| LedgerError::Refused(format!("an item's {name} is not a time")))
 }
 
-pub(crate) fn record_from_item(item: &Item) -> Result<DeviceRecord, LedgerError> {
-    let bad = |what: &str| LedgerError::Refused(format!("an item's {what} is not one we write"));
-    Ok(DeviceRecord {
-        ticket: get_s(item, attr::TICKET)?.to_string(),
-        machine_id: get_s(item, attr::MACHINE_ID)?.to_string(),
-        device: get_s(item, attr::DEVICE)?.to_string(),
-        status: RecordedOutcome::parse(get_s(item, attr::OUTCOME)?)
-            .ok_or_else(|| bad("outcome"))?,
-        action_id: get_s(item, attr::ACTION_ID)?.to_string(),
-        action_status: ActionStatus::parse(get_s(item, attr::ACTION_STATUS)?)
-            .ok_or_else(|| bad("action status"))?,
-        requested_at: get_time(item, attr::REQUESTED_AT)?,
-        updated_at: get_time(item, attr::UPDATED_AT)?,
-        source: get_s(item, attr::SOURCE)?.to_string(),
-    })
+impl From<&DeviceRecord> for Item {
+    fn from(r: &DeviceRecord) -> Self {
+        let requested = format_time(r.requested_at);
+        r.key().item([
+            (attr::TICKET, s(&r.ticket)),
+            (attr::MACHINE_ID, s(&r.machine_id)),
+            (attr::DEVICE, s(&r.device)),
+            (attr::OUTCOME, s(r.status.as_str())),
+            (attr::ACTION_ID, s(&r.action_id)),
+            (attr::ACTION_STATUS, s(r.action_status.as_str())),
+            (attr::REQUESTED_AT, s(&requested)),
+            (attr::UPDATED_AT, s(format_time(r.updated_at))),
+            (attr::SOURCE, s(&r.source)),
+            (schema::GSI1_PK, s(machine_pk(&r.machine_id))),
+            (schema::GSI1_SK, s(format!("{requested}#{}", r.ticket))),
+        ])
+    }
 }
 
-pub(crate) fn answer_from_item(item: &Item) -> Result<StoredAnswer, LedgerError> {
-    Ok(StoredAnswer {
-        status: u16::try_from(get_n(item, attr::ANSWER_STATUS)?)
-            .map_err(|_| LedgerError::Refused("a stored answer's status is not HTTP".into()))?,
-        body: get_s(item, attr::ANSWER_BODY)?.to_string(),
-    })
+impl TryFrom<&Item> for DeviceRecord {
+    type Error = LedgerError;
+
+    fn try_from(item: &Item) -> Result<Self, LedgerError> {
+        Ok(DeviceRecord {
+            ticket: get(item, attr::TICKET)?,
+            machine_id: get(item, attr::MACHINE_ID)?,
+            device: get(item, attr::DEVICE)?,
+            status: get(item, attr::OUTCOME)?,
+            action_id: get(item, attr::ACTION_ID)?,
+            action_status: get(item, attr::ACTION_STATUS)?,
+            requested_at: get_time(item, attr::REQUESTED_AT)?,
+            updated_at: get_time(item, attr::UPDATED_AT)?,
+            source: get(item, attr::SOURCE)?,
+        })
+    }
+}
+
+impl TryFrom<&Item> for StoredAnswer {
+    type Error = LedgerError;
+
+    fn try_from(item: &Item) -> Result<Self, LedgerError> {
+        Ok(StoredAnswer {
+            status: get_n(item, attr::ANSWER_STATUS)?,
+            body: get(item, attr::ANSWER_BODY)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> IdempotencyKey {
+        IdempotencyKey::from([n; 32])
+    }
+
+    #[test]
+    fn keys_are_prefixed_and_bounded() {
+        assert_eq!(key(0xab).pk().len(), 5 + 64);
+        assert!(key(0xab).pk().starts_with("IDEM#abab"));
+        let k = RecordKey {
+            ticket: "INC-1".into(),
+            machine_id: "m1".into(),
+            action_id: "a1".into(),
+        };
+        assert_eq!(k.pk(), "TICKET#INC-1");
+        assert_eq!(k.sk(), "MACHINE#m1#ACTION#a1");
+    }
 }

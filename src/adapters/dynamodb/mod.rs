@@ -2,16 +2,15 @@
 //! items' layout and codec in `item`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_dynamodb::types::{
-    AttributeValue, KeysAndAttributes, ReturnValuesOnConditionCheckFailure,
-};
-use futures_util::future::BoxFuture;
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::types::{KeysAndAttributes, ReturnValuesOnConditionCheckFailure::AllOld};
 
 use crate::adapters::aws::{self, LazyClient};
 use crate::domain::ledger::*;
+use crate::support::time::{unix_millis, unix_secs};
 
 pub mod item;
 
@@ -27,7 +26,7 @@ type SdkError<E> =
 /// The two kinds of failure the caller acts on (`aws::sort`).
 fn classify<E>(e: SdkError<E>) -> LedgerError
 where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     match aws::sort(&e) {
         f if f.passing => LedgerError::Unavailable(f.detail),
@@ -35,49 +34,32 @@ where
     }
 }
 
-/// The operations whose condition can fail, with the old item DynamoDB
-/// returned (ReturnValuesOnConditionCheckFailure=ALL_OLD): no second read.
-trait ConditionFailure: Sized {
-    fn is_condition_failure(&self) -> bool;
-    fn old_item(self) -> Option<Item>;
-}
-
-macro_rules! condition_failure {
-    ($($error:ty),*) => {$(
-        impl ConditionFailure for $error {
-            fn is_condition_failure(&self) -> bool {
-                matches!(self, Self::ConditionalCheckFailedException(_))
-            }
-            fn old_item(self) -> Option<Item> {
-                match self {
-                    Self::ConditionalCheckFailedException(c) => c.item,
-                    _ => None,
-                }
-            }
-        }
-    )*};
-}
-
-condition_failure!(
-    aws_sdk_dynamodb::operation::put_item::PutItemError,
-    aws_sdk_dynamodb::operation::update_item::UpdateItemError,
-    aws_sdk_dynamodb::operation::delete_item::DeleteItemError
-);
-
-/// `Ok(old item)` when the call failed its condition, else the error.
+/// `Ok(old item)` when the call failed its condition (the calls ask for
+/// the old item, ReturnValuesOnConditionCheckFailure=ALL_OLD: no second
+/// read), else the error.
 fn condition_failed<E>(e: SdkError<E>) -> Result<Option<Item>, LedgerError>
 where
-    E: ConditionFailure
-        + aws_sdk_dynamodb::error::ProvideErrorMetadata
-        + std::error::Error
-        + 'static,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    aws_sdk_dynamodb::Error: From<SdkError<E>>,
 {
-    match e {
-        aws_sdk_dynamodb::error::SdkError::ServiceError(se) if se.err().is_condition_failure() => {
-            Ok(se.into_err().old_item())
-        }
-        other => Err(classify(other)),
+    if e.as_service_error().and_then(|se| se.code()) != Some("ConditionalCheckFailedException") {
+        return Err(classify(e));
     }
+    match aws_sdk_dynamodb::Error::from(e) {
+        aws_sdk_dynamodb::Error::ConditionalCheckFailedException(c) => Ok(c.item),
+        _ => Ok(None),
+    }
+}
+
+/// The aliases the expressions use: `#x` stands for the attribute `x`.
+/// Every expression aliases: `state`, `owner`, `count` and `source` are
+/// DynamoDB reserved words.
+fn names(expressions: &[&str]) -> Option<HashMap<String, String>> {
+    let words = expressions
+        .iter()
+        .flat_map(|e| e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '#')));
+    let aliases = words.filter_map(|w| w.strip_prefix('#'));
+    Some(aliases.map(|a| (format!("#{a}"), a.to_string())).collect())
 }
 
 /// Adapter: the table in DynamoDB.
@@ -114,38 +96,39 @@ impl DynamoLedger {
         self.client.get().await
     }
 
+    fn closed_buckets(&self) -> MutexGuard<'_, HashMap<i64, u32>> {
+        self.closed_buckets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn query_all(
         &self,
         index: Option<&str>,
         key_condition: &str,
-        names: &[(&str, &str)],
-        values: &[(&str, AttributeValue)],
+        values: Item,
     ) -> Result<Vec<DeviceRecord>, LedgerError> {
         let client = self.client().await;
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
         loop {
-            let mut q = client
+            let q = client
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression(key_condition)
+                .set_expression_attribute_names(names(&[key_condition]))
+                .set_expression_attribute_values(Some(values.clone()))
                 .set_limit(self.page_size)
                 .set_exclusive_start_key(start.take());
-            q = match index {
+            let page = match index {
                 Some(i) => q.index_name(i),
                 // The ticket read follows writes closely (an auditor right
                 // after the request): read the base table strongly.
                 None => q.consistent_read(true),
             };
-            for (k, v) in names {
-                q = q.expression_attribute_names(*k, *v);
-            }
-            for (k, v) in values {
-                q = q.expression_attribute_values(*k, v.clone());
-            }
-            let page = q.send().await.map_err(classify)?;
+            let page = page.send().await.map_err(classify)?;
             for item in page.items() {
-                out.push(record_from_item(item)?);
+                out.push(DeviceRecord::try_from(item)?);
             }
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
@@ -160,36 +143,29 @@ impl DynamoLedger {
         let first = current - BUDGET_BUCKETS_BEFORE;
         let settled_before = bucket_of(now - CLOCK_SKEW);
         let mut total = 0u64;
-        let mut wanted = Vec::new();
+        let mut wanted = HashMap::new();
         {
-            let mut cache = self
-                .closed_buckets
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut cache = self.closed_buckets();
             cache.retain(|b, _| *b >= first);
             for b in first..current {
                 match cache.get(&b) {
                     Some(c) => total += u64::from(*c),
-                    None => wanted.push(b),
+                    None => {
+                        wanted.insert(Bucket(b).pk(), b);
+                    }
                 }
             }
         }
         if wanted.is_empty() {
             return Ok(total);
         }
-        let mut keys = KeysAndAttributes::builder().consistent_read(true);
-        for b in &wanted {
-            keys = keys.keys(HashMap::from([
-                (schema::PK.to_string(), s(budget_pk(*b))),
-                (schema::SK.to_string(), s(BUDGET_SK)),
-            ]));
-        }
-        let mut request = Some(HashMap::from([(
-            self.table.clone(),
-            keys.build()
-                .map_err(|e| LedgerError::Refused(e.to_string()))?,
-        )]));
-        let mut found: HashMap<i64, u32> = wanted.iter().map(|b| (*b, 0)).collect();
+        let keys = KeysAndAttributes::builder()
+            .set_keys(Some(wanted.values().map(|b| Bucket(*b).item([])).collect()))
+            .consistent_read(true)
+            .build()
+            .map_err(|e| LedgerError::Refused(e.to_string()))?;
+        let mut request = Some(HashMap::from([(self.table.clone(), keys)]));
+        let mut found: HashMap<i64, u32> = wanted.values().map(|b| (*b, 0)).collect();
         // BatchGetItem may leave keys unprocessed under load; a few rounds,
         // then the table counts as unavailable rather than guessing low.
         for _ in 0..3 {
@@ -202,17 +178,13 @@ impl DynamoLedger {
                 .send()
                 .await
                 .map_err(classify)?;
-            for item in out
-                .responses()
-                .and_then(|r| r.get(&self.table))
-                .into_iter()
-                .flatten()
-            {
-                let b = bucket_of_pk(get_s(item, schema::PK)?).ok_or_else(|| {
+            let items = out.responses().and_then(|r| r.get(&self.table));
+            for item in items.into_iter().flatten() {
+                let b = wanted.get(get_s(item, schema::PK)?).ok_or_else(|| {
                     LedgerError::Refused("a budget item's key is not ours".into())
                 })?;
-                let c = u32::try_from(get_n(item, attr::COUNT)?.max(0)).unwrap_or(u32::MAX);
-                found.insert(b, c);
+                let c = get_n::<i64>(item, attr::COUNT)?.max(0);
+                found.insert(*b, u32::try_from(c).unwrap_or(u32::MAX));
             }
             request = out.unprocessed_keys.filter(|u| !u.is_empty());
         }
@@ -221,10 +193,7 @@ impl DynamoLedger {
                 "BatchGetItem left budget buckets unread".into(),
             ));
         }
-        let mut cache = self
-            .closed_buckets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.closed_buckets();
         for (b, c) in found {
             total += u64::from(c);
             if b < settled_before {
@@ -235,45 +204,40 @@ impl DynamoLedger {
     }
 }
 
-impl Ledger for DynamoLedger {
+impl DeliveryClaims for DynamoLedger {
     fn begin<'a>(
         &'a self,
         key: &'a IdempotencyKey,
         now: SystemTime,
         in_progress_until: SystemTime,
-    ) -> BoxFuture<'a, Result<Begin, LedgerError>> {
+    ) -> LedgerFuture<'a, Begin> {
         Box::pin(async move {
             // Tells our own write apart when the SDK retries a put whose
             // first answer was lost: the retry fails its condition on the
             // record the first attempt wrote.
             let owner = format!("{:032x}", fastrand::u128(..));
-            let until_ms = epoch_ms(in_progress_until);
+            let until_ms = unix_millis(in_progress_until);
+            let condition = "attribute_not_exists(#pk) OR #expires_at < :now_s \
+                 OR (#state = :ip AND #in_progress_until_ms < :now_ms)";
             let result = self
                 .client()
                 .await
                 .put_item()
                 .table_name(&self.table)
-                .item(schema::PK, s(key.pk()))
-                .item(schema::SK, s(key.sk()))
-                .item(attr::STATE, s(IN_PROGRESS))
-                .item(attr::OWNER, s(&owner))
-                .item(attr::IN_PROGRESS_UNTIL_MS, n(until_ms))
-                // A dead holder's record goes by TTL eventually; it is
-                // taken over as soon as `in_progress_until` passes.
-                .item(schema::EXPIRES_AT, n(until_ms / 1000 + 3600))
-                .condition_expression(
-                    "attribute_not_exists(#pk) OR #exp < :now_s OR (#st = :ip AND #ipu < :now_ms)",
-                )
-                .expression_attribute_names("#pk", schema::PK)
-                .expression_attribute_names("#exp", schema::EXPIRES_AT)
-                .expression_attribute_names("#st", attr::STATE)
-                .expression_attribute_names("#ipu", attr::IN_PROGRESS_UNTIL_MS)
-                .expression_attribute_values(":now_s", n(epoch_s(now)))
-                .expression_attribute_values(":now_ms", n(epoch_ms(now)))
+                .set_item(Some(key.item([
+                    (attr::STATE, s(IN_PROGRESS)),
+                    (attr::OWNER, s(&owner)),
+                    (attr::IN_PROGRESS_UNTIL_MS, n(until_ms)),
+                    // A dead holder's record goes by TTL eventually; it is
+                    // taken over as soon as `in_progress_until` passes.
+                    (schema::EXPIRES_AT, n(until_ms / 1000 + 3600)),
+                ])))
+                .condition_expression(condition)
+                .set_expression_attribute_names(names(&[condition]))
+                .expression_attribute_values(":now_s", n(unix_secs(now)))
+                .expression_attribute_values(":now_ms", n(unix_millis(now)))
                 .expression_attribute_values(":ip", s(IN_PROGRESS))
-                .return_values_on_condition_check_failure(
-                    ReturnValuesOnConditionCheckFailure::AllOld,
-                )
+                .return_values_on_condition_check_failure(AllOld)
                 .send()
                 .await;
             match result {
@@ -288,19 +252,19 @@ impl Ledger for DynamoLedger {
         key: &'a IdempotencyKey,
         answer: &'a StoredAnswer,
         expires_at: SystemTime,
-    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+    ) -> LedgerFuture<'a, ()> {
         Box::pin(async move {
             check_body_size(answer)?;
             self.client()
                 .await
                 .put_item()
                 .table_name(&self.table)
-                .item(schema::PK, s(key.pk()))
-                .item(schema::SK, s(key.sk()))
-                .item(attr::STATE, s(COMPLETED))
-                .item(attr::ANSWER_STATUS, n(answer.status))
-                .item(attr::ANSWER_BODY, s(&answer.body))
-                .item(schema::EXPIRES_AT, n(epoch_s(expires_at)))
+                .set_item(Some(key.item([
+                    (attr::STATE, s(COMPLETED)),
+                    (attr::ANSWER_STATUS, n(answer.status)),
+                    (attr::ANSWER_BODY, s(&answer.body)),
+                    (schema::EXPIRES_AT, n(unix_secs(expires_at))),
+                ])))
                 .send()
                 .await
                 .map_err(classify)?;
@@ -308,17 +272,17 @@ impl Ledger for DynamoLedger {
         })
     }
 
-    fn abandon<'a>(&'a self, key: &'a IdempotencyKey) -> BoxFuture<'a, Result<(), LedgerError>> {
+    fn abandon<'a>(&'a self, key: &'a IdempotencyKey) -> LedgerFuture<'a, ()> {
         Box::pin(async move {
+            let condition = "#state = :ip";
             let result = self
                 .client()
                 .await
                 .delete_item()
                 .table_name(&self.table)
-                .key(schema::PK, s(key.pk()))
-                .key(schema::SK, s(key.sk()))
-                .condition_expression("#st = :ip")
-                .expression_attribute_names("#st", attr::STATE)
+                .set_key(Some(key.item([])))
+                .condition_expression(condition)
+                .set_expression_attribute_names(names(&[condition]))
                 .expression_attribute_values(":ip", s(IN_PROGRESS))
                 .send()
                 .await;
@@ -329,47 +293,38 @@ impl Ledger for DynamoLedger {
             }
         })
     }
+}
 
-    fn record_device<'a>(
-        &'a self,
-        record: &'a DeviceRecord,
-    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+impl DeviceRecords for DynamoLedger {
+    fn record_device<'a>(&'a self, record: &'a DeviceRecord) -> LedgerFuture<'a, ()> {
         Box::pin(async move {
-            let key = record.key();
-            let requested = format_time(record.requested_at);
+            let mut item = Item::from(record);
+            let key: Item = [schema::PK, schema::SK]
+                .into_iter()
+                .filter_map(|k| item.remove_entry(k))
+                .collect();
+            // Written again, a record keeps its first request time (and
+            // with it its place in the machine index) and the action's
+            // latest status.
+            let set: Vec<String> = item
+                .keys()
+                .map(|a| match a.as_str() {
+                    attr::REQUESTED_AT | schema::GSI1_SK | attr::ACTION_STATUS => {
+                        format!("#{a} = if_not_exists(#{a}, :{a})")
+                    }
+                    _ => format!("#{a} = :{a}"),
+                })
+                .collect();
+            let update = format!("SET {}", set.join(", "));
+            let values = item.into_iter().map(|(a, v)| (format!(":{a}"), v));
             self.client()
                 .await
                 .update_item()
                 .table_name(&self.table)
-                .key(schema::PK, s(key.pk()))
-                .key(schema::SK, s(key.sk()))
-                .update_expression(
-                    "SET #tk = :tk, #mid = :mid, #dev = :dev, #out = :out, #aid = :aid, #src = :src, \
-                     #upd = :upd, #g1pk = :g1pk, #req = if_not_exists(#req, :req), \
-                     #g1sk = if_not_exists(#g1sk, :g1sk), #as = if_not_exists(#as, :as)",
-                )
-                .expression_attribute_names("#tk", attr::TICKET)
-                .expression_attribute_names("#mid", attr::MACHINE_ID)
-                .expression_attribute_names("#dev", attr::DEVICE)
-                .expression_attribute_names("#out", attr::OUTCOME)
-                .expression_attribute_names("#aid", attr::ACTION_ID)
-                .expression_attribute_names("#src", attr::SOURCE)
-                .expression_attribute_names("#upd", attr::UPDATED_AT)
-                .expression_attribute_names("#g1pk", schema::GSI1_PK)
-                .expression_attribute_names("#req", attr::REQUESTED_AT)
-                .expression_attribute_names("#g1sk", schema::GSI1_SK)
-                .expression_attribute_names("#as", attr::ACTION_STATUS)
-                .expression_attribute_values(":tk", s(&record.ticket))
-                .expression_attribute_values(":mid", s(&record.machine_id))
-                .expression_attribute_values(":dev", s(&record.device))
-                .expression_attribute_values(":out", s(record.status.as_str()))
-                .expression_attribute_values(":aid", s(&record.action_id))
-                .expression_attribute_values(":src", s(&record.source))
-                .expression_attribute_values(":upd", s(format_time(record.updated_at)))
-                .expression_attribute_values(":g1pk", s(machine_pk(&record.machine_id)))
-                .expression_attribute_values(":req", s(&requested))
-                .expression_attribute_values(":g1sk", s(format!("{requested}#{}", record.ticket)))
-                .expression_attribute_values(":as", s(record.action_status.as_str()))
+                .set_key(Some(key))
+                .set_expression_attribute_names(names(&[&update]))
+                .update_expression(update)
+                .set_expression_attribute_values(Some(values.collect()))
                 .send()
                 .await
                 .map_err(classify)?;
@@ -377,37 +332,17 @@ impl Ledger for DynamoLedger {
         })
     }
 
-    fn ticket_records<'a>(
-        &'a self,
-        ticket: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<DeviceRecord>, LedgerError>> {
-        Box::pin(async move {
-            self.query_all(
-                None,
-                "#pk = :pk AND begins_with(#sk, :machine)",
-                &[("#pk", schema::PK), ("#sk", schema::SK)],
-                &[
-                    (":pk", s(ticket_pk(ticket))),
-                    (":machine", s(MACHINE_PREFIX)),
-                ],
-            )
-            .await
-        })
+    fn ticket_records<'a>(&'a self, ticket: &'a str) -> LedgerFuture<'a, Vec<DeviceRecord>> {
+        let values = Item::from([
+            (":pk".into(), s(ticket_pk(ticket))),
+            (":machine".into(), s(MACHINE_PREFIX)),
+        ]);
+        Box::pin(self.query_all(None, "#pk = :pk AND begins_with(#sk, :machine)", values))
     }
 
-    fn machine_records<'a>(
-        &'a self,
-        machine_id: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<DeviceRecord>, LedgerError>> {
-        Box::pin(async move {
-            self.query_all(
-                Some(schema::BY_MACHINE),
-                "#g1pk = :g1pk",
-                &[("#g1pk", schema::GSI1_PK)],
-                &[(":g1pk", s(machine_pk(machine_id)))],
-            )
-            .await
-        })
+    fn machine_records<'a>(&'a self, machine_id: &'a str) -> LedgerFuture<'a, Vec<DeviceRecord>> {
+        let values = Item::from([(":m".into(), s(machine_pk(machine_id)))]);
+        Box::pin(self.query_all(Some(schema::BY_MACHINE), "#gsi1pk = :m", values))
     }
 
     fn update_action_status<'a>(
@@ -415,32 +350,28 @@ impl Ledger for DynamoLedger {
         key: &'a RecordKey,
         status: ActionStatus,
         updated_at: SystemTime,
-    ) -> BoxFuture<'a, Result<StatusUpdate, LedgerError>> {
+    ) -> LedgerFuture<'a, StatusUpdate> {
         Box::pin(async move {
             let [f1, f2, f3, f4] = ActionStatus::FINAL.map(|f| s(f.as_str()));
+            let update = "SET #action_status = :as, #updated_at = :upd";
+            let condition = "attribute_exists(#pk) \
+                 AND (NOT (#action_status IN (:f1, :f2, :f3, :f4)) OR #action_status = :as)";
             let result = self
                 .client()
                 .await
                 .update_item()
                 .table_name(&self.table)
-                .key(schema::PK, s(key.pk()))
-                .key(schema::SK, s(key.sk()))
-                .update_expression("SET #as = :as, #upd = :upd")
-                .condition_expression(
-                    "attribute_exists(#pk) AND (NOT (#as IN (:f1, :f2, :f3, :f4)) OR #as = :as)",
-                )
-                .expression_attribute_names("#pk", schema::PK)
-                .expression_attribute_names("#as", attr::ACTION_STATUS)
-                .expression_attribute_names("#upd", attr::UPDATED_AT)
+                .set_key(Some(key.item([])))
+                .update_expression(update)
+                .condition_expression(condition)
+                .set_expression_attribute_names(names(&[update, condition]))
                 .expression_attribute_values(":as", s(status.as_str()))
                 .expression_attribute_values(":upd", s(format_time(updated_at)))
                 .expression_attribute_values(":f1", f1)
                 .expression_attribute_values(":f2", f2)
                 .expression_attribute_values(":f3", f3)
                 .expression_attribute_values(":f4", f4)
-                .return_values_on_condition_check_failure(
-                    ReturnValuesOnConditionCheckFailure::AllOld,
-                )
+                .return_values_on_condition_check_failure(AllOld)
                 .send()
                 .await;
             let old = match result {
@@ -449,26 +380,14 @@ impl Ledger for DynamoLedger {
             };
             match old.filter(|o| !o.is_empty()) {
                 None => Ok(StatusUpdate::NotFound),
-                Some(old) => {
-                    let kept = ActionStatus::parse(get_s(&old, attr::ACTION_STATUS)?).ok_or_else(
-                        || {
-                            LedgerError::Refused(
-                                "an item's action status is not one we write".into(),
-                            )
-                        },
-                    )?;
-                    Ok(StatusUpdate::AlreadyFinal(kept))
-                }
+                Some(old) => Ok(StatusUpdate::AlreadyFinal(get(&old, attr::ACTION_STATUS)?)),
             }
         })
     }
+}
 
-    fn take_budget<'a>(
-        &'a self,
-        wanted: u32,
-        limit: u32,
-        now: SystemTime,
-    ) -> BoxFuture<'a, Result<u32, LedgerError>> {
+impl OffboardBudget for DynamoLedger {
+    fn take_budget(&self, wanted: u32, limit: u32, now: SystemTime) -> LedgerFuture<'_, u32> {
         Box::pin(async move {
             if wanted == 0 || limit == 0 {
                 return Ok(0);
@@ -477,6 +396,8 @@ impl Ledger for DynamoLedger {
             let before = self.previous_buckets(current, now).await?;
             let room_here = u64::from(limit).saturating_sub(before);
             let mut ask = u64::from(wanted).min(room_here);
+            let update = "ADD #count :n SET #expires_at = :exp";
+            let condition = "attribute_not_exists(#count) OR #count <= :most";
             // Each refusal tells us the counter's value (ALL_OLD), so the
             // next ask is exact unless another taker got in between.
             for _ in 0..4 {
@@ -488,21 +409,17 @@ impl Ledger for DynamoLedger {
                     .await
                     .update_item()
                     .table_name(&self.table)
-                    .key(schema::PK, s(budget_pk(current)))
-                    .key(schema::SK, s(BUDGET_SK))
-                    .update_expression("ADD #c :n SET #exp = :exp")
-                    .condition_expression("attribute_not_exists(#c) OR #c <= :most")
-                    .expression_attribute_names("#c", attr::COUNT)
-                    .expression_attribute_names("#exp", schema::EXPIRES_AT)
+                    .set_key(Some(Bucket(current).item([])))
+                    .update_expression(update)
+                    .condition_expression(condition)
+                    .set_expression_attribute_names(names(&[update, condition]))
                     .expression_attribute_values(":n", n(ask))
                     .expression_attribute_values(":most", n(room_here - ask))
                     .expression_attribute_values(
                         ":exp",
                         n((current + 1) * BUDGET_BUCKET.as_secs() as i64 + 2 * 3600),
                     )
-                    .return_values_on_condition_check_failure(
-                        ReturnValuesOnConditionCheckFailure::AllOld,
-                    )
+                    .return_values_on_condition_check_failure(AllOld)
                     .send()
                     .await;
                 let old = match result {
@@ -510,9 +427,8 @@ impl Ledger for DynamoLedger {
                     Err(e) => condition_failed(e)?,
                 };
                 let taken = old
-                    .as_ref()
                     .filter(|o| !o.is_empty())
-                    .map(|i| get_n(i, attr::COUNT))
+                    .map(|i| get_n::<i64>(&i, attr::COUNT))
                     .transpose()?
                     .unwrap_or(0)
                     .max(0) as u64;
@@ -535,7 +451,7 @@ fn decide(old: Option<&Item>, owner: &str, now: SystemTime) -> Result<Begin, Led
         });
     };
     match get_s(old, attr::STATE)? {
-        COMPLETED => Ok(Begin::Done(answer_from_item(old)?)),
+        COMPLETED => Ok(Begin::Done(StoredAnswer::try_from(old)?)),
         IN_PROGRESS if old.get(attr::OWNER) == Some(&s(owner)) => Ok(Begin::Started),
         IN_PROGRESS => Ok(Begin::InProgress {
             retry_after: retry_after_from(get_n(old, attr::IN_PROGRESS_UNTIL_MS)?, now),

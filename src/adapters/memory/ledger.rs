@@ -1,29 +1,22 @@
 //! Adapter: the ledger in one process.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use futures_util::future::BoxFuture;
-
-use crate::adapters::dynamodb::item::{ItemKey, bucket_of, epoch_ms, epoch_s, retry_after_from};
 use crate::domain::ledger::*;
+use crate::support::time::{unix_millis, unix_secs};
 
 #[derive(Debug, Clone)]
 enum Delivery {
-    InProgress {
-        until_ms: i64,
-        expires_s: i64,
-    },
-    Completed {
-        answer: StoredAnswer,
-        expires_s: i64,
-    },
+    InProgress { until_ms: i64 },
+    Completed(StoredAnswer),
 }
 
 #[derive(Default)]
 struct Memory {
-    deliveries: HashMap<IdempotencyKey, Delivery>,
+    /// Each with its expiry, unix seconds.
+    deliveries: HashMap<IdempotencyKey, (Delivery, i64)>,
     records: BTreeMap<RecordKey, DeviceRecord>,
     buckets: HashMap<i64, u32>,
     unavailable: bool,
@@ -32,6 +25,8 @@ struct Memory {
 /// Adapter: the same rules as [`DynamoLedger`] in one process, for domain
 /// tests and the local run. Expired items stay until overwritten, as they
 /// do in DynamoDB before TTL gets to them.
+///
+/// [`DynamoLedger`]: crate::adapters::dynamodb::DynamoLedger
 #[derive(Default)]
 pub struct InMemoryLedger {
     inner: Mutex<Memory>,
@@ -47,61 +42,50 @@ impl InMemoryLedger {
         self.lock().unavailable = down;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
+    fn lock(&self) -> MutexGuard<'_, Memory> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn with<T>(
+    /// `f` over the memory, as a ledger call's answer.
+    fn with<'a, T: Send + 'a>(
         &self,
         f: impl FnOnce(&mut Memory) -> Result<T, LedgerError>,
-    ) -> Result<T, LedgerError> {
+    ) -> LedgerFuture<'a, T> {
         let mut m = self.lock();
-        if m.unavailable {
-            return Err(LedgerError::Unavailable(
+        let answer = if m.unavailable {
+            Err(LedgerError::Unavailable(
                 "the in-memory ledger is set down".into(),
-            ));
-        }
-        f(&mut m)
+            ))
+        } else {
+            f(&mut m)
+        };
+        Box::pin(std::future::ready(answer))
     }
 }
 
-fn ready<'a, T: Send + 'a>(v: Result<T, LedgerError>) -> BoxFuture<'a, Result<T, LedgerError>> {
-    Box::pin(std::future::ready(v))
-}
-
-impl Ledger for InMemoryLedger {
+impl DeliveryClaims for InMemoryLedger {
     fn begin<'a>(
         &'a self,
         key: &'a IdempotencyKey,
         now: SystemTime,
         in_progress_until: SystemTime,
-    ) -> BoxFuture<'a, Result<Begin, LedgerError>> {
-        ready(self.with(|m| {
-            let (now_ms, now_s) = (epoch_ms(now), epoch_s(now));
-            let taken = match m.deliveries.get(key) {
-                None => None,
-                Some(
-                    Delivery::InProgress { expires_s, .. } | Delivery::Completed { expires_s, .. },
-                ) if *expires_s < now_s => None,
-                Some(Delivery::InProgress { until_ms, .. }) if *until_ms < now_ms => None,
-                Some(Delivery::InProgress { until_ms, .. }) => Some(Begin::InProgress {
-                    retry_after: retry_after_from(*until_ms, now),
-                }),
-                Some(Delivery::Completed { answer, .. }) => Some(Begin::Done(answer.clone())),
-            };
-            if let Some(b) = taken {
-                return Ok(b);
+    ) -> LedgerFuture<'a, Begin> {
+        self.with(|m| {
+            match m.deliveries.get(key) {
+                Some((_, expires_s)) if *expires_s < unix_secs(now) => {}
+                Some((Delivery::Completed(answer), _)) => return Ok(Begin::Done(answer.clone())),
+                Some((Delivery::InProgress { until_ms }, _)) if *until_ms >= unix_millis(now) => {
+                    return Ok(Begin::InProgress {
+                        retry_after: retry_after_from(*until_ms, now),
+                    });
+                }
+                _ => {}
             }
-            let until_ms = epoch_ms(in_progress_until);
-            m.deliveries.insert(
-                *key,
-                Delivery::InProgress {
-                    until_ms,
-                    expires_s: until_ms / 1000 + 3600,
-                },
-            );
+            let until_ms = unix_millis(in_progress_until);
+            let claim = Delivery::InProgress { until_ms };
+            m.deliveries.insert(*key, (claim, until_ms / 1000 + 3600));
             Ok(Begin::Started)
-        }))
+        })
     }
 
     fn complete<'a>(
@@ -109,34 +93,31 @@ impl Ledger for InMemoryLedger {
         key: &'a IdempotencyKey,
         answer: &'a StoredAnswer,
         expires_at: SystemTime,
-    ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        ready(self.with(|m| {
+    ) -> LedgerFuture<'a, ()> {
+        self.with(|m| {
             check_body_size(answer)?;
-            m.deliveries.insert(
-                *key,
-                Delivery::Completed {
-                    answer: answer.clone(),
-                    expires_s: epoch_s(expires_at),
-                },
-            );
+            let done = Delivery::Completed(answer.clone());
+            m.deliveries.insert(*key, (done, unix_secs(expires_at)));
             Ok(())
-        }))
+        })
     }
 
-    fn abandon<'a>(&'a self, key: &'a IdempotencyKey) -> BoxFuture<'a, Result<(), LedgerError>> {
-        ready(self.with(|m| {
-            if matches!(m.deliveries.get(key), Some(Delivery::InProgress { .. })) {
+    fn abandon<'a>(&'a self, key: &'a IdempotencyKey) -> LedgerFuture<'a, ()> {
+        self.with(|m| {
+            if matches!(
+                m.deliveries.get(key),
+                Some((Delivery::InProgress { .. }, _))
+            ) {
                 m.deliveries.remove(key);
             }
             Ok(())
-        }))
+        })
     }
+}
 
-    fn record_device<'a>(
-        &'a self,
-        record: &'a DeviceRecord,
-    ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        ready(self.with(|m| {
+impl DeviceRecords for InMemoryLedger {
+    fn record_device<'a>(&'a self, record: &'a DeviceRecord) -> LedgerFuture<'a, ()> {
+        self.with(|m| {
             let mut new = record.clone();
             if let Some(old) = m.records.get(&record.key()) {
                 new.requested_at = old.requested_at;
@@ -144,40 +125,23 @@ impl Ledger for InMemoryLedger {
             }
             m.records.insert(record.key(), new);
             Ok(())
-        }))
+        })
     }
 
-    fn ticket_records<'a>(
-        &'a self,
-        ticket: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<DeviceRecord>, LedgerError>> {
-        ready(self.with(|m| {
-            let mut out: Vec<DeviceRecord> = m
-                .records
-                .values()
-                .filter(|r| r.ticket == ticket)
-                .cloned()
-                .collect();
-            // DynamoDB's order: by sort key, which is machine then action.
-            out.sort_by_key(|r| r.key().sk());
-            Ok(out)
-        }))
+    fn ticket_records<'a>(&'a self, ticket: &'a str) -> LedgerFuture<'a, Vec<DeviceRecord>> {
+        // DynamoDB's order: by sort key, which is machine then action, as
+        // the map's.
+        let of_ticket = |r: &&DeviceRecord| r.ticket == ticket;
+        self.with(|m| Ok(m.records.values().filter(of_ticket).cloned().collect()))
     }
 
-    fn machine_records<'a>(
-        &'a self,
-        machine_id: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<DeviceRecord>, LedgerError>> {
-        ready(self.with(|m| {
-            let mut out: Vec<DeviceRecord> = m
-                .records
-                .values()
-                .filter(|r| r.machine_id == machine_id)
-                .cloned()
-                .collect();
+    fn machine_records<'a>(&'a self, machine_id: &'a str) -> LedgerFuture<'a, Vec<DeviceRecord>> {
+        self.with(|m| {
+            let of_machine = m.records.values().filter(|r| r.machine_id == machine_id);
+            let mut out: Vec<DeviceRecord> = of_machine.cloned().collect();
             out.sort_by_key(|r| (format_time(r.requested_at), r.ticket.clone()));
             Ok(out)
-        }))
+        })
     }
 
     fn update_action_status<'a>(
@@ -185,8 +149,8 @@ impl Ledger for InMemoryLedger {
         key: &'a RecordKey,
         status: ActionStatus,
         updated_at: SystemTime,
-    ) -> BoxFuture<'a, Result<StatusUpdate, LedgerError>> {
-        ready(self.with(|m| {
+    ) -> LedgerFuture<'a, StatusUpdate> {
+        self.with(|m| {
             let Some(r) = m.records.get_mut(key) else {
                 return Ok(StatusUpdate::NotFound);
             };
@@ -196,16 +160,13 @@ impl Ledger for InMemoryLedger {
             r.action_status = status;
             r.updated_at = updated_at;
             Ok(StatusUpdate::Updated)
-        }))
+        })
     }
+}
 
-    fn take_budget<'a>(
-        &'a self,
-        wanted: u32,
-        limit: u32,
-        now: SystemTime,
-    ) -> BoxFuture<'a, Result<u32, LedgerError>> {
-        ready(self.with(|m| {
+impl OffboardBudget for InMemoryLedger {
+    fn take_budget(&self, wanted: u32, limit: u32, now: SystemTime) -> LedgerFuture<'_, u32> {
+        self.with(|m| {
             let current = bucket_of(now);
             m.buckets
                 .retain(|b, _| *b >= current - BUDGET_BUCKETS_BEFORE);
@@ -215,7 +176,7 @@ impl Ledger for InMemoryLedger {
                 *m.buckets.entry(current).or_default() += granted;
             }
             Ok(granted)
-        }))
+        })
     }
 }
 
@@ -313,15 +274,15 @@ mod tests {
     #[test]
     fn retry_after_rounds_up_to_whole_seconds_and_is_never_zero() {
         assert_eq!(
-            retry_after_from(epoch_ms(at(0)) + 1, at(0)),
+            retry_after_from(unix_millis(at(0)) + 1, at(0)),
             Duration::from_secs(1)
         );
         assert_eq!(
-            retry_after_from(epoch_ms(at(0)) + 1001, at(0)),
+            retry_after_from(unix_millis(at(0)) + 1001, at(0)),
             Duration::from_secs(2)
         );
         assert_eq!(
-            retry_after_from(epoch_ms(at(0)) - 5000, at(0)),
+            retry_after_from(unix_millis(at(0)) - 5000, at(0)),
             Duration::from_secs(1)
         );
     }
@@ -490,12 +451,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_prefixed_and_bounded() {
-        assert_eq!(key(0xab).pk().len(), 5 + 64);
-        assert!(key(0xab).pk().starts_with("IDEM#abab"));
-        let k = record("INC-1", "m1", "a1", 0).key();
-        assert_eq!(k.pk(), "TICKET#INC-1");
-        assert_eq!(k.sk(), "MACHINE#m1#ACTION#a1");
+    fn budget_buckets_are_five_minutes() {
         assert_eq!(bucket_of(at(299)), bucket_of(at(0)));
         assert_eq!(bucket_of(at(300)), bucket_of(at(0)) + 1);
     }
