@@ -13,8 +13,6 @@
 //! over the exact bytes of `msg` (after a purpose label carrying the
 //! version), so nothing is MACed that a JSON re-serialisation could change.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -24,13 +22,13 @@ use hmac::Mac;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tokio::time::Instant;
 
 use crate::domain::limits::Deadline;
-use crate::domain::model::{Comment, Device, FieldError, Ticket};
+use crate::domain::model::FieldError;
 use crate::domain::secret::AppSecret;
 use crate::domain::tracking::TrackedAction;
 use crate::support::redacted::Redacted;
+use crate::support::ttl_cache::TtlCache;
 use crate::support::webhook_sig::{
     HmacSha256, KeyError, MIN_KEY_LEN, any_matches, hmac_sha256, strong_key,
 };
@@ -81,27 +79,6 @@ impl QueuedDevice {
             self.dry_run
         ]);
         WorkHash(Sha256::digest(tuple.to_string().as_bytes()).into())
-    }
-}
-
-/// A queued device whose every field passed the HTTP path's checks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedDevice {
-    pub source: String,
-    pub ticket: Ticket,
-    pub comment: Comment,
-    pub device: Device,
-    pub dry_run: bool,
-    pub webhook_id: Option<String>,
-    /// Not yet checked against `CALLBACK_HOSTS`: the worker does that.
-    pub callback_url: Option<String>,
-    pub notify: Option<crate::domain::notify::NotifyTarget>,
-}
-
-impl VerifiedDevice {
-    /// The text sent to Defender as `Comment`, as on the HTTP path.
-    pub fn defender_comment(&self) -> String {
-        format!("{}: {}", self.ticket.as_str(), self.comment.as_str())
     }
 }
 
@@ -274,31 +251,6 @@ fn another_build(msg: &str) -> Rejection {
     Rejection::AnotherBuild { written_at }
 }
 
-/// Re-validates a queued device as the HTTP path validates a request. A
-/// valid MAC proves who wrote it, not that the writer's checks were the ones
-/// this build makes.
-pub fn validate(
-    item: QueuedDevice,
-    known_source: impl Fn(&str) -> bool,
-) -> Result<VerifiedDevice, Rejection> {
-    if !known_source(&item.source) {
-        return Err(Rejection::UnknownSource);
-    }
-    let ticket = Ticket::parse("ticket", &item.ticket).map_err(Rejection::Field)?;
-    let comment = Comment::parse("comment", &item.comment).map_err(Rejection::Field)?;
-    let device = Device::parse("device", &item.device).map_err(Rejection::Field)?;
-    Ok(VerifiedDevice {
-        source: item.source,
-        ticket,
-        comment,
-        device,
-        dry_run: item.dry_run,
-        webhook_id: item.webhook_id,
-        callback_url: item.callback_url,
-        notify: item.notify,
-    })
-}
-
 /// Why a batch was not (wholly) taken. The text is for the function's own
 /// log: an SDK error names the queue URL and the account id.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -350,80 +302,41 @@ pub const RECENT_FOR: Duration = Duration::from_secs(15 * 60);
 /// Bound of that memory (a hash and an instant each: about 1 MB).
 pub const RECENT_MAX: usize = 20_000;
 
-/// Messages this instance has put on the queue lately. Per instance: a retry
-/// that lands on another instance queues again, and the worker's Defender
-/// check (`already_pending`) is the backstop.
-#[derive(Debug, Default)]
-pub struct RecentlySent {
-    inner: Mutex<RecentInner>,
-}
-
-#[derive(Debug, Default)]
-struct RecentInner {
-    at: HashMap<WorkHash, Instant>,
-    order: VecDeque<(WorkHash, Instant)>,
-}
-
-impl RecentInner {
-    fn expire(&mut self, now: Instant) {
-        while let Some((h, t)) = self.order.front().copied() {
-            if now.saturating_duration_since(t) < RECENT_FOR && self.order.len() <= RECENT_MAX {
-                break;
-            }
-            self.order.pop_front();
-            // A hash sent again later has a newer entry; keep that one.
-            if self.at.get(&h) == Some(&t) {
-                self.at.remove(&h);
-            }
-        }
-    }
-}
-
-impl RecentlySent {
-    pub fn contains(&self, h: &WorkHash) -> bool {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.expire(Instant::now());
-        g.at.contains_key(h)
-    }
-
-    pub fn insert(&self, h: WorkHash) {
-        let now = Instant::now();
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.at.insert(h, now);
-        g.order.push_back((h, now));
-        g.expire(now);
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .at
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// Least time a batch is started with: a batch cut off by the deadline
 /// leaves the caller unsure what was queued.
 const QUEUE_BATCH_TIME: Duration = Duration::from_millis(500);
 
 /// The queue as the request path uses it: the port and what this instance
-/// sent lately.
+/// sent lately. Per instance: a retry that lands on another instance queues
+/// again, and the worker's Defender check (`already_pending`) is the
+/// backstop.
 pub struct QueueWriter {
     pub(crate) port: std::sync::Arc<dyn Queue>,
-    pub(crate) recent: RecentlySent,
+    pub(crate) recent: TtlCache<WorkHash, ()>,
 }
 
 impl QueueWriter {
     pub fn new(port: std::sync::Arc<dyn Queue>) -> Self {
         Self {
             port,
-            recent: RecentlySent::default(),
+            recent: TtlCache::new(RECENT_FOR, RECENT_MAX, usize::MAX, |_| 0),
         }
+    }
+
+    /// Sends sealed messages, each invisible for `delay`; answers how many
+    /// the queue did not take (each failed batch is logged).
+    pub(crate) async fn send_delayed(&self, bodies: &[String], delay: Duration) -> usize {
+        let mut refused = 0;
+        for chunk in bodies.chunks(BATCH) {
+            refused += match self.port.send_batch_delayed(chunk, delay).await {
+                Ok(r) => r.len(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the queue did not take delayed messages");
+                    chunk.len()
+                }
+            };
+        }
+        refused
     }
 
     /// Sends sealed messages ten at a time, each batch only while the deadline
@@ -461,7 +374,7 @@ impl QueueWriter {
                     if refused.contains(&i) {
                         left.push(entry);
                     } else {
-                        self.recent.insert(entry.0);
+                        self.recent.insert(entry.0, ());
                         sent += 1;
                     }
                 }
@@ -622,46 +535,6 @@ mod tests {
     }
 
     #[test]
-    fn validation_is_the_http_paths() {
-        let known = |s: &str| s == "generic";
-        assert!(validate(item(), known).is_ok());
-        let cases: Vec<(QueuedDevice, &str)> = vec![
-            (
-                QueuedDevice {
-                    source: "nobody".into(),
-                    ..item()
-                },
-                "source",
-            ),
-            (
-                QueuedDevice {
-                    ticket: " ".into(),
-                    ..item()
-                },
-                "ticket",
-            ),
-            (
-                QueuedDevice {
-                    comment: "a\u{7}b".into(),
-                    ..item()
-                },
-                "comment",
-            ),
-            (
-                QueuedDevice {
-                    device: "two words".into(),
-                    ..item()
-                },
-                "device",
-            ),
-        ];
-        for (bad, what) in cases {
-            let e = validate(bad, known).unwrap_err();
-            assert!(e.to_string().contains(what), "{what}: {e}");
-        }
-    }
-
-    #[test]
     fn the_work_hash_ignores_delivery_and_time_but_not_the_work() {
         let a = item();
         let b = QueuedDevice {
@@ -692,15 +565,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn recently_sent_forgets_after_a_while_and_stays_bounded() {
-        let r = RecentlySent::default();
+        let r = TtlCache::new(RECENT_FOR, RECENT_MAX, usize::MAX, |_| 0);
         let h = item().work_hash(ID);
-        r.insert(h);
+        r.insert(h, ());
         assert!(r.contains(&h));
         tokio::time::advance(RECENT_FOR + Duration::from_secs(1)).await;
         assert!(!r.contains(&h));
         for i in 0..(RECENT_MAX + 100) {
-            r.insert(item().work_hash(&i.to_string()));
+            r.insert(item().work_hash(&i.to_string()), ());
         }
-        assert_eq!(r.len(), RECENT_MAX);
+        assert_eq!(r.size().0, RECENT_MAX);
     }
 }

@@ -13,7 +13,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::ledger::ActionStatus;
-use crate::domain::model::MachineId;
 
 /// SQS refuses a `DelaySeconds` above 900: longer waits are chained.
 pub const MAX_DELAY_SECONDS: u64 = 900;
@@ -49,14 +48,10 @@ pub struct TrackedAction {
     pub due_at: i64,
 }
 
-/// A tracked action's fields as the worker re-validates them.
+/// A tracked action's id as the worker re-validates it.
 pub fn valid_action_id(s: &str) -> bool {
     // Defender's action ids are GUIDs; anything else never goes in a URL.
     (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
-}
-
-pub fn valid_machine_id(s: &str) -> bool {
-    MachineId::parse(s).is_some()
 }
 
 /// `TRACK_INTERVALS_SECONDS` and `TRACK_FOR_SECONDS`.
