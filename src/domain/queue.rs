@@ -128,13 +128,10 @@ struct Envelope {
     msg: String,
 }
 
-/// A MAC key, never printed.
+/// The queue's MAC keys, never printed: sign with the first, accept any
+/// (rotation).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct MacKey(Redacted<Vec<u8>>);
-
-/// The queue's MAC keys: sign with the first, accept any (rotation).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueKeys(Vec<MacKey>);
+pub struct QueueKeys(Vec<Redacted<Vec<u8>>>);
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum QueueKeyError {
@@ -146,28 +143,22 @@ pub enum QueueKeyError {
     NotBase64,
 }
 
-/// One `webhook_secrets.queue` value as a key, by the webhook key rules.
-fn mac_key(value: &str) -> Result<MacKey, QueueKeyError> {
-    match strong_key(value) {
-        Ok(key) => Ok(MacKey(Redacted(key))),
-        Err(KeyError::NotBase64) => Err(QueueKeyError::NotBase64),
-        Err(KeyError::TooShort) => Err(QueueKeyError::Weak),
-    }
-}
-
 impl QueueKeys {
     /// `webhook_secrets.queue` when the secret has it, else the key derived
     /// from the whole SecretString.
     pub fn from_secret(secret: &AppSecret) -> Result<Self, QueueKeyError> {
         let configured = secret.webhook_secrets(QUEUE_SECRET_KEY);
         if configured.is_empty() {
-            return Ok(Self(vec![MacKey(Redacted(
-                secret.derived_queue_key.to_vec(),
-            ))]));
+            return Ok(Self(vec![Redacted(secret.derived_queue_key.to_vec())]));
         }
+        // Each value a key by the webhook key rules.
         configured
             .iter()
-            .map(|v| mac_key(v))
+            .map(|v| match strong_key(v) {
+                Ok(key) => Ok(Redacted(key)),
+                Err(KeyError::NotBase64) => Err(QueueKeyError::NotBase64),
+                Err(KeyError::TooShort) => Err(QueueKeyError::Weak),
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Self)
     }
@@ -232,8 +223,8 @@ impl QueueKeys {
         Ok(env.msg)
     }
 
-    fn mac(&self, key: &MacKey, msg: &str) -> HmacSha256 {
-        hmac_sha256(&key.0.0, &[MAC_PURPOSE, msg.as_bytes()])
+    fn mac(&self, key: &Redacted<Vec<u8>>, msg: &str) -> HmacSha256 {
+        hmac_sha256(&key.0, &[MAC_PURPOSE, msg.as_bytes()])
     }
 }
 
@@ -251,14 +242,13 @@ fn another_build(msg: &str) -> Rejection {
     Rejection::AnotherBuild { written_at }
 }
 
-/// Why a batch was not (wholly) taken. The text is for the function's own
+/// Why a batch was not taken at all (the messages a queue refused one by
+/// one are in `send_batch`'s answer). The text is for the function's own
 /// log: an SDK error names the queue URL and the account id.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum QueueError {
     #[error("the queue could not be reached: {0}")]
     Unreachable(String),
-    #[error("the queue refused {refused} of {total} messages")]
-    Refused { refused: usize, total: usize },
 }
 
 /// What the caller of a queued request is told when not every device was
@@ -473,7 +463,7 @@ mod tests {
     fn a_mac_without_the_purpose_label_does_not_verify() {
         let keys = QueueKeys::from_secret(&secret("")).unwrap();
         let msg = serde_json::to_string(&item()).unwrap();
-        let mut plain = HmacSha256::new_from_slice(&keys.0[0].0.0).unwrap();
+        let mut plain = HmacSha256::new_from_slice(&keys.0[0].0).unwrap();
         plain.update(msg.as_bytes());
         let body = serde_json::json!({"v": 1, "mac": B64.encode(plain.finalize().into_bytes()), "msg": msg});
         assert_eq!(keys.open(&body.to_string()), Err(Rejection::BadMac));
