@@ -9,8 +9,8 @@
 //! Nothing is dropped, and a redelivered message that was in fact done
 //! comes back `already_pending` from Defender.
 //!
-//! A message is acted on only when its MAC verifies and every field passes
-//! the HTTP path's checks (see `domain::queue`): anyone with
+//! A message is acted on only when its MAC verifies (`domain::queue`) and
+//! every field passes the HTTP path's checks (`validate`): anyone with
 //! `sqs:SendMessage` can write to the queue, so its content is no more
 //! trusted than a request. A refused message is retried too, so it ends in
 //! the dead-letter queue where an operator sees it.
