@@ -32,10 +32,6 @@ pub const RETRY_WAITS: [Duration; 3] = [
 /// Longest one callback attempt may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A callback signing key, never printed.
-#[derive(Debug, Clone)]
-pub struct SigningKey(StandardWebhooks);
-
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SigningKeyError {
     #[error("the secret has no 'webhook_secrets.callback' to sign callbacks with")]
@@ -46,21 +42,14 @@ pub enum SigningKeyError {
     Invalid,
 }
 
-impl SigningKey {
-    /// A `whsec_<base64>` value, as Standard Webhooks libraries read it.
-    pub fn parse(value: &str) -> Result<Self, SigningKeyError> {
-        if !value.starts_with("whsec_") {
-            return Err(SigningKeyError::Invalid);
-        }
-        StandardWebhooks::from_secret(value)
-            .map(Self)
-            .map_err(|_| SigningKeyError::Invalid)
+/// A callback signing key: a `whsec_<base64>` value, as Standard Webhooks
+/// libraries read it. It signs `v1,<base64 HMAC-SHA256>` of
+/// `{id}.{timestamp}.{body}`, and is never printed.
+pub fn signing_key(value: &str) -> Result<StandardWebhooks, SigningKeyError> {
+    if !value.starts_with("whsec_") {
+        return Err(SigningKeyError::Invalid);
     }
-
-    /// `v1,<base64 HMAC-SHA256>` of `{id}.{timestamp}.{body}`.
-    pub fn sign(&self, id: &str, timestamp: i64, body: &str) -> String {
-        self.0.sign(id, timestamp, body.as_bytes())
-    }
+    StandardWebhooks::from_secret(value).map_err(|_| SigningKeyError::Invalid)
 }
 
 /// How a callback ended. None of these carries the receiver's answer body.
@@ -84,7 +73,7 @@ pub enum Delivery {
 pub async fn deliver(
     http: &reqwest::Client,
     url: &str,
-    key: &SigningKey,
+    key: &StandardWebhooks,
     id: &str,
     body: &str,
     deadline: &Deadline,
@@ -99,7 +88,7 @@ pub async fn deliver(
             .header("content-type", "application/json")
             .header("webhook-id", id)
             .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", key.sign(id, ts, body))
+            .header("webhook-signature", key.sign(id, ts, body.as_bytes()))
             .body(body.to_string())
             .send()
             .await;
@@ -130,62 +119,59 @@ impl Callbacks {
     pub fn new(http: reqwest::Client) -> Self {
         Self { http }
     }
-
-    async fn send(&self, o: &FinalOutcome<'_>, url: &str, secret: &AppSecret, deadline: &Deadline) {
-        let t = o.action;
-        let key = secret
-            .webhook_secrets(CALLBACK_SECRET_KEY)
-            .first()
-            .ok_or(SigningKeyError::Missing)
-            .and_then(|v| SigningKey::parse(v));
-        let key = match key {
-            Ok(k) => k,
-            Err(e) => {
-                metrics::count(metrics::names::CALLBACK_FAILED);
-                tracing::warn!(action_id = %t.action_id, error = %e, "callback not sent");
-                return;
-            }
-        };
-        let body = serde_json::json!({
-            "type": "offboard.outcome",
-            "ticket": t.ticket,
-            "device": t.device,
-            "machine_id": t.machine_id,
-            "action_id": t.action_id,
-            "status": o.status.as_str(),
-            "detail": o.detail,
-            "requested_at": o.requested_at,
-            "finished_at": o.finished_at,
-        })
-        .to_string();
-        // One id per outcome, so a receiver can drop a duplicate.
-        let id = format!("msg_{}_{}", t.action_id, o.status.as_str());
-        match deliver(&self.http, url, &key, &id, &body, deadline).await {
-            Delivery::Delivered { attempts } => {
-                tracing::info!(action_id = %t.action_id, attempts, "callback delivered");
-            }
-            Delivery::Refused { status } => {
-                metrics::count(metrics::names::CALLBACK_FAILED);
-                tracing::warn!(action_id = %t.action_id, status, "callback refused (4xx); not retried");
-            }
-            Delivery::GaveUp { attempts } => {
-                metrics::count(metrics::names::CALLBACK_FAILED);
-                tracing::warn!(action_id = %t.action_id, attempts, "callback failed on every attempt; given up");
-            }
-        }
-    }
 }
 
 impl FollowUp for Callbacks {
     fn deliver<'a>(
         &'a self,
-        outcome: &'a FinalOutcome<'a>,
+        o: &'a FinalOutcome<'a>,
         secret: &'a AppSecret,
         deadline: &'a Deadline,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if let Some(url) = &outcome.action.callback_url {
-                self.send(outcome, url, secret, deadline).await;
+            let t = o.action;
+            let Some(url) = &t.callback_url else {
+                return;
+            };
+            let key = secret
+                .webhook_secrets(CALLBACK_SECRET_KEY)
+                .first()
+                .ok_or(SigningKeyError::Missing)
+                .and_then(|v| signing_key(v));
+            let key = match key {
+                Ok(k) => k,
+                Err(e) => {
+                    metrics::count(metrics::names::CALLBACK_FAILED);
+                    tracing::warn!(action_id = %t.action_id, error = %e, "callback not sent");
+                    return;
+                }
+            };
+            let body = serde_json::json!({
+                "type": "offboard.outcome",
+                "ticket": t.ticket,
+                "device": t.device,
+                "machine_id": t.machine_id,
+                "action_id": t.action_id,
+                "status": o.status.as_str(),
+                "detail": o.detail,
+                "requested_at": o.requested_at,
+                "finished_at": o.finished_at,
+            })
+            .to_string();
+            // One id per outcome, so a receiver can drop a duplicate.
+            let id = format!("msg_{}_{}", t.action_id, o.status.as_str());
+            match deliver(&self.http, url, &key, &id, &body, deadline).await {
+                Delivery::Delivered { attempts } => {
+                    tracing::info!(action_id = %t.action_id, attempts, "callback delivered");
+                }
+                Delivery::Refused { status } => {
+                    metrics::count(metrics::names::CALLBACK_FAILED);
+                    tracing::warn!(action_id = %t.action_id, status, "callback refused (4xx); not retried");
+                }
+                Delivery::GaveUp { attempts } => {
+                    metrics::count(metrics::names::CALLBACK_FAILED);
+                    tracing::warn!(action_id = %t.action_id, attempts, "callback failed on every attempt; given up");
+                }
             }
         })
     }
@@ -198,11 +184,11 @@ mod tests {
     /// The example of the Standard Webhooks specification.
     #[test]
     fn signs_as_the_standard_webhooks_example() {
-        let key = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let key = signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let sig = key.sign(
             "msg_p5jXN8AQM9LWM0D4loKWxJek",
             1614265330,
-            r#"{"test": 2432232314}"#,
+            br#"{"test": 2432232314}"#,
         );
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
@@ -211,12 +197,12 @@ mod tests {
     fn keys_must_be_whsec_and_long_enough() {
         for bad in ["plain-secret-of-length", "whsec_c2hvcnQ=", "whsec_!!"] {
             assert_eq!(
-                SigningKey::parse(bad).unwrap_err(),
+                signing_key(bad).unwrap_err(),
                 SigningKeyError::Invalid,
                 "{bad}"
             );
         }
-        let key = SigningKey(StandardWebhooks::from_bytes(vec![1; 16]));
+        let key = StandardWebhooks::from_bytes(vec![1; 16]);
         assert!(!format!("{key:?}").contains('1'));
     }
 }

@@ -7,15 +7,10 @@
 //! another instance meets Defender's own pending-action check, which
 //! answers `already_pending`, so a replay can never offboard twice.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::Mutex;
-use std::time::Duration;
-
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
-use tokio::time::Instant;
 
 use super::audit::Origin;
 use super::{App, Outcome};
@@ -23,6 +18,7 @@ use crate::domain::ledger::{ANSWER_KEPT_FOR, Begin, IdempotencyKey};
 use crate::domain::limits::Deadline;
 use crate::error::ApiError;
 use crate::ops::metrics;
+use crate::support::ttl_cache::TtlCache;
 
 /// As long as the presets' freshness windows (and far longer than Standard
 /// Webhooks' 300 s tolerance), so a replay that the time checks still admit
@@ -43,6 +39,8 @@ const ENTRY_OVERHEAD: usize = 128;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DeliveryKey {
     source: String,
+    /// `id:<delivery id>` or `sha256:<hex>`: the prefix keeps an id that
+    /// happens to look like a hash from meeting one.
     key: String,
 }
 
@@ -64,16 +62,6 @@ impl DeliveryKey {
             source: source.to_string(),
             key: format!("sha256:{}", hex::encode(digest)),
         }
-    }
-
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// `id:<delivery id>` or `sha256:<hex>`: the prefix keeps an id that
-    /// happens to look like a hash from meeting one.
-    pub fn key(&self) -> &str {
-        &self.key
     }
 
     /// Fixed-size, so neither the cache nor the ledger holds long ids or
@@ -102,23 +90,18 @@ fn cost(a: &Answer) -> usize {
 
 type Digest32 = [u8; 32];
 
-#[derive(Default)]
-struct Inner {
-    answers: HashMap<Digest32, (Instant, Answer)>,
-    order: VecDeque<(Instant, Digest32)>,
-    bytes: usize,
-}
+/// The final answers this instance gave lately, by delivery.
+pub struct ReplayCache(TtlCache<Digest32, Answer>);
 
-#[derive(Default)]
-pub struct ReplayCache {
-    inner: Mutex<Inner>,
+impl Default for ReplayCache {
+    fn default() -> Self {
+        Self(TtlCache::new(REMEMBER_FOR, MAX_ENTRIES, MAX_BYTES, cost))
+    }
 }
 
 impl ReplayCache {
     pub fn get(&self, key: &DeliveryKey) -> Option<Answer> {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.expire(Instant::now());
-        g.answers.get(&key.digest()).map(|(_, a)| a.clone())
+        self.0.get(&key.digest())
     }
 
     /// Remembers a final answer, evicting the oldest to stay within
@@ -126,51 +109,12 @@ impl ReplayCache {
     /// are not final and are not remembered by the caller; an answer larger
     /// than the whole budget is not remembered at all.
     pub fn put(&self, key: &DeliveryKey, answer: Answer) {
-        let cost = cost(&answer);
-        if cost > MAX_BYTES {
-            return;
-        }
-        let now = Instant::now();
-        let digest = key.digest();
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.expire(now);
-        g.remove(&digest);
-        while g.answers.len() >= MAX_ENTRIES || g.bytes + cost > MAX_BYTES {
-            match g.order.pop_front() {
-                Some((_, k)) => g.remove(&k),
-                None => break,
-            }
-        }
-        g.bytes += cost;
-        g.answers.insert(digest, (now, answer));
-        g.order.push_back((now, digest));
+        self.0.insert(key.digest(), answer);
     }
 
     #[cfg(test)]
     fn stored(&self) -> (usize, usize) {
-        let g = self.inner.lock().unwrap();
-        (g.answers.len(), g.bytes)
-    }
-}
-
-impl Inner {
-    fn remove(&mut self, k: &Digest32) {
-        if let Some((_, a)) = self.answers.remove(k) {
-            self.bytes -= cost(&a);
-        }
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while let Some((at, k)) = self.order.front().copied() {
-            if now.duration_since(at) < REMEMBER_FOR {
-                break;
-            }
-            self.order.pop_front();
-            // Only drop the answer if it is the one this entry recorded.
-            if self.answers.get(&k).is_some_and(|(t, _)| *t == at) {
-                self.remove(&k);
-            }
-        }
+        self.0.size()
     }
 }
 
@@ -295,11 +239,11 @@ mod tests {
         assert_ne!(h, DeliveryKey::body_hash("jira", b"{ }"));
         assert_ne!(h, DeliveryKey::body_hash("pagerduty", b"{}"));
         assert_eq!(
-            h.key(),
+            h.key,
             "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
         );
         // An id spelled like a hash is still not that hash's key.
-        let hex = h.key().trim_start_matches("sha256:");
+        let hex = h.key.trim_start_matches("sha256:");
         assert_ne!(DeliveryKey::signed_id("jira", hex), h);
         assert_ne!(
             DeliveryKey::signed_id("ab", "c").digest(),

@@ -69,10 +69,6 @@ impl App {
         self
     }
 
-    fn tracking_on(&self) -> bool {
-        self.records.is_some() && self.queue.is_some()
-    }
-
     /// Sends the first track message of each action just requested. A
     /// message the queue does not take is logged and counted: the offboard
     /// itself has happened, and the ticket route still shows it `Pending`.
@@ -84,7 +80,8 @@ impl App {
         to: &FollowUpTargets,
         secret: &AppSecret,
     ) {
-        let (true, Some(writer)) = (self.tracking_on(), &self.queue) else {
+        // Tracking needs the ledger (the outcome's home) and the queue.
+        let (Some(_), Some(writer)) = (&self.records, &self.queue) else {
             return;
         };
         let Ok(keys) = QueueKeys::from_secret(secret) else {
@@ -112,22 +109,14 @@ impl App {
             .map(|t| keys.seal_track(&t))
             .collect();
         let delay = delay_for(plan.first_due(now), now);
-        for chunk in bodies.chunks(crate::domain::queue::BATCH) {
-            let refused = match writer.port.send_batch_delayed(chunk, delay).await {
-                Ok(refused) => refused.len(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "the queue did not take track messages");
-                    chunk.len()
-                }
-            };
-            if refused > 0 {
-                metrics::add(metrics::names::TRACK_NOT_QUEUED, refused as f64);
-                tracing::warn!(
-                    ticket,
-                    refused,
-                    "actions not tracked: the queue refused their messages"
-                );
-            }
+        let refused = writer.send_delayed(&bodies, delay).await;
+        if refused > 0 {
+            metrics::add(metrics::names::TRACK_NOT_QUEUED, refused as f64);
+            tracing::warn!(
+                ticket,
+                refused,
+                "actions not tracked: the queue refused their messages"
+            );
         }
     }
 
@@ -217,16 +206,13 @@ impl App {
         let Some(writer) = &self.queue else {
             return false;
         };
-        let body = [keys.seal_track(t)];
-        match writer.port.send_batch_delayed(&body, delay).await {
-            Ok(refused) if refused.is_empty() => true,
-            Ok(_) | Err(_) => {
-                // This message comes back after its visibility timeout and
-                // tries again; nothing is lost.
-                tracing::warn!(action_id = %t.action_id, "the next track message was not queued");
-                false
-            }
+        let taken = writer.send_delayed(&[keys.seal_track(t)], delay).await == 0;
+        if !taken {
+            // This message comes back after its visibility timeout and
+            // tries again; nothing is lost.
+            tracing::warn!(action_id = %t.action_id, "the next track message was not queued");
         }
+        taken
     }
 
     /// The final status: the ledger, the audit line, the metric, then the

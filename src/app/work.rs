@@ -9,8 +9,8 @@
 //! Nothing is dropped, and a redelivered message that was in fact done
 //! comes back `already_pending` from Defender.
 //!
-//! A message is acted on only when its MAC verifies and every field passes
-//! the HTTP path's checks (see `domain::queue`): anyone with
+//! A message is acted on only when its MAC verifies (`domain::queue`) and
+//! every field passes the HTTP path's checks (`validate`): anyone with
 //! `sqs:SendMessage` can write to the queue, so its content is no more
 //! trusted than a request. A refused message is retried too, so it ends in
 //! the dead-letter queue where an operator sees it.
@@ -19,15 +19,15 @@ use super::App;
 use super::audit::Origin;
 use crate::domain::follow_up::FollowUpTargets;
 use crate::domain::limits::Deadline;
+use crate::domain::model::{Comment, Device, MachineId, Ticket};
 use crate::domain::offboard::Status;
-use crate::domain::queue::{
-    self, QueueKeys, QueueMessage, QueuedDevice, Rejection, VerifiedDevice,
-};
+use crate::domain::queue::{QueueKeys, QueueMessage, QueuedDevice, Rejection};
 use crate::domain::secret::AppSecret;
-use crate::domain::tracking::{MAX_DELAY_SECONDS, TrackedAction};
+use crate::domain::tracking::{MAX_DELAY_SECONDS, TrackedAction, valid_action_id};
 use crate::intake::generic::callback_url;
 use crate::ops::metrics;
 use crate::support::time::unix_now;
+use crate::support::url_policy::CallbackHosts;
 
 /// One message of a batch, as the queue delivered it.
 pub struct Message<'a> {
@@ -39,7 +39,18 @@ pub struct Message<'a> {
 /// read it, counted from when it was written.
 pub const KEEP_FOR_NEWER: i64 = 14 * 86_400;
 
+/// A queued device whose every field passed the HTTP path's checks, and
+/// the values they were read as.
+#[derive(Debug)]
+struct VerifiedDevice {
+    queued: QueuedDevice,
+    ticket: Ticket,
+    comment: Comment,
+    device: Device,
+}
+
 /// What a verified message asks of the worker.
+#[derive(Debug)]
 enum Work {
     Device(Box<VerifiedDevice>),
     Track(Box<TrackedAction>),
@@ -111,63 +122,47 @@ impl App {
     /// counted here, and the message left for the dead-letter queue.
     fn open(&self, keys: &QueueKeys, m: &Message<'_>) -> Opened {
         let message_id = m.id.unwrap_or("");
-        let known = |s: &str| self.config.sources.is_known(s);
         let opened = match keys.open_message(m.body) {
-            Ok(QueueMessage::Track(t)) => {
-                return match validate_track(t, known, self) {
-                    Ok(t) => Opened::Work(Work::Track(Box::new(t))),
-                    Err(reason) => {
-                        metrics::count(metrics::names::REJECTED);
-                        tracing::warn!(detail = %reason, message_id, "track message rejected; left for the dead-letter queue");
-                        Opened::Refused
-                    }
-                };
-            }
-            Ok(QueueMessage::Device(d)) => Ok(d),
             Err(Rejection::AnotherBuild {
                 written_at: Some(at),
             }) if unix_now() - at < KEEP_FOR_NEWER => return Opened::KeepForNewer,
-            Err(e) => Err(e),
+            opened => opened,
         };
+        let known = |s: &str| self.config.sources.is_known(s);
         let hosts = &self.config.callback_hosts;
-        let checked = opened.clone().and_then(|item| {
-            let d = queue::validate(item, known)?;
-            if let Some(url) = &d.callback_url {
-                callback_url("callback_url", url, hosts).map_err(Rejection::Field)?;
-            }
-            if d.notify.as_ref().is_some_and(|n| !n.is_valid()) {
-                return Err(Rejection::Malformed);
-            }
-            Ok(d)
-        });
-        let reason = match checked {
-            Ok(d) => return Opened::Work(Work::Device(Box::new(d))),
+        let reason = match opened.clone().and_then(|msg| validate(msg, known, hosts)) {
+            Ok(work) => return Opened::Work(work),
             Err(reason) => reason,
         };
-        {
-            metrics::count(metrics::names::REJECTED);
-            // Fields are quoted only when the MAC proved this function wrote
-            // them; an unsealed message's claims would be a false audit line.
-            let sealed = opened.ok();
-            let field = |f: fn(&QueuedDevice) -> &str| sealed.as_ref().map(f).unwrap_or("");
-            tracing::warn!(
-                target: "audit",
-                event = "device_outcome",
-                source = field(|i| &i.source),
-                ticket = field(|i| &i.ticket),
-                device = field(|i| &i.device),
-                machine_id = "",
-                computer_dns_name = "",
-                status = "rejected",
-                action_id = "",
-                detail = %reason,
-                dry_run = sealed.as_ref().is_some_and(|i| i.dry_run),
-                source_ip = "",
-                webhook_id = field(|i| i.webhook_id.as_deref().unwrap_or("")),
-                message_id,
-                "queue message rejected; left for the dead-letter queue"
-            );
-        }
+        metrics::count(metrics::names::REJECTED);
+        // Fields are quoted only when the MAC proved this function wrote
+        // them; an unsealed message's claims would be a false audit line.
+        let sealed = match opened {
+            Ok(QueueMessage::Track(_)) => {
+                tracing::warn!(detail = %reason, message_id, "track message rejected; left for the dead-letter queue");
+                return Opened::Refused;
+            }
+            Ok(QueueMessage::Device(d)) => Some(d),
+            Err(_) => None,
+        };
+        let field = |f: fn(&QueuedDevice) -> &str| sealed.as_ref().map(f).unwrap_or("");
+        tracing::warn!(
+            target: "audit",
+            event = "device_outcome",
+            source = field(|i| &i.source),
+            ticket = field(|i| &i.ticket),
+            device = field(|i| &i.device),
+            machine_id = "",
+            computer_dns_name = "",
+            status = "rejected",
+            action_id = "",
+            detail = %reason,
+            dry_run = sealed.as_ref().is_some_and(|i| i.dry_run),
+            source_ip = "",
+            webhook_id = field(|i| i.webhook_id.as_deref().unwrap_or("")),
+            message_id,
+            "queue message rejected; left for the dead-letter queue"
+        );
         Opened::Refused
     }
 
@@ -181,11 +176,7 @@ impl App {
             return false;
         };
         let delay = std::time::Duration::from_secs(MAX_DELAY_SECONDS);
-        let sent = writer
-            .port
-            .send_batch_delayed(&[m.body.to_string()], delay)
-            .await;
-        let kept = matches!(sent, Ok(refused) if refused.is_empty());
+        let kept = writer.send_delayed(&[m.body.to_string()], delay).await == 0;
         metrics::count(metrics::names::KEPT_FOR_NEWER);
         tracing::info!(
             message_id = m.id.unwrap_or(""),
@@ -203,20 +194,22 @@ impl App {
         secret: &AppSecret,
         deadline: &Deadline,
     ) -> bool {
-        let dry_run = item.dry_run || self.config.dry_run;
+        let dry_run = item.queued.dry_run || self.config.dry_run;
         let results = self
             .offboarder
             .run(
                 std::slice::from_ref(&item.device),
-                &item.defender_comment(),
+                // As the HTTP path's `OffboardRequest::defender_comment`.
+                &format!("{}: {}", item.ticket.as_str(), item.comment.as_str()),
                 dry_run,
                 deadline,
             )
             .await;
-        let origin = Origin::new(&item.source, None, item.webhook_id.clone());
+        let q = item.queued;
+        let origin = Origin::new(&q.source, None, q.webhook_id);
         let to = FollowUpTargets {
-            callback_url: item.callback_url.clone(),
-            notify: item.notify.clone(),
+            callback_url: q.callback_url,
+            notify: q.notify,
         };
         self.after_run(
             &results,
@@ -233,27 +226,105 @@ impl App {
     }
 }
 
-/// Re-validates a track message as the device message is re-validated: a
-/// valid MAC proves who wrote it, not that today's rules held.
-fn validate_track(
-    t: TrackedAction,
+/// Re-validates a message as the HTTP path validates a request, in its
+/// order. A valid MAC proves who wrote it, not that the writer's checks
+/// were the ones this build makes.
+fn validate(
+    msg: QueueMessage,
     known_source: impl Fn(&str) -> bool,
-    app: &App,
-) -> Result<TrackedAction, Rejection> {
-    if !known_source(&t.source) {
+    hosts: &CallbackHosts,
+) -> Result<Work, Rejection> {
+    let (source, ticket) = match &msg {
+        QueueMessage::Device(d) => (&d.source, &d.ticket),
+        QueueMessage::Track(t) => (&t.source, &t.ticket),
+    };
+    if !known_source(source) {
         return Err(Rejection::UnknownSource);
     }
-    crate::domain::model::Ticket::parse("ticket", &t.ticket).map_err(Rejection::Field)?;
-    if !crate::domain::tracking::valid_action_id(&t.action_id)
-        || !crate::domain::tracking::valid_machine_id(&t.machine_id)
-    {
+    let ticket = Ticket::parse("ticket", ticket).map_err(Rejection::Field)?;
+    let work = match msg {
+        QueueMessage::Device(d) => Work::Device(Box::new(VerifiedDevice {
+            comment: Comment::parse("comment", &d.comment).map_err(Rejection::Field)?,
+            device: Device::parse("device", &d.device).map_err(Rejection::Field)?,
+            ticket,
+            queued: d,
+        })),
+        QueueMessage::Track(t)
+            if valid_action_id(&t.action_id) && MachineId::parse(&t.machine_id).is_some() =>
+        {
+            Work::Track(Box::new(t))
+        }
+        QueueMessage::Track(_) => return Err(Rejection::Malformed),
+    };
+    let (url, notify) = match &work {
+        Work::Device(d) => (&d.queued.callback_url, &d.queued.notify),
+        Work::Track(t) => (&t.callback_url, &t.notify),
+    };
+    if let Some(url) = url {
+        callback_url("callback_url", url, hosts).map_err(Rejection::Field)?;
+    }
+    if notify.as_ref().is_some_and(|n| !n.is_valid()) {
         return Err(Rejection::Malformed);
     }
-    if let Some(url) = &t.callback_url {
-        callback_url("callback_url", url, &app.config.callback_hosts).map_err(Rejection::Field)?;
+    Ok(work)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item() -> QueuedDevice {
+        QueuedDevice {
+            source: "generic".into(),
+            ticket: "INC1".into(),
+            comment: "retired".into(),
+            device: "1e5bc9d7e413ddd7902c2932e418702b84d0cc07".into(),
+            dry_run: false,
+            webhook_id: Some("msg_1".into()),
+            enqueued_at: 1_700_000_000,
+            callback_url: None,
+            notify: None,
+        }
     }
-    if t.notify.as_ref().is_some_and(|n| !n.is_valid()) {
-        return Err(Rejection::Malformed);
+
+    #[test]
+    fn validation_is_the_http_paths() {
+        let known = |s: &str| s == "generic";
+        let validate = |d| validate(QueueMessage::Device(d), known, &CallbackHosts::parse(""));
+        assert!(validate(item()).is_ok());
+        let cases: Vec<(QueuedDevice, &str)> = vec![
+            (
+                QueuedDevice {
+                    source: "nobody".into(),
+                    ..item()
+                },
+                "source",
+            ),
+            (
+                QueuedDevice {
+                    ticket: " ".into(),
+                    ..item()
+                },
+                "ticket",
+            ),
+            (
+                QueuedDevice {
+                    comment: "a\u{7}b".into(),
+                    ..item()
+                },
+                "comment",
+            ),
+            (
+                QueuedDevice {
+                    device: "two words".into(),
+                    ..item()
+                },
+                "device",
+            ),
+        ];
+        for (bad, what) in cases {
+            let e = validate(bad).unwrap_err();
+            assert!(e.to_string().contains(what), "{what}: {e}");
+        }
     }
-    Ok(t)
 }

@@ -4,13 +4,10 @@
 //! (`jira_api`, `servicenow_api`, `pagerduty_api`), and without them
 //! nothing is written. A write-back never changes a device's outcome.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::support::json_pointer::{Pointer, scalar_text};
-use crate::support::redacted::Redacted;
 
 /// Where one delivery's outcome is written, as the delivery named it.
 /// Carried in track messages, so strict.
@@ -116,120 +113,6 @@ impl NotifyDef {
     }
 }
 
-/// `jira_api`, `servicenow_api` and `pagerduty_api` from the secret. Each
-/// is `None` when absent, `Some(Err)` when present but unusable (reported
-/// at write-back time, so a typo there never stops offboards).
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct WriteBackCreds {
-    pub jira: Option<Result<BasicApi, String>>,
-    pub servicenow: Option<Result<BasicApi, String>>,
-    pub pagerduty: Option<Result<TokenApi, String>>,
-}
-
-impl fmt::Debug for WriteBackCreds {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WriteBackCreds")
-            .field("jira", &self.jira.is_some())
-            .field("servicenow", &self.servicenow.is_some())
-            .field("pagerduty", &self.pagerduty.is_some())
-            .finish()
-    }
-}
-
-/// A base URL and basic-auth credentials (Jira: email and API token;
-/// ServiceNow: user and password).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BasicApi {
-    pub base_url: String,
-    pub user: String,
-    pub password: Redacted<String>,
-}
-
-/// PagerDuty's REST API key and the `From` user's email.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenApi {
-    pub base_url: String,
-    pub token: Redacted<String>,
-    pub from: String,
-}
-
-pub const PAGERDUTY_API: &str = "https://api.pagerduty.com";
-
-fn base_url(key: &str, v: Option<&str>) -> Result<String, String> {
-    let v = v.ok_or(format!("the secret's '{key}' has no base_url"))?;
-    let url = reqwest::Url::parse(v.trim())
-        .map_err(|_| format!("the secret's '{key}.base_url' is not a URL"))?;
-    if !crate::support::url_policy::is_https_or_loopback(&url) {
-        return Err(format!("the secret's '{key}.base_url' must be https://"));
-    }
-    Ok(v.trim().trim_end_matches('/').to_string())
-}
-
-impl WriteBackCreds {
-    pub fn from_secret(obj: &Map<String, Value>) -> Self {
-        let text = |key: &str, o: &Map<String, Value>, k: &str| -> Result<String, String> {
-            o.get(k)
-                .and_then(Value::as_str)
-                .filter(|s| !s.trim().is_empty())
-                .map(|s| s.trim().to_string())
-                .ok_or(format!("the secret's '{key}' has no '{k}'"))
-        };
-        let basic = |key: &str, user: &str, password: &str| {
-            obj.get(key).map(|v| {
-                let o = v
-                    .as_object()
-                    .ok_or(format!("the secret's '{key}' must be an object"))?;
-                Ok(BasicApi {
-                    base_url: base_url(key, o.get("base_url").and_then(Value::as_str))?,
-                    user: text(key, o, user)?,
-                    password: Redacted(text(key, o, password)?),
-                })
-            })
-        };
-        let pagerduty = obj.get("pagerduty_api").map(|v| {
-            let key = "pagerduty_api";
-            let o = v
-                .as_object()
-                .ok_or(format!("the secret's '{key}' must be an object"))?;
-            Ok(TokenApi {
-                base_url: match o.get("base_url").and_then(Value::as_str) {
-                    None => PAGERDUTY_API.to_string(),
-                    some => base_url(key, some)?,
-                },
-                token: Redacted(text(key, o, "token")?),
-                from: text(key, o, "from")?,
-            })
-        });
-        Self {
-            jira: basic("jira_api", "email", "api_token"),
-            servicenow: basic("servicenow_api", "user", "password"),
-            pagerduty,
-        }
-    }
-}
-
-/// The note text, the same words in each system.
-pub fn note_text(
-    device: &str,
-    machine_id: &str,
-    action_id: &str,
-    status: &str,
-    detail: &str,
-    finished_at: &str,
-) -> String {
-    let mut s = format!(
-        "mde-offboard: the offboard of {device} (Defender machine {machine_id}) ended {status} at {finished_at}; Defender action {action_id}."
-    );
-    if !detail.is_empty() {
-        s.push(' ');
-        s.push_str(detail);
-        if !detail.ends_with('.') {
-            s.push('.');
-        }
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,26 +155,5 @@ mod tests {
         ] {
             assert!(NotifyDef::parse(&bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn credentials_are_read_only_when_whole_and_never_printed() {
-        let obj = json!({
-            "jira_api": {"base_url": "https://contoso.atlassian.net/", "email": "a@b.c", "api_token": "tok-secret"},
-            "servicenow_api": {"base_url": "http://evil.example.com", "user": "u", "password": "p"},
-            "pagerduty_api": {"token": "pd-secret"}
-        });
-        let c = WriteBackCreds::from_secret(obj.as_object().unwrap());
-        let jira = c.jira.clone().unwrap().unwrap();
-        assert_eq!(jira.base_url, "https://contoso.atlassian.net");
-        assert!(
-            c.servicenow.clone().unwrap().is_err(),
-            "plain http off loopback"
-        );
-        let pd = c.pagerduty.clone().unwrap().unwrap_err();
-        assert!(pd.contains("'from'"), "{pd}");
-        let printed = format!("{c:?}");
-        assert!(!printed.contains("tok-secret") && !printed.contains("pd-secret"));
-        assert!(WriteBackCreds::from_secret(&Map::new()).jira.is_none());
     }
 }

@@ -13,8 +13,6 @@
 //! over the exact bytes of `msg` (after a purpose label carrying the
 //! version), so nothing is MACed that a JSON re-serialisation could change.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -24,13 +22,13 @@ use hmac::Mac;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tokio::time::Instant;
 
 use crate::domain::limits::Deadline;
-use crate::domain::model::{Comment, Device, FieldError, Ticket};
+use crate::domain::model::FieldError;
 use crate::domain::secret::AppSecret;
 use crate::domain::tracking::TrackedAction;
 use crate::support::redacted::Redacted;
+use crate::support::ttl_cache::TtlCache;
 use crate::support::webhook_sig::{
     HmacSha256, KeyError, MIN_KEY_LEN, any_matches, hmac_sha256, strong_key,
 };
@@ -84,27 +82,6 @@ impl QueuedDevice {
     }
 }
 
-/// A queued device whose every field passed the HTTP path's checks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedDevice {
-    pub source: String,
-    pub ticket: Ticket,
-    pub comment: Comment,
-    pub device: Device,
-    pub dry_run: bool,
-    pub webhook_id: Option<String>,
-    /// Not yet checked against `CALLBACK_HOSTS`: the worker does that.
-    pub callback_url: Option<String>,
-    pub notify: Option<crate::domain::notify::NotifyTarget>,
-}
-
-impl VerifiedDevice {
-    /// The text sent to Defender as `Comment`, as on the HTTP path.
-    pub fn defender_comment(&self) -> String {
-        format!("{}: {}", self.ticket.as_str(), self.comment.as_str())
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WorkHash([u8; 32]);
 
@@ -151,13 +128,10 @@ struct Envelope {
     msg: String,
 }
 
-/// A MAC key, never printed.
+/// The queue's MAC keys, never printed: sign with the first, accept any
+/// (rotation).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct MacKey(Redacted<Vec<u8>>);
-
-/// The queue's MAC keys: sign with the first, accept any (rotation).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueKeys(Vec<MacKey>);
+pub struct QueueKeys(Vec<Redacted<Vec<u8>>>);
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum QueueKeyError {
@@ -169,28 +143,22 @@ pub enum QueueKeyError {
     NotBase64,
 }
 
-/// One `webhook_secrets.queue` value as a key, by the webhook key rules.
-fn mac_key(value: &str) -> Result<MacKey, QueueKeyError> {
-    match strong_key(value) {
-        Ok(key) => Ok(MacKey(Redacted(key))),
-        Err(KeyError::NotBase64) => Err(QueueKeyError::NotBase64),
-        Err(KeyError::TooShort) => Err(QueueKeyError::Weak),
-    }
-}
-
 impl QueueKeys {
     /// `webhook_secrets.queue` when the secret has it, else the key derived
     /// from the whole SecretString.
     pub fn from_secret(secret: &AppSecret) -> Result<Self, QueueKeyError> {
         let configured = secret.webhook_secrets(QUEUE_SECRET_KEY);
         if configured.is_empty() {
-            return Ok(Self(vec![MacKey(Redacted(
-                secret.derived_queue_key.to_vec(),
-            ))]));
+            return Ok(Self(vec![Redacted(secret.derived_queue_key.to_vec())]));
         }
+        // Each value a key by the webhook key rules.
         configured
             .iter()
-            .map(|v| mac_key(v))
+            .map(|v| match strong_key(v) {
+                Ok(key) => Ok(Redacted(key)),
+                Err(KeyError::NotBase64) => Err(QueueKeyError::NotBase64),
+                Err(KeyError::TooShort) => Err(QueueKeyError::Weak),
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Self)
     }
@@ -255,8 +223,8 @@ impl QueueKeys {
         Ok(env.msg)
     }
 
-    fn mac(&self, key: &MacKey, msg: &str) -> HmacSha256 {
-        hmac_sha256(&key.0.0, &[MAC_PURPOSE, msg.as_bytes()])
+    fn mac(&self, key: &Redacted<Vec<u8>>, msg: &str) -> HmacSha256 {
+        hmac_sha256(&key.0, &[MAC_PURPOSE, msg.as_bytes()])
     }
 }
 
@@ -274,39 +242,13 @@ fn another_build(msg: &str) -> Rejection {
     Rejection::AnotherBuild { written_at }
 }
 
-/// Re-validates a queued device as the HTTP path validates a request. A
-/// valid MAC proves who wrote it, not that the writer's checks were the ones
-/// this build makes.
-pub fn validate(
-    item: QueuedDevice,
-    known_source: impl Fn(&str) -> bool,
-) -> Result<VerifiedDevice, Rejection> {
-    if !known_source(&item.source) {
-        return Err(Rejection::UnknownSource);
-    }
-    let ticket = Ticket::parse("ticket", &item.ticket).map_err(Rejection::Field)?;
-    let comment = Comment::parse("comment", &item.comment).map_err(Rejection::Field)?;
-    let device = Device::parse("device", &item.device).map_err(Rejection::Field)?;
-    Ok(VerifiedDevice {
-        source: item.source,
-        ticket,
-        comment,
-        device,
-        dry_run: item.dry_run,
-        webhook_id: item.webhook_id,
-        callback_url: item.callback_url,
-        notify: item.notify,
-    })
-}
-
-/// Why a batch was not (wholly) taken. The text is for the function's own
+/// Why a batch was not taken at all (the messages a queue refused one by
+/// one are in `send_batch`'s answer). The text is for the function's own
 /// log: an SDK error names the queue URL and the account id.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum QueueError {
     #[error("the queue could not be reached: {0}")]
     Unreachable(String),
-    #[error("the queue refused {refused} of {total} messages")]
-    Refused { refused: usize, total: usize },
 }
 
 /// What the caller of a queued request is told when not every device was
@@ -350,80 +292,41 @@ pub const RECENT_FOR: Duration = Duration::from_secs(15 * 60);
 /// Bound of that memory (a hash and an instant each: about 1 MB).
 pub const RECENT_MAX: usize = 20_000;
 
-/// Messages this instance has put on the queue lately. Per instance: a retry
-/// that lands on another instance queues again, and the worker's Defender
-/// check (`already_pending`) is the backstop.
-#[derive(Debug, Default)]
-pub struct RecentlySent {
-    inner: Mutex<RecentInner>,
-}
-
-#[derive(Debug, Default)]
-struct RecentInner {
-    at: HashMap<WorkHash, Instant>,
-    order: VecDeque<(WorkHash, Instant)>,
-}
-
-impl RecentInner {
-    fn expire(&mut self, now: Instant) {
-        while let Some((h, t)) = self.order.front().copied() {
-            if now.saturating_duration_since(t) < RECENT_FOR && self.order.len() <= RECENT_MAX {
-                break;
-            }
-            self.order.pop_front();
-            // A hash sent again later has a newer entry; keep that one.
-            if self.at.get(&h) == Some(&t) {
-                self.at.remove(&h);
-            }
-        }
-    }
-}
-
-impl RecentlySent {
-    pub fn contains(&self, h: &WorkHash) -> bool {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.expire(Instant::now());
-        g.at.contains_key(h)
-    }
-
-    pub fn insert(&self, h: WorkHash) {
-        let now = Instant::now();
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.at.insert(h, now);
-        g.order.push_back((h, now));
-        g.expire(now);
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .at
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// Least time a batch is started with: a batch cut off by the deadline
 /// leaves the caller unsure what was queued.
 const QUEUE_BATCH_TIME: Duration = Duration::from_millis(500);
 
 /// The queue as the request path uses it: the port and what this instance
-/// sent lately.
+/// sent lately. Per instance: a retry that lands on another instance queues
+/// again, and the worker's Defender check (`already_pending`) is the
+/// backstop.
 pub struct QueueWriter {
     pub(crate) port: std::sync::Arc<dyn Queue>,
-    pub(crate) recent: RecentlySent,
+    pub(crate) recent: TtlCache<WorkHash, ()>,
 }
 
 impl QueueWriter {
     pub fn new(port: std::sync::Arc<dyn Queue>) -> Self {
         Self {
             port,
-            recent: RecentlySent::default(),
+            recent: TtlCache::new(RECENT_FOR, RECENT_MAX, usize::MAX, |_| 0),
         }
+    }
+
+    /// Sends sealed messages, each invisible for `delay`; answers how many
+    /// the queue did not take (each failed batch is logged).
+    pub(crate) async fn send_delayed(&self, bodies: &[String], delay: Duration) -> usize {
+        let mut refused = 0;
+        for chunk in bodies.chunks(BATCH) {
+            refused += match self.port.send_batch_delayed(chunk, delay).await {
+                Ok(r) => r.len(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the queue did not take delayed messages");
+                    chunk.len()
+                }
+            };
+        }
+        refused
     }
 
     /// Sends sealed messages ten at a time, each batch only while the deadline
@@ -461,7 +364,7 @@ impl QueueWriter {
                     if refused.contains(&i) {
                         left.push(entry);
                     } else {
-                        self.recent.insert(entry.0);
+                        self.recent.insert(entry.0, ());
                         sent += 1;
                     }
                 }
@@ -560,7 +463,7 @@ mod tests {
     fn a_mac_without_the_purpose_label_does_not_verify() {
         let keys = QueueKeys::from_secret(&secret("")).unwrap();
         let msg = serde_json::to_string(&item()).unwrap();
-        let mut plain = HmacSha256::new_from_slice(&keys.0[0].0.0).unwrap();
+        let mut plain = HmacSha256::new_from_slice(&keys.0[0].0).unwrap();
         plain.update(msg.as_bytes());
         let body = serde_json::json!({"v": 1, "mac": B64.encode(plain.finalize().into_bytes()), "msg": msg});
         assert_eq!(keys.open(&body.to_string()), Err(Rejection::BadMac));
@@ -622,46 +525,6 @@ mod tests {
     }
 
     #[test]
-    fn validation_is_the_http_paths() {
-        let known = |s: &str| s == "generic";
-        assert!(validate(item(), known).is_ok());
-        let cases: Vec<(QueuedDevice, &str)> = vec![
-            (
-                QueuedDevice {
-                    source: "nobody".into(),
-                    ..item()
-                },
-                "source",
-            ),
-            (
-                QueuedDevice {
-                    ticket: " ".into(),
-                    ..item()
-                },
-                "ticket",
-            ),
-            (
-                QueuedDevice {
-                    comment: "a\u{7}b".into(),
-                    ..item()
-                },
-                "comment",
-            ),
-            (
-                QueuedDevice {
-                    device: "two words".into(),
-                    ..item()
-                },
-                "device",
-            ),
-        ];
-        for (bad, what) in cases {
-            let e = validate(bad, known).unwrap_err();
-            assert!(e.to_string().contains(what), "{what}: {e}");
-        }
-    }
-
-    #[test]
     fn the_work_hash_ignores_delivery_and_time_but_not_the_work() {
         let a = item();
         let b = QueuedDevice {
@@ -692,15 +555,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn recently_sent_forgets_after_a_while_and_stays_bounded() {
-        let r = RecentlySent::default();
+        let r = TtlCache::new(RECENT_FOR, RECENT_MAX, usize::MAX, |_| 0);
         let h = item().work_hash(ID);
-        r.insert(h);
+        r.insert(h, ());
         assert!(r.contains(&h));
         tokio::time::advance(RECENT_FOR + Duration::from_secs(1)).await;
         assert!(!r.contains(&h));
         for i in 0..(RECENT_MAX + 100) {
-            r.insert(item().work_hash(&i.to_string()));
+            r.insert(item().work_hash(&i.to_string()), ());
         }
-        assert_eq!(r.len(), RECENT_MAX);
+        assert_eq!(r.size().0, RECENT_MAX);
     }
 }

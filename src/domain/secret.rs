@@ -27,8 +27,9 @@ pub struct AppSecret {
     /// The queue's MAC key when the secret names none (`queue::derive_key`);
     /// kept instead of the SecretString itself.
     pub(crate) derived_queue_key: [u8; 32],
-    /// `jira_api`, `servicenow_api`, `pagerduty_api`: write-back credentials.
-    pub write_back: crate::domain::notify::WriteBackCreds,
+    /// `jira_api`, `servicenow_api`, `pagerduty_api` as written: the
+    /// write-back adapter reads its credentials there when it needs them.
+    pub write_back: serde_json::Map<String, Value>,
 }
 
 impl fmt::Debug for AppSecret {
@@ -114,7 +115,11 @@ impl AppSecret {
             client_secret,
             webhook_secrets,
             derived_queue_key: derive_key(text),
-            write_back: crate::domain::notify::WriteBackCreds::from_secret(obj),
+            write_back: obj
+                .iter()
+                .filter(|(k, _)| k.ends_with("_api"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     }
 

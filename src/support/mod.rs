@@ -6,5 +6,6 @@ pub mod json_pointer;
 pub mod redacted;
 pub mod retry;
 pub mod time;
+pub mod ttl_cache;
 pub mod url_policy;
 pub mod webhook_sig;
