@@ -64,6 +64,13 @@ pub enum ApiError {
     MissingPermission(Vec<&'static str>),
     #[error("machine action '{action_id}' is already {status} and cannot be cancelled")]
     NotCancellable { action_id: String, status: String },
+    #[error(
+        "machine action '{action_id}' is not an offboard ({action_type}); only offboards are cancelled here"
+    )]
+    NotAnOffboard {
+        action_id: String,
+        action_type: String,
+    },
 }
 
 impl ApiError {
@@ -90,7 +97,9 @@ impl ApiError {
             Self::Credentials(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Defender(e) if e.retry_after().is_some() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Defender(_) => StatusCode::BAD_GATEWAY,
-            Self::InProgress(_) | Self::NotCancellable { .. } => StatusCode::CONFLICT,
+            Self::InProgress(_) | Self::NotCancellable { .. } | Self::NotAnOffboard { .. } => {
+                StatusCode::CONFLICT
+            }
             Self::MissingPermission(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Ledger(LedgerError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Ledger(LedgerError::Refused(_)) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -135,6 +144,7 @@ impl ApiError {
             Self::InProgress(_) => "in_progress",
             Self::MissingPermission(_) => "missing_permission",
             Self::NotCancellable { .. } => "not_cancellable",
+            Self::NotAnOffboard { .. } => "not_an_offboard",
             Self::Ledger(LedgerError::Unavailable(_)) => "ledger_unavailable",
             Self::Ledger(LedgerError::Refused(_)) => "ledger_refused",
         }

@@ -85,6 +85,18 @@ impl App {
             action_id: action_id.to_string(),
             status: a.status.clone().unwrap_or_default(),
         };
+        // Offboards only: an isolation or a live response the SOC started
+        // is never undone through this route.
+        if before.action_type.as_deref() != Some("Offboard") {
+            return Err(ApiError::NotAnOffboard {
+                action_id: action_id.to_string(),
+                action_type: before.action_type.clone().unwrap_or_default(),
+            });
+        }
+        // With the ledger, only an offboard this deployment requested.
+        if !self.requested_here(&before).await? {
+            return Err(ApiError::ActionNotFound(action_id.to_string()));
+        }
         if is_final(&before) {
             return Err(not_cancellable(&before));
         }
@@ -121,6 +133,19 @@ impl App {
         );
         self.record_cancel(&a).await;
         Ok(Outcome::ok(&action_json(&a)))
+    }
+
+    /// Whether this deployment requested the action: the ledger holds a
+    /// device record of it. Without the ledger there is nothing to ask.
+    async fn requested_here(&self, a: &MachineAction) -> Result<bool, ApiError> {
+        let Some(records) = &self.records else {
+            return Ok(true);
+        };
+        let Some(machine_id) = a.machine_id.as_deref() else {
+            return Ok(false);
+        };
+        let held = records.machine_records(machine_id).await?;
+        Ok(held.iter().any(|r| r.action_id == a.id))
     }
 
     /// The ledger's records of a cancelled action follow it. Best effort:

@@ -341,6 +341,22 @@ impl FakeDefender {
         }
     }
 
+    /// A pending machine action of another type (`Isolate`, say), as the
+    /// SOC would start from the portal; answers its id.
+    pub fn add_action(&self, machine_id: &str, action_type: &str) -> String {
+        let mut st = self.lock();
+        st.action_seq += 1;
+        let id = format!("7c1ab9e2-1f0d-4e5b-8a3c-{:012x}", st.action_seq);
+        let action = json!({
+            "id": id, "type": action_type, "status": "Pending", "machineId": machine_id,
+            "requestor": "soc@contoso.com", "requestorComment": "containment",
+            "creationDateTimeUtc": "2026-11-25T09:00:00.0000000Z",
+            "lastUpdateTimeUtc": "2026-11-25T09:00:00.0000000Z",
+        });
+        st.actions.insert(id.clone(), action);
+        id
+    }
+
     /// The action as `GET /api/machineactions/{id}` would answer it.
     pub fn action(&self, action_id: &str) -> Option<Value> {
         self.lock().actions.get(action_id).cloned()
