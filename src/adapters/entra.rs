@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::Mutex;
-use tokio::time::Instant;
 
 use crate::domain::federation::IdentityTokenCache;
-use crate::domain::limits::{Deadline, MAX_UPSTREAM_WAIT, later, parse_seconds, seconds_f64};
+use crate::domain::limits::{Deadline, Expiring, MAX_UPSTREAM_WAIT, parse_seconds, seconds_f64};
 use crate::domain::secret::{AppSecret, AssertionRefusal, CredentialError};
 use crate::support::redacted::Redacted;
 
@@ -34,14 +32,6 @@ impl AccessToken {
 /// out in the middle of a request.
 pub const TOKEN_EARLY_REFRESH: Duration = Duration::from_secs(300);
 
-struct CachedToken {
-    token: AccessToken,
-    refresh_at: Instant,
-    /// The credentials it was made with: a rotated client secret or another
-    /// tenant must not reuse it.
-    made_for: (String, String),
-}
-
 /// Client-credentials tokens from the v2.0 endpoint, cached until 5 minutes
 /// before expiry.
 pub struct TokenProvider {
@@ -50,7 +40,9 @@ pub struct TokenProvider {
     scope: String,
     /// Set in federated mode: the client assertion's source.
     assertions: Option<Arc<IdentityTokenCache>>,
-    cached: Mutex<Option<CachedToken>>,
+    /// With the credentials it was made with: a rotated client secret or
+    /// another tenant must not reuse it.
+    cached: Expiring<((String, String), AccessToken)>,
     /// What the last fetched token lacked, so the warning is one line at
     /// start (and again only if consent changes), not one per refresh.
     last_missing: std::sync::Mutex<Option<Vec<&'static str>>>,
@@ -76,7 +68,7 @@ impl TokenProvider {
             login_url,
             scope,
             assertions: None,
-            cached: Mutex::new(None),
+            cached: Expiring::default(),
             last_missing: std::sync::Mutex::new(None),
         }
     }
@@ -106,29 +98,20 @@ impl TokenProvider {
             secret.tenant_id.clone(),
             secret.client_id.clone() + secret.client_secret.as_deref().unwrap_or(""),
         );
-        let mut slot = self.cached.lock().await;
-        if let Some(c) = slot.as_ref()
-            && c.made_for == key
-            && Instant::now() < c.refresh_at
-        {
-            return Ok(c.token.clone());
-        }
-        let (token, lifetime) = self.fetch(secret, deadline).await?;
-        *slot = Some(CachedToken {
-            token: token.clone(),
-            refresh_at: later(lifetime.saturating_sub(TOKEN_EARLY_REFRESH)),
-            made_for: key,
-        });
+        let fetch = async {
+            let (token, lifetime) = self.fetch(secret, deadline).await?;
+            let keep = lifetime.saturating_sub(TOKEN_EARLY_REFRESH);
+            Ok(((key.clone(), token), keep))
+        };
+        let usable = |(made_for, _): &(_, _)| *made_for == key;
+        let (_, token) = self.cached.get(usable, fetch).await?;
         Ok(token)
     }
 
     /// Drops `token` after the API answered 401 with it; a newer token that
     /// another caller already fetched is kept.
     pub async fn invalidate(&self, token: &AccessToken) {
-        let mut slot = self.cached.lock().await;
-        if slot.as_ref().is_some_and(|c| &c.token == token) {
-            *slot = None;
-        }
+        self.cached.invalidate(|(_, t)| t == token).await
     }
 
     async fn fetch(
@@ -365,6 +348,8 @@ pub fn token_lifetime(expires_in: Option<&Value>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::limits::later;
+    use tokio::time::Instant;
 
     fn jwt(payload: &str) -> String {
         use base64::Engine as _;

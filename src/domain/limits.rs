@@ -32,6 +32,48 @@ pub fn later(d: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(86_400))
 }
 
+/// A value kept until a point on tokio's clock, for the secret and the
+/// tokens. One fetch at a time: concurrent callers wait for it instead of
+/// each fetching.
+pub struct Expiring<T>(Mutex<Option<(Instant, T)>>);
+
+impl<T> Default for Expiring<T> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<T: Clone> Expiring<T> {
+    /// The value kept, while it has not expired and is `usable`; else the
+    /// one `fetch` makes, kept for as long as `fetch` says (an error is
+    /// not kept).
+    pub async fn get<E>(
+        &self,
+        usable: impl FnOnce(&T) -> bool,
+        fetch: impl Future<Output = Result<(T, Duration), E>>,
+    ) -> Result<T, E> {
+        let mut slot = self.0.lock().await;
+        if let Some((until, value)) = slot.as_ref()
+            && Instant::now() < *until
+            && usable(value)
+        {
+            return Ok(value.clone());
+        }
+        let (value, keep) = fetch.await?;
+        *slot = Some((later(keep), value.clone()));
+        Ok(value)
+    }
+
+    /// Drops the value kept if it is `stale`; one that another caller has
+    /// fetched since is kept.
+    pub async fn invalidate(&self, stale: impl FnOnce(&T) -> bool) {
+        let mut slot = self.0.lock().await;
+        if slot.as_ref().is_some_and(|(_, value)| stale(value)) {
+            *slot = None;
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline {
     at: Instant,

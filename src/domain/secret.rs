@@ -4,6 +4,7 @@
 //! trickle of fetches). Never printed: its `Debug` is redacted.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use thiserror::Error;
-use tokio::sync::Mutex;
-use tokio::time::Instant;
+
+use crate::domain::limits::Expiring;
 
 /// The secret's JSON, validated. Webhook secrets are kept per source key,
 /// each a list so a rotation can accept the new and the old one.
@@ -316,12 +317,6 @@ impl SecretSource for StaticSecret {
 /// GetSecretValue calls, not a flood of them.
 pub const SECRET_FAILURE_TTL: Duration = Duration::from_secs(3);
 
-/// The last fetch's outcome and when it was made.
-enum Fetched {
-    Secret(Instant, Arc<AppSecret>),
-    Failed(Instant, CredentialError),
-}
-
 /// Caches the parsed secret for a max age, like Powertools' parameters
 /// utility, and a failure for `SECRET_FAILURE_TTL`. One fetch at a time:
 /// concurrent callers wait for it instead of each calling Secrets Manager.
@@ -329,7 +324,7 @@ pub struct SecretCache {
     source: Arc<dyn SecretSource>,
     ttl: Duration,
     mode: CredentialMode,
-    cached: Mutex<Option<Fetched>>,
+    cached: Expiring<Result<Arc<AppSecret>, CredentialError>>,
 }
 
 impl SecretCache {
@@ -338,7 +333,7 @@ impl SecretCache {
             source,
             ttl,
             mode: CredentialMode::Secret,
-            cached: Mutex::new(None),
+            cached: Expiring::default(),
         }
     }
 
@@ -349,32 +344,20 @@ impl SecretCache {
     }
 
     pub async fn get(&self) -> Result<Arc<AppSecret>, CredentialError> {
-        let mut slot = self.cached.lock().await;
-        match slot.as_ref() {
-            Some(Fetched::Secret(at, secret)) if at.elapsed() < self.ttl => {
-                return Ok(secret.clone());
+        let fetch = async {
+            crate::ops::metrics::count(crate::ops::metrics::names::SECRET_FETCHES);
+            let fetched = (self.source.fetch().await)
+                .and_then(|text| AppSecret::parse_for(&text, self.mode).map(Arc::new));
+            match &fetched {
+                Ok(secret) => {
+                    tracing::debug!(tenant_id = %secret.tenant_id, client_id = %secret.client_id, "secret fetched");
+                    Ok::<_, Infallible>((fetched, self.ttl))
+                }
+                Err(_) => Ok((fetched, SECRET_FAILURE_TTL)),
             }
-            Some(Fetched::Failed(at, e)) if at.elapsed() < SECRET_FAILURE_TTL => {
-                return Err(e.clone());
-            }
-            _ => {}
-        }
-        crate::ops::metrics::count(crate::ops::metrics::names::SECRET_FETCHES);
-        let fetched = match self.source.fetch().await {
-            Ok(text) => AppSecret::parse_for(&text, self.mode).map(Arc::new),
-            Err(e) => Err(e),
         };
-        match fetched {
-            Ok(secret) => {
-                tracing::debug!(tenant_id = %secret.tenant_id, client_id = %secret.client_id, "secret fetched");
-                *slot = Some(Fetched::Secret(Instant::now(), secret.clone()));
-                Ok(secret)
-            }
-            Err(e) => {
-                *slot = Some(Fetched::Failed(Instant::now(), e.clone()));
-                Err(e)
-            }
-        }
+        let Ok(fetched) = self.cached.get(|_| true, fetch).await;
+        fetched
     }
 }
 
