@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::domain::limits::Expiring;
@@ -55,24 +56,17 @@ impl AppSecret {
     /// Parses the SecretString for `mode`: federated needs no
     /// `client_secret`. Errors name the key at fault and never quote a value.
     pub fn parse_for(text: &str, mode: CredentialMode) -> Result<Self, CredentialError> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|_| CredentialError::BadSecret("the secret is not a JSON object".into()))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| CredentialError::BadSecret("the secret is not a JSON object".into()))?;
-        let req = |k: &str| -> Result<String, CredentialError> {
-            match obj.get(k) {
-                Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-                Some(Value::String(_)) => Err(CredentialError::BadSecret(format!(
-                    "the secret's key '{k}' is empty"
-                ))),
-                Some(_) => Err(CredentialError::BadSecret(format!(
-                    "the secret's key '{k}' must be a string"
-                ))),
-                None => Err(CredentialError::BadSecret(format!(
-                    "the secret has no key '{k}'"
-                ))),
-            }
+        Self::read(text, mode).map_err(CredentialError::BadSecret)
+    }
+
+    fn read(text: &str, mode: CredentialMode) -> Result<Self, String> {
+        let obj: Map<String, Value> =
+            serde_json::from_str(text).map_err(|_| "the secret is not a JSON object")?;
+        let req = |k: &str| match obj.get(k) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+            Some(Value::String(_)) => Err(format!("the secret's key '{k}' is empty")),
+            Some(_) => Err(format!("the secret's key '{k}' must be a string")),
+            None => Err(format!("the secret has no key '{k}'")),
         };
         let tenant_id = req("tenant_id")?;
         let client_id = req("client_id")?;
@@ -80,42 +74,31 @@ impl AppSecret {
             CredentialMode::Secret => Some(req("client_secret")?),
             CredentialMode::Federated => None,
         };
-        let mut webhook_secrets = BTreeMap::new();
-        match obj.get("webhook_secrets") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(m)) => {
-                for (name, val) in m {
-                    let bad = || {
-                        CredentialError::BadSecret(format!(
-                            "the secret's key 'webhook_secrets.{name}' must be a string or a list of strings"
-                        ))
-                    };
-                    let list: Vec<String> = match val {
+        let webhook_secrets = match obj.get("webhook_secrets") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(Value::Object(m)) => m
+                .iter()
+                .map(|(name, val)| {
+                    let list = match val {
                         Value::String(s) => vec![s.clone()],
-                        Value::Array(items) => items
-                            .iter()
-                            .map(|i| i.as_str().map(str::to_string).ok_or_else(bad))
-                            .collect::<Result<_, _>>()?,
-                        _ => return Err(bad()),
+                        list => Vec::<String>::deserialize(list).map_err(|_| format!(
+                            "the secret's key 'webhook_secrets.{name}' must be a string or a list of strings"
+                        ))?,
                     };
                     // An empty secret would let an empty bearer token in.
-                    let list: Vec<String> = list.into_iter().filter(|s| !s.is_empty()).collect();
-                    webhook_secrets.insert(name.clone(), list);
-                }
-            }
-            Some(_) => {
-                return Err(CredentialError::BadSecret(
-                    "the secret's key 'webhook_secrets' must be an object".into(),
-                ));
-            }
-        }
+                    let list = list.into_iter().filter(|s| !s.is_empty()).collect();
+                    Ok((name.clone(), list))
+                })
+                .collect::<Result<_, String>>()?,
+            Some(_) => return Err("the secret's key 'webhook_secrets' must be an object".into()),
+        };
         Ok(Self {
             tenant_id,
             client_id,
             client_secret,
             webhook_secrets,
             derived_queue_key: derive_key(text),
-            write_back: crate::domain::notify::WriteBackCreds::from_secret(obj),
+            write_back: crate::domain::notify::WriteBackCreds::from_secret(&obj),
         })
     }
 
@@ -167,18 +150,19 @@ impl CredentialMode {
 
 /// Entra ID's refusals of a federated client assertion, by AADSTS code,
 /// each with the fix the operator needs.
+/// Each variant's value is its AADSTS code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AssertionRefusal {
-    /// AADSTS70021: no federated identity credential matches at all.
-    NoMatchingCredential,
-    /// AADSTS700211: the token's issuer is not the credential's.
-    IssuerMismatch,
-    /// AADSTS700212: the token's audience is not the credential's.
-    AudienceMismatch,
-    /// AADSTS700213: the token's subject is not the credential's.
-    SubjectMismatch,
-    /// AADSTS700024: the token is expired or not yet valid.
-    OutsideValidity,
+    /// No federated identity credential matches at all.
+    NoMatchingCredential = 70021,
+    /// The token's issuer is not the credential's.
+    IssuerMismatch = 700211,
+    /// The token's audience is not the credential's.
+    AudienceMismatch = 700212,
+    /// The token's subject is not the credential's.
+    SubjectMismatch = 700213,
+    /// The token is expired or not yet valid.
+    OutsideValidity = 700024,
 }
 
 impl AssertionRefusal {
@@ -194,13 +178,7 @@ impl AssertionRefusal {
     }
 
     pub fn aadsts(self) -> u64 {
-        match self {
-            Self::NoMatchingCredential => 70021,
-            Self::IssuerMismatch => 700211,
-            Self::AudienceMismatch => 700212,
-            Self::SubjectMismatch => 700213,
-            Self::OutsideValidity => 700024,
-        }
+        self as u64
     }
 
     /// The error code the caller reads.
