@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::domain::federation::IdentityTokenCache;
-use crate::domain::limits::{Deadline, Expiring, MAX_UPSTREAM_WAIT, parse_seconds, seconds_f64};
+use crate::domain::limits::{Deadline, Expiring, seconds_f64};
 use crate::domain::secret::{AppSecret, AssertionRefusal, CredentialError};
 use crate::support::redacted::Redacted;
 
@@ -119,16 +119,16 @@ impl TokenProvider {
         secret: &AppSecret,
         deadline: &Deadline,
     ) -> Result<(AccessToken, Duration), CredentialError> {
-        let timeout = deadline.call_timeout().ok_or_else(|| {
-            CredentialError::LoginUnavailable("no time left before the deadline".into())
-        })?;
+        let time_left = || {
+            deadline.call_timeout().ok_or_else(|| {
+                CredentialError::LoginUnavailable("no time left before the deadline".into())
+            })
+        };
         let assertion = match &self.assertions {
-            Some(a) => Some(a.get(timeout).await?),
+            Some(a) => Some(a.get(time_left()?).await?),
             None => None,
         };
-        let timeout = deadline.call_timeout().ok_or_else(|| {
-            CredentialError::LoginUnavailable("no time left before the deadline".into())
-        })?;
+        let timeout = time_left()?;
         let mut form = vec![
             ("grant_type", "client_credentials"),
             ("client_id", secret.client_id.as_str()),
@@ -324,31 +324,21 @@ pub fn read_token_answer(
 /// `MAX_UPSTREAM_WAIT`. Negative means already expired: the token serves
 /// this request and is not cached.
 pub fn token_lifetime(expires_in: Option<&Value>) -> Duration {
-    let from_f64 = |f: f64| {
-        if f < 0.0 {
-            Some(Duration::ZERO)
-        } else {
-            seconds_f64(f)
-        }
-    };
-    let parsed = match expires_in {
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(u) => Some(Duration::from_secs(u).min(MAX_UPSTREAM_WAIT)),
-            None => n.as_f64().and_then(from_f64),
-        },
-        Some(Value::String(s)) => {
-            let s = s.trim();
-            parse_seconds(s).or_else(|| s.parse::<f64>().ok().and_then(from_f64))
-        }
+    let secs = match expires_in {
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
         _ => None,
     };
-    parsed.unwrap_or(DEFAULT_TOKEN_LIFETIME)
+    match secs {
+        Some(s) if s < 0.0 => Duration::ZERO,
+        s => s.and_then(seconds_f64).unwrap_or(DEFAULT_TOKEN_LIFETIME),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::limits::later;
+    use crate::domain::limits::{MAX_UPSTREAM_WAIT, later};
     use tokio::time::Instant;
 
     fn jwt(payload: &str) -> String {

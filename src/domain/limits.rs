@@ -192,10 +192,6 @@ impl RateLimiter {
         }
     }
 
-    pub fn defender() -> Self {
-        Self::new(&DEFENDER_WINDOWS)
-    }
-
     /// Waits for a slot if one frees before the deadline; otherwise says how
     /// long the caller should come back after.
     pub async fn acquire(&self, deadline: &Deadline) -> Result<(), Throttled> {
@@ -353,6 +349,10 @@ mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
 
+    fn defender() -> RateLimiter {
+        RateLimiter::new(&DEFENDER_WINDOWS)
+    }
+
     #[test]
     fn backoff_doubles_with_bounded_jitter_and_stops() {
         let b = Backoff::default();
@@ -450,7 +450,7 @@ mod tests {
         );
         let d = Deadline::from_epoch_millis(u64::MAX);
         assert!(d.fits(Duration::from_secs(3600)));
-        let l = RateLimiter::defender();
+        let l = defender();
         l.block_for(Duration::MAX).await;
         let short = Deadline::after(Duration::from_secs(10));
         assert!(l.acquire(&short).await.is_err());
@@ -495,7 +495,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn limiter_keeps_100_a_minute_over_many_calls() {
-        let l = RateLimiter::defender();
+        let l = defender();
         let long = Deadline::after(Duration::from_secs(100_000));
         let start = Instant::now();
         let mut times = Vec::new();
@@ -518,7 +518,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn limiter_keeps_1500_an_hour_across_both_windows() {
-        let l = RateLimiter::defender();
+        let l = defender();
         let long = Deadline::after(Duration::from_secs(100_000));
         let start = Instant::now();
         for _ in 0..1500 {
@@ -534,7 +534,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn block_for_holds_every_caller_back() {
-        let l = RateLimiter::defender();
+        let l = defender();
         let long = Deadline::after(Duration::from_secs(600));
         l.block_for(Duration::from_secs(5)).await;
         let start = Instant::now();
