@@ -121,7 +121,7 @@ impl<C: SdkClient> LazyClient<C> {
         let load = || {
             let http = super::http_client(Duration::from_secs(2));
             aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .http_client(super::sdk_http::ReqwestHttpClient::new(http))
+                .http_client(super::sdk_http::ReqwestHttpClient(http))
                 .load()
         };
         let init = || async { client(C::Config::from(SDK.get_or_init(load).await)) };

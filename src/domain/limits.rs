@@ -313,7 +313,7 @@ impl Default for Limiters {
 /// huge duration overflows.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
-    if let Some(d) = parse_seconds(v) {
+    if let Some(d) = v.parse::<f64>().ok().and_then(seconds_f64) {
         return Some(d);
     }
     httpdate::parse_http_date(v).ok().map(|t| {
@@ -321,15 +321,6 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
             .unwrap_or_default()
             .min(MAX_UPSTREAM_WAIT)
     })
-}
-
-/// A non-negative number of seconds written as an integer or a decimal,
-/// capped at `MAX_UPSTREAM_WAIT`; negative, NaN and infinite are `None`.
-pub fn parse_seconds(v: &str) -> Option<Duration> {
-    if let Ok(n) = v.parse::<u64>() {
-        return Some(Duration::from_secs(n).min(MAX_UPSTREAM_WAIT));
-    }
-    v.parse::<f64>().ok().and_then(seconds_f64)
 }
 
 /// `secs` as a duration capped at `MAX_UPSTREAM_WAIT`, clamped before the
