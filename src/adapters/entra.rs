@@ -51,7 +51,6 @@ pub struct TokenProvider {
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
-    #[serde(default)]
     expires_in: Option<Value>,
 }
 
@@ -83,10 +82,6 @@ impl TokenProvider {
     /// The login host's base URL (`MDE_LOGIN_URL`).
     pub fn login_url(&self) -> &str {
         &self.login_url
-    }
-
-    pub fn token_url(&self, tenant_id: &str) -> String {
-        format!("{}/{}/oauth2/v2.0/token", self.login_url, tenant_id)
     }
 
     pub async fn get(
@@ -146,10 +141,11 @@ impl TokenProvider {
             }
         }
         form.push(("scope", self.scope.as_str()));
+        let url = format!("{}/{}/oauth2/v2.0/token", self.login_url, secret.tenant_id);
         crate::ops::metrics::count(crate::ops::metrics::names::TOKEN_FETCHES);
         let resp = self
             .http
-            .post(self.token_url(&secret.tenant_id))
+            .post(url)
             .timeout(timeout)
             .form(&form)
             .send()
@@ -166,18 +162,15 @@ impl TokenProvider {
             .bytes()
             .await
             .map_err(|_| CredentialError::LoginUnavailable("the answer was cut off".into()))?;
-        let (token, lifetime) = match read_token_answer(status, &bytes) {
-            Err(CredentialError::AssertionRefused(AssertionRefusal::OutsideValidity)) => {
-                // The next fetch must not present the same stale token.
-                if let (Some(cache), Some(jwt)) = (&self.assertions, &assertion) {
-                    cache.invalidate(jwt).await;
-                }
-                return Err(CredentialError::AssertionRefused(
-                    AssertionRefusal::OutsideValidity,
-                ));
-            }
-            other => other?,
-        };
+        let answer = read_token_answer(status, &bytes);
+        let stale = CredentialError::AssertionRefused(AssertionRefusal::OutsideValidity);
+        if let (Some(cache), Some(jwt)) = (&self.assertions, &assertion)
+            && answer.as_ref().err() == Some(&stale)
+        {
+            // The next fetch must not present the same stale token.
+            cache.invalidate(jwt).await;
+        }
+        let (token, lifetime) = answer?;
         tracing::debug!(expires_in_s = lifetime.as_secs(), "token fetched");
         self.check_permissions(&token);
         Ok((token, lifetime))
