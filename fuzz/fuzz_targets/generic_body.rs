@@ -95,7 +95,7 @@ fuzz_target!(|data: &[u8]| {
                     "40-hex name {s:?}"
                 );
                 // The OData literal is quoted with every quote doubled.
-                let lit = n.odata_literal();
+                let lit = mde_offboard::adapters::defender_http::odata_quote(n.as_str());
                 let inner = &lit[1..lit.len() - 1];
                 assert!(lit.starts_with('\'') && lit.ends_with('\''));
                 assert!(

@@ -11,22 +11,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-
-/// The SDK's configuration, loaded once: the default chain reads the
-/// environment, profile files and builds credential providers, ~15 ms that
-/// need not hold up the runtime loop. Its HTTP client, shared by every SDK
-/// client and the credential providers, is reqwest over the process's
-/// roots (`sdk_http`), as every other call is.
-pub async fn sdk_config() -> &'static aws_config::SdkConfig {
-    static SDK: tokio::sync::OnceCell<aws_config::SdkConfig> = tokio::sync::OnceCell::const_new();
-    SDK.get_or_init(|| {
-        let http = super::http_client(std::time::Duration::from_secs(2));
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(super::sdk_http::ReqwestHttpClient::new(http))
-            .load()
-    })
-    .await
-}
+use tokio::sync::OnceCell;
 
 /// Time limits for a call made inside a request: few attempts, each short,
 /// so the SDK's own retries never outlast the Lambda deadline.
@@ -118,23 +103,35 @@ pub fn client<C: SdkClient>(conf: C::Config) -> C {
 /// `AWS_ENDPOINT_URL_<SERVICE>`) when first needed: loading the SDK's
 /// configuration takes longer than the rest of init together, and runs
 /// beside the runtime loop.
-pub struct LazyClient<C>(tokio::sync::OnceCell<C>);
+pub struct LazyClient<C>(OnceCell<C>);
 
 impl<C: SdkClient> LazyClient<C> {
     pub fn from_env() -> Self {
-        Self(tokio::sync::OnceCell::new())
+        Self(OnceCell::new())
     }
 
+    /// The SDK's configuration is loaded once for every client: the default
+    /// chain reads the environment, profile files and builds credential
+    /// providers, ~15 ms that need not hold up the runtime loop. Its HTTP
+    /// client, shared by every SDK client and the credential providers, is
+    /// reqwest over the process's roots (`sdk_http`), as every other call
+    /// is.
     pub async fn get(&self) -> &C {
-        self.0
-            .get_or_init(|| async { client(C::Config::from(sdk_config().await)) })
-            .await
+        static SDK: OnceCell<aws_config::SdkConfig> = OnceCell::const_new();
+        let load = || {
+            let http = super::http_client(Duration::from_secs(2));
+            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .http_client(super::sdk_http::ReqwestHttpClient(http))
+                .load()
+        };
+        let init = || async { client(C::Config::from(SDK.get_or_init(load).await)) };
+        self.0.get_or_init(init).await
     }
 }
 
 impl<C> From<C> for LazyClient<C> {
     fn from(client: C) -> Self {
-        Self(tokio::sync::OnceCell::new_with(Some(client)))
+        Self(OnceCell::new_with(Some(client)))
     }
 }
 

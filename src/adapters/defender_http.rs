@@ -114,16 +114,18 @@ impl HttpDefender {
     /// One logical call: rate limit, token, send, and the retry rules of
     /// the contract (401 once with a new token, 429 after Retry-After when
     /// it fits, 5xx and network errors with backoff, never past the
-    /// deadline). Returns the body of a 2xx.
+    /// deadline). With a comment it is a POST of `{"Comment": comment}`
+    /// (the body of both of Defender's actions here), else a GET. Returns
+    /// the body of a 2xx.
     async fn call(
         &self,
         kind: ApiKind,
-        method: Method,
         path_and_query: &str,
-        body: Option<&serde_json::Value>,
+        comment: Option<&str>,
         deadline: &Deadline,
     ) -> Result<bytes::Bytes, DefenderError> {
         let url = format!("{}{}", self.api_url, path_and_query);
+        let method = comment.map_or(Method::GET, |_| Method::POST);
         self.api_gate.pass().await;
         let mut refreshed = false;
         let mut retries = 0u32;
@@ -143,8 +145,8 @@ impl HttpDefender {
                 .request(method.clone(), &url)
                 .bearer_auth(token.expose())
                 .timeout(timeout);
-            if let Some(b) = body {
-                req = req.json(b);
+            if let Some(comment) = comment {
+                req = req.json(&json!({ "Comment": comment }));
             }
             let started = tokio::time::Instant::now();
             let result = req.send().await;
@@ -152,12 +154,12 @@ impl HttpDefender {
             let transient = match result {
                 Err(e) => {
                     metrics::count(metrics::names::DEFENDER_ERRORS);
-                    tracing::warn!(method = %method, path = path_and_query, error_kind = if e.is_timeout() { "timeout" } else { "network" }, "Defender call failed");
-                    if e.is_timeout() {
-                        "timed out".to_string()
-                    } else {
-                        "network error".to_string()
-                    }
+                    let (error_kind, what) = match e.is_timeout() {
+                        true => ("timeout", "timed out"),
+                        false => ("network", "network error"),
+                    };
+                    tracing::warn!(method = %method, path = path_and_query, error_kind, "Defender call failed");
+                    what.to_string()
                 }
                 Ok(resp) => {
                     let status = resp.status();
@@ -221,18 +223,17 @@ impl HttpDefender {
         }
     }
 
-    async fn call_json<T: serde::de::DeserializeOwned>(
-        &self,
+    /// `call`, its answer read as `T`.
+    fn call_json<'a, T: serde::de::DeserializeOwned + Send + 'a>(
+        &'a self,
         kind: ApiKind,
-        method: Method,
-        path_and_query: &str,
-        body: Option<&serde_json::Value>,
-        deadline: &Deadline,
-    ) -> Result<T, DefenderError> {
-        let bytes = self
-            .call(kind, method, path_and_query, body, deadline)
-            .await?;
-        read_json(&bytes)
+        path_and_query: String,
+        comment: Option<&'a str>,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, Result<T, DefenderError>> {
+        Box::pin(
+            async move { read_json(&self.call(kind, &path_and_query, comment, deadline).await?) },
+        )
     }
 
     /// Opens a TLS connection so the first real call does not pay for the
@@ -312,12 +313,15 @@ fn encode_query(s: &str) -> String {
     utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
+/// A string as an OData literal: quoted, with `'` doubled.
+pub fn odata_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 /// The `$filter` query for a device name, OData-quoted and URL-encoded.
 pub fn name_filter_query(name: &DeviceName) -> String {
-    format!(
-        "/api/machines?$filter={}",
-        encode_query(&format!("computerDnsName eq {}", name.odata_literal()))
-    )
+    let filter = format!("computerDnsName eq {}", odata_quote(name.as_str()));
+    format!("/api/machines?$filter={}", encode_query(&filter))
 }
 
 impl Defender for HttpDefender {
@@ -327,16 +331,9 @@ impl Defender for HttpDefender {
         deadline: &'a Deadline,
     ) -> BoxFuture<'a, Result<Vec<Machine>, DefenderError>> {
         Box::pin(async move {
-            let list: MachineList = self
-                .call_json(
-                    ApiKind::ListMachines,
-                    Method::GET,
-                    &name_filter_query(name),
-                    None,
-                    deadline,
-                )
-                .await?;
-            Ok(list.value)
+            let path = name_filter_query(name);
+            let answer = self.call(ApiKind::ListMachines, &path, None, deadline);
+            read_machine_list(&answer.await?)
         })
     }
 
@@ -345,16 +342,8 @@ impl Defender for HttpDefender {
         id: &'a MachineId,
         deadline: &'a Deadline,
     ) -> BoxFuture<'a, Result<Machine, DefenderError>> {
-        Box::pin(async move {
-            self.call_json(
-                ApiKind::GetMachine,
-                Method::GET,
-                &format!("/api/machines/{id}"),
-                None,
-                deadline,
-            )
-            .await
-        })
+        let path = format!("/api/machines/{id}");
+        self.call_json(ApiKind::GetMachine, path, None, deadline)
     }
 
     fn offboard<'a>(
@@ -363,17 +352,8 @@ impl Defender for HttpDefender {
         comment: &'a str,
         deadline: &'a Deadline,
     ) -> BoxFuture<'a, Result<MachineAction, DefenderError>> {
-        Box::pin(async move {
-            let body = json!({ "Comment": comment });
-            self.call_json(
-                ApiKind::Offboard,
-                Method::POST,
-                &format!("/api/machines/{id}/offboard"),
-                Some(&body),
-                deadline,
-            )
-            .await
-        })
+        let path = format!("/api/machines/{id}/offboard");
+        self.call_json(ApiKind::Offboard, path, Some(comment), deadline)
     }
 
     fn get_action<'a>(
@@ -381,16 +361,8 @@ impl Defender for HttpDefender {
         action_id: &'a str,
         deadline: &'a Deadline,
     ) -> BoxFuture<'a, Result<MachineAction, DefenderError>> {
-        Box::pin(async move {
-            self.call_json(
-                ApiKind::GetAction,
-                Method::GET,
-                &format!("/api/machineactions/{}", encode_query(action_id)),
-                None,
-                deadline,
-            )
-            .await
-        })
+        let path = format!("/api/machineactions/{}", encode_query(action_id));
+        self.call_json(ApiKind::GetAction, path, None, deadline)
     }
 
     fn cancel_action<'a>(
@@ -399,18 +371,9 @@ impl Defender for HttpDefender {
         comment: &'a str,
         deadline: &'a Deadline,
     ) -> BoxFuture<'a, Result<MachineAction, DefenderError>> {
-        Box::pin(async move {
-            let body = json!({ "Comment": comment });
-            // Cancel has its own published limit (100/min, 1,500/h).
-            self.call_json(
-                ApiKind::CancelAction,
-                Method::POST,
-                &format!("/api/machineactions/{}/cancel", encode_query(action_id)),
-                Some(&body),
-                deadline,
-            )
-            .await
-        })
+        // Cancel has its own published limit (100/min, 1,500/h).
+        let path = format!("/api/machineactions/{}/cancel", encode_query(action_id));
+        self.call_json(ApiKind::CancelAction, path, Some(comment), deadline)
     }
 
     fn ready<'a>(
@@ -462,6 +425,14 @@ mod tests {
             name_filter_query(&n),
             "/api/machines?$filter=computerDnsName%20eq%20%27o%27%27brien-pc.contoso.com%27"
         );
+    }
+
+    #[test]
+    fn odata_literal_doubles_single_quotes() {
+        let n = DeviceName::parse("o'brien's-pc").unwrap();
+        assert_eq!(odata_quote(n.as_str()), "'o''brien''s-pc'");
+        assert_eq!(odata_quote("plain"), "'plain'");
+        assert_eq!(odata_quote("''"), "''''''");
     }
 
     #[test]

@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::Mutex;
-use tokio::time::Instant;
 
 use crate::domain::federation::IdentityTokenCache;
-use crate::domain::limits::{Deadline, MAX_UPSTREAM_WAIT, later, parse_seconds, seconds_f64};
+use crate::domain::limits::{Deadline, Expiring, seconds_f64};
 use crate::domain::secret::{AppSecret, AssertionRefusal, CredentialError};
 use crate::support::redacted::Redacted;
 
@@ -34,14 +32,6 @@ impl AccessToken {
 /// out in the middle of a request.
 pub const TOKEN_EARLY_REFRESH: Duration = Duration::from_secs(300);
 
-struct CachedToken {
-    token: AccessToken,
-    refresh_at: Instant,
-    /// The credentials it was made with: a rotated client secret or another
-    /// tenant must not reuse it.
-    made_for: (String, String),
-}
-
 /// Client-credentials tokens from the v2.0 endpoint, cached until 5 minutes
 /// before expiry.
 pub struct TokenProvider {
@@ -50,7 +40,9 @@ pub struct TokenProvider {
     scope: String,
     /// Set in federated mode: the client assertion's source.
     assertions: Option<Arc<IdentityTokenCache>>,
-    cached: Mutex<Option<CachedToken>>,
+    /// With the credentials it was made with: a rotated client secret or
+    /// another tenant must not reuse it.
+    cached: Expiring<((String, String), AccessToken)>,
     /// What the last fetched token lacked, so the warning is one line at
     /// start (and again only if consent changes), not one per refresh.
     last_missing: std::sync::Mutex<Option<Vec<&'static str>>>,
@@ -59,7 +51,6 @@ pub struct TokenProvider {
 #[derive(Deserialize)]
 struct TokenResponse {
     access_token: String,
-    #[serde(default)]
     expires_in: Option<Value>,
 }
 
@@ -76,7 +67,7 @@ impl TokenProvider {
             login_url,
             scope,
             assertions: None,
-            cached: Mutex::new(None),
+            cached: Expiring::default(),
             last_missing: std::sync::Mutex::new(None),
         }
     }
@@ -93,10 +84,6 @@ impl TokenProvider {
         &self.login_url
     }
 
-    pub fn token_url(&self, tenant_id: &str) -> String {
-        format!("{}/{}/oauth2/v2.0/token", self.login_url, tenant_id)
-    }
-
     pub async fn get(
         &self,
         secret: &AppSecret,
@@ -106,29 +93,20 @@ impl TokenProvider {
             secret.tenant_id.clone(),
             secret.client_id.clone() + secret.client_secret.as_deref().unwrap_or(""),
         );
-        let mut slot = self.cached.lock().await;
-        if let Some(c) = slot.as_ref()
-            && c.made_for == key
-            && Instant::now() < c.refresh_at
-        {
-            return Ok(c.token.clone());
-        }
-        let (token, lifetime) = self.fetch(secret, deadline).await?;
-        *slot = Some(CachedToken {
-            token: token.clone(),
-            refresh_at: later(lifetime.saturating_sub(TOKEN_EARLY_REFRESH)),
-            made_for: key,
-        });
+        let fetch = async {
+            let (token, lifetime) = self.fetch(secret, deadline).await?;
+            let keep = lifetime.saturating_sub(TOKEN_EARLY_REFRESH);
+            Ok(((key.clone(), token), keep))
+        };
+        let usable = |(made_for, _): &(_, _)| *made_for == key;
+        let (_, token) = self.cached.get(usable, fetch).await?;
         Ok(token)
     }
 
     /// Drops `token` after the API answered 401 with it; a newer token that
     /// another caller already fetched is kept.
     pub async fn invalidate(&self, token: &AccessToken) {
-        let mut slot = self.cached.lock().await;
-        if slot.as_ref().is_some_and(|c| &c.token == token) {
-            *slot = None;
-        }
+        self.cached.invalidate(|(_, t)| t == token).await
     }
 
     async fn fetch(
@@ -136,16 +114,16 @@ impl TokenProvider {
         secret: &AppSecret,
         deadline: &Deadline,
     ) -> Result<(AccessToken, Duration), CredentialError> {
-        let timeout = deadline.call_timeout().ok_or_else(|| {
-            CredentialError::LoginUnavailable("no time left before the deadline".into())
-        })?;
+        let time_left = || {
+            deadline.call_timeout().ok_or_else(|| {
+                CredentialError::LoginUnavailable("no time left before the deadline".into())
+            })
+        };
         let assertion = match &self.assertions {
-            Some(a) => Some(a.get(timeout).await?),
+            Some(a) => Some(a.get(time_left()?).await?),
             None => None,
         };
-        let timeout = deadline.call_timeout().ok_or_else(|| {
-            CredentialError::LoginUnavailable("no time left before the deadline".into())
-        })?;
+        let timeout = time_left()?;
         let mut form = vec![
             ("grant_type", "client_credentials"),
             ("client_id", secret.client_id.as_str()),
@@ -163,10 +141,11 @@ impl TokenProvider {
             }
         }
         form.push(("scope", self.scope.as_str()));
+        let url = format!("{}/{}/oauth2/v2.0/token", self.login_url, secret.tenant_id);
         crate::ops::metrics::count(crate::ops::metrics::names::TOKEN_FETCHES);
         let resp = self
             .http
-            .post(self.token_url(&secret.tenant_id))
+            .post(url)
             .timeout(timeout)
             .form(&form)
             .send()
@@ -183,18 +162,15 @@ impl TokenProvider {
             .bytes()
             .await
             .map_err(|_| CredentialError::LoginUnavailable("the answer was cut off".into()))?;
-        let (token, lifetime) = match read_token_answer(status, &bytes) {
-            Err(CredentialError::AssertionRefused(AssertionRefusal::OutsideValidity)) => {
-                // The next fetch must not present the same stale token.
-                if let (Some(cache), Some(jwt)) = (&self.assertions, &assertion) {
-                    cache.invalidate(jwt).await;
-                }
-                return Err(CredentialError::AssertionRefused(
-                    AssertionRefusal::OutsideValidity,
-                ));
-            }
-            other => other?,
-        };
+        let answer = read_token_answer(status, &bytes);
+        let stale = CredentialError::AssertionRefused(AssertionRefusal::OutsideValidity);
+        if let (Some(cache), Some(jwt)) = (&self.assertions, &assertion)
+            && answer.as_ref().err() == Some(&stale)
+        {
+            // The next fetch must not present the same stale token.
+            cache.invalidate(jwt).await;
+        }
+        let (token, lifetime) = answer?;
         tracing::debug!(expires_in_s = lifetime.as_secs(), "token fetched");
         self.check_permissions(&token);
         Ok((token, lifetime))
@@ -341,30 +317,22 @@ pub fn read_token_answer(
 /// `MAX_UPSTREAM_WAIT`. Negative means already expired: the token serves
 /// this request and is not cached.
 pub fn token_lifetime(expires_in: Option<&Value>) -> Duration {
-    let from_f64 = |f: f64| {
-        if f < 0.0 {
-            Some(Duration::ZERO)
-        } else {
-            seconds_f64(f)
-        }
-    };
-    let parsed = match expires_in {
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(u) => Some(Duration::from_secs(u).min(MAX_UPSTREAM_WAIT)),
-            None => n.as_f64().and_then(from_f64),
-        },
-        Some(Value::String(s)) => {
-            let s = s.trim();
-            parse_seconds(s).or_else(|| s.parse::<f64>().ok().and_then(from_f64))
-        }
+    let secs = match expires_in {
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
         _ => None,
     };
-    parsed.unwrap_or(DEFAULT_TOKEN_LIFETIME)
+    match secs {
+        Some(s) if s < 0.0 => Duration::ZERO,
+        s => s.and_then(seconds_f64).unwrap_or(DEFAULT_TOKEN_LIFETIME),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::limits::{MAX_UPSTREAM_WAIT, later};
+    use tokio::time::Instant;
 
     fn jwt(payload: &str) -> String {
         use base64::Engine as _;

@@ -23,15 +23,7 @@ use aws_smithy_types::body::SdkBody;
 
 /// An SDK HTTP client that sends through `reqwest`.
 #[derive(Debug, Clone)]
-pub struct ReqwestHttpClient {
-    http: reqwest::Client,
-}
-
-impl ReqwestHttpClient {
-    pub fn new(http: reqwest::Client) -> Self {
-        Self { http }
-    }
-}
+pub struct ReqwestHttpClient(pub reqwest::Client);
 
 impl HttpClient for ReqwestHttpClient {
     fn http_connector(
@@ -40,7 +32,7 @@ impl HttpClient for ReqwestHttpClient {
         _components: &RuntimeComponents,
     ) -> SharedHttpConnector {
         SharedHttpConnector::new(Connector {
-            http: self.http.clone(),
+            http: self.0.clone(),
             read_timeout: settings.read_timeout(),
         })
     }

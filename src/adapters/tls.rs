@@ -177,25 +177,6 @@ impl rustls::client::danger::ServerCertVerifier for LazyVerifier {
     }
 }
 
-/// Certificates as one PEM document (a test's bundle).
-#[cfg(test)]
-fn pem<'a>(certs: impl Iterator<Item = &'a CertificateDer<'a>>) -> Vec<u8> {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut out = String::with_capacity(256 * 1024);
-    for cert in certs {
-        out.push_str("-----BEGIN CERTIFICATE-----\n");
-        let body = b64.encode(cert.as_ref());
-        for line in body.as_bytes().chunks(64) {
-            // base64 output is ASCII, so every chunk is valid UTF-8.
-            out.push_str(std::str::from_utf8(line).unwrap_or_default());
-            out.push('\n');
-        }
-        out.push_str("-----END CERTIFICATE-----\n");
-    }
-    out.into_bytes()
-}
-
 static PROCESS_ROOTS: OnceLock<TrustRoots> = OnceLock::new();
 
 /// Sets the roots of this process, once, at init, before any client is
@@ -212,6 +193,24 @@ pub fn process_roots() -> &'static TrustRoots {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Certificates as one PEM document (a test's bundle).
+    fn pem<'a>(certs: impl Iterator<Item = &'a CertificateDer<'a>>) -> Vec<u8> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut out = String::with_capacity(256 * 1024);
+        for cert in certs {
+            out.push_str("-----BEGIN CERTIFICATE-----\n");
+            let body = b64.encode(cert.as_ref());
+            for line in body.as_bytes().chunks(64) {
+                // base64 output is ASCII, so every chunk is valid UTF-8.
+                out.push_str(std::str::from_utf8(line).unwrap_or_default());
+                out.push('\n');
+            }
+            out.push_str("-----END CERTIFICATE-----\n");
+        }
+        out.into_bytes()
+    }
 
     #[test]
     fn the_compiled_in_roots_are_all_usable() {

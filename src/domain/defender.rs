@@ -18,17 +18,12 @@ use crate::domain::secret::{AppSecret, CredentialError};
 #[serde(rename_all = "camelCase")]
 pub struct Machine {
     pub id: String,
-    #[serde(default)]
     pub computer_dns_name: Option<String>,
-    #[serde(default)]
     pub os_platform: Option<String>,
-    #[serde(default)]
     pub os_build: Option<u64>,
-    #[serde(default)]
     pub version: Option<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub machine_tags: Vec<String>,
-    #[serde(default)]
     pub health_status: Option<String>,
 }
 
@@ -37,23 +32,16 @@ pub struct Machine {
 #[serde(rename_all = "camelCase")]
 pub struct MachineAction {
     pub id: String,
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     pub action_type: Option<String>,
-    #[serde(default)]
     pub status: Option<String>,
-    #[serde(default)]
     pub machine_id: Option<String>,
-    #[serde(default)]
     pub computer_dns_name: Option<String>,
-    #[serde(default)]
     pub requestor_comment: Option<String>,
-    #[serde(default)]
     pub creation_date_time_utc: Option<String>,
     // Two fields, not an alias: an answer carrying both spellings must not
     // fail as a duplicate field.
-    #[serde(default)]
     pub last_update_date_time_utc: Option<String>,
-    #[serde(default)]
     pub last_update_time_utc: Option<String>,
 }
 
@@ -121,11 +109,11 @@ impl From<&str> for RefusalCode {
 
 impl fmt::Display for RefusalCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::ActiveRequestAlreadyExists => "ActiveRequestAlreadyExists",
-            Self::OsPlatformNotSupported => "OsPlatformNotSupported",
-            Self::Other(code) => code,
-        })
+        match self {
+            Self::Other(code) => f.write_str(code),
+            // A code the domain knows is named as Defender writes it.
+            known => write!(f, "{known:?}"),
+        }
     }
 }
 

@@ -7,10 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
-use tokio::sync::Mutex;
-use tokio::time::Instant;
 
-use crate::domain::limits::{MAX_UPSTREAM_WAIT, later};
+use crate::domain::limits::{Expiring, MAX_UPSTREAM_WAIT};
 use crate::domain::secret::CredentialError;
 
 /// The audience Entra ID expects of an external workload's token.
@@ -61,61 +59,46 @@ pub trait IdentityTokenSource: Send + Sync {
     ) -> BoxFuture<'a, Result<IdentityToken, CredentialError>>;
 }
 
-struct Cached {
-    token: IdentityToken,
-    refresh_at: Instant,
-}
-
 /// Keeps the token until `IDENTITY_TOKEN_EARLY_REFRESH` before it expires.
 /// One fetch at a time: concurrent callers wait for it.
 pub struct IdentityTokenCache {
     source: Arc<dyn IdentityTokenSource>,
-    cached: Mutex<Option<Cached>>,
+    cached: Expiring<IdentityToken>,
 }
 
 impl IdentityTokenCache {
     pub fn new(source: Arc<dyn IdentityTokenSource>) -> Self {
         Self {
             source,
-            cached: Mutex::new(None),
+            cached: Expiring::default(),
         }
     }
 
     /// A token for Entra ID, fetched within `timeout`.
     pub async fn get(&self, timeout: Duration) -> Result<IdentityToken, CredentialError> {
-        let mut slot = self.cached.lock().await;
-        if let Some(c) = slot.as_ref()
-            && Instant::now() < c.refresh_at
-        {
-            return Ok(c.token.clone());
-        }
-        let token = tokio::time::timeout(
-            timeout,
-            self.source.fetch(ENTRA_AUDIENCE, IDENTITY_TOKEN_LIFETIME),
-        )
-        .await
-        .map_err(|_| CredentialError::IdentityTokenUnavailable("timed out".into()))??;
-        // The expiry is wall-clock time from STS; the cache runs on the
-        // monotonic clock, so it keeps what is left of the lifetime now.
-        let left = token
-            .expires_at()
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
-            .min(MAX_UPSTREAM_WAIT);
-        *slot = (left > IDENTITY_TOKEN_EARLY_REFRESH).then(|| Cached {
-            token: token.clone(),
-            refresh_at: later(left - IDENTITY_TOKEN_EARLY_REFRESH),
-        });
-        tracing::debug!(lifetime_s = left.as_secs(), "identity token fetched");
-        Ok(token)
+        let fetch = async {
+            let token = tokio::time::timeout(
+                timeout,
+                self.source.fetch(ENTRA_AUDIENCE, IDENTITY_TOKEN_LIFETIME),
+            )
+            .await
+            .map_err(|_| CredentialError::IdentityTokenUnavailable("timed out".into()))??;
+            // The expiry is wall-clock time from STS; the cache runs on the
+            // monotonic clock, so it keeps what is left of the lifetime now.
+            let left = token
+                .expires_at()
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+                .min(MAX_UPSTREAM_WAIT);
+            tracing::debug!(lifetime_s = left.as_secs(), "identity token fetched");
+            Ok((token, left.saturating_sub(IDENTITY_TOKEN_EARLY_REFRESH)))
+        };
+        self.cached.get(|_| true, fetch).await
     }
 
     /// Drops `token` after Entra ID found it outside its validity.
     pub async fn invalidate(&self, token: &IdentityToken) {
-        let mut slot = self.cached.lock().await;
-        if slot.as_ref().is_some_and(|c| &c.token == token) {
-            *slot = None;
-        }
+        self.cached.invalidate(|t| t == token).await
     }
 }
 

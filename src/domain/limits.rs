@@ -32,6 +32,48 @@ pub fn later(d: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(86_400))
 }
 
+/// A value kept until a point on tokio's clock, for the secret and the
+/// tokens. One fetch at a time: concurrent callers wait for it instead of
+/// each fetching.
+pub struct Expiring<T>(Mutex<Option<(Instant, T)>>);
+
+impl<T> Default for Expiring<T> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<T: Clone> Expiring<T> {
+    /// The value kept, while it has not expired and is `usable`; else the
+    /// one `fetch` makes, kept for as long as `fetch` says (an error is
+    /// not kept).
+    pub async fn get<E>(
+        &self,
+        usable: impl FnOnce(&T) -> bool,
+        fetch: impl Future<Output = Result<(T, Duration), E>>,
+    ) -> Result<T, E> {
+        let mut slot = self.0.lock().await;
+        if let Some((until, value)) = slot.as_ref()
+            && Instant::now() < *until
+            && usable(value)
+        {
+            return Ok(value.clone());
+        }
+        let (value, keep) = fetch.await?;
+        *slot = Some((later(keep), value.clone()));
+        Ok(value)
+    }
+
+    /// Drops the value kept if it is `stale`; one that another caller has
+    /// fetched since is kept.
+    pub async fn invalidate(&self, stale: impl FnOnce(&T) -> bool) {
+        let mut slot = self.0.lock().await;
+        if slot.as_ref().is_some_and(|(_, value)| stale(value)) {
+            *slot = None;
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline {
     at: Instant,
@@ -148,10 +190,6 @@ impl RateLimiter {
             windows: windows.to_vec(),
             state: Mutex::new(LimiterState::default()),
         }
-    }
-
-    pub fn defender() -> Self {
-        Self::new(&DEFENDER_WINDOWS)
     }
 
     /// Waits for a slot if one frees before the deadline; otherwise says how
@@ -275,7 +313,7 @@ impl Default for Limiters {
 /// huge duration overflows.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
-    if let Some(d) = parse_seconds(v) {
+    if let Some(d) = v.parse::<f64>().ok().and_then(seconds_f64) {
         return Some(d);
     }
     httpdate::parse_http_date(v).ok().map(|t| {
@@ -283,15 +321,6 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
             .unwrap_or_default()
             .min(MAX_UPSTREAM_WAIT)
     })
-}
-
-/// A non-negative number of seconds written as an integer or a decimal,
-/// capped at `MAX_UPSTREAM_WAIT`; negative, NaN and infinite are `None`.
-pub fn parse_seconds(v: &str) -> Option<Duration> {
-    if let Ok(n) = v.parse::<u64>() {
-        return Some(Duration::from_secs(n).min(MAX_UPSTREAM_WAIT));
-    }
-    v.parse::<f64>().ok().and_then(seconds_f64)
 }
 
 /// `secs` as a duration capped at `MAX_UPSTREAM_WAIT`, clamped before the
@@ -310,6 +339,10 @@ pub fn retry_after_secs(d: Duration) -> u64 {
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
+
+    fn defender() -> RateLimiter {
+        RateLimiter::new(&DEFENDER_WINDOWS)
+    }
 
     #[test]
     fn backoff_doubles_with_bounded_jitter_and_stops() {
@@ -408,7 +441,7 @@ mod tests {
         );
         let d = Deadline::from_epoch_millis(u64::MAX);
         assert!(d.fits(Duration::from_secs(3600)));
-        let l = RateLimiter::defender();
+        let l = defender();
         l.block_for(Duration::MAX).await;
         let short = Deadline::after(Duration::from_secs(10));
         assert!(l.acquire(&short).await.is_err());
@@ -453,7 +486,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn limiter_keeps_100_a_minute_over_many_calls() {
-        let l = RateLimiter::defender();
+        let l = defender();
         let long = Deadline::after(Duration::from_secs(100_000));
         let start = Instant::now();
         let mut times = Vec::new();
@@ -476,7 +509,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn limiter_keeps_1500_an_hour_across_both_windows() {
-        let l = RateLimiter::defender();
+        let l = defender();
         let long = Deadline::after(Duration::from_secs(100_000));
         let start = Instant::now();
         for _ in 0..1500 {
@@ -492,7 +525,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn block_for_holds_every_caller_back() {
-        let l = RateLimiter::defender();
+        let l = defender();
         let long = Deadline::after(Duration::from_secs(600));
         l.block_for(Duration::from_secs(5)).await;
         let start = Instant::now();

@@ -131,18 +131,9 @@ impl DeviceName {
         &self.0
     }
 
-    /// The name as an OData string literal: quoted, with `'` doubled.
-    pub fn odata_literal(&self) -> String {
-        odata_quote(&self.0)
-    }
-
     pub fn matches(&self, computer_dns_name: &str) -> bool {
         self.0.to_lowercase() == computer_dns_name.to_lowercase()
     }
-}
-
-pub fn odata_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// A device as the caller named it.

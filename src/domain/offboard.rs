@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::domain::defender::{Defender, DefenderError, Machine, RefusalCode};
 use crate::domain::ledger::OffboardBudget;
 use crate::domain::limits::Deadline;
-use crate::domain::model::{Device, DeviceRef, MachineId};
+use crate::domain::model::{Device, DeviceName, DeviceRef, MachineId};
 use crate::domain::policy::{self, Platforms, Refusal};
 
 /// Devices handled at once. Small: every device costs up to three calls
@@ -87,18 +87,12 @@ impl DeviceResult {
         self
     }
 
-    fn on(mut self, m: &Machine) -> Self {
-        if self.machine_id.is_none() {
-            self.machine_id = MachineId::parse(&m.id);
+    /// The error as the detail, and whether a retry can cure it.
+    fn with_error(self, e: &DefenderError) -> Self {
+        Self {
+            retry_after: e.retry_after(),
+            ..self.detail(e.to_string())
         }
-        self.computer_dns_name = m.computer_dns_name.clone();
-        self
-    }
-
-    fn failed(device: &Device, e: &DefenderError) -> Self {
-        let mut r = Self::new(device, Status::Failed).detail(e.to_string());
-        r.retry_after = e.retry_after();
-        r
     }
 }
 
@@ -159,7 +153,7 @@ impl Offboarder {
         // trips the compiler's higher-ranked lifetime check.
         let done: HashMap<String, DeviceResult> = futures_util::stream::iter(unique)
             .map(|d: Device| async move {
-                let r = self.one(&d, comment, dry_run, deadline).await;
+                let r = self.offboard_device(&d, comment, dry_run, deadline).await;
                 (d.target.key(), r)
             })
             .buffered(PARALLEL_DEVICES)
@@ -175,7 +169,9 @@ impl Offboarder {
             .collect()
     }
 
-    async fn one(
+    /// One device: its machine found, read, checked against the policy and
+    /// the budget, and offboarded.
+    async fn offboard_device(
         &self,
         device: &Device,
         comment: &str,
@@ -184,72 +180,35 @@ impl Offboarder {
     ) -> DeviceResult {
         let id = match &device.target {
             DeviceRef::Id(id) => id.clone(),
-            DeviceRef::Name(name) => match self.defender.find_by_name(name, deadline).await {
-                Err(e) => return DeviceResult::failed(device, &e),
-                Ok(found) => {
-                    // Defender's `eq` is case-insensitive already; filtering
-                    // again guards against a looser match on the server.
-                    let matching: Vec<Machine> = found
-                        .into_iter()
-                        .filter(|m| {
-                            m.computer_dns_name
-                                .as_deref()
-                                .is_some_and(|n| name.matches(n))
-                        })
-                        .collect();
-                    match matching.as_slice() {
-                        [] => {
-                            return DeviceResult::new(device, Status::NotFound)
-                                .detail("no machine has this name");
-                        }
-                        [m] => match MachineId::parse(&m.id) {
-                            Some(id) => id,
-                            None => {
-                                return DeviceResult::new(device, Status::Failed).detail(
-                                    "Defender returned a machine id that is not 40 hex characters",
-                                );
-                            }
-                        },
-                        many => {
-                            let ids: Vec<&str> = many.iter().map(|m| m.id.as_str()).collect();
-                            return DeviceResult::new(device, Status::Ambiguous).detail(format!(
-                                "{} machines have this name ({}); name one by its machine id",
-                                many.len(),
-                                ids.join(", ")
-                            ));
-                        }
-                    }
-                }
+            DeviceRef::Name(name) => match self.resolve(device, name, deadline).await {
+                Ok(id) => id,
+                Err(r) => return r,
             },
+        };
+        let for_id = |status| DeviceResult {
+            machine_id: Some(id.clone()),
+            ..DeviceResult::new(device, status)
         };
         let machine = match self.defender.get_machine(&id, deadline).await {
             Ok(m) => m,
             Err(DefenderError::NotFound) => {
-                let mut r =
-                    DeviceResult::new(device, Status::NotFound).detail("no machine has this id");
-                r.machine_id = Some(id);
-                return r;
+                return for_id(Status::NotFound).detail("no machine has this id");
             }
-            Err(e) => {
-                let mut r = DeviceResult::failed(device, &e);
-                r.machine_id = Some(id);
-                return r;
-            }
+            Err(e) => return for_id(Status::Failed).with_error(&e),
         };
-        let base = |status| {
-            let mut r = DeviceResult::new(device, status).on(&machine);
-            r.machine_id = Some(id.clone());
-            r
+        let result = |status| DeviceResult {
+            computer_dns_name: machine.computer_dns_name.clone(),
+            ..for_id(status)
         };
         if let Err(refusal) = policy::check(&machine, &self.protected_tags, self.platforms) {
             let status = match refusal {
                 Refusal::Protected { .. } => Status::Protected,
                 Refusal::UnsupportedOs { .. } => Status::UnsupportedOs,
             };
-            return base(status).detail(refusal.detail());
+            return result(status).detail(refusal.detail());
         }
         if dry_run {
-            return base(Status::WouldOffboard)
+            return result(Status::WouldOffboard)
                 .detail("dry run: every check passed, nothing was sent");
         }
         // Last check before the POST: only a device that would really be
@@ -257,45 +216,78 @@ impl Offboarder {
         if let Some(b) = &self.budget {
             match b.ledger.take_budget(1, b.per_hour, SystemTime::now()).await {
                 Ok(0) => {
-                    return base(Status::BudgetExceeded).detail(format!(
+                    return result(Status::BudgetExceeded).detail(format!(
                         "the hourly budget of {} offboards (MAX_OFFBOARDS_PER_HOUR) is spent; nothing was sent",
                         b.per_hour
                     ));
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let mut r = base(Status::Failed).detail(format!(
-                        "the budget could not be checked: {e}; nothing was sent"
-                    ));
-                    r.retry_after = e.retry_after().or(Some(Duration::from_secs(5)));
-                    return r;
+                    return DeviceResult {
+                        retry_after: e.retry_after().or(Some(Duration::from_secs(5))),
+                        ..result(Status::Failed).detail(format!(
+                            "the budget could not be checked: {e}; nothing was sent"
+                        ))
+                    };
                 }
             }
         }
         match self.defender.offboard(&id, comment, deadline).await {
-            Ok(action) => {
-                let mut r = base(Status::OffboardRequested);
-                r.action_id = Some(action.id);
-                r
-            }
+            Ok(action) => DeviceResult {
+                action_id: Some(action.id),
+                ..result(Status::OffboardRequested)
+            },
             Err(DefenderError::Refused {
                 code: RefusalCode::ActiveRequestAlreadyExists,
                 ..
-            }) => base(Status::AlreadyPending)
+            }) => result(Status::AlreadyPending)
                 .detail("an offboard action for this machine is already pending"),
             Err(DefenderError::Refused {
                 code: RefusalCode::OsPlatformNotSupported,
                 ..
-            }) => base(Status::UnsupportedOs).detail(
+            }) => result(Status::UnsupportedOs).detail(
                 "Defender refused: the machine's OS platform is not supported by the offboard API",
             ),
             Err(DefenderError::NotFound) => {
-                base(Status::NotFound).detail("Defender no longer knows this machine")
+                result(Status::NotFound).detail("Defender no longer knows this machine")
             }
-            Err(e) => {
-                let mut r = base(Status::Failed).detail(e.to_string());
-                r.retry_after = e.retry_after();
-                r
+            Err(e) => result(Status::Failed).with_error(&e),
+        }
+    }
+
+    /// The id of the one machine carrying `name`; else the device's result.
+    async fn resolve(
+        &self,
+        device: &Device,
+        name: &DeviceName,
+        deadline: &Deadline,
+    ) -> Result<MachineId, DeviceResult> {
+        let result = |status| DeviceResult::new(device, status);
+        let found = (self.defender.find_by_name(name, deadline).await)
+            .map_err(|e| result(Status::Failed).with_error(&e))?;
+        // Defender's `eq` is case-insensitive already; filtering again
+        // guards against a looser match on the server.
+        let matching: Vec<&Machine> = found
+            .iter()
+            .filter(|m| {
+                m.computer_dns_name
+                    .as_deref()
+                    .is_some_and(|n| name.matches(n))
+            })
+            .collect();
+        match matching.as_slice() {
+            [] => Err(result(Status::NotFound).detail("no machine has this name")),
+            [m] => MachineId::parse(&m.id).ok_or_else(|| {
+                result(Status::Failed)
+                    .detail("Defender returned a machine id that is not 40 hex characters")
+            }),
+            many => {
+                let ids: Vec<&str> = many.iter().map(|m| m.id.as_str()).collect();
+                Err(result(Status::Ambiguous).detail(format!(
+                    "{} machines have this name ({}); name one by its machine id",
+                    many.len(),
+                    ids.join(", ")
+                )))
             }
         }
     }

@@ -113,36 +113,27 @@ pub fn check(
     {
         return Err(Refusal::Protected { tag: tag.clone() });
     }
-    let platform = machine.os_platform.clone().unwrap_or_default();
+    let platform = machine.os_platform.as_deref().unwrap_or_default();
     let p = platform.to_ascii_lowercase();
-    let unsupported = || Refusal::UnsupportedOs {
-        platform: if platform.is_empty() {
-            "of an unknown platform".into()
-        } else {
-            platform.clone()
-        },
+    let allowed = if LINUX.contains(&p.as_str()) {
+        platforms.linux
+    } else if MACOS.contains(&p.as_str()) {
+        platforms.macos
+    } else {
+        platforms.windows
+            && p.starts_with("windows")
+            && !LEGACY_WINDOWS.contains(&p.as_str())
+            && !(p == "windows10" && machine.os_build.is_some_and(|b| b < MIN_WINDOWS10_BUILD))
     };
-    if LINUX.contains(&p.as_str()) {
-        return if platforms.linux {
-            Ok(())
-        } else {
-            Err(unsupported())
-        };
+    match (allowed, platform) {
+        (true, _) => Ok(()),
+        (false, "") => Err(Refusal::UnsupportedOs {
+            platform: "of an unknown platform".into(),
+        }),
+        (false, platform) => Err(Refusal::UnsupportedOs {
+            platform: platform.to_string(),
+        }),
     }
-    if MACOS.contains(&p.as_str()) {
-        return if platforms.macos {
-            Ok(())
-        } else {
-            Err(unsupported())
-        };
-    }
-    if !platforms.windows || !p.starts_with("windows") || LEGACY_WINDOWS.contains(&p.as_str()) {
-        return Err(unsupported());
-    }
-    if p == "windows10" && machine.os_build.is_some_and(|b| b < MIN_WINDOWS10_BUILD) {
-        return Err(unsupported());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

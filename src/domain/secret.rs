@@ -4,15 +4,17 @@
 //! trickle of fetches). Never printed: its `Debug` is redacted.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{Map, Value};
 use thiserror::Error;
-use tokio::sync::Mutex;
-use tokio::time::Instant;
+
+use crate::domain::limits::Expiring;
 
 /// The secret's JSON, validated. Webhook secrets are kept per source key,
 /// each a list so a rotation can accept the new and the old one.
@@ -55,24 +57,17 @@ impl AppSecret {
     /// Parses the SecretString for `mode`: federated needs no
     /// `client_secret`. Errors name the key at fault and never quote a value.
     pub fn parse_for(text: &str, mode: CredentialMode) -> Result<Self, CredentialError> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|_| CredentialError::BadSecret("the secret is not a JSON object".into()))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| CredentialError::BadSecret("the secret is not a JSON object".into()))?;
-        let req = |k: &str| -> Result<String, CredentialError> {
-            match obj.get(k) {
-                Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-                Some(Value::String(_)) => Err(CredentialError::BadSecret(format!(
-                    "the secret's key '{k}' is empty"
-                ))),
-                Some(_) => Err(CredentialError::BadSecret(format!(
-                    "the secret's key '{k}' must be a string"
-                ))),
-                None => Err(CredentialError::BadSecret(format!(
-                    "the secret has no key '{k}'"
-                ))),
-            }
+        Self::read(text, mode).map_err(CredentialError::BadSecret)
+    }
+
+    fn read(text: &str, mode: CredentialMode) -> Result<Self, String> {
+        let obj: Map<String, Value> =
+            serde_json::from_str(text).map_err(|_| "the secret is not a JSON object")?;
+        let req = |k: &str| match obj.get(k) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+            Some(Value::String(_)) => Err(format!("the secret's key '{k}' is empty")),
+            Some(_) => Err(format!("the secret's key '{k}' must be a string")),
+            None => Err(format!("the secret has no key '{k}'")),
         };
         let tenant_id = req("tenant_id")?;
         let client_id = req("client_id")?;
@@ -80,35 +75,24 @@ impl AppSecret {
             CredentialMode::Secret => Some(req("client_secret")?),
             CredentialMode::Federated => None,
         };
-        let mut webhook_secrets = BTreeMap::new();
-        match obj.get("webhook_secrets") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(m)) => {
-                for (name, val) in m {
-                    let bad = || {
-                        CredentialError::BadSecret(format!(
-                            "the secret's key 'webhook_secrets.{name}' must be a string or a list of strings"
-                        ))
-                    };
-                    let list: Vec<String> = match val {
+        let webhook_secrets = match obj.get("webhook_secrets") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(Value::Object(m)) => m
+                .iter()
+                .map(|(name, val)| {
+                    let list = match val {
                         Value::String(s) => vec![s.clone()],
-                        Value::Array(items) => items
-                            .iter()
-                            .map(|i| i.as_str().map(str::to_string).ok_or_else(bad))
-                            .collect::<Result<_, _>>()?,
-                        _ => return Err(bad()),
+                        list => Vec::<String>::deserialize(list).map_err(|_| format!(
+                            "the secret's key 'webhook_secrets.{name}' must be a string or a list of strings"
+                        ))?,
                     };
                     // An empty secret would let an empty bearer token in.
-                    let list: Vec<String> = list.into_iter().filter(|s| !s.is_empty()).collect();
-                    webhook_secrets.insert(name.clone(), list);
-                }
-            }
-            Some(_) => {
-                return Err(CredentialError::BadSecret(
-                    "the secret's key 'webhook_secrets' must be an object".into(),
-                ));
-            }
-        }
+                    let list = list.into_iter().filter(|s| !s.is_empty()).collect();
+                    Ok((name.clone(), list))
+                })
+                .collect::<Result<_, String>>()?,
+            Some(_) => return Err("the secret's key 'webhook_secrets' must be an object".into()),
+        };
         Ok(Self {
             tenant_id,
             client_id,
@@ -171,18 +155,19 @@ impl CredentialMode {
 
 /// Entra ID's refusals of a federated client assertion, by AADSTS code,
 /// each with the fix the operator needs.
+/// Each variant's value is its AADSTS code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AssertionRefusal {
-    /// AADSTS70021: no federated identity credential matches at all.
-    NoMatchingCredential,
-    /// AADSTS700211: the token's issuer is not the credential's.
-    IssuerMismatch,
-    /// AADSTS700212: the token's audience is not the credential's.
-    AudienceMismatch,
-    /// AADSTS700213: the token's subject is not the credential's.
-    SubjectMismatch,
-    /// AADSTS700024: the token is expired or not yet valid.
-    OutsideValidity,
+    /// No federated identity credential matches at all.
+    NoMatchingCredential = 70021,
+    /// The token's issuer is not the credential's.
+    IssuerMismatch = 700211,
+    /// The token's audience is not the credential's.
+    AudienceMismatch = 700212,
+    /// The token's subject is not the credential's.
+    SubjectMismatch = 700213,
+    /// The token is expired or not yet valid.
+    OutsideValidity = 700024,
 }
 
 impl AssertionRefusal {
@@ -198,13 +183,7 @@ impl AssertionRefusal {
     }
 
     pub fn aadsts(self) -> u64 {
-        match self {
-            Self::NoMatchingCredential => 70021,
-            Self::IssuerMismatch => 700211,
-            Self::AudienceMismatch => 700212,
-            Self::SubjectMismatch => 700213,
-            Self::OutsideValidity => 700024,
-        }
+        self as u64
     }
 
     /// The error code the caller reads.
@@ -321,12 +300,6 @@ impl SecretSource for StaticSecret {
 /// GetSecretValue calls, not a flood of them.
 pub const SECRET_FAILURE_TTL: Duration = Duration::from_secs(3);
 
-/// The last fetch's outcome and when it was made.
-enum Fetched {
-    Secret(Instant, Arc<AppSecret>),
-    Failed(Instant, CredentialError),
-}
-
 /// Caches the parsed secret for a max age, like Powertools' parameters
 /// utility, and a failure for `SECRET_FAILURE_TTL`. One fetch at a time:
 /// concurrent callers wait for it instead of each calling Secrets Manager.
@@ -334,7 +307,7 @@ pub struct SecretCache {
     source: Arc<dyn SecretSource>,
     ttl: Duration,
     mode: CredentialMode,
-    cached: Mutex<Option<Fetched>>,
+    cached: Expiring<Result<Arc<AppSecret>, CredentialError>>,
 }
 
 impl SecretCache {
@@ -343,7 +316,7 @@ impl SecretCache {
             source,
             ttl,
             mode: CredentialMode::Secret,
-            cached: Mutex::new(None),
+            cached: Expiring::default(),
         }
     }
 
@@ -354,32 +327,20 @@ impl SecretCache {
     }
 
     pub async fn get(&self) -> Result<Arc<AppSecret>, CredentialError> {
-        let mut slot = self.cached.lock().await;
-        match slot.as_ref() {
-            Some(Fetched::Secret(at, secret)) if at.elapsed() < self.ttl => {
-                return Ok(secret.clone());
+        let fetch = async {
+            crate::ops::metrics::count(crate::ops::metrics::names::SECRET_FETCHES);
+            let fetched = (self.source.fetch().await)
+                .and_then(|text| AppSecret::parse_for(&text, self.mode).map(Arc::new));
+            match &fetched {
+                Ok(secret) => {
+                    tracing::debug!(tenant_id = %secret.tenant_id, client_id = %secret.client_id, "secret fetched");
+                    Ok::<_, Infallible>((fetched, self.ttl))
+                }
+                Err(_) => Ok((fetched, SECRET_FAILURE_TTL)),
             }
-            Some(Fetched::Failed(at, e)) if at.elapsed() < SECRET_FAILURE_TTL => {
-                return Err(e.clone());
-            }
-            _ => {}
-        }
-        crate::ops::metrics::count(crate::ops::metrics::names::SECRET_FETCHES);
-        let fetched = match self.source.fetch().await {
-            Ok(text) => AppSecret::parse_for(&text, self.mode).map(Arc::new),
-            Err(e) => Err(e),
         };
-        match fetched {
-            Ok(secret) => {
-                tracing::debug!(tenant_id = %secret.tenant_id, client_id = %secret.client_id, "secret fetched");
-                *slot = Some(Fetched::Secret(Instant::now(), secret.clone()));
-                Ok(secret)
-            }
-            Err(e) => {
-                *slot = Some(Fetched::Failed(Instant::now(), e.clone()));
-                Err(e)
-            }
-        }
+        let Ok(fetched) = self.cached.get(|_| true, fetch).await;
+        fetched
     }
 }
 

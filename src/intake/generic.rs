@@ -336,14 +336,6 @@ mod tests {
     }
 
     #[test]
-    fn odata_literal_doubles_single_quotes() {
-        let n = DeviceName::parse("o'brien's-pc").unwrap();
-        assert_eq!(n.odata_literal(), "'o''brien''s-pc'");
-        assert_eq!(odata_quote("plain"), "'plain'");
-        assert_eq!(odata_quote("''"), "''''''");
-    }
-
-    #[test]
     fn names_match_case_insensitively() {
         let n = DeviceName::parse("LAPTOP-17.Contoso.com").unwrap();
         assert!(n.matches("laptop-17.contoso.com"));
