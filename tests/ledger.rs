@@ -395,6 +395,36 @@ async fn the_budget_counts_earlier_buckets_and_grants_in_part() {
     assert_eq!(c.take_budget(10, 10, at(3900)).await, Ok(6));
 }
 
+#[tokio::test]
+async fn places_given_back_leave_the_bucket_they_came_from_never_below_zero() {
+    let (a, table) = ledger().await;
+    assert_eq!(a.take_budget(3, 3, at(0)).await, Ok(3));
+    // 20 minutes on, the first bucket is closed and this instance keeps
+    // its count; both the table and that copy are lowered.
+    assert_eq!(a.take_budget(1, 3, at(1200)).await, Ok(0));
+    a.give_back_budget(2, at(0)).await.unwrap();
+    assert_eq!(a.take_budget(3, 3, at(1260)).await, Ok(2));
+    // More than the bucket holds, or a bucket never taken from: nothing.
+    a.give_back_budget(5, at(1260)).await.unwrap();
+    a.give_back_budget(1, at(600)).await.unwrap();
+    let table_name = table.clone();
+    let b = DynamoLedger::new(client(), table);
+    assert_eq!(b.take_budget(3, 3, at(1300)).await, Ok(0), "still 1 + 2");
+    b.give_back_budget(2, at(1260)).await.unwrap();
+    assert_eq!(b.take_budget(3, 3, at(1300)).await, Ok(2));
+    // A give-back never creates a bucket.
+    let never = client()
+        .get_item()
+        .table_name(&table_name)
+        .key(schema::PK, AttributeValue::S("BUDGET#1800000600".into()))
+        .key(schema::SK, AttributeValue::S("BUDGET".into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(never.item, None);
+}
+
 /// The whole ledger behind a proxy that can be taken down.
 async fn behind_proxy() -> (DynamoLedger, FlakyProxy) {
     let table = new_table().await;

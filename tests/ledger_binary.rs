@@ -404,6 +404,58 @@ async fn the_hourly_budget_holds_across_two_instances() {
     assert_eq!(emf_sum(&out, "BudgetExceeded"), 2.0, "{out}");
 }
 
+/// The review's L3: the budget counts offboards Defender accepted. With a
+/// budget of 2, two devices that come back `already_pending` and one that
+/// comes back `failed` leave it whole for the next request, on another
+/// instance; and what was accepted is still counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_defender_did_not_accept_leave_the_budget_whole() {
+    let fake = FakeDefender::start(demo_machines()).await;
+    let (a, b, _proxy, _table) = two_instances(&fake, &[("MAX_OFFBOARDS_PER_HOUR", "2")]).await;
+    for machine in [ids::WIN11, ids::WIN10] {
+        fake.fault_on(
+            Api::Offboard,
+            machine,
+            Fault::Status {
+                status: 400,
+                code: "ActiveRequestAlreadyExists".into(),
+            },
+        );
+    }
+    fake.fault_on(
+        Api::Offboard,
+        ids::SERVER2022,
+        Fault::Status {
+            status: 400,
+            code: "InvalidRequest".into(),
+        },
+    );
+    let pending = a
+        .send(offboard("INC-L3-1", &[ids::WIN11, ids::WIN10]))
+        .await;
+    assert_eq!(pending.status, 200, "{pending:?}");
+    assert_eq!(pending.statuses(), ["already_pending", "already_pending"]);
+    let failed = a.send(offboard("INC-L3-2", &[ids::SERVER2022])).await;
+    assert_eq!(failed.statuses(), ["failed"], "{failed:?}");
+
+    let next = b
+        .send(offboard("INC-L3-3", &[ids::DUP_A, ids::DUP_B]))
+        .await;
+    assert_eq!(next.status, 200, "{next:?}");
+    assert_eq!(
+        next.statuses(),
+        ["offboard_requested", "offboard_requested"],
+        "the budget was spent on offboards Defender never accepted"
+    );
+    // Those two are counted: the hour is spent.
+    let over = a.send(offboard("INC-L3-4", &[ids::WIN11])).await;
+    assert_eq!(over.statuses(), ["budget_exceeded"], "{over:?}");
+    assert_eq!(fake.accepted_offboards().len(), 2);
+
+    let out = format!("{}{}", a.stop().await, b.stop().await);
+    assert_eq!(emf_sum(&out, "BudgetExceeded"), 1.0, "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_table_fails_offboards_closed_and_lets_dry_runs_and_polls_through() {
     let fake = FakeDefender::start(demo_machines()).await;

@@ -263,6 +263,12 @@ pub trait OffboardBudget: Send + Sync {
     /// through around the hour; a weighted previous-hour estimate is not a
     /// bound.) Buckets expire by TTL two hours after they close.
     fn take_budget(&self, wanted: u32, limit: u32, now: SystemTime) -> LedgerFuture<'_, u32>;
+
+    /// Gives back `places` taken at `taken_at` (the `now` of that
+    /// `take_budget`): the budget counts offboards Defender accepted, so a
+    /// device that comes back `already_pending` or `failed` frees its place.
+    /// The bucket they were taken from is lowered, never below zero.
+    fn give_back_budget(&self, places: u32, taken_at: SystemTime) -> LedgerFuture<'_, ()>;
 }
 
 pub(crate) fn check_body_size(answer: &StoredAnswer) -> Result<(), LedgerError> {

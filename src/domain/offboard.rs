@@ -213,15 +213,17 @@ impl Offboarder {
         }
         // Last check before the POST: only a device that would really be
         // offboarded takes from the budget.
+        let mut taken = None;
         if let Some(b) = &self.budget {
-            match b.ledger.take_budget(1, b.per_hour, SystemTime::now()).await {
+            let now = SystemTime::now();
+            match b.ledger.take_budget(1, b.per_hour, now).await {
                 Ok(0) => {
                     return result(Status::BudgetExceeded).detail(format!(
                         "the hourly budget of {} offboards (MAX_OFFBOARDS_PER_HOUR) is spent; nothing was sent",
                         b.per_hour
                     ));
                 }
-                Ok(_) => {}
+                Ok(_) => taken = Some((b, now)),
                 Err(e) => {
                     return DeviceResult {
                         retry_after: e.retry_after().or(Some(Duration::from_secs(5))),
@@ -232,7 +234,7 @@ impl Offboarder {
                 }
             }
         }
-        match self.defender.offboard(&id, comment, deadline).await {
+        let outcome = match self.defender.offboard(&id, comment, deadline).await {
             Ok(action) => DeviceResult {
                 action_id: Some(action.id),
                 ..result(Status::OffboardRequested)
@@ -252,7 +254,16 @@ impl Offboarder {
                 result(Status::NotFound).detail("Defender no longer knows this machine")
             }
             Err(e) => result(Status::Failed).with_error(&e),
+        };
+        // The budget counts offboards Defender accepted: any other answer
+        // gives its place back (kept taken if the ledger does not take it).
+        if let Some((b, taken_at)) = taken
+            && outcome.status != Status::OffboardRequested
+            && let Err(e) = b.ledger.give_back_budget(1, taken_at).await
+        {
+            tracing::warn!(machine_id = %id.as_str(), error = %e, "a budget place was not given back");
         }
+        outcome
     }
 
     /// The id of the one machine carrying `name`; else the device's result.

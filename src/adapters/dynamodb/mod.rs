@@ -439,6 +439,41 @@ impl OffboardBudget for DynamoLedger {
             Ok(0)
         })
     }
+
+    fn give_back_budget(&self, places: u32, taken_at: SystemTime) -> LedgerFuture<'_, ()> {
+        Box::pin(async move {
+            if places == 0 {
+                return Ok(());
+            }
+            let bucket = bucket_of(taken_at);
+            // Never below zero: a bucket holding fewer (or gone by TTL)
+            // fails the condition and is left alone.
+            let update = "ADD #count :minus";
+            let condition = "#count >= :n";
+            let result = self
+                .client()
+                .await
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(Bucket(bucket).item([])))
+                .update_expression(update)
+                .condition_expression(condition)
+                .set_expression_attribute_names(names(&[update, condition]))
+                .expression_attribute_values(":minus", n(-i64::from(places)))
+                .expression_attribute_values(":n", n(places))
+                .send()
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(e) => condition_failed(e).map(|_| ())?,
+            }
+            // This instance's copy of a closed bucket, lowered likewise.
+            if let Some(c) = self.closed_buckets().get_mut(&bucket) {
+                *c = c.saturating_sub(places);
+            }
+            Ok(())
+        })
+    }
 }
 
 /// What a failed claim means, from the record that made it fail.

@@ -178,6 +178,15 @@ impl OffboardBudget for InMemoryLedger {
             Ok(granted)
         })
     }
+
+    fn give_back_budget(&self, places: u32, taken_at: SystemTime) -> LedgerFuture<'_, ()> {
+        self.with(|m| {
+            if let Some(c) = m.buckets.get_mut(&bucket_of(taken_at)) {
+                *c = c.saturating_sub(places);
+            }
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -418,6 +427,19 @@ mod tests {
         );
         assert_eq!(l.take_budget(0, 10, start).await, Ok(0));
         assert_eq!(l.take_budget(3, 0, start).await, Ok(0));
+    }
+
+    #[tokio::test]
+    async fn places_given_back_are_taken_again_and_the_count_never_goes_below_zero() {
+        let l = InMemoryLedger::new();
+        assert_eq!(l.take_budget(2, 2, at(0)).await, Ok(2));
+        assert_eq!(l.take_budget(1, 2, at(10)).await, Ok(0));
+        // Given back a bucket later: the place leaves the bucket it came from.
+        l.give_back_budget(1, at(0)).await.unwrap();
+        assert_eq!(l.take_budget(2, 2, at(400)).await, Ok(1));
+        l.give_back_budget(5, at(0)).await.unwrap();
+        l.give_back_budget(1, at(7200)).await.unwrap();
+        assert_eq!(l.take_budget(3, 2, at(500)).await, Ok(1));
     }
 
     #[tokio::test]
