@@ -380,6 +380,7 @@ async fn two_thousand_devices_lose_nothing_and_respect_the_limits() {
 
 use mde_offboard::domain::queue::{Queue, QueueError, QueueKeys, QueuedDevice};
 use mde_offboard::domain::secret::AppSecret;
+use mde_testkit::Fault;
 use serde_json::Value;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -513,7 +514,7 @@ async fn messages_the_function_did_not_seal_are_never_acted_on() {
     });
     // A well-formed seal made with a key that is not the function's.
     let mut other: Value = serde_json::from_str(&mde_testkit::secret_json()).unwrap();
-    other["client_secret"] = json!("a guess at the client secret");
+    other["webhook_secrets"]["queue"] = json!("a guess at the queue key");
     let forged = keys_of(&other.to_string()).seal(&queued(victim));
     // The function's own key over fields the HTTP path refuses.
     let keys = keys_of(&mde_testkit::secret_json());
@@ -860,11 +861,14 @@ async fn a_weak_queue_key_fails_closed_on_both_sides() {
     assert!(message.contains("webhook_secrets.queue"), "{message}");
     assert!(port.taken.lock().unwrap().is_empty(), "nothing queued");
 
-    // Nor does the worker fall back to the derived key: a message sealed
-    // with it goes back.
+    // Nor does the worker fall back to any other key: a message sealed
+    // with the key older builds derived from the secret is refused.
     let mut msg = SqsMessage::default();
     msg.message_id = Some("m1".into());
-    msg.body = Some(seal_by_hand(&secret.to_string(), &queued(ids::WIN11)));
+    msg.body = Some(seal_with_the_derived_key(
+        &secret.to_string(),
+        &queued(ids::WIN11),
+    ));
     let (answer, _) = mde_offboard::inbound::sqs::handle_queue_metered(
         &h.app,
         event_of(vec![msg]),
@@ -876,21 +880,17 @@ async fn a_weak_queue_key_fails_closed_on_both_sides() {
     assert!(h.fake.calls().is_empty());
 }
 
-/// The wire format written out from the README, with the key derived from
-/// the whole SecretString.
-fn seal_by_hand(secret_text: &str, item: &QueuedDevice) -> String {
-    seal_text_by_hand(secret_text, &serde_json::to_string(item).unwrap())
+/// The wire format written out from the README, with the tests' queue key.
+fn seal_by_hand(item: &QueuedDevice) -> String {
+    seal_text_by_hand(&serde_json::to_string(item).unwrap())
 }
 
 #[test]
 fn the_wire_format_is_the_documented_one() {
     let text = mde_testkit::secret_json();
     let item = queued(ids::WIN11);
-    assert_eq!(
-        keys_of(&text).open(&seal_by_hand(&text, &item)),
-        Ok(item.clone())
-    );
-    assert_eq!(keys_of(&text).seal(&item), seal_by_hand(&text, &item));
+    assert_eq!(keys_of(&text).open(&seal_by_hand(&item)), Ok(item.clone()));
+    assert_eq!(keys_of(&text).seal(&item), seal_by_hand(&item));
 }
 
 /// A rolling deploy: a newer build seals a message this build cannot read
@@ -912,7 +912,7 @@ async fn a_message_from_a_newer_build_is_kept_for_a_newer_worker() {
         let mut msg = serde_json::to_value(queued(ids::WIN11)).unwrap();
         msg["enqueued_at"] = json!(enqueued_at);
         msg["notify"] = json!({"to": "slack", "channel": "C0123"});
-        seal_text_by_hand(&secret, &msg.to_string())
+        seal_text_by_hand(&msg.to_string())
     };
     let message = |id: &str, body: String| {
         let mut m = SqsMessage::default();
@@ -952,13 +952,316 @@ async fn a_message_from_a_newer_build_is_kept_for_a_newer_worker() {
     assert_eq!(port.taken.lock().unwrap().len(), 1, "not put back again");
 }
 
-fn seal_text_by_hand(secret_text: &str, text: &str) -> String {
+/// `text` sealed as the README says: HMAC-SHA256 with `key`, over the
+/// purpose label and the text.
+fn seal_text_with(key: &[u8], text: &str) -> String {
     use base64::Engine as _;
     use hmac::{KeyInit, Mac};
-    let derived = mde_offboard::domain::secret::derive_key(secret_text);
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&derived).unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
     mac.update(b"mde-offboard queue message v1\n");
     mac.update(text.as_bytes());
     let tag = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
     json!({"v": 1, "mac": tag, "msg": text}).to_string()
+}
+
+/// Sealed with the tests' `webhook_secrets.queue` (a `whsec_` value: its
+/// key is the base64 after the prefix).
+fn seal_text_by_hand(text: &str) -> String {
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(mde_testkit::QUEUE_SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    seal_text_with(&key, text)
+}
+
+/// Sealed with the key builds before v3 derived from the whole
+/// SecretString when it had no `webhook_secrets.queue`:
+/// HMAC-SHA256(secret text, "mde-offboard queue mac v1"). Anyone who knows
+/// the secret's non-secret parts (a federated secret's tenant and client
+/// ids) could compute it.
+fn seal_with_the_derived_key(secret_text: &str, item: &QueuedDevice) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut derive = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret_text.as_bytes()).unwrap();
+    derive.update(b"mde-offboard queue mac v1");
+    let key = derive.finalize().into_bytes();
+    seal_text_with(&key, &serde_json::to_string(item).unwrap())
+}
+
+fn sqs_message(id: &str, body: &str) -> SqsMessage {
+    let mut m = SqsMessage::default();
+    m.message_id = Some(id.into());
+    m.body = Some(body.into());
+    m
+}
+
+/// One batch through the worker; answers the ids it reported as failed.
+async fn work(app: &App, batch: Vec<SqsMessage>) -> (Vec<String>, Metrics) {
+    let (answer, metrics) = mde_offboard::inbound::sqs::handle_queue_metered(
+        app,
+        event_of(batch),
+        "test",
+        deadline_ms(Duration::from_secs(20)),
+    )
+    .await;
+    let mut failed: Vec<String> = answer
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    failed.sort();
+    (failed, metrics)
+}
+
+type Metrics = mde_offboard::ops::metrics::Collector;
+
+/// The audit lines of refused messages.
+fn rejected_lines(logs: &Logs) -> Vec<Value> {
+    logs.lines()
+        .into_iter()
+        .filter(|l| l["logger"] == "audit" && l["status"] == "rejected")
+        .collect()
+}
+
+/// The tests' secret without `webhook_secrets.queue`.
+fn secret_without_queue_key() -> Value {
+    let mut s: Value = serde_json::from_str(&mde_testkit::secret_json()).unwrap();
+    s["webhook_secrets"]
+        .as_object_mut()
+        .unwrap()
+        .remove("queue");
+    s
+}
+
+/// The review's M3: a federated secret with `iam` auth may hold only the
+/// tenant and client ids, neither of them secret. The queue key is never
+/// derived from it: queue mode is a configuration error and the worker
+/// refuses every message, whoever sealed it.
+#[tokio::test]
+async fn without_a_queue_key_nothing_is_queued_and_every_message_is_refused() {
+    let secret = json!({
+        "tenant_id": mde_testkit::defender::TENANT_ID,
+        "client_id": mde_testkit::defender::CLIENT_ID,
+        "webhook_secrets": {"generic": mde_testkit::GENERIC_WEBHOOK_SECRET},
+    })
+    .to_string();
+    let queue = new_queue().await;
+    let h = Harness::with(Options {
+        secret: secret.clone(),
+        env: vec![("MDE_CREDENTIALS", "federated".into())],
+        queue_url: Some(queue.clone()),
+        ..Default::default()
+    })
+    .await;
+    let (status, b, _) = h
+        .offboard(&json!({"ticket": "T", "comment": "c", "devices": [ids::WIN11], "mode": "queue"}))
+        .await;
+    assert_eq!(
+        (status, b["error"]["code"].as_str()),
+        (500, Some("bad_secret")),
+        "{b}"
+    );
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(message.contains("webhook_secrets.queue"), "{message}");
+    assert!(take_all(&queue).await.is_empty(), "nothing queued");
+
+    // What anyone who knows the two ids can seal, and a message sealed with
+    // a queue key since removed from the secret.
+    let derived = seal_with_the_derived_key(&secret, &queued(ids::WIN11));
+    let earlier = seal_by_hand(&queued(ids::WIN10));
+    let batch = vec![sqs_message("m1", &derived), sqs_message("m2", &earlier)];
+    let (logs, guard) = Logs::capture();
+    let (failed, metrics) = work(&h.app, batch).await;
+    drop(guard);
+    assert_eq!(failed, ["m1", "m2"], "both for the dead-letter queue");
+    assert!(h.fake.calls().is_empty(), "{:?}", h.fake.calls());
+    assert_eq!(metrics.get("Rejected"), 2.0);
+    let rejected = rejected_lines(&logs);
+    assert_eq!(rejected.len(), 2, "{}", logs.text());
+    for l in &rejected {
+        assert_eq!(l["event"], "device_outcome");
+        let detail = l["detail"].as_str().unwrap();
+        assert!(detail.contains("webhook_secrets.queue"), "{detail}");
+        assert_eq!(l["device"], "", "nothing unverified is quoted: {l}");
+    }
+}
+
+/// With tracking on (the ledger and the queue), each offboard requested is
+/// followed through sealed messages: without the queue key the request is
+/// refused before Defender is called, not run untracked.
+#[tokio::test]
+async fn with_tracking_on_and_no_queue_key_nothing_is_offboarded_untracked() {
+    let queue = new_queue().await;
+    let Harness { app, fake, .. } = Harness::with(Options {
+        secret: secret_without_queue_key().to_string(),
+        queue_url: Some(queue.clone()),
+        ..Default::default()
+    })
+    .await;
+    let h = Harness {
+        app: app.with_ledger(Arc::new(
+            mde_offboard::adapters::memory::ledger::InMemoryLedger::new(),
+        )),
+        fake,
+        secret_name: String::new(),
+    };
+    let (status, b, _) = h
+        .offboard(&json!({"ticket": "T", "comment": "c", "devices": [ids::WIN11]}))
+        .await;
+    assert_eq!(
+        (status, b["error"]["code"].as_str()),
+        (500, Some("bad_secret")),
+        "{b}"
+    );
+    assert!(b.to_string().contains("webhook_secrets.queue"), "{b}");
+    assert_eq!(h.fake.count(Api::Offboard), 0);
+    assert!(take_all(&queue).await.is_empty(), "no track message");
+    // A dry run seals nothing and still answers.
+    let (status, b, _) = h
+        .offboard(&json!({"ticket": "T", "comment": "c", "devices": [ids::WIN11], "dry_run": true}))
+        .await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(b["results"][0]["status"], "would_offboard");
+}
+
+/// The review's L2: a copy taken from the queue or the dead-letter queue
+/// stays sealed, so its age is what bounds it.
+#[tokio::test]
+async fn a_sealed_message_older_than_fourteen_days_is_refused() {
+    let h = Harness::new().await;
+    let day = 86_400;
+    let old = seal_by_hand(&QueuedDevice {
+        enqueued_at: now() - 14 * day - 60,
+        ..queued(ids::WIN11)
+    });
+    let recent = seal_by_hand(&QueuedDevice {
+        enqueued_at: now() - 13 * day,
+        ..queued(ids::WIN10)
+    });
+    let (logs, guard) = Logs::capture();
+    let (failed, metrics) = work(
+        &h.app,
+        vec![sqs_message("m1", &old), sqs_message("m2", &recent)],
+    )
+    .await;
+    drop(guard);
+    assert_eq!(failed, ["m1"]);
+    assert_eq!(metrics.get("Rejected"), 1.0);
+    let offboards = h.fake.accepted_offboards();
+    assert_eq!(offboards.len(), 1);
+    assert!(offboards[0].path.contains(ids::WIN10));
+    assert!(
+        !h.fake.calls().iter().any(|c| c.path.contains(ids::WIN11)),
+        "nothing called for the expired message"
+    );
+    let rejected = rejected_lines(&logs);
+    assert_eq!(rejected.len(), 1, "{}", logs.text());
+    assert!(
+        rejected[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("more than 14 days ago"),
+        "{}",
+        rejected[0]
+    );
+    assert_eq!(
+        rejected[0]["device"],
+        ids::WIN11,
+        "sealed: its fields are facts"
+    );
+}
+
+/// The ledger in moto, its table made from the template.
+async fn dynamo_ledger() -> (Arc<mde_offboard::adapters::dynamodb::DynamoLedger>, String) {
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    let client: aws_sdk_dynamodb::Client = mde_offboard::adapters::aws::client(
+        aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&mde_testkit::moto::moto().endpoint)
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests")),
+    );
+    let table = mde_testkit::ledger_table_from_template().await;
+    let ledger = mde_offboard::adapters::dynamodb::DynamoLedger::new(client, table.clone());
+    (Arc::new(ledger), table)
+}
+
+/// The review's L2, with the ledger: each sealed message is acted on once,
+/// however often SQS, a redrive or a replayer hands it over; a message not
+/// done with (a failure SQS is to deliver again) is not used up; a new
+/// request for the same device is a new seal. The budget is taken once per
+/// offboard Defender accepted.
+#[tokio::test]
+async fn with_the_ledger_a_sealed_message_is_acted_on_once() {
+    let (ledger, table) = dynamo_ledger().await;
+    let Harness { app, fake, .. } = Harness::with(Options {
+        env: vec![
+            ("MAX_OFFBOARDS_PER_HOUR", "5".into()),
+            ("LEDGER_TABLE", table),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let app = app.with_ledger(ledger.clone());
+    let body = seal_by_hand(&queued(ids::WIN11));
+
+    // Two copies in one batch: the first is acted on, the second finds it
+    // held and comes back.
+    let (failed, _) = work(
+        &app,
+        vec![sqs_message("m1", &body), sqs_message("m2", &body)],
+    )
+    .await;
+    assert_eq!(failed, ["m2"]);
+    assert_eq!(fake.accepted_offboards().len(), 1);
+
+    // The copy again (SQS's next delivery, or a redrive from the DLQ):
+    // refused like an unsealed message, nothing called.
+    fake.reset_calls();
+    let (logs, guard) = Logs::capture();
+    let (failed, metrics) = work(&app, vec![sqs_message("m2", &body)]).await;
+    drop(guard);
+    assert_eq!(failed, ["m2"]);
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+    assert_eq!(metrics.get("Rejected"), 1.0);
+    let rejected = rejected_lines(&logs);
+    assert_eq!(rejected.len(), 1, "{}", logs.text());
+    assert_eq!(
+        rejected[0]["detail"],
+        "the sealed message was acted on before"
+    );
+    assert_eq!(rejected[0]["device"], ids::WIN11);
+
+    // A message whose device failed is not used up: its redelivery acts.
+    let win10 = seal_by_hand(&queued(ids::WIN10));
+    fake.fault_on(
+        Api::Offboard,
+        ids::WIN10,
+        Fault::Status {
+            status: 400,
+            code: "InvalidRequest".into(),
+        },
+    );
+    let (failed, _) = work(&app, vec![sqs_message("m3", &win10)]).await;
+    assert_eq!(failed, ["m3"], "failed: delivered again");
+    let (failed, _) = work(&app, vec![sqs_message("m3", &win10)]).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(fake.accepted_offboards().len(), 1, "WIN10's second try");
+
+    // A new request for WIN11 is a new seal: acted on (Defender answers
+    // already_pending).
+    let again = seal_by_hand(&QueuedDevice {
+        enqueued_at: now() + 1,
+        ..queued(ids::WIN11)
+    });
+    let (failed, metrics) = work(&app, vec![sqs_message("m4", &again)]).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(metrics.get("already_pending"), 1.0);
+
+    // Two offboards accepted (WIN11 once, WIN10 once): two places of five
+    // used, whatever was refused, failed or already pending.
+    let left = {
+        use mde_offboard::domain::ledger::OffboardBudget;
+        ledger.take_budget(5, 5, std::time::SystemTime::now()).await
+    };
+    assert_eq!(left, Ok(3));
 }

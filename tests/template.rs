@@ -75,8 +75,13 @@ fn only_the_function_roles_write_the_ledger_and_the_worker_only_what_it_uses() {
     );
     assert_eq!(
         actions(sid(&stmts, "TheWorker")),
-        ["dynamodb:UpdateItem", "dynamodb:BatchGetItem"],
-        "the worker claims no delivery and reads no ticket"
+        [
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:DeleteItem",
+            "dynamodb:BatchGetItem"
+        ],
+        "the worker claims each sealed message (PutItem, DeleteItem) and reads no ticket"
     );
     // The roles themselves hold no DynamoDB permission: the table says who.
     for f in ["OffboardFunction", "OffboardWorkerFunction"] {

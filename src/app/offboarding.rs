@@ -12,7 +12,8 @@ use crate::domain::ledger::{ActionStatus, DeviceRecord, LedgerError, RecordedOut
 use crate::domain::limits::Deadline;
 use crate::domain::model::{Mode, OffboardRequest};
 use crate::domain::offboard::{DeviceResult, Status};
-use crate::domain::secret::AppSecret;
+use crate::domain::queue::QueueKeys;
+use crate::domain::secret::{AppSecret, CredentialError};
 use crate::error::ApiError;
 use crate::intake::generic::{self, JsonError};
 use crate::intake::sources::{Mapped, SourceDef};
@@ -165,6 +166,12 @@ impl App {
                 max: self.config.max_devices,
                 hint: " (use \"mode\": \"queue\" for more)",
             });
+        }
+        // With tracking on, each action requested is followed through sealed
+        // messages: without the queue key, nothing is sent untracked.
+        if !dry_run && self.records.is_some() && self.queue.is_some() {
+            QueueKeys::from_secret(secret)
+                .map_err(|e| CredentialError::BadSecret(e.to_string()))?;
         }
         // A token problem is the operator's, not a device's: surface it
         // once for the whole request.

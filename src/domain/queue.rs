@@ -5,9 +5,13 @@
 //!
 //! The queue is a trust boundary: any principal with `sqs:SendMessage` could
 //! otherwise have the worker offboard a device of its choosing. So every
-//! message is sealed with a MAC whose key comes from the secret (never from
-//! the queue), and the worker opens it and re-validates every field as the
-//! HTTP path does before anything is called.
+//! message is sealed with a MAC whose key is the secret's own
+//! `webhook_secrets.queue` (never travelling on the queue, never derived
+//! from other parts of the secret), and the worker opens it and
+//! re-validates every field as the HTTP path does before anything is called.
+//! A sealed device message is good for `MESSAGE_MAX_AGE` after it was sealed
+//! (`enqueued_at`), and, with the ledger, for one use: the worker claims it
+//! under its `Seal` (a digest of its MAC) before acting.
 //!
 //! Wire layout: `{"v":1,"mac":"<base64>","msg":"<JSON text>"}`. The MAC is
 //! over the exact bytes of `msg` (after a purpose label carrying the
@@ -23,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::domain::ledger::IdempotencyKey;
 use crate::domain::limits::Deadline;
 use crate::domain::model::FieldError;
 use crate::domain::secret::AppSecret;
@@ -40,6 +45,15 @@ pub const ENVELOPE_VERSION: u64 = 1;
 const MAC_PURPOSE: &[u8] = b"mde-offboard queue message v1\n";
 /// The `webhook_secrets` key of the queue's own MAC keys.
 pub const QUEUE_SECRET_KEY: &str = "queue";
+/// How long a sealed device message may be acted on, counted from when it
+/// was sealed (its `enqueued_at`): the longest SQS keeps a message, on the
+/// queue or in the dead-letter queue.
+pub const MESSAGE_MAX_AGE: i64 = 14 * 86_400;
+/// How far ahead of this instance's clock a seal time may be (another
+/// instance's clock running fast).
+const CLOCK_SKEW: i64 = 300;
+/// Bound into the claim key of a seal, so it never meets a delivery's key.
+const CLAIM_PURPOSE: &[u8] = b"mde-offboard queue message claim v1\n";
 
 /// What the worker needs to offboard one device, as the request gave it.
 /// Strict: a field this build does not know is a message it did not write.
@@ -54,7 +68,8 @@ pub struct QueuedDevice {
     pub device: String,
     pub dry_run: bool,
     pub webhook_id: Option<String>,
-    /// Unix seconds; for the audit trail and the DLQ's reader.
+    /// Unix seconds when the message was sealed: it expires
+    /// `MESSAGE_MAX_AGE` later (`check_age`).
     pub enqueued_at: i64,
     /// Where the final outcome is POSTed; absent in messages of builds
     /// before tracking, which still open.
@@ -80,6 +95,39 @@ impl QueuedDevice {
         ]);
         WorkHash(Sha256::digest(tuple.to_string().as_bytes()).into())
     }
+
+    /// Refuses a message sealed more than `MESSAGE_MAX_AGE` before `now`
+    /// (unix seconds), or one that says it was sealed in the future.
+    pub fn check_age(&self, now: i64) -> Result<(), Rejection> {
+        let age = now.saturating_sub(self.enqueued_at);
+        if age > MESSAGE_MAX_AGE {
+            return Err(Rejection::Expired);
+        }
+        if age < -CLOCK_SKEW {
+            return Err(Rejection::SealedInTheFuture);
+        }
+        Ok(())
+    }
+}
+
+/// One sealing of a message, known by its MAC: a copy of the message (from
+/// the queue, the dead-letter queue, a redrive) has the same seal, a new
+/// request for the same device a new one (its `enqueued_at` differs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Seal([u8; 32]);
+
+impl Seal {
+    pub(crate) fn of(tag: &[u8]) -> Self {
+        let mut h = Sha256::new();
+        h.update(CLAIM_PURPOSE);
+        h.update(tag);
+        Self(h.finalize().into())
+    }
+
+    /// The ledger key under which the worker claims this sealed message.
+    pub fn claim_key(&self) -> IdempotencyKey {
+        IdempotencyKey::from(self.0)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,6 +146,12 @@ pub enum Rejection {
     Malformed,
     #[error("the message names an unknown source")]
     UnknownSource,
+    #[error("the sealed message expired: it was sealed more than 14 days ago")]
+    Expired,
+    #[error("the sealed message says it was sealed in the future")]
+    SealedInTheFuture,
+    #[error("the sealed message was acted on before")]
+    AlreadyActedOn,
     /// Sealed with our key, yet this build cannot read it: another build
     /// of the function wrote it (a newer one, mid-deploy, naming a
     /// follow-up this one does not know). Kept for a worker that can.
@@ -136,6 +190,10 @@ pub struct QueueKeys(Vec<Redacted<Vec<u8>>>);
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum QueueKeyError {
     #[error(
+        "the secret has no key 'webhook_secrets.queue', which seals the queue's messages (QUEUE_URL is set)"
+    )]
+    Missing,
+    #[error(
         "the secret's key 'webhook_secrets.queue' holds a value with less than {MIN_KEY_LEN} bytes of key"
     )]
     Weak,
@@ -144,12 +202,13 @@ pub enum QueueKeyError {
 }
 
 impl QueueKeys {
-    /// `webhook_secrets.queue` when the secret has it, else the key derived
-    /// from the whole SecretString.
+    /// `webhook_secrets.queue`, which the queue needs: there is no other
+    /// key (one derived from the rest of the secret would be no stronger
+    /// than its weakest, possibly public, part).
     pub fn from_secret(secret: &AppSecret) -> Result<Self, QueueKeyError> {
         let configured = secret.webhook_secrets(QUEUE_SECRET_KEY);
         if configured.is_empty() {
-            return Ok(Self(vec![Redacted(secret.derived_queue_key.to_vec())]));
+            return Err(QueueKeyError::Missing);
         }
         // Each value a key by the webhook key rules.
         configured
@@ -193,22 +252,27 @@ impl QueueKeys {
     /// Verifies the MAC (constant time, against every key) and only then
     /// reads the content.
     pub fn open(&self, body: &str) -> Result<QueuedDevice, Rejection> {
-        let msg = self.verified_text(body)?;
+        let (msg, _) = self.verified_text(body)?;
         serde_json::from_str(&msg).map_err(|_| Rejection::Malformed)
     }
 
     /// As `open`, for either kind of message.
     pub fn open_message(&self, body: &str) -> Result<QueueMessage, Rejection> {
-        let msg = self.verified_text(body)?;
+        self.open_sealed(body).map(|(m, _)| m)
+    }
+
+    /// As `open_message`, with the message's seal.
+    pub fn open_sealed(&self, body: &str) -> Result<(QueueMessage, Seal), Rejection> {
+        let (msg, seal) = self.verified_text(body)?;
         if let Ok(t) = serde_json::from_str::<TrackBody>(&msg) {
-            return Ok(QueueMessage::Track(t.track));
+            return Ok((QueueMessage::Track(t.track), seal));
         }
         serde_json::from_str(&msg)
-            .map(QueueMessage::Device)
+            .map(|d| (QueueMessage::Device(d), seal))
             .map_err(|_| another_build(&msg))
     }
 
-    fn verified_text(&self, body: &str) -> Result<String, Rejection> {
+    fn verified_text(&self, body: &str) -> Result<(String, Seal), Rejection> {
         let env: Envelope = serde_json::from_str(body).map_err(|_| Rejection::NotSealed)?;
         if env.v != ENVELOPE_VERSION {
             return Err(Rejection::UnknownVersion);
@@ -220,7 +284,7 @@ impl QueueKeys {
         if !any_matches(macs, std::slice::from_ref(&tag)) {
             return Err(Rejection::BadMac);
         }
-        Ok(env.msg)
+        Ok((env.msg, Seal::of(&tag)))
     }
 
     fn mac(&self, key: &Redacted<Vec<u8>>, msg: &str) -> HmacSha256 {
@@ -396,6 +460,11 @@ mod tests {
         .unwrap()
     }
 
+    /// The secret with a queue key.
+    fn keyed() -> AppSecret {
+        secret(r#","queue":"0123456789abcdef-queue""#)
+    }
+
     fn item() -> QueuedDevice {
         QueuedDevice {
             source: "generic".into(),
@@ -412,7 +481,7 @@ mod tests {
 
     #[test]
     fn sealed_messages_open_and_tampered_ones_do_not() {
-        let keys = QueueKeys::from_secret(&secret("")).unwrap();
+        let keys = QueueKeys::from_secret(&keyed()).unwrap();
         let body = keys.seal(&item());
         assert_eq!(keys.open(&body).unwrap(), item());
 
@@ -430,7 +499,7 @@ mod tests {
 
     #[test]
     fn track_and_device_messages_never_read_as_each_other() {
-        let keys = QueueKeys::from_secret(&secret("")).unwrap();
+        let keys = QueueKeys::from_secret(&keyed()).unwrap();
         let t = TrackedAction {
             action_id: "b9f0b2d6-0b5e-4a6c-9f46-1c2d3e4f5a6b".into(),
             machine_id: ID.into(),
@@ -461,7 +530,7 @@ mod tests {
 
     #[test]
     fn a_mac_without_the_purpose_label_does_not_verify() {
-        let keys = QueueKeys::from_secret(&secret("")).unwrap();
+        let keys = QueueKeys::from_secret(&keyed()).unwrap();
         let msg = serde_json::to_string(&item()).unwrap();
         let mut plain = HmacSha256::new_from_slice(&keys.0[0].0).unwrap();
         plain.update(msg.as_bytes());
@@ -470,11 +539,61 @@ mod tests {
     }
 
     #[test]
-    fn the_derived_key_changes_with_any_part_of_the_secret() {
-        let a = QueueKeys::from_secret(&secret("")).unwrap();
-        let b = QueueKeys::from_secret(&secret(r#","jira":"another-secret-of-length""#)).unwrap();
-        assert_ne!(a, b);
-        assert_eq!(b.open(&a.seal(&item())), Err(Rejection::BadMac));
+    fn without_a_queue_key_there_is_no_key_at_all() {
+        // Whatever else the secret holds: a key derived from it would be no
+        // stronger than its weakest part (a tenant id and a client id are
+        // no secret).
+        for extra in [
+            "",
+            r#","jira":"another-secret-of-length""#,
+            r#","queue":[]"#,
+        ] {
+            let e = QueueKeys::from_secret(&secret(extra)).unwrap_err();
+            assert_eq!(e, QueueKeyError::Missing, "{extra}");
+            assert!(e.to_string().contains("webhook_secrets.queue"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_sealed_message_is_good_for_fourteen_days() {
+        let sealed_at = item().enqueued_at;
+        for (now, ok) in [
+            (sealed_at, true),
+            (sealed_at + MESSAGE_MAX_AGE, true),
+            (sealed_at + MESSAGE_MAX_AGE + 1, false),
+            (sealed_at - 60, true),
+            (sealed_at - 3600, false),
+            (i64::MIN, false),
+            (i64::MAX, false),
+        ] {
+            assert_eq!(item().check_age(now).is_ok(), ok, "{now}");
+        }
+        assert_eq!(
+            item().check_age(sealed_at + MESSAGE_MAX_AGE + 1),
+            Err(Rejection::Expired)
+        );
+    }
+
+    #[test]
+    fn a_copy_has_the_seal_of_its_original_and_a_new_seal_is_another() {
+        let keys = QueueKeys::from_secret(&keyed()).unwrap();
+        let body = keys.seal(&item());
+        let (_, a) = keys.open_sealed(&body).unwrap();
+        // The same envelope written with other JSON spellings is a copy.
+        let env: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let respelled = serde_json::to_string_pretty(&env).unwrap();
+        assert_ne!(respelled, body);
+        assert_eq!(keys.open_sealed(&respelled).unwrap().1, a);
+        // The same device sealed again (a new request) is not.
+        let again = keys.seal(&QueuedDevice {
+            enqueued_at: item().enqueued_at + 1,
+            ..item()
+        });
+        assert_ne!(keys.open_sealed(&again).unwrap().1, a);
+        assert_ne!(
+            a.claim_key(),
+            keys.open_sealed(&again).unwrap().1.claim_key()
+        );
     }
 
     #[test]
@@ -546,7 +665,7 @@ mod tests {
         /// and nothing but a seal of ours opens.
         #[test]
         fn opening_outside_bytes_never_panics(body in ".{0,300}", msg in ".{0,200}", mac in "[A-Za-z0-9+/=]{0,60}") {
-            let keys = QueueKeys::from_secret(&secret("")).unwrap();
+            let keys = QueueKeys::from_secret(&keyed()).unwrap();
             proptest::prop_assert!(keys.open(&body).is_err());
             let env = serde_json::json!({"v": 1, "mac": mac, "msg": msg}).to_string();
             proptest::prop_assert!(keys.open(&env).is_err());

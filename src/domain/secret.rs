@@ -26,9 +26,6 @@ pub struct AppSecret {
     /// client secret at all, even when the secret still carries one.
     pub client_secret: Option<String>,
     pub webhook_secrets: BTreeMap<String, Vec<String>>,
-    /// The queue's MAC key when the secret names none (`queue::derive_key`);
-    /// kept instead of the SecretString itself.
-    pub(crate) derived_queue_key: [u8; 32],
     /// `jira_api`, `servicenow_api`, `pagerduty_api` as written: the
     /// write-back adapter reads its credentials there when it needs them.
     pub write_back: serde_json::Map<String, Value>,
@@ -98,7 +95,6 @@ impl AppSecret {
             client_id,
             client_secret,
             webhook_secrets,
-            derived_queue_key: derive_key(text),
             write_back: obj
                 .iter()
                 .filter(|(k, _)| k.ends_with("_api"))
@@ -115,22 +111,6 @@ impl AppSecret {
             .map(Vec::as_slice)
             .unwrap_or(&[])
     }
-}
-
-/// Label of the key derived from the whole SecretString when the secret has
-/// no `webhook_secrets.queue`.
-const DERIVE_LABEL: &[u8] = b"mde-offboard queue mac v1";
-
-/// The queue's MAC key when the secret names no `queue` key: HMAC-SHA256
-/// keyed with the whole SecretString. Rotating any part of the secret
-/// therefore invalidates messages in flight (they end in the DLQ); set
-/// `webhook_secrets.queue` to rotate the rest independently.
-pub fn derive_key(secret_string: &str) -> [u8; 32] {
-    use hmac::{KeyInit, Mac};
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret_string.as_bytes())
-        .expect("HMAC takes keys of any length");
-    mac.update(DERIVE_LABEL);
-    mac.finalize().into_bytes().into()
 }
 
 /// How the function proves itself to Entra ID (`MDE_CREDENTIALS`).

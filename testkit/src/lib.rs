@@ -57,6 +57,10 @@ pub fn demo_machines() -> Vec<FakeMachine> {
 /// The webhook secret the tests and the local run sign with.
 pub const GENERIC_WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+/// The key the tests' secret seals queue messages with
+/// (`webhook_secrets.queue`).
+pub const QUEUE_SECRET: &str = "whsec_bWRlLW9mZmJvYXJkIHRlc3QgcXVldWUga2V5IDAwMDE=";
+
 /// The secret of federated mode: no client secret at all.
 pub fn federated_secret_json() -> String {
     let mut v: serde_json::Value = serde_json::from_str(&secret_json()).expect("json");
@@ -76,6 +80,7 @@ pub fn secret_json() -> String {
             "pagerduty": ["pd-new-secret-never-log", "pd-old-secret-never-log"],
             "servicenow": "snow-bearer-token-never-log",
             "defender-incident": "xdr-bearer-token-never-log",
+            "queue": QUEUE_SECRET,
         }
     })
     .to_string()
