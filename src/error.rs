@@ -185,6 +185,7 @@ impl ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::support::webhook_sig::SigError;
 
     fn body_of(r: &Response<Body>) -> serde_json::Value {
         match r.body() {
@@ -199,7 +200,7 @@ mod tests {
             ApiError::NoRoute("/x".into()),
             ApiError::TooLarge,
             ApiError::NotJson("eof".into()),
-            ApiError::Unauthorized(AuthError::NoMatch),
+            ApiError::Unauthorized(AuthError::Signature(SigError::NoMatch)),
             ApiError::Field(FieldError::Missing {
                 field: "ticket".into(),
             }),

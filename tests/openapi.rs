@@ -14,6 +14,7 @@ use common::*;
 use lambda_http::{Body, Response};
 use mde_offboard::adapters::memory_ledger::InMemoryLedger;
 use mde_offboard::intake::auth::hmac_hex;
+use mde_offboard::support::webhook_sig::StandardWebhooks;
 use mde_testkit::{Api, Fault};
 use serde_json::{Value, json};
 
@@ -257,12 +258,9 @@ async fn offboard_answers_match_the_document() {
     // 200: the README's sample, every outcome but the dry-run and budget ones.
     let sample = event_body("generic.body.json");
     let ts = now().to_string();
-    let sig = mde_offboard::intake::auth::standard_sign(
-        mde_testkit::GENERIC_WEBHOOK_SECRET,
-        "msg_openapi_replay",
-        now(),
-        sample.as_bytes(),
-    );
+    let sig = StandardWebhooks::from_secret(mde_testkit::GENERIC_WEBHOOK_SECRET)
+        .unwrap()
+        .sign("msg_openapi_replay", now(), sample.as_bytes());
     let headers = [
         ("webhook-id", "msg_openapi_replay"),
         ("webhook-timestamp", ts.as_str()),
