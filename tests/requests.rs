@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use mde_offboard::support::webhook_sig::StandardWebhooks;
 use mde_testkit::{Api, GENERIC_WEBHOOK_SECRET};
 use serde_json::{Value, json};
 
@@ -26,12 +27,9 @@ async fn unsigned_and_badly_signed_requests_are_401() {
     let h = Harness::new().await;
     let body = good();
     let ts = now().to_string();
-    let sig = mde_offboard::intake::auth::standard_sign(
-        GENERIC_WEBHOOK_SECRET,
-        "msg_1",
-        now(),
-        body.as_bytes(),
-    );
+    let sig = StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET)
+        .unwrap()
+        .sign("msg_1", now(), body.as_bytes());
     let cases: Vec<(&str, lambda_http::Request)> = vec![
         ("no headers", request("POST", "/v1/offboard", &[], &body)),
         (
@@ -298,8 +296,9 @@ async fn rest_api_and_alb_events_work_too() {
     let body = good();
     let id = "msg_rest";
     let ts = now();
-    let sig =
-        mde_offboard::intake::auth::standard_sign(GENERIC_WEBHOOK_SECRET, id, ts, body.as_bytes());
+    let sig = StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET)
+        .unwrap()
+        .sign(id, ts, body.as_bytes());
     let rest = json!({
         "resource": "/v1/offboard", "path": "/v1/offboard", "httpMethod": "POST",
         "headers": {"webhook-id": id, "webhook-timestamp": ts.to_string(), "webhook-signature": sig, "content-type": "application/json"},
@@ -317,7 +316,7 @@ async fn rest_api_and_alb_events_work_too() {
         "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/mde/1"}},
         "httpMethod": "POST", "path": "/v1/offboard", "queryStringParameters": {},
         "headers": {"webhook-id": "msg_alb", "webhook-timestamp": ts.to_string(),
-            "webhook-signature": mde_offboard::intake::auth::standard_sign(GENERIC_WEBHOOK_SECRET, "msg_alb", ts, body.as_bytes()),
+            "webhook-signature": StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET).unwrap().sign( "msg_alb", ts, body.as_bytes()),
             "content-type": "application/json", "x-forwarded-for": "192.0.2.1"},
         "body": body, "isBase64Encoded": false
     });

@@ -26,7 +26,7 @@ use mde_offboard::domain::limits::Deadline;
 use mde_offboard::domain::model::{DeviceName, MachineId};
 use mde_offboard::domain::queue::{Queue, QueueError};
 use mde_offboard::domain::secret::StaticSecret;
-use mde_offboard::intake::auth::standard_sign;
+use mde_offboard::support::webhook_sig::StandardWebhooks;
 use mde_testkit::{CallbackReceiver, FakeTicketing, GENERIC_WEBHOOK_SECRET, secret_json};
 use serde_json::{Value, json};
 
@@ -261,12 +261,11 @@ fn signed(body: &Value, id: &str) -> Request {
         .as_secs() as i64;
     event["headers"]["webhook-id"] = json!(id);
     event["headers"]["webhook-timestamp"] = json!(now.to_string());
-    event["headers"]["webhook-signature"] = json!(standard_sign(
-        GENERIC_WEBHOOK_SECRET,
-        id,
-        now,
-        body.as_bytes()
-    ));
+    event["headers"]["webhook-signature"] = json!(
+        StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET)
+            .unwrap()
+            .sign(id, now, body.as_bytes())
+    );
     event["body"] = json!(body);
     lambda_http::request::from_str(&event.to_string()).unwrap()
 }

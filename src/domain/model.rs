@@ -43,6 +43,8 @@ pub enum FieldError {
 }
 
 impl FieldError {
+    /// The field at fault, for tests; the message names it for callers.
+    #[cfg(test)]
     pub fn field(&self) -> &str {
         match self {
             Self::Missing { field }
@@ -169,11 +171,12 @@ pub struct Device {
 }
 
 impl Device {
-    /// A device string; `field` names where it came from.
-    pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
+    /// A device string; `field` names where it came from, and is only
+    /// formatted for an error (`devices[2]`).
+    pub fn parse(field: impl fmt::Display, s: &str) -> Result<Self, FieldError> {
         let trimmed = s.trim();
-        let target =
-            DeviceRef::parse(trimmed).map_err(|reason| FieldError::bounds(field, reason))?;
+        let target = DeviceRef::parse(trimmed)
+            .map_err(|reason| FieldError::bounds(field.to_string(), reason))?;
         Ok(Self {
             given: trimmed.to_string(),
             target,
@@ -184,22 +187,28 @@ impl Device {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket(String);
 
+/// Text a person reads later, trimmed: not empty, at most `max`
+/// characters, nothing unsafe.
+fn checked_text(field: &str, s: &str, max: usize) -> Result<String, FieldError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(FieldError::bounds(field, "must not be empty"));
+    }
+    if s.chars().count() > max {
+        return Err(FieldError::bounds(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    if s.chars().any(is_unsafe_char) {
+        return Err(FieldError::bounds(field, UNSAFE_CHARS));
+    }
+    Ok(s.to_string())
+}
+
 impl Ticket {
     pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err(FieldError::bounds(field, "must not be empty"));
-        }
-        if s.chars().count() > MAX_TICKET_CHARS {
-            return Err(FieldError::bounds(
-                field,
-                format!("must be at most {MAX_TICKET_CHARS} characters"),
-            ));
-        }
-        if s.chars().any(is_unsafe_char) {
-            return Err(FieldError::bounds(field, UNSAFE_CHARS));
-        }
-        Ok(Self(s.to_string()))
+        checked_text(field, s, MAX_TICKET_CHARS).map(Self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -212,20 +221,7 @@ pub struct Comment(String);
 
 impl Comment {
     pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err(FieldError::bounds(field, "must not be empty"));
-        }
-        if s.chars().count() > MAX_COMMENT_CHARS {
-            return Err(FieldError::bounds(
-                field,
-                format!("must be at most {MAX_COMMENT_CHARS} characters"),
-            ));
-        }
-        if s.chars().any(is_unsafe_char) {
-            return Err(FieldError::bounds(field, UNSAFE_CHARS));
-        }
-        Ok(Self(s.to_string()))
+        checked_text(field, s, MAX_COMMENT_CHARS).map(Self)
     }
 
     /// For text pulled from someone else's payload: control and invisible

@@ -239,10 +239,9 @@ impl Loaded {
             }
             .to_string()
         };
-        let generic = match user.remove(crate::intake::auth::GENERIC_KEY) {
-            None => AuthDef::standard(crate::intake::auth::GENERIC_KEY),
-            Some(def) => AuthDef::parse_generic(&def)
-                .map_err(|e| fail(crate::intake::auth::GENERIC_KEY, e))?,
+        let generic = match user.remove(GENERIC) {
+            None => AuthDef::standard(GENERIC),
+            Some(def) => AuthDef::parse_generic(&def).map_err(|e| fail(GENERIC, e))?,
         };
         let mut defs = BTreeMap::new();
         let given = presets.iter().filter(|(n, _)| !user.contains_key(*n));
