@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lambda_http::http::StatusCode;
+use http::StatusCode;
 use thiserror::Error;
 
 use crate::domain::defender::DefenderError;
@@ -12,6 +12,7 @@ use crate::domain::limits::retry_after_secs;
 use crate::domain::model::FieldError;
 use crate::domain::secret::CredentialError;
 use crate::intake::auth::AuthError;
+use crate::intake::generic::JsonError;
 use crate::intake::sources::StaleError;
 
 #[derive(Debug, Error)]
@@ -138,6 +139,11 @@ impl ApiError {
         }
     }
 
+    /// The contract's error body: `{"error": {"code", "message"}}`.
+    pub fn body(&self) -> String {
+        serde_json::json!({"error": {"code": self.code(), "message": self.message()}}).to_string()
+    }
+
     pub fn status(&self) -> StatusCode {
         self.answer().0
     }
@@ -150,10 +156,18 @@ impl ApiError {
         self.answer().2
     }
 
-    /// The one sentence the caller reads. Auth failures say little on
-    /// purpose: which header was wrong, never what was expected.
+    /// The one sentence the caller reads. A refused caller learns nothing
+    /// of the configuration (no key name, scheme setting or upstream
+    /// error), and no answer carries AWS's own error text: the log has both.
     pub fn message(&self) -> String {
         let mut m = match self {
+            Self::Unauthorized(_) => {
+                "the request could not be authenticated; the function's log says why".into()
+            }
+            Self::Stale(_) => "the delivery's time is outside the window its source accepts".into(),
+            Self::Ledger(_) => {
+                "the ledger table could not be used; the function's log says why".into()
+            }
             Self::Credentials(CredentialError::BadSecret(s)) => {
                 format!("the function's secret is not usable: {s}")
             }
@@ -163,6 +177,15 @@ impl ApiError {
             m.push('.');
         }
         m
+    }
+}
+
+impl From<JsonError> for ApiError {
+    fn from(e: JsonError) -> Self {
+        match e {
+            JsonError::Syntax(m) => Self::NotJson(m),
+            JsonError::Field(f) => Self::Field(f),
+        }
     }
 }
 
@@ -239,7 +262,8 @@ mod tests {
             (stale.status(), stale.code()),
             (StatusCode::UNAUTHORIZED, "stale")
         );
-        assert!(stale.message().contains("/timestamp"));
+        // Contract v3: a refused caller learns nothing of the configuration.
+        assert!(!stale.message().contains("/timestamp"));
         let bad = ApiError::Credentials(CredentialError::BadSecret(
             "the secret has no key 'client_secret'".into(),
         ));
@@ -252,5 +276,46 @@ mod tests {
         let r = error_response(down);
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()["retry-after"], "10");
+    }
+
+    /// I2: what a caller who has not authenticated learns. The key a source
+    /// reads, the header its scheme names, and what Secrets Manager said
+    /// stay in the log.
+    #[test]
+    fn refusals_name_no_key_scheme_setting_or_upstream_error() {
+        let refusals = [
+            ApiError::Unauthorized(AuthError::NoSecret("jira".into())),
+            ApiError::Unauthorized(AuthError::WeakKey {
+                key: "pagerduty".into(),
+                problem: crate::intake::auth::KeyProblem::NotUserPassword,
+            }),
+            ApiError::Unauthorized(AuthError::Signature(
+                crate::support::webhook_sig::SigError::MissingHeader("x-mde-token"),
+            )),
+            ApiError::Stale(StaleError::Missing("/issue/fields/updated".into())),
+            ApiError::Ledger(LedgerError::Unavailable(
+                "AccessDeniedException: arn:aws:dynamodb:us-east-1:123456789012:table/t".into(),
+            )),
+            ApiError::Credentials(
+                CredentialError::SecretRefused(
+                    "AccessDeniedException: arn:aws:secretsmanager:us-east-1:123456789012".into(),
+                )
+                .for_an_unknown_caller(),
+            ),
+        ];
+        for e in refusals {
+            let body = e.body();
+            for leak in [
+                "jira",
+                "pagerduty",
+                "webhook_secrets",
+                "x-mde-token",
+                "/issue",
+                "arn:",
+                "123456789012",
+            ] {
+                assert!(!body.contains(leak), "{leak} in {body}");
+            }
+        }
     }
 }

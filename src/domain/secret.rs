@@ -270,6 +270,19 @@ pub enum CredentialError {
 }
 
 impl CredentialError {
+    /// The same kind of error, with its detail (a parse reason, Secrets
+    /// Manager's code) left for the log: for a caller not yet
+    /// authenticated.
+    pub fn for_an_unknown_caller(self) -> Self {
+        let why = || "the function's log says why".to_string();
+        match self {
+            Self::BadSecret(_) => Self::BadSecret(why()),
+            Self::SecretRefused(_) => Self::SecretRefused(why()),
+            Self::SecretUnavailable(_) => Self::SecretUnavailable(why()),
+            other => other,
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,

@@ -15,7 +15,7 @@ use crate::app::{App, Outcome};
 use crate::domain::limits::Deadline;
 use crate::error::ApiError;
 use crate::inbound::http::MAX_BODY_BYTES;
-use crate::intake::generic::{self, JsonError};
+use crate::intake::generic;
 use crate::intake::sources::{EVENTBRIDGE, INVOKE};
 
 /// An EventBridge event: the first source definition whose `eventbridge`
@@ -83,10 +83,7 @@ fn strict(raw: &str) -> Result<Value, ApiError> {
     if raw.len() > MAX_BODY_BYTES {
         return Err(ApiError::TooLarge);
     }
-    generic::strict_json(raw.as_bytes()).map_err(|e| match e {
-        JsonError::Syntax(m) => ApiError::NotJson(m),
-        JsonError::Field(f) => ApiError::Field(f),
-    })
+    Ok(generic::strict_json(raw.as_bytes())?)
 }
 
 async fn deliver(app: &App, ctx: &Context, d: Delivery<'_>) -> Result<Outcome, ApiError> {

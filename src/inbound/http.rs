@@ -9,7 +9,7 @@ use lambda_http::http::{HeaderValue, StatusCode};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use percent_encoding::percent_decode_str;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::Invocation;
 use crate::app::audit::Origin;
@@ -20,7 +20,7 @@ use crate::domain::limits::{Deadline, retry_after_secs};
 use crate::domain::secret::AppSecret;
 use crate::error::ApiError;
 use crate::intake::auth::{Admitted, AuthDef, Presented};
-use crate::intake::generic::{self, JsonError};
+use crate::intake::generic;
 use crate::intake::sources::GENERIC;
 use crate::ops::metrics;
 use crate::support::time::unix_now;
@@ -166,8 +166,7 @@ pub fn error_response(e: ApiError) -> Response<Body> {
     if let ApiError::MethodNotAllowed { allowed, .. } = &e {
         b = b.header("allow", *allowed);
     }
-    let body = json!({"error": {"code": e.code(), "message": e.message()}});
-    b.body(Body::Text(body.to_string()))
+    b.body(Body::Text(e.body()))
         .expect("static headers are valid")
 }
 
@@ -218,10 +217,7 @@ async fn route(
             allow("POST")?;
             let body = body_bytes(req)?;
             let (secret, admitted) = authenticate(app, req, body, generic_auth).await?;
-            let value = generic::strict_json(body).map_err(|e| match e {
-                JsonError::Syntax(m) => ApiError::NotJson(m),
-                JsonError::Field(f) => ApiError::Field(f),
-            })?;
+            let value = generic::strict_json(body)?;
             let comment = generic::parse_cancel_body(&value)?;
             let origin = Origin::new(GENERIC, source_ip(req), admitted.delivery_id);
             app.cancel(&secret, action_id, &comment, &origin, deadline)

@@ -151,15 +151,14 @@ pub fn direct_answer(status: u16, body: &str) -> Result<Value, InvocationError> 
 
 impl From<ApiError> for InvocationError {
     fn from(e: ApiError) -> Self {
-        let body = json!({"error": {"code": e.code(), "message": e.message()}});
-        match direct_answer(e.status().as_u16(), &body.to_string()) {
-            Err(e) => e,
-            // No error has a 2xx status; were one added, it still fails.
-            Ok(_) => Self {
+        let body = e.body();
+        // No error has a 2xx status; were one added, it still fails.
+        direct_answer(e.status().as_u16(), &body)
+            .err()
+            .unwrap_or(Self {
                 error_type: error_types::CONFIG_ERROR,
-                message: body.to_string(),
-            },
-        }
+                message: body,
+            })
     }
 }
 
