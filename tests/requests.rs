@@ -325,3 +325,59 @@ async fn rest_api_and_alb_events_work_too() {
     assert_eq!(status, 200, "ALB: {b}");
     assert_eq!(results(&b)[0]["status"], "already_pending");
 }
+
+/// The built-in source `reader` (contract, "Routes"): a key for auditors
+/// that the `GET` routes accept and the routes that act never do.
+#[tokio::test]
+async fn a_reader_key_reads_and_never_acts() {
+    let mut secret: Value = serde_json::from_str(&mde_testkit::secret_json()).unwrap();
+    secret["webhook_secrets"]["reader"] = json!("auditors-read-only-key-2026");
+    let sources = json!({"sources": {"reader": {"auth": {
+        "scheme": "api-key", "header": "x-reader-key", "secret": "reader"}}}});
+    let h = Harness::with(Options {
+        secret: secret.to_string(),
+        env: vec![("SOURCES", sources.to_string())],
+        ..Default::default()
+    })
+    .await;
+    // An offboard to read back.
+    let (status, b, _) = h
+        .offboard(&json!({"ticket": "INC-R", "comment": "retired", "devices": [ids::WIN11]}))
+        .await;
+    assert_eq!(status, 200, "{b}");
+    let action = b["results"][0]["action_id"].as_str().unwrap().to_string();
+
+    let key = [("x-reader-key", "auditors-read-only-key-2026")];
+    let (status, b, _) = h
+        .send(request("GET", &format!("/v1/actions/{action}"), &key, ""))
+        .await;
+    assert_eq!(
+        (status, b["action_id"].as_str()),
+        (200, Some(action.as_str())),
+        "{b}"
+    );
+    let offboards = h.fake.count(Api::Offboard);
+    for (method, path, body) in [
+        ("POST", "/v1/offboard".to_string(), good()),
+        (
+            "POST",
+            format!("/v1/actions/{action}/cancel"),
+            json!({"comment": "no"}).to_string(),
+        ),
+    ] {
+        let (status, b, _) = h.send(request(method, &path, &key, &body)).await;
+        assert_error(status, &b, 401, "unauthorized");
+    }
+    assert_eq!(h.fake.count(Api::Offboard), offboards, "nothing offboarded");
+    assert_eq!(h.fake.count(Api::Cancel), 0, "nothing cancelled");
+    // A wrong reader key reads nothing.
+    let (status, b, _) = h
+        .send(request(
+            "GET",
+            &format!("/v1/actions/{action}"),
+            &[("x-reader-key", "guessed-wrong-key-000000")],
+            "",
+        ))
+        .await;
+    assert_error(status, &b, 401, "unauthorized");
+}

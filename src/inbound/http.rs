@@ -189,6 +189,7 @@ async fn route(
         }
     };
     let generic_auth = app.config().sources.generic_auth();
+    let read_auth = app.config().sources.read_auth();
     match segments.as_slice() {
         ["v1", "offboard"] => {
             allow("POST")?;
@@ -210,7 +211,7 @@ async fn route(
         ["v1", "actions", action_id] if !action_id.is_empty() => {
             allow("GET")?;
             let body = body_bytes(req)?;
-            let (secret, _) = authenticate(app, req, body, generic_auth).await?;
+            let (secret, _) = authenticate(app, req, body, read_auth).await?;
             app.action(&secret, action_id, deadline).await
         }
         ["v1", "actions", action_id, "cancel"] if !action_id.is_empty() => {
@@ -226,7 +227,7 @@ async fn route(
         ["v1", "tickets", ticket] if !ticket.is_empty() && app.has_tickets() => {
             allow("GET")?;
             let body = body_bytes(req)?;
-            authenticate(app, req, body, generic_auth).await?;
+            authenticate(app, req, body, read_auth).await?;
             app.ticket(&percent_decode(ticket)).await
         }
         _ => Err(ApiError::NoRoute(path.to_string())),

@@ -381,13 +381,26 @@ impl AuthDef {
     /// The built-in source `generic`'s definition in `SOURCES`: only its
     /// `auth` may change, since its mapping is the generic body.
     pub fn parse_generic(def: &Value) -> Result<Self, (String, String)> {
+        Ok(Self::parse_builtin(def)?.unwrap_or_else(|| Self::standard(GENERIC_KEY)))
+    }
+
+    /// A built-in source's definition in `SOURCES` (`generic`, `reader`):
+    /// an `auth` and nothing else.
+    pub fn parse_builtin(def: &Value) -> Result<Option<Self>, (String, String)> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
-        struct Generic {
+        struct BuiltIn {
             auth: Option<AuthDef>,
         }
-        let g: Generic = crate::support::config_de::from_value("", def)?;
-        Ok(g.auth.unwrap_or_else(|| Self::standard(GENERIC_KEY)))
+        let b: BuiltIn = crate::support::config_de::from_value("", def)?;
+        Ok(b.auth)
+    }
+
+    /// Either definition admits the call: the schemes of both.
+    pub fn or(&self, other: &Self) -> Self {
+        Self {
+            schemes: self.schemes.iter().chain(&other.schemes).cloned().collect(),
+        }
     }
 
     /// Refuses a request that carries nothing any scheme reads: no secret

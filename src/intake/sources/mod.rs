@@ -27,7 +27,7 @@ mod mapping;
 mod template;
 
 pub use crate::support::json_pointer::{Pointer, scalar_text};
-pub use builtin::{EVENTBRIDGE, GENERIC, INVOKE};
+pub use builtin::{EVENTBRIDGE, GENERIC, INVOKE, READER};
 pub use freshness::{Freshness, MAX_FUTURE, StaleError, TimeUnit};
 pub use mapping::{Condition, Mapped};
 pub use template::Template;
@@ -152,6 +152,9 @@ struct Loaded {
     defs: BTreeMap<String, SourceDef>,
     /// The built-in source `generic`: only its auth is configurable.
     generic: AuthDef,
+    /// What the read routes accept: `generic`'s auth, or the built-in
+    /// source `reader`'s where `SOURCES` gives it one.
+    read: AuthDef,
 }
 
 static PRESETS_ONLY: LazyLock<Loaded> =
@@ -207,6 +210,11 @@ impl Sources {
     pub fn generic_auth(&self) -> &AuthDef {
         &self.loaded().generic
     }
+
+    /// How the `GET` routes authenticate: `generic`'s auth or `reader`'s.
+    pub fn read_auth(&self) -> &AuthDef {
+        &self.loaded().read
+    }
 }
 
 impl Loaded {
@@ -243,6 +251,11 @@ impl Loaded {
             None => AuthDef::standard(GENERIC),
             Some(def) => AuthDef::parse_generic(&def).map_err(|e| fail(GENERIC, e))?,
         };
+        let read = match user.remove(READER) {
+            None => None,
+            Some(def) => AuthDef::parse_builtin(&def).map_err(|e| fail(READER, e))?,
+        }
+        .map_or_else(|| generic.clone(), |reader| generic.or(&reader));
         let mut defs = BTreeMap::new();
         let given = presets.iter().filter(|(n, _)| !user.contains_key(*n));
         for (name, def) in given.chain(&user) {
@@ -258,7 +271,11 @@ impl Loaded {
             let def = parse_def(name, def, &presets).map_err(|e| fail(name, e))?;
             defs.insert(name.clone(), def);
         }
-        Ok(Self { defs, generic })
+        Ok(Self {
+            defs,
+            generic,
+            read,
+        })
     }
 }
 
