@@ -381,3 +381,72 @@ async fn a_reader_key_reads_and_never_acts() {
         .await;
     assert_error(status, &b, 401, "unauthorized");
 }
+
+/// Unicode's format characters (general category Cf) are refused in every
+/// value a person reads later, the tag characters that can smuggle text
+/// invisibly (U+E0000-E007F) and the soft hyphen included.
+#[tokio::test]
+async fn every_format_character_is_refused() {
+    let h = Harness::new().await;
+    for (field, value) in [
+        ("comment", "retired \u{E0041}\u{E0042}"),
+        ("comment", "re\u{00AD}tired"),
+        ("ticket", "INC\u{2064}1"),
+        ("comment", "retired \u{FFF9}annotated\u{FFFB}"),
+    ] {
+        let mut body = json!({"ticket": "INC1", "comment": "retired", "devices": [ids::WIN11]});
+        body[field] = json!(value);
+        let (status, b, _) = h.offboard(&body).await;
+        assert_error(status, &b, 422, "invalid_value");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains(field),
+            "{b}"
+        );
+    }
+    assert_eq!(h.fake.count(Api::AnyDefender), 0);
+}
+
+/// A callback is sent to HTTPS's port only, on an allowed host.
+#[tokio::test]
+async fn a_callback_url_on_another_port_is_refused() {
+    let h = Harness::with(Options {
+        env: vec![("CALLBACK_HOSTS", "hooks.example.com".into())],
+        ..Default::default()
+    })
+    .await;
+    let body = json!({"ticket": "INC1", "comment": "retired", "devices": [ids::WIN11],
+        "callback_url": "https://hooks.example.com:8443/mde"});
+    let (status, b, _) = h.offboard(&body).await;
+    assert_error(status, &b, 422, "callback_not_allowed");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("443"),
+        "{b}"
+    );
+    assert_eq!(h.fake.count(Api::AnyDefender), 0);
+}
+
+/// Defender's answers are read with a size cap: a 5 MiB answer is a failed
+/// device, not a 5 MiB buffer.
+#[tokio::test]
+async fn an_oversized_defender_answer_is_refused_not_buffered() {
+    let h = Harness::new().await;
+    h.fake.fault(
+        Api::GetMachine,
+        mde_testkit::Fault::Answer {
+            status: 200,
+            headers: vec![],
+            body: format!(
+                "{{\"id\": \"{}\", \"pad\": \"{}\"}}",
+                ids::WIN11,
+                "x".repeat(5 << 20)
+            ),
+        },
+    );
+    let (status, b, _) = h
+        .offboard(&json!({"ticket": "INC1", "comment": "retired", "devices": [ids::WIN11]}))
+        .await;
+    assert_eq!(status, 503, "{b}");
+    let detail = b["results"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("over 4194304 bytes"), "{b}");
+    assert_eq!(h.fake.count(Api::Offboard), 0);
+}

@@ -64,19 +64,41 @@ impl FieldError {
     }
 }
 
-/// Characters that change how text is shown without being seen: bidi
-/// overrides, isolates and marks, zero-width spaces and joiners, the BOM.
+/// Characters that change how text is shown without being seen (Unicode's
+/// format characters, Cf): bidi overrides, isolates and marks, zero-width
+/// spaces and joiners, the BOM, tag characters.
 /// In a ticket, comment or device name they let an audit line or the
 /// Defender portal read differently from what was sent.
 pub fn is_hidden_format(c: char) -> bool {
+    // Every character of Unicode's general category Cf (format), as of
+    // Unicode 15.1: soft hyphen, Arabic and Syriac marks, bidirectional
+    // controls, zero-width characters, invisible operators, the BOM,
+    // interlinear annotations, Egyptian hieroglyph controls, shorthand and
+    // musical format controls, and the tag characters that can smuggle
+    // ASCII invisibly (U+E0001, U+E0020-E007F).
     matches!(
         c,
-        '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{FEFF}'
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
             | '\u{061C}'
-            | '\u{2060}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
     )
 }
 

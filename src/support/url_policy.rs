@@ -56,6 +56,11 @@ impl CallbackUrl {
         if !url.username().is_empty() || url.password().is_some() {
             return Err("must not carry credentials".into());
         }
+        // One port, HTTPS's: a callback is not a way to reach another
+        // service on an allowed host.
+        if !is_loopback(&url) && url.port_or_known_default() != Some(443) {
+            return Err("must use port 443".into());
+        }
         let host = url.host_str().unwrap_or_default();
         if !hosts.allows(host.trim_start_matches('[').trim_end_matches(']')) {
             return Err(if hosts.is_empty() {
