@@ -71,6 +71,10 @@ pub enum ApiError {
         action_id: String,
         action_type: String,
     },
+    #[error(
+        "this delivery id was already used for another request (another route or body); sign each request with a new id"
+    )]
+    DeliveryIdReused,
 }
 
 impl ApiError {
@@ -97,9 +101,10 @@ impl ApiError {
             Self::Credentials(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Defender(e) if e.retry_after().is_some() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Defender(_) => StatusCode::BAD_GATEWAY,
-            Self::InProgress(_) | Self::NotCancellable { .. } | Self::NotAnOffboard { .. } => {
-                StatusCode::CONFLICT
-            }
+            Self::InProgress(_)
+            | Self::NotCancellable { .. }
+            | Self::NotAnOffboard { .. }
+            | Self::DeliveryIdReused => StatusCode::CONFLICT,
             Self::MissingPermission(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Ledger(LedgerError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Ledger(LedgerError::Refused(_)) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -145,6 +150,7 @@ impl ApiError {
             Self::MissingPermission(_) => "missing_permission",
             Self::NotCancellable { .. } => "not_cancellable",
             Self::NotAnOffboard { .. } => "not_an_offboard",
+            Self::DeliveryIdReused => "delivery_id_reused",
             Self::Ledger(LedgerError::Unavailable(_)) => "ledger_unavailable",
             Self::Ledger(LedgerError::Refused(_)) => "ledger_refused",
         }
