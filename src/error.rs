@@ -70,6 +70,10 @@ pub enum ApiError {
         action_id: String,
         action_type: String,
     },
+    #[error(
+        "this delivery id was already used for another request (another route or body); sign each request with a new id"
+    )]
+    DeliveryIdReused,
 }
 
 impl ApiError {
@@ -127,6 +131,7 @@ impl ApiError {
             Self::InProgress(ra) => (S::CONFLICT, "in_progress", Some(*ra)),
             Self::NotCancellable { .. } => (S::CONFLICT, "not_cancellable", None),
             Self::NotAnOffboard { .. } => (S::CONFLICT, "not_an_offboard", None),
+            Self::DeliveryIdReused => (S::CONFLICT, "delivery_id_reused", None),
             Self::MissingPermission(_) => (S::INTERNAL_SERVER_ERROR, "missing_permission", None),
             Self::Ledger(e @ LedgerError::Unavailable(_)) => (
                 S::SERVICE_UNAVAILABLE,

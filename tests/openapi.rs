@@ -553,6 +553,52 @@ async fn action_and_ticket_answers_match_the_document() {
     );
     doc.check(cancel, "post", &a);
 
+    // A signed call sent again: to its own path, the replay; to another
+    // path, 409 delivery_id_reused.
+    let first = signed("GET", &format!("/v1/actions/{action_id}"), "");
+    let captured = first.headers().clone();
+    send(first).await;
+    let again = |path: &str| {
+        let mut r = request("GET", path, &[], "");
+        *r.headers_mut() = captured.clone();
+        r
+    };
+    let a = send(again(&format!("/v1/actions/{action_id}"))).await;
+    assert_eq!((a.status, a.header("x-mde-replay")), (200, Some("true")));
+    doc.check(get, "get", &a);
+    for (template, method, path) in [
+        (
+            get,
+            "get",
+            "/v1/actions/00000000-0000-0000-0000-000000000000",
+        ),
+        ("/v1/tickets/{ticket}", "get", "/v1/tickets/INC0012345"),
+    ] {
+        let a = send(again(path)).await;
+        assert_eq!(
+            (a.status, a.body["error"]["code"].as_str()),
+            (409, Some("delivery_id_reused")),
+            "{path}"
+        );
+        doc.check(template, method, &a);
+    }
+    let cancel_once = signed("POST", &path, r#"{"comment": "again"}"#);
+    let captured = cancel_once.headers().clone();
+    send(cancel_once).await;
+    let mut elsewhere = request(
+        "POST",
+        "/v1/actions/00000000-0000-0000-0000-000000000000/cancel",
+        &[],
+        r#"{"comment": "again"}"#,
+    );
+    *elsewhere.headers_mut() = captured;
+    let a = send(elsewhere).await;
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (409, Some("delivery_id_reused"))
+    );
+    doc.check(cancel, "post", &a);
+
     let ticket = "/v1/tickets/{ticket}";
     let a = send(signed("GET", "/v1/tickets/INC0012345", "")).await;
     assert_eq!(a.status, 200, "{}", a.body);

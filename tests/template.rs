@@ -74,6 +74,16 @@ fn only_the_function_roles_write_the_ledger_and_the_worker_only_what_it_uses() {
         "{except}"
     );
     assert_eq!(
+        actions(sid(&stmts, "TheFunction")),
+        [
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:Query",
+            "dynamodb:BatchGetItem"
+        ],
+        "the function deletes nothing: items leave by TTL"
+    );
+    assert_eq!(
         actions(sid(&stmts, "TheWorker")),
         ["dynamodb:UpdateItem", "dynamodb:BatchGetItem"],
         "the worker claims no delivery and reads no ticket"
