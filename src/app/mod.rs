@@ -151,8 +151,8 @@ impl App {
         auth: &AuthDef,
     ) -> Result<(Arc<AppSecret>, Admitted), ApiError> {
         auth.precheck(presented)?;
-        // The caller is not authenticated yet: what is wrong with the
-        // secret stays in the log, the caller learns only its kind.
+        // The caller is not authenticated yet: what Secrets Manager said
+        // stays in the log, the caller learns only the kind of problem.
         let secret = self.secrets.get().await.map_err(|e| {
             tracing::warn!(error = %e, "the secret could not be used to check a request");
             e.for_an_unknown_caller()
