@@ -8,9 +8,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use hmac::{Hmac, KeyInit, Mac};
-use mde_offboard::intake::auth::{StandardHeaders, standard_key, standard_sign, verify_standard};
 use mde_offboard::intake::generic::parse_generic;
 use mde_offboard::intake::sources::Sources;
+use mde_offboard::support::webhook_sig::{StandardHeaders, StandardWebhooks, secret_key};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
@@ -19,9 +19,10 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 fn signature(c: &mut Criterion) {
     let body = vec![b'x'; 256 * 1024];
     let ts = 1_795_683_600i64;
-    let sig = standard_sign(SECRET, "msg_1", ts, &body);
-    let secrets = vec![SECRET.to_string()];
-    let key = standard_key(SECRET).unwrap();
+    let sig = StandardWebhooks::from_secret(SECRET)
+        .unwrap()
+        .sign("msg_1", ts, &body);
+    let key = secret_key(SECRET).unwrap();
     let mut g = c.benchmark_group("signature_256KiB");
     g.bench_function("baseline_hmac_sha256", |b| {
         b.iter(|| {
@@ -37,7 +38,8 @@ fn signature(c: &mut Criterion) {
                 timestamp: Some("1795683600"),
                 signature: Some(&sig),
             };
-            verify_standard(h, black_box(&body), &secrets, ts).unwrap()
+            let keys = [StandardWebhooks::from_secret(SECRET).unwrap()];
+            StandardWebhooks::verify_any(&keys, &h, black_box(&body), ts).unwrap()
         })
     });
     g.finish();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::domain::secret::CredentialMode;
+use crate::domain::tracking::{DEFAULT_TRACK_FOR, TrackPlan};
 use crate::intake::sources::Sources;
 use crate::support::url_policy::{CallbackHosts, is_https_or_loopback};
 
@@ -123,153 +124,142 @@ impl Config {
 
     /// Pure over its lookup, so tests need not touch the process environment.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        // An empty variable is treated as unset: SAM and CloudFormation
-        // parameters often end up as "" rather than absent.
-        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-
-        let secret_id = get("SECRET_ID")
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "SECRET_ID",
-                    "is required (Secrets Manager secret name or ARN)",
-                )
-            })?
-            .trim()
-            .to_string();
-        let cloud = match get("MDE_CLOUD") {
-            None => Cloud::Commercial,
-            Some(v) => Cloud::parse(&v).ok_or_else(|| {
-                ConfigError::new(
-                    "MDE_CLOUD",
-                    format!("'{v}' is not one of commercial, gcc, gcc-high, dod"),
-                )
-            })?,
-        };
-        let api_url = match get("MDE_API_URL") {
-            None => cloud.api_url().to_string(),
-            Some(v) => base_url("MDE_API_URL", &v)?,
-        };
-        if api_url.ends_with("/api") {
-            return Err(ConfigError::new(
-                "MDE_API_URL",
-                "must be the API base without the trailing /api",
-            ));
-        }
-        let login_url = match get("MDE_LOGIN_URL") {
-            None => cloud.login_url().to_string(),
-            Some(v) => base_url("MDE_LOGIN_URL", &v)?,
-        };
-        let scope = get("MDE_SCOPE")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|| cloud.scope());
-
-        let dry_run = match get("DRY_RUN") {
-            None => false,
-            Some(v) => parse_bool(&v).ok_or_else(|| {
-                ConfigError::new("DRY_RUN", format!("'{v}' is not true or false"))
-            })?,
-        };
-        let max_devices = parse_count(&get, "MAX_DEVICES", 25, 1000)?;
-        let max_queued_devices = parse_count(&get, "MAX_QUEUED_DEVICES", 5000, 100_000)?;
-        let queue_url = get("QUEUE_URL").map(|s| s.trim().to_string());
-        let ledger_table = get("LEDGER_TABLE").map(|s| s.trim().to_string());
-        let supported_platforms = match get("SUPPORTED_PLATFORMS") {
-            None => crate::domain::policy::Platforms::default(),
-            Some(v) => crate::domain::policy::Platforms::parse(&v)
-                .map_err(|r| ConfigError::new("SUPPORTED_PLATFORMS", r))?,
-        };
-        let max_offboards_per_hour = match get("MAX_OFFBOARDS_PER_HOUR") {
-            None => None,
-            Some(_) if ledger_table.is_none() => {
-                // A budget nobody counts would be a promise not kept.
-                return Err(ConfigError::new(
-                    "MAX_OFFBOARDS_PER_HOUR",
-                    "needs LEDGER_TABLE: the budget is counted in the ledger table",
-                ));
-            }
-            Some(_) => Some(parse_count(&get, "MAX_OFFBOARDS_PER_HOUR", 0, 100_000)? as u32),
-        };
-        let protected_tags = get("PROTECTED_TAGS")
-            .map(|v| {
-                v.split(',')
-                    .map(|t| t.trim().to_lowercase())
-                    .filter(|t| !t.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let secret_ttl =
-            Duration::from_secs(parse_count(&get, "SECRET_TTL_SECONDS", 300, 86_400)? as u64);
-        let sources = Sources::load(get("SOURCES").as_deref())
-            .map_err(|reason| ConfigError::new("SOURCES", reason))?;
-
-        let metrics_namespace = get("METRICS_NAMESPACE")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|| "MdeOffboard".into());
-        // Above Defender's published 100 only for a tenant with a raised
-        // quota, or against a fake (the benchmark, which measures the
-        // function and not the limiter).
-        let rate_per_minute = parse_count(&get, "RATE_LIMIT_PER_MINUTE", 100, 1_000_000)?;
-        let worker = match get("MDE_MODE").as_deref().map(str::trim) {
-            None | Some("http") => false,
-            Some("worker") => true,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "MDE_MODE",
-                    format!("'{other}' is not http or worker"),
-                ));
-            }
-        };
-        let direct_events = DirectEvents::parse(get("DIRECT_EVENTS").as_deref().unwrap_or(""))
-            .map_err(|reason| ConfigError::new("DIRECT_EVENTS", reason))?;
-        let callback_hosts = get("CALLBACK_HOSTS")
-            .map(|v| CallbackHosts::parse(&v))
-            .unwrap_or_default();
-        let credentials = match get("MDE_CREDENTIALS") {
-            None => CredentialMode::Secret,
-            Some(v) => CredentialMode::parse(&v).ok_or_else(|| {
-                ConfigError::new(
-                    "MDE_CREDENTIALS",
-                    format!("'{}' is not secret or federated", v.trim()),
-                )
-            })?,
-        };
-        let mut track = crate::domain::tracking::TrackPlan::default();
-        if let Some(v) = get("TRACK_INTERVALS_SECONDS") {
-            track.intervals = crate::domain::tracking::TrackPlan::parse_intervals(&v)
-                .map_err(|reason| ConfigError::new("TRACK_INTERVALS_SECONDS", reason))?;
-        }
-        track.track_for = parse_count(
-            &get,
-            "TRACK_FOR_SECONDS",
-            crate::domain::tracking::DEFAULT_TRACK_FOR as usize,
-            90 * 86_400,
-        )? as u64;
-        let ca_file = get("MDE_CA_FILE").map(|s| s.trim().to_string());
+        let env = Env(get);
+        let secret_id = env.trimmed("SECRET_ID").ok_or_else(|| {
+            ConfigError::new(
+                "SECRET_ID",
+                "is required (Secrets Manager secret name or ARN)",
+            )
+        })?;
+        let cloud = env.or("MDE_CLOUD", Cloud::Commercial, |v| {
+            Cloud::parse(v)
+                .ok_or_else(|| format!("'{v}' is not one of commercial, gcc, gcc-high, dod"))
+        })?;
+        let ledger_table = env.trimmed("LEDGER_TABLE");
         Ok(Self {
-            ca_file,
-            credentials,
-            track,
-            callback_hosts,
-            rate_per_minute,
-            worker,
-            direct_events,
-            metrics_namespace,
             secret_id,
             cloud,
-            api_url,
-            login_url,
-            scope,
-            dry_run,
-            max_devices,
-            queue_url,
+            api_url: env.or("MDE_API_URL", cloud.api_url().to_string(), |v| {
+                let url = base_url(v)?;
+                if url.ends_with("/api") {
+                    return Err("must be the API base without the trailing /api".into());
+                }
+                Ok(url)
+            })?,
+            login_url: env.or("MDE_LOGIN_URL", cloud.login_url().to_string(), base_url)?,
+            scope: env.trimmed("MDE_SCOPE").unwrap_or_else(|| cloud.scope()),
+            dry_run: env.or("DRY_RUN", false, |v| {
+                match v.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" => Ok(true),
+                    "false" | "0" | "no" => Ok(false),
+                    _ => Err(format!("'{v}' is not true or false")),
+                }
+            })?,
+            max_devices: env.count("MAX_DEVICES", 25, 1000)?,
+            max_queued_devices: env.count("MAX_QUEUED_DEVICES", 5000, 100_000)?,
+            queue_url: env.trimmed("QUEUE_URL"),
+            supported_platforms: env.or(
+                "SUPPORTED_PLATFORMS",
+                Default::default(),
+                crate::domain::policy::Platforms::parse,
+            )?,
+            max_offboards_per_hour: env.or("MAX_OFFBOARDS_PER_HOUR", None, |v| {
+                // A budget nobody counts would be a promise not kept.
+                if ledger_table.is_none() {
+                    return Err(
+                        "needs LEDGER_TABLE: the budget is counted in the ledger table".into(),
+                    );
+                }
+                count(v, 100_000).map(|n| Some(n as u32))
+            })?,
             ledger_table,
-            max_offboards_per_hour,
-            supported_platforms,
-            max_queued_devices,
-            protected_tags,
-            secret_ttl,
-            sources,
+            protected_tags: env
+                .get("PROTECTED_TAGS")
+                .unwrap_or_default()
+                .split(',')
+                .map(|t| t.trim().to_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect(),
+            secret_ttl: Duration::from_secs(env.count("SECRET_TTL_SECONDS", 300, 86_400)? as u64),
+            sources: env.or("SOURCES", Sources::default(), |v| Sources::load(Some(v)))?,
+            metrics_namespace: env
+                .trimmed("METRICS_NAMESPACE")
+                .unwrap_or_else(|| "MdeOffboard".into()),
+            // Above Defender's published 100 only for a tenant with a raised
+            // quota, or against a fake (the benchmark, which measures the
+            // function and not the limiter).
+            rate_per_minute: env.count("RATE_LIMIT_PER_MINUTE", 100, 1_000_000)?,
+            worker: env.or("MDE_MODE", false, |v| match v.trim() {
+                "http" => Ok(false),
+                "worker" => Ok(true),
+                other => Err(format!("'{other}' is not http or worker")),
+            })?,
+            direct_events: env.or(
+                "DIRECT_EVENTS",
+                DirectEvents::default(),
+                DirectEvents::parse,
+            )?,
+            callback_hosts: env
+                .get("CALLBACK_HOSTS")
+                .map(|v| CallbackHosts::parse(&v))
+                .unwrap_or_default(),
+            credentials: env.or("MDE_CREDENTIALS", CredentialMode::Secret, |v| {
+                CredentialMode::parse(v)
+                    .ok_or_else(|| format!("'{}' is not secret or federated", v.trim()))
+            })?,
+            track: TrackPlan {
+                intervals: env.or(
+                    "TRACK_INTERVALS_SECONDS",
+                    TrackPlan::default().intervals,
+                    TrackPlan::parse_intervals,
+                )?,
+                track_for: env.count(
+                    "TRACK_FOR_SECONDS",
+                    DEFAULT_TRACK_FOR as usize,
+                    90 * 86_400,
+                )? as u64,
+            },
+            ca_file: env.trimmed("MDE_CA_FILE"),
         })
+    }
+}
+
+/// The environment through a lookup. An empty variable is treated as
+/// unset: SAM and CloudFormation parameters often end up as "" rather than
+/// absent.
+struct Env<F>(F);
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn get(&self, var: &str) -> Option<String> {
+        (self.0)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    fn trimmed(&self, var: &str) -> Option<String> {
+        self.get(var).map(|v| v.trim().to_string())
+    }
+
+    /// `var` read by `parse`, or `default` when unset; an error names `var`.
+    fn or<T>(
+        &self,
+        var: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(v) => parse(&v).map_err(|reason| ConfigError::new(var, reason)),
+        }
+    }
+
+    fn count(&self, var: &'static str, default: usize, max: usize) -> Result<usize, ConfigError> {
+        self.or(var, default, |v| count(v, max))
+    }
+}
+
+fn count(v: &str, max: usize) -> Result<usize, String> {
+    match v.trim().parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("'{v}' is not a whole number from 1 to {max}")),
     }
 }
 
@@ -296,48 +286,20 @@ impl DirectEvents {
     }
 }
 
-fn base_url(var: &'static str, v: &str) -> Result<String, ConfigError> {
+fn base_url(v: &str) -> Result<String, String> {
     let v = v.trim().trim_end_matches('/');
-    let parsed = reqwest::Url::parse(v)
-        .map_err(|e| ConfigError::new(var, format!("'{v}' is not a URL ({e})")))?;
+    let parsed = reqwest::Url::parse(v).map_err(|e| format!("'{v}' is not a URL ({e})"))?;
     if parsed.host().is_none() {
-        return Err(ConfigError::new(var, format!("'{v}' has no host")));
+        return Err(format!("'{v}' has no host"));
     }
     // The client secret and the bearer token travel to these hosts: plain
     // http only where the traffic never leaves the machine.
     if !is_https_or_loopback(&parsed) {
-        return Err(ConfigError::new(
-            var,
-            format!("'{v}' must be an https:// URL (http:// only for 127.0.0.1, ::1 or localhost)"),
+        return Err(format!(
+            "'{v}' must be an https:// URL (http:// only for 127.0.0.1, ::1 or localhost)"
         ));
     }
     Ok(v.to_string())
-}
-
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" => Some(true),
-        "false" | "0" | "no" => Some(false),
-        _ => None,
-    }
-}
-
-fn parse_count(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: usize,
-    max: usize,
-) -> Result<usize, ConfigError> {
-    let Some(v) = get(var) else {
-        return Ok(default);
-    };
-    match v.trim().parse::<usize>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(ConfigError::new(
-            var,
-            format!("'{v}' is not a whole number from 1 to {max}"),
-        )),
-    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use lambda_http::http::StatusCode;
-use lambda_http::{Body, Response};
-use serde_json::json;
+use http::StatusCode;
 use thiserror::Error;
 
 use crate::domain::defender::DefenderError;
@@ -14,6 +12,7 @@ use crate::domain::limits::retry_after_secs;
 use crate::domain::model::FieldError;
 use crate::domain::secret::CredentialError;
 use crate::intake::auth::AuthError;
+use crate::intake::generic::JsonError;
 use crate::intake::sources::StaleError;
 
 #[derive(Debug, Error)]
@@ -71,100 +70,109 @@ pub enum ApiError {
         action_id: String,
         action_type: String,
     },
+    #[error(
+        "this delivery id was already used for another request (another route or body); sign each request with a new id"
+    )]
+    DeliveryIdReused,
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
+    /// Each error's status, code and `Retry-After`, in one place.
+    fn answer(&self) -> (StatusCode, &'static str, Option<Duration>) {
+        use StatusCode as S;
+        let soon = Some(Duration::from_secs(10));
         match self {
-            Self::NoRoute(_) | Self::UnknownSource(_) | Self::ActionNotFound(_) => {
-                StatusCode::NOT_FOUND
+            Self::NoRoute(_) => (S::NOT_FOUND, "not_found", None),
+            Self::UnknownSource(_) => (S::NOT_FOUND, "unknown_source", None),
+            Self::ActionNotFound(_) => (S::NOT_FOUND, "action_not_found", None),
+            Self::MethodNotAllowed { .. } => (S::METHOD_NOT_ALLOWED, "method_not_allowed", None),
+            Self::TooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large", None),
+            Self::NotJson(_) => (S::BAD_REQUEST, "invalid_json", None),
+            Self::Unauthorized(_) => (S::UNAUTHORIZED, "unauthorized", None),
+            Self::Stale(_) => (S::UNAUTHORIZED, "stale", None),
+            Self::Field(e) => match e {
+                FieldError::Missing { .. } => (S::BAD_REQUEST, "missing_field", None),
+                FieldError::WrongType { .. } => (S::BAD_REQUEST, "wrong_type", None),
+                FieldError::Unknown { .. } => (S::BAD_REQUEST, "unknown_field", None),
+                // A repeated key is malformed JSON for this API, whatever a
+                // lenient parser makes of it.
+                FieldError::Duplicate { .. } => (S::BAD_REQUEST, "invalid_json", None),
+                FieldError::OutOfBounds { .. } => (S::UNPROCESSABLE_ENTITY, "invalid_value", None),
+                FieldError::CallbackNotAllowed { .. } => {
+                    (S::UNPROCESSABLE_ENTITY, "callback_not_allowed", None)
+                }
+            },
+            Self::TooManyDevices { .. } => (S::UNPROCESSABLE_ENTITY, "too_many_devices", None),
+            Self::QueueNotConfigured => (S::UNPROCESSABLE_ENTITY, "queue_not_configured", None),
+            Self::QueueUnavailable(_) => (S::SERVICE_UNAVAILABLE, "queue_unavailable", soon),
+            Self::Credentials(e) => {
+                let code = match e {
+                    CredentialError::BadSecret(_) => "bad_secret",
+                    CredentialError::SecretRefused(_) => "secret_refused",
+                    CredentialError::SecretUnavailable(_) => "secret_unavailable",
+                    CredentialError::BadCredentials(_) => "bad_credentials",
+                    CredentialError::LoginUnavailable(_) => "login_unavailable",
+                    CredentialError::LoginRedirected(_) => "login_redirected",
+                    CredentialError::FederationDisabled => "federation_disabled",
+                    CredentialError::IdentityTokenRefused(_) => "identity_token_refused",
+                    CredentialError::IdentityTokenUnavailable(_) => "identity_token_unavailable",
+                    CredentialError::AssertionRefused(r) => r.code(),
+                };
+                if e.is_retryable() {
+                    (S::SERVICE_UNAVAILABLE, code, soon)
+                } else {
+                    (S::INTERNAL_SERVER_ERROR, code, None)
+                }
             }
-            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NotJson(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized(_) | Self::Stale(_) => StatusCode::UNAUTHORIZED,
-            Self::Field(
-                FieldError::Missing { .. }
-                | FieldError::WrongType { .. }
-                | FieldError::Unknown { .. }
-                | FieldError::Duplicate { .. },
-            ) => StatusCode::BAD_REQUEST,
-            Self::Field(FieldError::OutOfBounds { .. } | FieldError::CallbackNotAllowed { .. })
-            | Self::TooManyDevices { .. }
-            | Self::QueueNotConfigured => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::QueueUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Credentials(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Credentials(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Defender(e) if e.retry_after().is_some() => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Defender(_) => StatusCode::BAD_GATEWAY,
-            Self::InProgress(_) | Self::NotCancellable { .. } | Self::NotAnOffboard { .. } => {
-                StatusCode::CONFLICT
+            Self::Defender(e) => match e.retry_after() {
+                Some(ra) => (S::SERVICE_UNAVAILABLE, "defender_unavailable", Some(ra)),
+                None => (S::BAD_GATEWAY, "defender_error", None),
+            },
+            Self::InProgress(ra) => (S::CONFLICT, "in_progress", Some(*ra)),
+            Self::NotCancellable { .. } => (S::CONFLICT, "not_cancellable", None),
+            Self::NotAnOffboard { .. } => (S::CONFLICT, "not_an_offboard", None),
+            Self::DeliveryIdReused => (S::CONFLICT, "delivery_id_reused", None),
+            Self::MissingPermission(_) => (S::INTERNAL_SERVER_ERROR, "missing_permission", None),
+            Self::Ledger(e @ LedgerError::Unavailable(_)) => (
+                S::SERVICE_UNAVAILABLE,
+                "ledger_unavailable",
+                e.retry_after(),
+            ),
+            Self::Ledger(LedgerError::Refused(_)) => {
+                (S::INTERNAL_SERVER_ERROR, "ledger_refused", None)
             }
-            Self::MissingPermission(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Ledger(LedgerError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Ledger(LedgerError::Refused(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// The contract's error body: `{"error": {"code", "message"}}`.
+    pub fn body(&self) -> String {
+        serde_json::json!({"error": {"code": self.code(), "message": self.message()}}).to_string()
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.answer().0
     }
 
     pub fn code(&self) -> &'static str {
-        match self {
-            Self::NoRoute(_) => "not_found",
-            Self::UnknownSource(_) => "unknown_source",
-            Self::ActionNotFound(_) => "action_not_found",
-            Self::MethodNotAllowed { .. } => "method_not_allowed",
-            Self::TooLarge => "payload_too_large",
-            Self::NotJson(_) => "invalid_json",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::Stale(_) => "stale",
-            Self::Field(FieldError::Missing { .. }) => "missing_field",
-            Self::Field(FieldError::WrongType { .. }) => "wrong_type",
-            Self::Field(FieldError::OutOfBounds { .. }) => "invalid_value",
-            Self::Field(FieldError::Unknown { .. }) => "unknown_field",
-            // A repeated key is malformed JSON for this API, whatever a
-            // lenient parser makes of it.
-            Self::Field(FieldError::Duplicate { .. }) => "invalid_json",
-            Self::Field(FieldError::CallbackNotAllowed { .. }) => "callback_not_allowed",
-            Self::TooManyDevices { .. } => "too_many_devices",
-            Self::QueueNotConfigured => "queue_not_configured",
-            Self::QueueUnavailable(_) => "queue_unavailable",
-            Self::Credentials(CredentialError::BadSecret(_)) => "bad_secret",
-            Self::Credentials(CredentialError::SecretRefused(_)) => "secret_refused",
-            Self::Credentials(CredentialError::SecretUnavailable(_)) => "secret_unavailable",
-            Self::Credentials(CredentialError::BadCredentials(_)) => "bad_credentials",
-            Self::Credentials(CredentialError::LoginUnavailable(_)) => "login_unavailable",
-            Self::Credentials(CredentialError::LoginRedirected(_)) => "login_redirected",
-            Self::Credentials(CredentialError::FederationDisabled) => "federation_disabled",
-            Self::Credentials(CredentialError::IdentityTokenRefused(_)) => "identity_token_refused",
-            Self::Credentials(CredentialError::IdentityTokenUnavailable(_)) => {
-                "identity_token_unavailable"
-            }
-            Self::Credentials(CredentialError::AssertionRefused(r)) => r.code(),
-            Self::Defender(e) if e.retry_after().is_some() => "defender_unavailable",
-            Self::Defender(_) => "defender_error",
-            Self::InProgress(_) => "in_progress",
-            Self::MissingPermission(_) => "missing_permission",
-            Self::NotCancellable { .. } => "not_cancellable",
-            Self::NotAnOffboard { .. } => "not_an_offboard",
-            Self::Ledger(LedgerError::Unavailable(_)) => "ledger_unavailable",
-            Self::Ledger(LedgerError::Refused(_)) => "ledger_refused",
-        }
+        self.answer().1
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Self::Credentials(e) if e.is_retryable() => Some(Duration::from_secs(10)),
-            Self::QueueUnavailable(_) => Some(Duration::from_secs(10)),
-            Self::Defender(e) => e.retry_after(),
-            Self::InProgress(ra) => Some(*ra),
-            Self::Ledger(e) => e.retry_after(),
-            _ => None,
-        }
+        self.answer().2
     }
 
-    /// The one sentence the caller reads. Auth failures say little on
-    /// purpose: which header was wrong, never what was expected.
+    /// The one sentence the caller reads. A refused caller learns nothing
+    /// of the configuration (no key name, scheme setting or upstream
+    /// error), and no answer carries AWS's own error text: the log has both.
     pub fn message(&self) -> String {
         let mut m = match self {
+            Self::Unauthorized(_) => {
+                "the request could not be authenticated; the function's log says why".into()
+            }
+            Self::Stale(_) => "the delivery's time is outside the window its source accepts".into(),
+            Self::Ledger(_) => {
+                "the ledger table could not be used; the function's log says why".into()
+            }
             Self::Credentials(CredentialError::BadSecret(s)) => {
                 format!("the function's secret is not usable: {s}")
             }
@@ -175,26 +183,23 @@ impl ApiError {
         }
         m
     }
+}
 
-    pub fn into_response(self) -> Response<Body> {
-        let mut b = Response::builder()
-            .status(self.status())
-            .header("content-type", "application/json");
-        if let Some(ra) = self.retry_after() {
-            b = b.header("retry-after", retry_after_secs(ra).to_string());
+impl From<JsonError> for ApiError {
+    fn from(e: JsonError) -> Self {
+        match e {
+            JsonError::Syntax(m) => Self::NotJson(m),
+            JsonError::Field(f) => Self::Field(f),
         }
-        if let Self::MethodNotAllowed { allowed, .. } = &self {
-            b = b.header("allow", *allowed);
-        }
-        let body = json!({"error": {"code": self.code(), "message": self.message()}});
-        b.body(Body::Text(body.to_string()))
-            .expect("static headers are valid")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inbound::http::error_response;
+    use crate::support::webhook_sig::SigError;
+    use lambda_http::{Body, Response};
 
     fn body_of(r: &Response<Body>) -> serde_json::Value {
         match r.body() {
@@ -209,7 +214,7 @@ mod tests {
             ApiError::NoRoute("/x".into()),
             ApiError::TooLarge,
             ApiError::NotJson("eof".into()),
-            ApiError::Unauthorized(AuthError::NoMatch),
+            ApiError::Unauthorized(AuthError::Signature(SigError::NoMatch)),
             ApiError::Field(FieldError::Missing {
                 field: "ticket".into(),
             }),
@@ -225,7 +230,7 @@ mod tests {
         ];
         for e in errors {
             let status = e.status();
-            let r = e.into_response();
+            let r = error_response(e);
             assert_eq!(r.status(), status);
             assert_eq!(r.headers()["content-type"], "application/json");
             let b = body_of(&r);
@@ -262,7 +267,8 @@ mod tests {
             (stale.status(), stale.code()),
             (StatusCode::UNAUTHORIZED, "stale")
         );
-        assert!(stale.message().contains("/timestamp"));
+        // Contract v3: a refused caller learns nothing of the configuration.
+        assert!(!stale.message().contains("/timestamp"));
         let bad = ApiError::Credentials(CredentialError::BadSecret(
             "the secret has no key 'client_secret'".into(),
         ));
@@ -272,8 +278,49 @@ mod tests {
         );
         assert!(bad.message().contains("client_secret"));
         let down = ApiError::Credentials(CredentialError::SecretUnavailable("x".into()));
-        let r = down.into_response();
+        let r = error_response(down);
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()["retry-after"], "10");
+    }
+
+    /// I2: what a caller who has not authenticated learns. The key a source
+    /// reads, the header its scheme names, and what Secrets Manager said
+    /// stay in the log.
+    #[test]
+    fn refusals_name_no_key_scheme_setting_or_upstream_error() {
+        let refusals = [
+            ApiError::Unauthorized(AuthError::NoSecret("jira".into())),
+            ApiError::Unauthorized(AuthError::WeakKey {
+                key: "pagerduty".into(),
+                problem: crate::intake::auth::KeyProblem::NotUserPassword,
+            }),
+            ApiError::Unauthorized(AuthError::Signature(
+                crate::support::webhook_sig::SigError::MissingHeader("x-mde-token"),
+            )),
+            ApiError::Stale(StaleError::Missing("/issue/fields/updated".into())),
+            ApiError::Ledger(LedgerError::Unavailable(
+                "AccessDeniedException: arn:aws:dynamodb:us-east-1:123456789012:table/t".into(),
+            )),
+            ApiError::Credentials(
+                CredentialError::SecretRefused(
+                    "AccessDeniedException: arn:aws:secretsmanager:us-east-1:123456789012".into(),
+                )
+                .for_an_unknown_caller(),
+            ),
+        ];
+        for e in refusals {
+            let body = e.body();
+            for leak in [
+                "jira",
+                "pagerduty",
+                "webhook_secrets",
+                "x-mde-token",
+                "/issue",
+                "arn:",
+                "123456789012",
+            ] {
+                assert!(!body.contains(leak), "{leak} in {body}");
+            }
+        }
     }
 }

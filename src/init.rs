@@ -62,14 +62,10 @@ impl LazyApp {
 }
 
 /// The app with Secrets Manager as its secret source, and the queue and the
-/// ledger the configuration names. The AWS clients are made on first use,
-/// from the environment as usual (region, credentials,
-/// `AWS_ENDPOINT_URL_*`). The roots are set before (`trust_roots`).
-pub fn build_app(config: Config) -> App {
-    build_instance(config).app
-}
-
-/// As `build_app`, with what its warm-up opens.
+/// ledger the configuration names, with what its warm-up opens. The AWS
+/// clients are made on first use, from the environment as usual (region,
+/// credentials, `AWS_ENDPOINT_URL_*`). The roots are set before
+/// (`trust_roots`).
 pub fn build_instance(config: Config) -> Instance {
     let source = Arc::new(SecretsManagerSource::from_env(config.secret_id.clone()));
     let queue_url = config.queue_url.clone();
@@ -97,7 +93,6 @@ pub fn http_client() -> reqwest::Client {
 pub struct Wiring {
     config: Config,
     secret_source: Arc<dyn SecretSource>,
-    http: Option<reqwest::Client>,
     limiters: Option<Limiters>,
     identity: Option<Arc<dyn IdentityTokenSource>>,
     defender: Option<Arc<dyn Defender>>,
@@ -108,17 +103,10 @@ impl Wiring {
         Self {
             config,
             secret_source,
-            http: None,
             limiters: None,
             identity: None,
             defender: None,
         }
-    }
-
-    /// The HTTP client every outbound call shares (default `http_client()`).
-    pub fn http(mut self, http: reqwest::Client) -> Self {
-        self.http = Some(http);
-        self
     }
 
     /// Defender's rate limits (simulations scale time).
@@ -147,7 +135,7 @@ impl Wiring {
     /// As `build`, with what its warm-up opens.
     pub fn instance(self) -> Instance {
         let config = self.config;
-        let http = self.http.unwrap_or_else(http_client);
+        let http = http_client();
         let secrets = Arc::new(
             SecretCache::new(self.secret_source, config.secret_ttl).for_mode(config.credentials),
         );

@@ -14,7 +14,7 @@ use lambda_http::{Body, Request};
 use mde_offboard::App;
 use mde_offboard::config::Config;
 use mde_offboard::domain::secret::{CredentialError, SecretSource};
-use mde_offboard::intake::auth::standard_sign;
+use mde_offboard::support::webhook_sig::{StandardWebhooks, secret_key};
 use mde_testkit::{Api, FakeDefender, GENERIC_WEBHOOK_SECRET, demo_machines, events, ids};
 use serde_json::{Value, json};
 
@@ -220,7 +220,11 @@ async fn weak_keys_refuse_every_call_and_the_log_names_the_key_not_the_value() {
         // "whsec_" was an empty HMAC key and this was admitted.
         let b = body();
         let ts = now();
-        let sig = standard_sign(weak, "msg_weak", ts, b.as_bytes());
+        let sig = StandardWebhooks::from_bytes(secret_key(weak).unwrap_or_default()).sign(
+            "msg_weak",
+            ts,
+            b.as_bytes(),
+        );
         let ts = ts.to_string();
         let req = request(
             "/v1/offboard",
@@ -290,7 +294,9 @@ async fn a_request_without_its_schemes_header_is_refused_before_any_secret_fetch
     );
     // The counter does count: a request that carries its headers fetches.
     let ts_now = now();
-    let sig = standard_sign(GENERIC_WEBHOOK_SECRET, "msg_ok", ts_now, b.as_bytes());
+    let sig = StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET)
+        .unwrap()
+        .sign("msg_ok", ts_now, b.as_bytes());
     let ts_now = ts_now.to_string();
     let (status, answer) = h
         .send(request(
@@ -458,7 +464,9 @@ async fn the_generic_sources_auth_list_admits_an_api_key_with_rotation() {
     // replaced. A fresh instance, so a cached secret cannot hide a fetch.
     let fresh = Harness::with(soar_secret(), &[("SOURCES", GENERIC_IAM_OR_KEY)]).await;
     let ts = now();
-    let sig = standard_sign(GENERIC_WEBHOOK_SECRET, "msg_sw", ts, b.as_bytes());
+    let sig = StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET)
+        .unwrap()
+        .sign("msg_sw", ts, b.as_bytes());
     let ts = ts.to_string();
     let (status, _) = fresh
         .send(request(

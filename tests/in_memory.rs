@@ -13,7 +13,7 @@ use mde_offboard::domain::defender::{Defender, DefenderError, Machine, MachineAc
 use mde_offboard::domain::limits::Deadline;
 use mde_offboard::domain::model::{DeviceName, MachineId};
 use mde_offboard::domain::secret::StaticSecret;
-use mde_offboard::intake::auth::standard_sign;
+use mde_offboard::support::webhook_sig::StandardWebhooks;
 use mde_testkit::{GENERIC_WEBHOOK_SECRET, secret_json};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -146,7 +146,9 @@ fn signed_fixture(body: &Value, id: &str) -> Request {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let sig = standard_sign(GENERIC_WEBHOOK_SECRET, id, now, body.as_bytes());
+    let sig = StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET)
+        .unwrap()
+        .sign(id, now, body.as_bytes());
     event["headers"]["webhook-id"] = json!(id);
     event["headers"]["webhook-timestamp"] = json!(now.to_string());
     event["headers"]["webhook-signature"] = json!(sig);

@@ -11,9 +11,9 @@ use mde_offboard::adapters::aws;
 use mde_offboard::adapters::dynamodb::DynamoLedger;
 use mde_offboard::adapters::dynamodb::item::schema;
 use mde_offboard::domain::ledger::{
-    ANSWER_KEPT_FOR, ActionStatus, Begin, DeliveryClaims, DeviceRecord, DeviceRecords,
-    IdempotencyKey, LedgerError, OffboardBudget, RecordKey, RecordedOutcome, StatusUpdate,
-    StoredAnswer,
+    ANSWER_KEPT_FOR, ActionStatus, Begin, DeliveryClaims, DeviceRecord, DeviceRecords, Fingerprint,
+    IdempotencyKey, LedgerError, MAX_STORED_BODY, OffboardBudget, RecordKey, RecordedOutcome,
+    Report, StatusUpdate, StoredAnswer,
 };
 use mde_testkit::ledger_table::{ledger_table_definition, ledger_table_from_template};
 use mde_testkit::moto;
@@ -70,6 +70,10 @@ fn at(secs: u64) -> SystemTime {
 fn key(n: u8) -> IdempotencyKey {
     IdempotencyKey::from([n; 32])
 }
+
+/// The request a delivery key stands for, and another one.
+const FP: Fingerprint = Fingerprint([0xf1; 32]);
+const OTHER: Fingerprint = Fingerprint([0xf2; 32]);
 
 fn answer() -> StoredAnswer {
     StoredAnswer {
@@ -166,7 +170,10 @@ async fn the_table_created_from_the_template_is_the_one_the_adapter_uses() {
     assert_eq!(ttl.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
     // And the adapter works against it: a claim, then a machine-index read.
     let l = DynamoLedger::new(client(), table);
-    assert_eq!(l.begin(&key(1), at(0), at(30)).await, Ok(Begin::Started));
+    assert_eq!(
+        l.begin(&key(1), &FP, at(0), at(30)).await,
+        Ok(Begin::Started)
+    );
     l.record_device(&record("INC-T", "m1", "a1", 0))
         .await
         .unwrap();
@@ -177,21 +184,27 @@ async fn the_table_created_from_the_template_is_the_one_the_adapter_uses() {
 async fn a_delivery_is_claimed_completed_and_replayed_by_another_instance() {
     let (a, table) = ledger().await;
     let b = DynamoLedger::new(client(), table);
-    assert_eq!(a.begin(&key(1), at(0), at(30)).await, Ok(Begin::Started));
     assert_eq!(
-        b.begin(&key(1), at(10), at(40)).await,
+        a.begin(&key(1), &FP, at(0), at(30)).await,
+        Ok(Begin::Started)
+    );
+    assert_eq!(
+        b.begin(&key(1), &FP, at(10), at(40)).await,
         Ok(Begin::InProgress {
             retry_after: Duration::from_secs(20)
         })
     );
-    a.complete(&key(1), &answer(), at(10) + ANSWER_KEPT_FOR)
+    a.complete(&key(1), &FP, &answer(), at(10) + ANSWER_KEPT_FOR)
         .await
         .unwrap();
     assert_eq!(
-        b.begin(&key(1), at(20), at(50)).await,
+        b.begin(&key(1), &FP, at(20), at(50)).await,
         Ok(Begin::Done(answer()))
     );
-    assert_eq!(b.begin(&key(2), at(20), at(50)).await, Ok(Begin::Started));
+    assert_eq!(
+        b.begin(&key(2), &FP, at(20), at(50)).await,
+        Ok(Begin::Started)
+    );
 }
 
 #[tokio::test]
@@ -202,7 +215,10 @@ async fn two_concurrent_claims_one_starts_one_waits() {
     let b = DynamoLedger::new(c, table);
     for n in 0..5u8 {
         let k = key(n);
-        let (x, y) = tokio::join!(a.begin(&k, at(0), at(30)), b.begin(&k, at(0), at(30)));
+        let (x, y) = tokio::join!(
+            a.begin(&k, &FP, at(0), at(30)),
+            b.begin(&k, &FP, at(0), at(30))
+        );
         let mut got = [x.unwrap(), y.unwrap()];
         got.sort_by_key(|g| matches!(g, Begin::Started));
         assert!(
@@ -215,19 +231,22 @@ async fn two_concurrent_claims_one_starts_one_waits() {
 #[tokio::test]
 async fn a_claim_whose_holder_died_is_taken_over_after_its_deadline() {
     let (l, _) = ledger().await;
-    l.begin(&key(1), at(0), at(30)).await.unwrap();
+    l.begin(&key(1), &FP, at(0), at(30)).await.unwrap();
     assert!(matches!(
-        l.begin(&key(1), at(30), at(60)).await,
+        l.begin(&key(1), &FP, at(30), at(60)).await,
         Ok(Begin::InProgress { .. })
     ));
-    assert_eq!(l.begin(&key(1), at(31), at(61)).await, Ok(Begin::Started));
+    assert_eq!(
+        l.begin(&key(1), &FP, at(31), at(61)).await,
+        Ok(Begin::Started)
+    );
 }
 
 #[tokio::test]
 async fn an_answer_past_its_expiry_is_not_replayed_though_ttl_has_not_deleted_it() {
     let (l, table) = ledger().await;
-    l.begin(&key(7), at(0), at(30)).await.unwrap();
-    l.complete(&key(7), &answer(), at(100)).await.unwrap();
+    l.begin(&key(7), &FP, at(0), at(30)).await.unwrap();
+    l.complete(&key(7), &FP, &answer(), at(100)).await.unwrap();
     let pk = format!("IDEM#{}", "07".repeat(32));
     let stored = client()
         .get_item()
@@ -239,25 +258,320 @@ async fn an_answer_past_its_expiry_is_not_replayed_though_ttl_has_not_deleted_it
         .unwrap();
     assert!(stored.item().is_some(), "the expired item is still there");
     assert_eq!(
-        l.begin(&key(7), at(100), at(130)).await,
+        l.begin(&key(7), &FP, at(100), at(130)).await,
         Ok(Begin::Done(answer()))
     );
-    assert_eq!(l.begin(&key(7), at(101), at(131)).await, Ok(Begin::Started));
+    assert_eq!(
+        l.begin(&key(7), &FP, at(101), at(131)).await,
+        Ok(Begin::Started)
+    );
 }
 
 #[tokio::test]
 async fn abandon_frees_a_claim_and_leaves_an_answer() {
     let (l, _) = ledger().await;
-    l.begin(&key(1), at(0), at(30)).await.unwrap();
+    l.begin(&key(1), &FP, at(0), at(30)).await.unwrap();
     l.abandon(&key(1)).await.unwrap();
-    assert_eq!(l.begin(&key(1), at(1), at(31)).await, Ok(Begin::Started));
-    l.complete(&key(1), &answer(), at(1000)).await.unwrap();
+    assert_eq!(
+        l.begin(&key(1), &FP, at(1), at(31)).await,
+        Ok(Begin::Started)
+    );
+    l.complete(&key(1), &FP, &answer(), at(1000)).await.unwrap();
     l.abandon(&key(1)).await.unwrap();
     l.abandon(&key(9)).await.unwrap();
     assert_eq!(
-        l.begin(&key(1), at(2), at(32)).await,
+        l.begin(&key(1), &FP, at(2), at(32)).await,
         Ok(Begin::Done(answer()))
     );
+}
+
+/// The delivery's item as stored.
+async fn idem_item(table: &str, n: u8, sk: &str) -> Option<HashMap<String, AttributeValue>> {
+    client()
+        .get_item()
+        .table_name(table)
+        .key(schema::PK, AttributeValue::S(format!("IDEM#{}", hex(n))))
+        .key(schema::SK, AttributeValue::S(sk.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+}
+
+fn hex(n: u8) -> String {
+    format!("{n:02x}").repeat(32)
+}
+
+#[tokio::test]
+async fn a_key_used_for_another_request_is_reused_whatever_its_state() {
+    let (a, table) = ledger().await;
+    let b = DynamoLedger::new(client(), table);
+    assert_eq!(
+        a.begin(&key(1), &FP, at(0), at(30)).await,
+        Ok(Begin::Started)
+    );
+    // Running: another request with the same key is not "in progress".
+    assert_eq!(
+        b.begin(&key(1), &OTHER, at(1), at(31)).await,
+        Ok(Begin::Reused)
+    );
+    // Let go of (a 503): free for the same request, not for another.
+    a.abandon(&key(1)).await.unwrap();
+    assert_eq!(
+        b.begin(&key(1), &OTHER, at(2), at(32)).await,
+        Ok(Begin::Reused)
+    );
+    assert_eq!(
+        b.begin(&key(1), &FP, at(3), at(33)).await,
+        Ok(Begin::Started)
+    );
+    // Answered: replayed for the same request, never shown to another.
+    b.complete(&key(1), &FP, &answer(), at(1000)).await.unwrap();
+    assert_eq!(
+        a.begin(&key(1), &OTHER, at(4), at(34)).await,
+        Ok(Begin::Reused)
+    );
+    assert_eq!(
+        a.begin(&key(1), &FP, at(5), at(35)).await,
+        Ok(Begin::Done(answer()))
+    );
+    // A holder that died is taken over by its own request only.
+    a.begin(&key(2), &FP, at(0), at(30)).await.unwrap();
+    assert_eq!(
+        b.begin(&key(2), &OTHER, at(31), at(61)).await,
+        Ok(Begin::Reused)
+    );
+    assert_eq!(
+        b.begin(&key(2), &FP, at(31), at(61)).await,
+        Ok(Begin::Started)
+    );
+    // Expired, the key is free for anything.
+    assert_eq!(
+        a.begin(&key(1), &OTHER, at(1001), at(1031)).await,
+        Ok(Begin::Started)
+    );
+}
+
+#[tokio::test]
+async fn items_written_before_fingerprints_still_replay_and_are_taken_over() {
+    let (l, table) = ledger().await;
+    let put = |n: u8, attrs: Vec<(&str, AttributeValue)>| {
+        let mut item: HashMap<String, AttributeValue> = HashMap::from([
+            (
+                schema::PK.into(),
+                AttributeValue::S(format!("IDEM#{}", hex(n))),
+            ),
+            (schema::SK.into(), AttributeValue::S("IDEM".into())),
+        ]);
+        item.extend(attrs.into_iter().map(|(k, v)| (k.to_string(), v)));
+        client()
+            .put_item()
+            .table_name(&table)
+            .set_item(Some(item))
+            .send()
+    };
+    let num = |v: i64| AttributeValue::N(v.to_string());
+    let text = |v: &str| AttributeValue::S(v.into());
+    let expires = |t: SystemTime| num(t.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64);
+    // As the previous build wrote them: no `fingerprint`.
+    put(
+        3,
+        vec![
+            ("state", text("completed")),
+            ("answer_status", num(200)),
+            ("answer_body", text(&answer().body)),
+            (schema::EXPIRES_AT, expires(at(1000))),
+        ],
+    )
+    .await
+    .unwrap();
+    let until_ms = at(30).duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    put(
+        4,
+        vec![
+            ("state", text("in_progress")),
+            ("owner", text("0123")),
+            ("in_progress_until_ms", num(until_ms)),
+            (schema::EXPIRES_AT, expires(at(3630))),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        l.begin(&key(3), &FP, at(10), at(40)).await,
+        Ok(Begin::Done(answer()))
+    );
+    assert!(matches!(
+        l.begin(&key(4), &FP, at(10), at(40)).await,
+        Ok(Begin::InProgress { .. })
+    ));
+    assert_eq!(
+        l.begin(&key(4), &FP, at(31), at(61)).await,
+        Ok(Begin::Started)
+    );
+}
+
+#[tokio::test]
+async fn a_small_answer_is_one_item_as_before_with_its_fingerprint_beside() {
+    let (l, table) = ledger().await;
+    l.begin(&key(5), &FP, at(0), at(30)).await.unwrap();
+    l.complete(&key(5), &FP, &answer(), at(1000)).await.unwrap();
+    let item = idem_item(&table, 5, "IDEM").await.unwrap();
+    let mut names: Vec<&str> = item.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "answer_body",
+            "answer_status",
+            "expires_at",
+            "fingerprint",
+            "pk",
+            "sk",
+            "state"
+        ]
+    );
+    assert_eq!(item["answer_body"], AttributeValue::S(answer().body));
+    assert_eq!(item["answer_status"], AttributeValue::N("200".into()));
+    assert_eq!(item["state"], AttributeValue::S("completed".into()));
+    assert_eq!(item["fingerprint"], AttributeValue::S(hex(0xf1)));
+    assert!(idem_item(&table, 5, "PART#0001").await.is_none());
+}
+
+/// L4: an answer over what one item holds (a queue-mode answer naming
+/// thousands of devices) is kept in parts and replayed whole by another
+/// instance, not refused (which let the delivery run again).
+#[tokio::test]
+async fn an_answer_over_an_items_size_is_kept_in_parts_and_replayed_whole() {
+    let (a, table) = ledger().await;
+    // Multi-byte characters across the cuts, and more than two parts.
+    let devices: Vec<String> = (0..25_000)
+        .map(|i| format!("{{\"device\":\"pc-{i:05}-\u{e9}t\u{e9}.contoso.com\"}}"))
+        .collect();
+    let big = StoredAnswer {
+        status: 202,
+        body: format!(
+            r#"{{"ticket":"CHG1","mode":"queue","queued":[{}]}}"#,
+            devices.join(",")
+        ),
+    };
+    assert!(big.body.len() > 2 * MAX_STORED_BODY, "{}", big.body.len());
+    a.begin(&key(6), &FP, at(0), at(30)).await.unwrap();
+    a.complete(&key(6), &FP, &big, at(1000)).await.unwrap();
+
+    let main = idem_item(&table, 6, "IDEM").await.unwrap();
+    assert_eq!(main["answer_parts"], AttributeValue::N("3".into()));
+    assert!(!main.contains_key("answer_body"));
+    let mut joined = String::new();
+    for part in ["PART#0001", "PART#0002", "PART#0003"] {
+        let item = idem_item(&table, 6, part).await.expect(part);
+        assert_eq!(item[schema::EXPIRES_AT], main[schema::EXPIRES_AT], "{part}");
+        let AttributeValue::S(text) = &item["answer_body"] else {
+            panic!("{part}")
+        };
+        assert!(text.len() <= MAX_STORED_BODY);
+        joined.push_str(text);
+    }
+    assert_eq!(joined, big.body);
+
+    // Another instance, after the first one's deadline: replayed whole.
+    let b = DynamoLedger::new(client(), table.clone()).with_page_size(1);
+    assert_eq!(
+        b.begin(&key(6), &FP, at(40), at(70)).await,
+        Ok(Begin::Done(big.clone()))
+    );
+    assert_eq!(
+        b.begin(&key(6), &OTHER, at(41), at(71)).await,
+        Ok(Begin::Reused)
+    );
+
+    // A part gone is an error, never a shortened answer.
+    client()
+        .delete_item()
+        .table_name(&table)
+        .key(schema::PK, AttributeValue::S(format!("IDEM#{}", hex(6))))
+        .key(schema::SK, AttributeValue::S("PART#0002".into()))
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.begin(&key(6), &FP, at(42), at(72)).await,
+        Err(LedgerError::Refused(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_outcome_is_reported_by_the_first_finisher_only() {
+    let (l, table) = ledger().await;
+    let r = record("INC-R", "m1", "a1", 5);
+    l.record_device(&r).await.unwrap();
+    assert_eq!(
+        l.report_outcome(&r.key(), ActionStatus::Succeeded, at(6))
+            .await,
+        Ok(Report::First(ActionStatus::Succeeded))
+    );
+    assert_eq!(
+        l.report_outcome(&r.key(), ActionStatus::Succeeded, at(7))
+            .await,
+        Ok(Report::Already)
+    );
+    // The cancel route wrote the final status: it is the outcome, and it
+    // is reported once.
+    let c = record("INC-R", "m2", "a2", 5);
+    l.record_device(&c).await.unwrap();
+    l.update_action_status(&c.key(), ActionStatus::Cancelled, at(6))
+        .await
+        .unwrap();
+    assert_eq!(
+        l.report_outcome(&c.key(), ActionStatus::Cancelled, at(8))
+            .await,
+        Ok(Report::First(ActionStatus::Cancelled))
+    );
+    assert_eq!(
+        l.report_outcome(&c.key(), ActionStatus::Cancelled, at(9))
+            .await,
+        Ok(Report::Already)
+    );
+    let missing = RecordKey {
+        action_id: "nope".into(),
+        ..r.key()
+    };
+    assert_eq!(
+        l.report_outcome(&missing, ActionStatus::Failed, at(9))
+            .await,
+        Ok(Report::NotFound)
+    );
+    let got = l.ticket_records("INC-R").await.unwrap();
+    assert_eq!(got.len(), 2, "no record made by the report");
+    assert_eq!(
+        (got[0].action_status, got[0].updated_at),
+        (ActionStatus::Succeeded, at(6))
+    );
+    assert_eq!(
+        (got[1].action_status, got[1].updated_at),
+        (ActionStatus::Cancelled, at(6))
+    );
+
+    // Two finishers at once (a duplicate track message): one reports.
+    let (sc, _proxy) = serial_client().await;
+    let x = DynamoLedger::new(sc.clone(), table.clone());
+    let y = DynamoLedger::new(sc, table);
+    for i in 0..4 {
+        let rec = record("INC-R2", &format!("m{i}"), &format!("a{i}"), 5);
+        l.record_device(&rec).await.unwrap();
+        let k = rec.key();
+        let (p, q) = tokio::join!(
+            x.report_outcome(&k, ActionStatus::Succeeded, at(10)),
+            y.report_outcome(&k, ActionStatus::Succeeded, at(10))
+        );
+        let mut got = [p.unwrap(), q.unwrap()];
+        got.sort_by_key(|g| matches!(g, Report::First(_)));
+        assert_eq!(
+            got,
+            [Report::Already, Report::First(ActionStatus::Succeeded)]
+        );
+    }
 }
 
 #[tokio::test]
@@ -340,6 +654,12 @@ async fn a_final_status_is_kept_and_an_unknown_record_is_not_created() {
     );
     assert_eq!(
         l.update_action_status(&k, ActionStatus::Succeeded, at(8))
+            .await,
+        Ok(StatusUpdate::AlreadyFinal(ActionStatus::Cancelled))
+    );
+    // Written once: the same final status is not written again.
+    assert_eq!(
+        l.update_action_status(&k, ActionStatus::Cancelled, at(8))
             .await,
         Ok(StatusUpdate::AlreadyFinal(ActionStatus::Cancelled))
     );
@@ -435,11 +755,14 @@ async fn behind_proxy() -> (DynamoLedger, FlakyProxy) {
 #[tokio::test]
 async fn an_unreachable_table_is_unavailable_quickly_and_recovers() {
     let (l, proxy) = behind_proxy().await;
-    assert_eq!(l.begin(&key(1), at(0), at(30)).await, Ok(Begin::Started));
+    assert_eq!(
+        l.begin(&key(1), &FP, at(0), at(30)).await,
+        Ok(Begin::Started)
+    );
     for mode in [Mode::Answer503, Mode::Drop] {
         proxy.set(mode);
         let started = Instant::now();
-        let e = l.begin(&key(2), at(0), at(30)).await.unwrap_err();
+        let e = l.begin(&key(2), &FP, at(0), at(30)).await.unwrap_err();
         assert!(matches!(e, LedgerError::Unavailable(_)), "{mode:?}: {e:?}");
         assert!(
             started.elapsed() < Duration::from_secs(5),
@@ -456,13 +779,16 @@ async fn an_unreachable_table_is_unavailable_quickly_and_recovers() {
         ));
     }
     proxy.set(Mode::Up);
-    assert_eq!(l.begin(&key(2), at(0), at(30)).await, Ok(Begin::Started));
+    assert_eq!(
+        l.begin(&key(2), &FP, at(0), at(30)).await,
+        Ok(Begin::Started)
+    );
 }
 
 #[tokio::test]
 async fn a_missing_table_is_refused_not_unavailable() {
     let l = DynamoLedger::new(client(), "mde-ledger-no-such-table".into());
-    let e = l.begin(&key(1), at(0), at(30)).await.unwrap_err();
+    let e = l.begin(&key(1), &FP, at(0), at(30)).await.unwrap_err();
     assert!(matches!(e, LedgerError::Refused(_)), "{e:?}");
     assert!(e.retry_after().is_none());
 }

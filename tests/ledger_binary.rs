@@ -15,6 +15,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
+use mde_offboard::support::webhook_sig::StandardWebhooks;
 use mde_testkit::proxy::{FlakyProxy, Mode};
 use mde_testkit::serial::SerialProxy;
 use mde_testkit::{
@@ -157,8 +158,9 @@ impl Answer {
 /// signature) sent twice is the same delivery.
 fn delivery(method: &str, path: &str, id: &str, body: &str) -> Value {
     let ts = now();
-    let sig =
-        mde_offboard::intake::auth::standard_sign(GENERIC_WEBHOOK_SECRET, id, ts, body.as_bytes());
+    let sig = StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET)
+        .unwrap()
+        .sign(id, ts, body.as_bytes());
     let ts = ts.to_string();
     events::http_api_v2(
         method,

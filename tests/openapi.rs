@@ -14,6 +14,7 @@ use common::*;
 use lambda_http::{Body, Response};
 use mde_offboard::adapters::memory::ledger::InMemoryLedger;
 use mde_offboard::intake::auth::hmac_hex;
+use mde_offboard::support::webhook_sig::StandardWebhooks;
 use mde_testkit::{Api, Fault};
 use serde_json::{Value, json};
 
@@ -257,12 +258,9 @@ async fn offboard_answers_match_the_document() {
     // 200: the README's sample, every outcome but the dry-run and budget ones.
     let sample = event_body("generic.body.json");
     let ts = now().to_string();
-    let sig = mde_offboard::intake::auth::standard_sign(
-        mde_testkit::GENERIC_WEBHOOK_SECRET,
-        "msg_openapi_replay",
-        now(),
-        sample.as_bytes(),
-    );
+    let sig = StandardWebhooks::from_secret(mde_testkit::GENERIC_WEBHOOK_SECRET)
+        .unwrap()
+        .sign("msg_openapi_replay", now(), sample.as_bytes());
     let headers = [
         ("webhook-id", "msg_openapi_replay"),
         ("webhook-timestamp", ts.as_str()),
@@ -555,6 +553,52 @@ async fn action_and_ticket_answers_match_the_document() {
     );
     doc.check(cancel, "post", &a);
 
+    // A signed call sent again: to its own path, the replay; to another
+    // path, 409 delivery_id_reused.
+    let first = signed("GET", &format!("/v1/actions/{action_id}"), "");
+    let captured = first.headers().clone();
+    send(first).await;
+    let again = |path: &str| {
+        let mut r = request("GET", path, &[], "");
+        *r.headers_mut() = captured.clone();
+        r
+    };
+    let a = send(again(&format!("/v1/actions/{action_id}"))).await;
+    assert_eq!((a.status, a.header("x-mde-replay")), (200, Some("true")));
+    doc.check(get, "get", &a);
+    for (template, method, path) in [
+        (
+            get,
+            "get",
+            "/v1/actions/00000000-0000-0000-0000-000000000000",
+        ),
+        ("/v1/tickets/{ticket}", "get", "/v1/tickets/INC0012345"),
+    ] {
+        let a = send(again(path)).await;
+        assert_eq!(
+            (a.status, a.body["error"]["code"].as_str()),
+            (409, Some("delivery_id_reused")),
+            "{path}"
+        );
+        doc.check(template, method, &a);
+    }
+    let cancel_once = signed("POST", &path, r#"{"comment": "again"}"#);
+    let captured = cancel_once.headers().clone();
+    send(cancel_once).await;
+    let mut elsewhere = request(
+        "POST",
+        "/v1/actions/00000000-0000-0000-0000-000000000000/cancel",
+        &[],
+        r#"{"comment": "again"}"#,
+    );
+    *elsewhere.headers_mut() = captured;
+    let a = send(elsewhere).await;
+    assert_eq!(
+        (a.status, a.body["error"]["code"].as_str()),
+        (409, Some("delivery_id_reused"))
+    );
+    doc.check(cancel, "post", &a);
+
     let ticket = "/v1/tickets/{ticket}";
     let a = send(signed("GET", "/v1/tickets/INC0012345", "")).await;
     assert_eq!(a.status, 200, "{}", a.body);
@@ -648,13 +692,10 @@ fn the_error_enum_names_every_code_the_function_answers() {
     let all = doc.enum_at("/components/schemas/ErrorCode/enum");
     let src =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/error.rs")).unwrap();
-    let start = src.find("pub fn code(&self)").expect("ApiError::code");
-    let end = start + src[start..].find("\n    }\n").expect("the end of code()");
-    let codes: Vec<&str> = src[start..end]
-        .split("=> \"")
-        .skip(1)
-        .filter_map(|s| s.split('"').next())
-        .collect();
+    // `ApiError::answer` holds each code (its only string literals).
+    let start = src.find("fn answer(&self)").expect("ApiError::answer");
+    let end = start + src[start..].find("\n    }\n").expect("the end of answer()");
+    let codes: Vec<&str> = src[start..end].split('"').skip(1).step_by(2).collect();
     assert!(codes.len() >= 25, "{codes:?}");
     for c in &codes {
         assert!(

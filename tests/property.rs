@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use mde_offboard::intake::auth::{hmac_hex, standard_sign};
+use mde_offboard::intake::auth::hmac_hex;
+use mde_offboard::support::webhook_sig::StandardWebhooks;
 use mde_testkit::GENERIC_WEBHOOK_SECRET;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -83,7 +84,7 @@ fn no_body_makes_it_panic_or_answer_500() {
             3 => request("POST", "/v1/webhooks/servicenow", &[("authorization", &format!("Bearer {}", key("servicenow")))], &body),
             4 => request("POST", "/v1/webhooks/defender-incident", &[("authorization", &format!("Bearer {}", key("defender-incident")))], &body),
             _ => request("POST", "/v1/offboard", &[("webhook-id", "x"), ("webhook-timestamp", &ts.to_string()),
-                ("webhook-signature", &standard_sign(GENERIC_WEBHOOK_SECRET, "x", ts, body.as_bytes()))], &body),
+                ("webhook-signature", &StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET).unwrap().sign( "x", ts, body.as_bytes()))], &body),
         };
         let (status, answer, _) = rt.block_on(h.send(req));
         prop_assert!(status < 500, "HTTP {} for {:?}: {}", status, body, answer);

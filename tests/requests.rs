@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use mde_offboard::support::webhook_sig::StandardWebhooks;
 use mde_testkit::{Api, GENERIC_WEBHOOK_SECRET};
 use serde_json::{Value, json};
 
@@ -26,12 +27,9 @@ async fn unsigned_and_badly_signed_requests_are_401() {
     let h = Harness::new().await;
     let body = good();
     let ts = now().to_string();
-    let sig = mde_offboard::intake::auth::standard_sign(
-        GENERIC_WEBHOOK_SECRET,
-        "msg_1",
-        now(),
-        body.as_bytes(),
-    );
+    let sig = StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET)
+        .unwrap()
+        .sign("msg_1", now(), body.as_bytes());
     let cases: Vec<(&str, lambda_http::Request)> = vec![
         ("no headers", request("POST", "/v1/offboard", &[], &body)),
         (
@@ -298,8 +296,9 @@ async fn rest_api_and_alb_events_work_too() {
     let body = good();
     let id = "msg_rest";
     let ts = now();
-    let sig =
-        mde_offboard::intake::auth::standard_sign(GENERIC_WEBHOOK_SECRET, id, ts, body.as_bytes());
+    let sig = StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET)
+        .unwrap()
+        .sign(id, ts, body.as_bytes());
     let rest = json!({
         "resource": "/v1/offboard", "path": "/v1/offboard", "httpMethod": "POST",
         "headers": {"webhook-id": id, "webhook-timestamp": ts.to_string(), "webhook-signature": sig, "content-type": "application/json"},
@@ -317,7 +316,7 @@ async fn rest_api_and_alb_events_work_too() {
         "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/mde/1"}},
         "httpMethod": "POST", "path": "/v1/offboard", "queryStringParameters": {},
         "headers": {"webhook-id": "msg_alb", "webhook-timestamp": ts.to_string(),
-            "webhook-signature": mde_offboard::intake::auth::standard_sign(GENERIC_WEBHOOK_SECRET, "msg_alb", ts, body.as_bytes()),
+            "webhook-signature": StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET).unwrap().sign( "msg_alb", ts, body.as_bytes()),
             "content-type": "application/json", "x-forwarded-for": "192.0.2.1"},
         "body": body, "isBase64Encoded": false
     });
@@ -325,4 +324,129 @@ async fn rest_api_and_alb_events_work_too() {
     let (status, b, _) = h.send(req).await;
     assert_eq!(status, 200, "ALB: {b}");
     assert_eq!(results(&b)[0]["status"], "already_pending");
+}
+
+/// The built-in source `reader` (contract, "Routes"): a key for auditors
+/// that the `GET` routes accept and the routes that act never do.
+#[tokio::test]
+async fn a_reader_key_reads_and_never_acts() {
+    let mut secret: Value = serde_json::from_str(&mde_testkit::secret_json()).unwrap();
+    secret["webhook_secrets"]["reader"] = json!("auditors-read-only-key-2026");
+    let sources = json!({"sources": {"reader": {"auth": {
+        "scheme": "api-key", "header": "x-reader-key", "secret": "reader"}}}});
+    let h = Harness::with(Options {
+        secret: secret.to_string(),
+        env: vec![("SOURCES", sources.to_string())],
+        ..Default::default()
+    })
+    .await;
+    // An offboard to read back.
+    let (status, b, _) = h
+        .offboard(&json!({"ticket": "INC-R", "comment": "retired", "devices": [ids::WIN11]}))
+        .await;
+    assert_eq!(status, 200, "{b}");
+    let action = b["results"][0]["action_id"].as_str().unwrap().to_string();
+
+    let key = [("x-reader-key", "auditors-read-only-key-2026")];
+    let (status, b, _) = h
+        .send(request("GET", &format!("/v1/actions/{action}"), &key, ""))
+        .await;
+    assert_eq!(
+        (status, b["action_id"].as_str()),
+        (200, Some(action.as_str())),
+        "{b}"
+    );
+    let offboards = h.fake.count(Api::Offboard);
+    for (method, path, body) in [
+        ("POST", "/v1/offboard".to_string(), good()),
+        (
+            "POST",
+            format!("/v1/actions/{action}/cancel"),
+            json!({"comment": "no"}).to_string(),
+        ),
+    ] {
+        let (status, b, _) = h.send(request(method, &path, &key, &body)).await;
+        assert_error(status, &b, 401, "unauthorized");
+    }
+    assert_eq!(h.fake.count(Api::Offboard), offboards, "nothing offboarded");
+    assert_eq!(h.fake.count(Api::Cancel), 0, "nothing cancelled");
+    // A wrong reader key reads nothing.
+    let (status, b, _) = h
+        .send(request(
+            "GET",
+            &format!("/v1/actions/{action}"),
+            &[("x-reader-key", "guessed-wrong-key-000000")],
+            "",
+        ))
+        .await;
+    assert_error(status, &b, 401, "unauthorized");
+}
+
+/// Unicode's format characters (general category Cf) are refused in every
+/// value a person reads later, the tag characters that can smuggle text
+/// invisibly (U+E0000-E007F) and the soft hyphen included.
+#[tokio::test]
+async fn every_format_character_is_refused() {
+    let h = Harness::new().await;
+    for (field, value) in [
+        ("comment", "retired \u{E0041}\u{E0042}"),
+        ("comment", "re\u{00AD}tired"),
+        ("ticket", "INC\u{2064}1"),
+        ("comment", "retired \u{FFF9}annotated\u{FFFB}"),
+    ] {
+        let mut body = json!({"ticket": "INC1", "comment": "retired", "devices": [ids::WIN11]});
+        body[field] = json!(value);
+        let (status, b, _) = h.offboard(&body).await;
+        assert_error(status, &b, 422, "invalid_value");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains(field),
+            "{b}"
+        );
+    }
+    assert_eq!(h.fake.count(Api::AnyDefender), 0);
+}
+
+/// A callback is sent to HTTPS's port only, on an allowed host.
+#[tokio::test]
+async fn a_callback_url_on_another_port_is_refused() {
+    let h = Harness::with(Options {
+        env: vec![("CALLBACK_HOSTS", "hooks.example.com".into())],
+        ..Default::default()
+    })
+    .await;
+    let body = json!({"ticket": "INC1", "comment": "retired", "devices": [ids::WIN11],
+        "callback_url": "https://hooks.example.com:8443/mde"});
+    let (status, b, _) = h.offboard(&body).await;
+    assert_error(status, &b, 422, "callback_not_allowed");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("443"),
+        "{b}"
+    );
+    assert_eq!(h.fake.count(Api::AnyDefender), 0);
+}
+
+/// Defender's answers are read with a size cap: a 5 MiB answer is a failed
+/// device, not a 5 MiB buffer.
+#[tokio::test]
+async fn an_oversized_defender_answer_is_refused_not_buffered() {
+    let h = Harness::new().await;
+    h.fake.fault(
+        Api::GetMachine,
+        mde_testkit::Fault::Answer {
+            status: 200,
+            headers: vec![],
+            body: format!(
+                "{{\"id\": \"{}\", \"pad\": \"{}\"}}",
+                ids::WIN11,
+                "x".repeat(5 << 20)
+            ),
+        },
+    );
+    let (status, b, _) = h
+        .offboard(&json!({"ticket": "INC1", "comment": "retired", "devices": [ids::WIN11]}))
+        .await;
+    assert_eq!(status, 503, "{b}");
+    let detail = b["results"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("over 4194304 bytes"), "{b}");
+    assert_eq!(h.fake.count(Api::Offboard), 0);
 }

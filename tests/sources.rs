@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use lambda_http::Request;
-use mde_offboard::intake::auth::{hmac_hex, standard_sign};
+use mde_offboard::intake::auth::hmac_hex;
 use mde_offboard::intake::sources::Sources;
+use mde_offboard::support::webhook_sig::{StandardWebhooks, secret_key};
 use mde_testkit::{Api, GENERIC_WEBHOOK_SECRET};
 use serde_json::{Value, json};
 
@@ -98,7 +99,13 @@ fn event_with(
         headers.insert("webhook-timestamp".into(), json!(now().to_string()));
         headers.insert(
             "webhook-signature".into(),
-            json!(standard_sign(key, &id, now(), raw.as_bytes())),
+            json!(
+                StandardWebhooks::from_bytes(secret_key(key).unwrap_or_default()).sign(
+                    &id,
+                    now(),
+                    raw.as_bytes()
+                )
+            ),
         );
     }
     lambda_http::request::from_str(&ev.to_string()).unwrap()

@@ -74,14 +74,23 @@ fn only_the_function_roles_write_the_ledger_and_the_worker_only_what_it_uses() {
         "{except}"
     );
     assert_eq!(
+        actions(sid(&stmts, "TheFunction")),
+        [
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:Query",
+            "dynamodb:BatchGetItem"
+        ],
+        "the function deletes nothing: items leave by TTL"
+    );
+    assert_eq!(
         actions(sid(&stmts, "TheWorker")),
         [
             "dynamodb:PutItem",
             "dynamodb:UpdateItem",
-            "dynamodb:DeleteItem",
             "dynamodb:BatchGetItem"
         ],
-        "the worker claims each sealed message (PutItem, DeleteItem) and reads no ticket"
+        "the worker claims each sealed message (PutItem) and reads no ticket"
     );
     // The roles themselves hold no DynamoDB permission: the table says who.
     for f in ["OffboardFunction", "OffboardWorkerFunction"] {

@@ -26,7 +26,7 @@ use mde_offboard::domain::limits::Deadline;
 use mde_offboard::domain::model::{DeviceName, MachineId};
 use mde_offboard::domain::queue::{Queue, QueueError};
 use mde_offboard::domain::secret::StaticSecret;
-use mde_offboard::intake::auth::standard_sign;
+use mde_offboard::support::webhook_sig::StandardWebhooks;
 use mde_testkit::{CallbackReceiver, FakeTicketing, GENERIC_WEBHOOK_SECRET, secret_json};
 use serde_json::{Value, json};
 
@@ -261,12 +261,11 @@ fn signed(body: &Value, id: &str) -> Request {
         .as_secs() as i64;
     event["headers"]["webhook-id"] = json!(id);
     event["headers"]["webhook-timestamp"] = json!(now.to_string());
-    event["headers"]["webhook-signature"] = json!(standard_sign(
-        GENERIC_WEBHOOK_SECRET,
-        id,
-        now,
-        body.as_bytes()
-    ));
+    event["headers"]["webhook-signature"] = json!(
+        StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET)
+            .unwrap()
+            .sign(id, now, body.as_bytes())
+    );
     event["body"] = json!(body);
     lambda_http::request::from_str(&event.to_string()).unwrap()
 }
@@ -700,4 +699,130 @@ async fn a_direct_invocations_callback_gets_the_outcome() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].body["ticket"], "INC-81");
     assert_eq!(got[0].body["status"], "Succeeded");
+}
+
+impl Sim {
+    /// Delivers `bodies` as one batch, as SQS does.
+    async fn deliver(&self, bodies: &[String]) {
+        let mut event = SqsEvent::default();
+        event.records = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let mut msg = SqsMessage::default();
+                msg.message_id = Some(format!("dup{i}"));
+                msg.body = Some(b.clone());
+                msg
+            })
+            .collect();
+        let ms = (SystemTime::now() + Duration::from_secs(20))
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let (answer, _) =
+            mde_offboard::inbound::sqs::handle_queue_metered(&self.app, event, "dup", ms).await;
+        assert!(answer.batch_item_failures.is_empty());
+    }
+
+    /// SQS delivers at least once: every message now on the queue is
+    /// there twice.
+    fn duplicate_everything(&self) {
+        let copies: Vec<(i64, String)> = self
+            .queue
+            .messages
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(at, _, b)| (*at, b.clone()))
+            .collect();
+        for (at, body) in copies {
+            self.queue.push(at, body);
+        }
+    }
+}
+
+/// One generic request with a callback, one Jira delivery with a write-back.
+async fn callback_and_jira(s: &Sim, receiver: &CallbackReceiver, ticket: &str) {
+    let body = json!({"ticket": ticket, "comment": "retired", "devices": [OK_ID],
+        "callback_url": receiver.url()});
+    let resp =
+        mde_offboard::inbound::http::handle(&s.app, signed(&body, &format!("msg_{ticket}"))).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut jira = fixture("jira.body.json");
+    jira["timestamp"] = json!(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    );
+    jira["issue"]["fields"]["customfield_10071"] = json!([FAIL_ID]);
+    let resp = mde_offboard::inbound::http::handle(&s.app, delivery("jira", &jira)).await;
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+/// L1: the same track message delivered twice, in one batch, once its
+/// action is final: one callback, one Jira comment.
+#[tokio::test]
+async fn a_final_track_message_delivered_twice_calls_back_once_and_notes_once() {
+    let tickets = FakeTicketing::start().await.with_jira_issue("IT-42");
+    let s = sim_with(&tickets.secret_keys());
+    let receiver = CallbackReceiver::start(CALLBACK_SECRET, &[]).await;
+    callback_and_jira(&s, &receiver, "INC-90").await;
+    // Both actions are final by now (an hour, three hours).
+    s.clock.set(T0 + 4 * HOUR);
+    while let Some((_, _, body)) = s.queue.pop_next() {
+        s.deliver(&[body.clone(), body]).await;
+    }
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].body["status"], "Succeeded");
+    assert_eq!(tickets.calls(), 1, "one Jira comment");
+    assert!(tickets.written()[0].text.contains("ended Failed"));
+    // Nothing follows a final check, however often it came.
+    assert!(s.queue.pop_next().is_none());
+}
+
+/// L1: a first track message delivered twice forks its chain; both forks
+/// reach the final status, in separate batches; only the first reports.
+#[tokio::test]
+async fn a_forked_tracking_chain_calls_back_once_and_notes_once() {
+    let tickets = FakeTicketing::start().await.with_jira_issue("IT-42");
+    let s = sim_with(&tickets.secret_keys());
+    let receiver = CallbackReceiver::start(CALLBACK_SECRET, &[]).await;
+    callback_and_jira(&s, &receiver, "INC-91").await;
+    s.duplicate_everything();
+    s.drain(1_000).await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(tickets.calls(), 1, "one Jira comment");
+    let records = s.ledger.ticket_records("INC-91").await.unwrap();
+    assert_eq!(records[0].action_status.as_str(), "Succeeded");
+}
+
+/// The cancel route writes `Cancelled` into the record before tracking
+/// sees it: tracking still reports that outcome, once.
+#[tokio::test]
+async fn an_outcome_the_cancel_route_wrote_is_still_reported_once() {
+    use mde_offboard::domain::ledger::ActionStatus;
+    let s = sim();
+    let receiver = CallbackReceiver::start(CALLBACK_SECRET, &[]).await;
+    let body = json!({"ticket": "INC-92", "comment": "retired", "devices": [CANCEL_ID],
+        "callback_url": receiver.url()});
+    let resp = mde_offboard::inbound::http::handle(&s.app, signed(&body, "msg_track_92")).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let record = s.ledger.ticket_records("INC-92").await.unwrap().remove(0);
+    // What the cancel route's `record_cancel` does.
+    s.ledger
+        .update_action_status(
+            &record.key(),
+            ActionStatus::Cancelled,
+            UNIX_EPOCH + Duration::from_secs(T0 as u64 + 60),
+        )
+        .await
+        .unwrap();
+    s.duplicate_everything();
+    s.drain(1_000).await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].body["status"], "Cancelled");
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
-use mde_offboard::intake::auth::standard_sign;
+use mde_offboard::support::webhook_sig::StandardWebhooks;
 use mde_testkit::proxy::FlakyProxy;
 use mde_testkit::tls::{TestCa, TlsFront, addr_of};
 use mde_testkit::{
@@ -207,7 +207,9 @@ fn event(body: &str) -> Value {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let sig = standard_sign(GENERIC_WEBHOOK_SECRET, &id, now, body.as_bytes());
+    let sig = StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET)
+        .unwrap()
+        .sign(&id, now, body.as_bytes());
     let ts = now.to_string();
     events::http_api_v2(
         "POST",

@@ -33,7 +33,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lambda_http::{Body, Request, Response};
 use libfuzzer_sys::fuzz_target;
 use mde_offboard::App;
-use mde_offboard::intake::auth::{hmac_hex, standard_sign};
+use mde_offboard::intake::auth::hmac_hex;
+use mde_offboard::support::webhook_sig::StandardWebhooks;
 use mde_offboard::config::Config;
 use mde_offboard::domain::secret::StaticSecret;
 use mde_offboard::domain::limits::Limiters;
@@ -133,7 +134,7 @@ fn signed_event(selector: u8, body: &str, seq: u64) -> Request {
         .as_secs() as i64;
     let id = format!("msg_fuzz_{seq}");
     let ts = now.to_string();
-    let sig = standard_sign(GENERIC_WEBHOOK_SECRET, &id, now, body.as_bytes());
+    let sig = StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET).unwrap().sign(&id, now, body.as_bytes());
     let hub = format!(
         "sha256={}",
         hmac_hex("jira-webhook-secret-never-log", body.as_bytes())

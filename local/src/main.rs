@@ -28,6 +28,7 @@ use mde_offboard::App;
 use mde_offboard::config::Config;
 use mde_offboard::domain::secret::StaticSecret;
 use mde_offboard::inbound::http::MAX_BODY_BYTES;
+use mde_offboard::support::webhook_sig::{StandardWebhooks, secret_key};
 use mde_testkit::{FakeDefender, FakeSecretsManager, FakeTicketing, demo_machines};
 
 mod tracking;
@@ -325,7 +326,11 @@ async fn call_generic(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let signature = mde_offboard::intake::auth::standard_sign(key, &id, now, body.as_bytes());
+    let signature = StandardWebhooks::from_bytes(secret_key(key).unwrap_or_default()).sign(
+        &id,
+        now,
+        body.as_bytes(),
+    );
     let client = reqwest::Client::new();
     let method = if verb == "post" {
         reqwest::Method::POST

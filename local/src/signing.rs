@@ -6,10 +6,8 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use mde_offboard::intake::auth::hmac_hex;
 use mde_offboard::intake::sources::Sources;
 use mde_offboard::support::time::unix_secs;
-use mde_offboard::support::webhook_sig::StandardWebhooks;
 use serde_json::{Map, Value};
 
 /// What a sample file holds.
@@ -133,11 +131,6 @@ pub fn sign(
         window.stamp(&mut doc, now);
         d.body = doc.to_string();
     }
-    let key = secret["webhook_secrets"][&source]
-        .as_str()
-        .or(secret["webhook_secrets"][&source][0].as_str())
-        .ok_or_else(|| SignError(format!("the secret has no webhook secret for '{source}'")))?
-        .to_string();
     let secs = unix_secs(now);
     // A new id per delivery: the function answers a repeated id from its
     // replay memory without acting again.
@@ -149,30 +142,27 @@ pub fn sign(
     }
     d.headers
         .push(("content-type".into(), "application/json".into()));
-    match source.as_str() {
-        "jira" => d.headers.push((
-            "x-hub-signature".into(),
-            format!("sha256={}", hmac_hex(&key, d.body.as_bytes())),
-        )),
-        "pagerduty" => d.headers.push((
-            "x-pagerduty-signature".into(),
-            format!("v1={}", hmac_hex(&key, d.body.as_bytes())),
-        )),
-        "servicenow" | "defender-incident" => d
-            .headers
-            .push(("authorization".into(), format!("Bearer {key}"))),
-        _ => {
-            let signer = StandardWebhooks::from_secret(&key)
-                .map_err(|e| SignError(format!("webhook_secrets.{source} {e}")))?;
-            d.headers.push(("webhook-id".into(), id.clone()));
-            d.headers
-                .push(("webhook-timestamp".into(), secs.to_string()));
-            d.headers.push((
-                "webhook-signature".into(),
-                signer.sign(&id, secs, d.body.as_bytes()),
-            ));
-        }
-    }
+    // The source's own (first) scheme signs, as its sender would, with
+    // the key it reads; `generic` (no definition) signs as Standard
+    // Webhooks.
+    let standard = mde_offboard::intake::auth::AuthDef::standard(&source);
+    let scheme = def
+        .map_or(&standard, |d| &d.auth)
+        .schemes()
+        .first()
+        .cloned();
+    let scheme =
+        scheme.ok_or_else(|| SignError(format!("source '{source}' takes no HTTP call")))?;
+    let name = scheme.secret_key().unwrap_or(&source).to_string();
+    let key = secret["webhook_secrets"][&name]
+        .as_str()
+        .or(secret["webhook_secrets"][&name][0].as_str())
+        .ok_or_else(|| SignError(format!("the secret has no webhook secret for '{name}'")))?
+        .to_string();
+    let headers = scheme
+        .sign(&key, &id, secs, d.body.as_bytes())
+        .map_err(|e| SignError(format!("webhook_secrets.{source} {e}")))?;
+    d.headers.extend(headers);
     Ok(d)
 }
 
@@ -270,8 +260,7 @@ mod tests {
         assert!(now_ms - stamped < 60_000, "stamped {stamped}, now {now_ms}");
         assert_eq!(
             verify_hmac_hex(
-                Some(header(&d, "x-hub-signature")),
-                "x-hub-signature",
+                header(&d, "x-hub-signature"),
                 "sha256=",
                 d.body.as_bytes(),
                 &["jira-webhook-secret-never-log".to_string()],

@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
 
 use crate::adapters::entra::{AccessToken, TokenProvider};
+use crate::adapters::read_capped;
 use crate::domain::defender::*;
 use crate::domain::limits::{ApiKind, Backoff, Deadline, Limiters, parse_retry_after};
 use crate::domain::model::{DeviceName, MachineId};
@@ -165,9 +166,9 @@ impl HttpDefender {
                     let status = resp.status();
                     tracing::debug!(method = %method, path = path_and_query, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "Defender call");
                     if status.is_success() {
-                        return resp.bytes().await.map_err(|_| {
-                            DefenderError::Unavailable("the answer was cut off".into())
-                        });
+                        return read_capped(resp, MAX_ANSWER_BYTES)
+                            .await
+                            .map_err(DefenderError::Unavailable);
                     }
                     match status {
                         StatusCode::UNAUTHORIZED if !refreshed => {
@@ -204,7 +205,9 @@ impl HttpDefender {
                             return Err(DefenderError::Redirected(s.as_u16()));
                         }
                         s => {
-                            let bytes = resp.bytes().await.unwrap_or_default();
+                            let bytes = read_capped(resp, MAX_ANSWER_BYTES)
+                                .await
+                                .unwrap_or_default();
                             return Err(DefenderError::Refused {
                                 status: s.as_u16(),
                                 code: refusal_code(&bytes).as_str().into(),
@@ -262,6 +265,10 @@ const POOL_RETURN_ROUNDS: usize = 3;
 
 /// Used when a 429 carries no usable `Retry-After`.
 pub const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(5);
+
+/// The most of an answer read from Defender: a machine lookup by name and a
+/// machine action are a few KiB; a list of every machine is never asked for.
+pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 /// The wait a 429 asks for, from the raw `Retry-After` bytes: anything
 /// unreadable is the default, anything huge at most an hour.

@@ -158,10 +158,10 @@ impl TokenProvider {
                 })
             })?;
         let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
+        // A token answer is a few KiB.
+        let bytes = super::read_capped(resp, 64 * 1024)
             .await
-            .map_err(|_| CredentialError::LoginUnavailable("the answer was cut off".into()))?;
+            .map_err(CredentialError::LoginUnavailable)?;
         let answer = read_token_answer(status, &bytes);
         let stale = CredentialError::AssertionRefused(AssertionRefusal::OutsideValidity);
         if let (Some(cache), Some(jwt)) = (&self.assertions, &assertion)

@@ -36,3 +36,19 @@ pub fn http_client(connect_timeout: Duration) -> reqwest::Client {
         .build()
         .expect("the TLS backend initialises")
 }
+
+/// An upstream answer's body, read up to `max` bytes: a larger one is an
+/// error, never a buffer as large as the upstream chose to send.
+pub async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<bytes::Bytes, String> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(format!("the answer is over {max} bytes"));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|_| "the answer was cut off")? {
+        if body.len() + chunk.len() > max {
+            return Err(format!("the answer is over {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

@@ -151,7 +151,12 @@ impl App {
         auth: &AuthDef,
     ) -> Result<(Arc<AppSecret>, Admitted), ApiError> {
         auth.precheck(presented)?;
-        let secret = self.secrets.get().await?;
+        // The caller is not authenticated yet: what Secrets Manager said
+        // stays in the log, the caller learns only the kind of problem.
+        let secret = self.secrets.get().await.map_err(|e| {
+            tracing::warn!(error = %e, "the secret could not be used to check a request");
+            e.for_an_unknown_caller()
+        })?;
         let admitted = auth.verify(presented, &secret).inspect_err(|e| {
             if e.is_config_error() {
                 tracing::warn!(reason = %e, "webhook secret configuration error");

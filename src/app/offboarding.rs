@@ -15,7 +15,7 @@ use crate::domain::offboard::{DeviceResult, Status};
 use crate::domain::queue::QueueKeys;
 use crate::domain::secret::{AppSecret, CredentialError};
 use crate::error::ApiError;
-use crate::intake::generic::{self, JsonError};
+use crate::intake::generic;
 use crate::intake::sources::{Mapped, SourceDef};
 use crate::ops::metrics;
 
@@ -74,10 +74,7 @@ impl App {
             };
             let (request, to) = match content {
                 Content::GenericText(bytes) => {
-                    let value = generic::strict_json(bytes).map_err(|e| match e {
-                        JsonError::Syntax(m) => ApiError::NotJson(m),
-                        JsonError::Field(f) => ApiError::Field(f),
-                    })?;
+                    let value = generic::strict_json(bytes)?;
                     generic(&value)?
                 }
                 Content::Generic(value) => generic(value)?,

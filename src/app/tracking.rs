@@ -17,7 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::App;
 use crate::domain::defender::DefenderError;
 use crate::domain::follow_up::{FinalOutcome, FollowUpTargets};
-use crate::domain::ledger::{ActionStatus, RecordKey, StatusUpdate, format_time};
+use crate::domain::ledger::{
+    ActionStatus, DeviceRecord, LedgerError, RecordKey, RecordedOutcome, Report, format_time,
+};
 use crate::domain::limits::{DEADLINE_MARGIN, Deadline, RateLimiter};
 use crate::domain::offboard::{DeviceResult, Status};
 use crate::domain::queue::QueueKeys;
@@ -217,6 +219,12 @@ impl App {
 
     /// The final status: the ledger, the audit line, the metric, then the
     /// follow-ups. A failing follow-up never changes the outcome.
+    ///
+    /// SQS delivers at least once, so a track message can come twice and
+    /// fork its chain: the ledger's conditional write (`report_outcome`)
+    /// lets only the first finisher of an action report it, so the
+    /// follow-ups go out once. The cancel route writes a final status too,
+    /// but reports nothing: tracking still reports that outcome, once.
     async fn finish(
         &self,
         t: &TrackedAction,
@@ -226,18 +234,14 @@ impl App {
         deadline: &Deadline,
     ) -> bool {
         let finished = (self.tracker.clock)();
-        let key = RecordKey {
-            ticket: t.ticket.clone(),
-            machine_id: t.machine_id.clone(),
-            action_id: t.action_id.clone(),
-        };
         let mut status = status;
-        if let Some(ledger) = &self.records {
-            match ledger.update_action_status(&key, status, finished).await {
-                Ok(StatusUpdate::Updated | StatusUpdate::NotFound) => {}
-                // The cancel route, say, wrote a final status first: that is
-                // the outcome. `NotConfirmed` never overrides one.
-                Ok(StatusUpdate::AlreadyFinal(kept)) => status = kept,
+        if self.records.is_some() {
+            match self.report(t, status, finished).await {
+                Ok(Some(reported)) => status = reported,
+                Ok(None) => {
+                    tracing::info!(action_id = %t.action_id, ticket = %t.ticket, "outcome already reported; a duplicate track message, nothing sent");
+                    return true;
+                }
                 Err(e) => {
                     tracing::warn!(action_id = %t.action_id, error = %e, "outcome not written; the message comes back");
                     return false;
@@ -274,6 +278,52 @@ impl App {
             follow_up.deliver(&outcome, secret, deadline).await;
         }
         true
+    }
+
+    /// Claims the reporting of `t`'s outcome: the status to report when
+    /// this caller is the first, `None` when it was reported before. A
+    /// record the request could not write is written now, so that even
+    /// then only one finisher reports.
+    async fn report(
+        &self,
+        t: &TrackedAction,
+        status: ActionStatus,
+        at: SystemTime,
+    ) -> Result<Option<ActionStatus>, LedgerError> {
+        let Some(ledger) = &self.records else {
+            return Ok(Some(status));
+        };
+        let key = RecordKey {
+            ticket: t.ticket.clone(),
+            machine_id: t.machine_id.clone(),
+            action_id: t.action_id.clone(),
+        };
+        for _ in 0..2 {
+            match ledger.report_outcome(&key, status, at).await? {
+                Report::First(reported) => return Ok(Some(reported)),
+                Report::Already => return Ok(None),
+                Report::NotFound => {
+                    let requested_at =
+                        UNIX_EPOCH + Duration::from_secs(t.requested_at.max(0) as u64);
+                    ledger
+                        .record_device(&DeviceRecord {
+                            ticket: t.ticket.clone(),
+                            machine_id: t.machine_id.clone(),
+                            device: t.device.clone(),
+                            status: RecordedOutcome::OffboardRequested,
+                            action_id: t.action_id.clone(),
+                            action_status: ActionStatus::Pending,
+                            requested_at,
+                            updated_at: requested_at,
+                            source: t.source.clone(),
+                        })
+                        .await?;
+                }
+            }
+        }
+        Err(LedgerError::Unavailable(
+            "the device record was not there after it was written".into(),
+        ))
     }
 }
 

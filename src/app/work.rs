@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::App;
 use super::audit::Origin;
 use crate::domain::follow_up::FollowUpTargets;
-use crate::domain::ledger::{Begin, IdempotencyKey, StoredAnswer};
+use crate::domain::ledger::{Begin, Fingerprint, IdempotencyKey, StoredAnswer};
 use crate::domain::limits::Deadline;
 use crate::domain::model::{Comment, Device, MachineId, Ticket};
 use crate::domain::offboard::Status;
@@ -64,7 +64,7 @@ struct VerifiedDevice {
 }
 
 /// The ledger's claim on a device message while the worker acts on it.
-struct Claimed(Option<IdempotencyKey>);
+struct Claimed(Option<(IdempotencyKey, Fingerprint)>);
 
 /// What the claim step made of a device message.
 enum Claim {
@@ -180,14 +180,16 @@ impl App {
         let Some(ledger) = &self.claims else {
             return Claim::Go(Claimed(None));
         };
-        let key = d.seal.claim_key();
+        let (key, seal) = (d.seal.claim_key(), d.seal.fingerprint());
         let message_id = m.id.unwrap_or("");
         match ledger
-            .begin(&key, SystemTime::now(), deadline.wall_clock())
+            .begin(&key, &seal, SystemTime::now(), deadline.wall_clock())
             .await
         {
-            Ok(Begin::Started) => Claim::Go(Claimed(Some(key))),
-            Ok(Begin::Done(_)) => {
+            Ok(Begin::Started) => Claim::Go(Claimed(Some((key, seal)))),
+            // (`Reused` would take another message with the same key: a
+            // hash collision; refused all the same.)
+            Ok(Begin::Done(_) | Begin::Reused) => {
                 self.refuse(m, &Rejection::AlreadyActedOn, Some(&d.queued));
                 Claim::Refused
             }
@@ -214,7 +216,7 @@ impl App {
     /// was sealed; dropped when SQS is to deliver it again. A claim the
     /// ledger does not take ends by itself at the invocation's deadline.
     async fn release(&self, claimed: Claimed, done: Option<(Status, i64)>) {
-        let (Some(ledger), Claimed(Some(key))) = (&self.claims, claimed) else {
+        let (Some(ledger), Claimed(Some((key, seal)))) = (&self.claims, claimed) else {
             return;
         };
         let ended = match done {
@@ -227,7 +229,7 @@ impl App {
                 let until = sealed_at.saturating_add(MESSAGE_MAX_AGE + 3600).max(0) as u64;
                 let until = (UNIX_EPOCH + Duration::from_secs(until))
                     .max(SystemTime::now() + Duration::from_secs(3600));
-                ledger.complete(&key, &answer, until).await
+                ledger.complete(&key, &seal, &answer, until).await
             }
             None => ledger.abandon(&key).await,
         };

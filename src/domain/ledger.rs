@@ -27,7 +27,8 @@ pub const ANSWER_KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
 /// before it (see [`OffboardBudget::take_budget`]).
 pub const BUDGET_BUCKET: Duration = Duration::from_secs(300);
 pub(crate) const BUDGET_BUCKETS_BEFORE: i64 = 12;
-/// DynamoDB's item limit is 400 KB; past this the answer is not kept.
+/// DynamoDB's item limit is 400 KB: an answer longer than this is kept in
+/// parts of at most this many bytes (answers are kept whatever their size).
 pub const MAX_STORED_BODY: usize = 350_000;
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -62,6 +63,18 @@ impl From<[u8; 32]> for IdempotencyKey {
     }
 }
 
+/// What a delivery asked: the SHA-256 of its route and body. Kept with the
+/// claim and the answer, so a delivery id used again for another request
+/// is told apart from a replay of the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
 /// What `begin` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Begin {
@@ -71,6 +84,9 @@ pub enum Begin {
     InProgress { retry_after: Duration },
     /// Answered before, within the last 24 hours: replay this.
     Done(StoredAnswer),
+    /// The delivery id was used for another request (another route or
+    /// body): answer 409 `delivery_id_reused`, nothing of the other's.
+    Reused,
 }
 
 /// The device outcomes the ledger records.
@@ -168,8 +184,21 @@ pub struct RecordKey {
 pub enum StatusUpdate {
     Updated,
     NotFound,
-    /// The record already holds a different final status; kept.
+    /// The record already holds a final status (this one or another);
+    /// kept, not written again.
     AlreadyFinal(ActionStatus),
+}
+
+/// What `report_outcome` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// This caller is the first to report the action's outcome, which is
+    /// this status (the one given, or a final one the record already
+    /// held): it sends the follow-ups.
+    First(ActionStatus),
+    /// Reported before (a duplicate track message): nothing to send.
+    Already,
+    NotFound,
 }
 
 pub(crate) fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -204,23 +233,34 @@ pub trait DeliveryClaims: Send + Sync {
     /// the condition checks it), or an in-progress record's holder died
     /// (`in_progress_until` passed). Pass the invocation's deadline as
     /// `in_progress_until`.
+    ///
+    /// `request` is kept with the claim and the answer: a record of the
+    /// same key with another fingerprint is [`Begin::Reused`], whatever its
+    /// state, and only a claim of the same request (or one written before
+    /// fingerprints were kept) is taken over.
     fn begin<'a>(
         &'a self,
         key: &'a IdempotencyKey,
+        request: &'a Fingerprint,
         now: SystemTime,
         in_progress_until: SystemTime,
     ) -> LedgerFuture<'a, Begin>;
 
-    /// Keeps the final answer until `expires_at` (now + [`ANSWER_KEPT_FOR`]).
+    /// Keeps the final answer, whatever its size, until `expires_at` (now +
+    /// [`ANSWER_KEPT_FOR`]).
     fn complete<'a>(
         &'a self,
         key: &'a IdempotencyKey,
+        request: &'a Fingerprint,
         answer: &'a StoredAnswer,
         expires_at: SystemTime,
     ) -> LedgerFuture<'a, ()>;
 
-    /// Drops an in-progress claim: a 503 answer is not kept, so a retry
-    /// proceeds at once. A completed record is left alone.
+    /// Lets go of an in-progress claim: a 503 answer is not kept, so a
+    /// retry of the same request proceeds at once. The claim's fingerprint
+    /// stays until the claim would have expired, so the delivery id is
+    /// still not free for another request. A completed record is left
+    /// alone.
     fn abandon<'a>(&'a self, key: &'a IdempotencyKey) -> LedgerFuture<'a, ()>;
 }
 
@@ -239,14 +279,26 @@ pub trait DeviceRecords: Send + Sync {
     /// index, all pages; eventually consistent).
     fn machine_records<'a>(&'a self, machine_id: &'a str) -> LedgerFuture<'a, Vec<DeviceRecord>>;
 
-    /// Sets an action's latest status; a final status is never replaced by
-    /// another.
+    /// Sets an action's latest status; a final status is written once and
+    /// never replaced (`NotConfirmed` is not final).
     fn update_action_status<'a>(
         &'a self,
         key: &'a RecordKey,
         status: ActionStatus,
         updated_at: SystemTime,
     ) -> LedgerFuture<'a, StatusUpdate>;
+
+    /// Tracking's end: sets the final `status` unless the record holds a
+    /// final one already (the cancel route's, say), and marks the outcome
+    /// reported, in one conditional write that only the first caller for a
+    /// record wins. Whoever gets [`Report::First`] sends the follow-ups;
+    /// a duplicate track message gets [`Report::Already`].
+    fn report_outcome<'a>(
+        &'a self,
+        key: &'a RecordKey,
+        status: ActionStatus,
+        at: SystemTime,
+    ) -> LedgerFuture<'a, Report>;
 }
 
 /// Port: the hourly offboard budget, shared by every instance.
@@ -271,14 +323,21 @@ pub trait OffboardBudget: Send + Sync {
     fn give_back_budget(&self, places: u32, taken_at: SystemTime) -> LedgerFuture<'_, ()>;
 }
 
-pub(crate) fn check_body_size(answer: &StoredAnswer) -> Result<(), LedgerError> {
-    if answer.body.len() > MAX_STORED_BODY {
-        return Err(LedgerError::Refused(format!(
-            "an answer of {} bytes is over the {MAX_STORED_BODY} bytes an item can keep",
-            answer.body.len()
-        )));
+/// `body` in pieces of at most `max` bytes (at least 4, the longest
+/// character), cut on character boundaries, that join back into it.
+pub(crate) fn split_body(body: &str, max: usize) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(max.max(4));
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (part, tail) = rest.split_at(end);
+        parts.push(part);
+        rest = tail;
     }
-    Ok(())
+    parts
 }
 
 #[cfg(test)]
@@ -313,5 +372,16 @@ mod tests {
             "offboard_requested"
         );
         assert_eq!(RecordedOutcome::AlreadyPending.as_str(), "already_pending");
+    }
+
+    #[test]
+    fn a_body_splits_on_character_boundaries_and_joins_back() {
+        let body = "ab\u{e9}c\u{1f600}d".repeat(100);
+        for max in [4, 5, 7, 64, body.len(), body.len() + 1] {
+            let parts = split_body(&body, max);
+            assert_eq!(parts.concat(), body, "{max}");
+            assert!(parts.iter().all(|p| !p.is_empty() && p.len() <= max));
+        }
+        assert!(split_body("", 10).is_empty());
     }
 }

@@ -43,6 +43,8 @@ pub enum FieldError {
 }
 
 impl FieldError {
+    /// The field at fault, for tests; the message names it for callers.
+    #[cfg(test)]
     pub fn field(&self) -> &str {
         match self {
             Self::Missing { field }
@@ -62,19 +64,41 @@ impl FieldError {
     }
 }
 
-/// Characters that change how text is shown without being seen: bidi
-/// overrides, isolates and marks, zero-width spaces and joiners, the BOM.
+/// Characters that change how text is shown without being seen (Unicode's
+/// format characters, Cf): bidi overrides, isolates and marks, zero-width
+/// spaces and joiners, the BOM, tag characters.
 /// In a ticket, comment or device name they let an audit line or the
 /// Defender portal read differently from what was sent.
 pub fn is_hidden_format(c: char) -> bool {
+    // Every character of Unicode's general category Cf (format), as of
+    // Unicode 15.1: soft hyphen, Arabic and Syriac marks, bidirectional
+    // controls, zero-width characters, invisible operators, the BOM,
+    // interlinear annotations, Egyptian hieroglyph controls, shorthand and
+    // musical format controls, and the tag characters that can smuggle
+    // ASCII invisibly (U+E0001, U+E0020-E007F).
     matches!(
         c,
-        '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{FEFF}'
+        '\u{00AD}'
+            | '\u{0600}'..='\u{0605}'
             | '\u{061C}'
-            | '\u{2060}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
     )
 }
 
@@ -169,11 +193,12 @@ pub struct Device {
 }
 
 impl Device {
-    /// A device string; `field` names where it came from.
-    pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
+    /// A device string; `field` names where it came from, and is only
+    /// formatted for an error (`devices[2]`).
+    pub fn parse(field: impl fmt::Display, s: &str) -> Result<Self, FieldError> {
         let trimmed = s.trim();
-        let target =
-            DeviceRef::parse(trimmed).map_err(|reason| FieldError::bounds(field, reason))?;
+        let target = DeviceRef::parse(trimmed)
+            .map_err(|reason| FieldError::bounds(field.to_string(), reason))?;
         Ok(Self {
             given: trimmed.to_string(),
             target,
@@ -184,22 +209,28 @@ impl Device {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket(String);
 
+/// Text a person reads later, trimmed: not empty, at most `max`
+/// characters, nothing unsafe.
+fn checked_text(field: &str, s: &str, max: usize) -> Result<String, FieldError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(FieldError::bounds(field, "must not be empty"));
+    }
+    if s.chars().count() > max {
+        return Err(FieldError::bounds(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    if s.chars().any(is_unsafe_char) {
+        return Err(FieldError::bounds(field, UNSAFE_CHARS));
+    }
+    Ok(s.to_string())
+}
+
 impl Ticket {
     pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err(FieldError::bounds(field, "must not be empty"));
-        }
-        if s.chars().count() > MAX_TICKET_CHARS {
-            return Err(FieldError::bounds(
-                field,
-                format!("must be at most {MAX_TICKET_CHARS} characters"),
-            ));
-        }
-        if s.chars().any(is_unsafe_char) {
-            return Err(FieldError::bounds(field, UNSAFE_CHARS));
-        }
-        Ok(Self(s.to_string()))
+        checked_text(field, s, MAX_TICKET_CHARS).map(Self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -212,20 +243,7 @@ pub struct Comment(String);
 
 impl Comment {
     pub fn parse(field: &str, s: &str) -> Result<Self, FieldError> {
-        let s = s.trim();
-        if s.is_empty() {
-            return Err(FieldError::bounds(field, "must not be empty"));
-        }
-        if s.chars().count() > MAX_COMMENT_CHARS {
-            return Err(FieldError::bounds(
-                field,
-                format!("must be at most {MAX_COMMENT_CHARS} characters"),
-            ));
-        }
-        if s.chars().any(is_unsafe_char) {
-            return Err(FieldError::bounds(field, UNSAFE_CHARS));
-        }
-        Ok(Self(s.to_string()))
+        checked_text(field, s, MAX_COMMENT_CHARS).map(Self)
     }
 
     /// For text pulled from someone else's payload: control and invisible

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::domain::ledger::IdempotencyKey;
+use crate::domain::ledger::{Fingerprint, IdempotencyKey};
 use crate::domain::limits::Deadline;
 use crate::domain::model::FieldError;
 use crate::domain::secret::AppSecret;
@@ -127,6 +127,12 @@ impl Seal {
     /// The ledger key under which the worker claims this sealed message.
     pub fn claim_key(&self) -> IdempotencyKey {
         IdempotencyKey::from(self.0)
+    }
+
+    /// What the claim holds as its request: the seal itself (a copy is the
+    /// same request).
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint(self.0)
     }
 }
 

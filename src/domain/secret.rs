@@ -250,6 +250,19 @@ pub enum CredentialError {
 }
 
 impl CredentialError {
+    /// The same kind of error, with what Secrets Manager said left for the
+    /// log: for a caller not yet authenticated. (A malformed secret's
+    /// reason names the key at fault, never a value, and stays: it is what
+    /// the operator reading the 500 needs.)
+    pub fn for_an_unknown_caller(self) -> Self {
+        let why = || "the function's log says why".to_string();
+        match self {
+            Self::SecretRefused(_) => Self::SecretRefused(why()),
+            Self::SecretUnavailable(_) => Self::SecretUnavailable(why()),
+            other => other,
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,

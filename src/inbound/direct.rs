@@ -9,13 +9,13 @@ use serde_json::Value;
 
 use super::Invocation;
 use crate::app::audit::Origin;
-use crate::app::idempotency::DeliveryKey;
+use crate::app::idempotency::{DeliveryKey, EVENTBRIDGE_ROUTE, INVOKE_ROUTE};
 use crate::app::offboarding::{Content, Delivery};
 use crate::app::{App, Outcome};
 use crate::domain::limits::Deadline;
 use crate::error::ApiError;
 use crate::inbound::http::MAX_BODY_BYTES;
-use crate::intake::generic::{self, JsonError};
+use crate::intake::generic;
 use crate::intake::sources::{EVENTBRIDGE, INVOKE};
 
 /// An EventBridge event: the first source definition whose `eventbridge`
@@ -32,7 +32,7 @@ pub async fn eventbridge(
     let source = def.map_or(EVENTBRIDGE, |d| d.name.as_str());
     // An EventBridge event always has an `id` (`inbound::classify`).
     let id = event.get("id").and_then(Value::as_str).unwrap_or_default();
-    let key = DeliveryKey::signed_id(source, id);
+    let key = DeliveryKey::signed_id(source, id, EVENTBRIDGE_ROUTE, raw.as_bytes());
     let origin = Origin::new(source, None, Some(id.to_string()));
     let content = match def {
         // A source's mapping: content it cannot map is ignored, as for
@@ -69,7 +69,7 @@ pub async fn eventbridge(
 pub async fn invoke(app: &App, raw: &str, ctx: &Context) -> Result<Outcome, ApiError> {
     let delivery = Delivery {
         origin: Origin::new(INVOKE, None, None),
-        key: DeliveryKey::body_hash(INVOKE, raw.as_bytes()),
+        key: DeliveryKey::body_hash(INVOKE, INVOKE_ROUTE, raw.as_bytes()),
         content: Content::GenericText(raw.as_bytes()),
     };
     if raw.len() > MAX_BODY_BYTES {
@@ -83,10 +83,7 @@ fn strict(raw: &str) -> Result<Value, ApiError> {
     if raw.len() > MAX_BODY_BYTES {
         return Err(ApiError::TooLarge);
     }
-    generic::strict_json(raw.as_bytes()).map_err(|e| match e {
-        JsonError::Syntax(m) => ApiError::NotJson(m),
-        JsonError::Field(f) => ApiError::Field(f),
-    })
+    Ok(generic::strict_json(raw.as_bytes())?)
 }
 
 async fn deliver(app: &App, ctx: &Context, d: Delivery<'_>) -> Result<Outcome, ApiError> {

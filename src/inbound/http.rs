@@ -9,18 +9,18 @@ use lambda_http::http::{HeaderValue, StatusCode};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use percent_encoding::percent_decode_str;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::Invocation;
 use crate::app::audit::Origin;
-use crate::app::idempotency::delivery_key;
+use crate::app::idempotency::{DeliveryKey, delivery_key, http_route};
 use crate::app::offboarding::{Content, Delivery};
 use crate::app::{App, Outcome};
 use crate::domain::limits::{Deadline, retry_after_secs};
 use crate::domain::secret::AppSecret;
 use crate::error::ApiError;
 use crate::intake::auth::{Admitted, AuthDef, Presented};
-use crate::intake::generic::{self, JsonError};
+use crate::intake::generic;
 use crate::intake::sources::GENERIC;
 use crate::ops::metrics;
 use crate::support::time::unix_now;
@@ -166,8 +166,7 @@ pub fn error_response(e: ApiError) -> Response<Body> {
     if let ApiError::MethodNotAllowed { allowed, .. } = &e {
         b = b.header("allow", *allowed);
     }
-    let body = json!({"error": {"code": e.code(), "message": e.message()}});
-    b.body(Body::Text(body.to_string()))
+    b.body(Body::Text(e.body()))
         .expect("static headers are valid")
 }
 
@@ -190,13 +189,16 @@ async fn route(
         }
     };
     let generic_auth = app.config().sources.generic_auth();
+    let read_auth = app.config().sources.read_auth();
+    // What a delivery id is bound to, with the body: the method and path.
+    let route = http_route(req.method().as_str(), path);
     match segments.as_slice() {
         ["v1", "offboard"] => {
             allow("POST")?;
             let body = body_bytes(req)?;
             let (secret, admitted) = authenticate(app, req, body, generic_auth).await?;
             // Standard Webhooks signs its webhook-id.
-            let key = delivery_key(GENERIC, admitted.delivery_id.as_deref(), body);
+            let key = delivery_key(GENERIC, admitted.delivery_id.as_deref(), &route, body);
             let delivery = Delivery {
                 origin: Origin::new(GENERIC, source_ip(req), admitted.delivery_id),
                 key,
@@ -206,35 +208,63 @@ async fn route(
         }
         ["v1", "webhooks", source] if !source.is_empty() => {
             allow("POST")?;
-            webhook(app, req, source, deadline).await
+            webhook(app, req, source, &route, deadline).await
         }
+        // The read and cancel routes: a signed delivery id is used once
+        // here too, bound to the route and body it signed.
         ["v1", "actions", action_id] if !action_id.is_empty() => {
             allow("GET")?;
             let body = body_bytes(req)?;
-            let (secret, _) = authenticate(app, req, body, generic_auth).await?;
-            app.action(&secret, action_id, deadline).await
+            let (secret, admitted) = authenticate(app, req, body, read_auth).await?;
+            let (origin, key) = signed_call(req, admitted, &route, body);
+            app.once_signed(&origin, key.as_ref(), deadline, || {
+                app.action(&secret, action_id, deadline)
+            })
+            .await
         }
         ["v1", "actions", action_id, "cancel"] if !action_id.is_empty() => {
             allow("POST")?;
             let body = body_bytes(req)?;
             let (secret, admitted) = authenticate(app, req, body, generic_auth).await?;
-            let value = generic::strict_json(body).map_err(|e| match e {
-                JsonError::Syntax(m) => ApiError::NotJson(m),
-                JsonError::Field(f) => ApiError::Field(f),
-            })?;
-            let comment = generic::parse_cancel_body(&value)?;
-            let origin = Origin::new(GENERIC, source_ip(req), admitted.delivery_id);
-            app.cancel(&secret, action_id, &comment, &origin, deadline)
-                .await
+            let (origin, key) = signed_call(req, admitted, &route, body);
+            app.once_signed(&origin, key.as_ref(), deadline, || async {
+                let value = generic::strict_json(body)?;
+                let comment = generic::parse_cancel_body(&value)?;
+                app.cancel(&secret, action_id, &comment, &origin, deadline)
+                    .await
+            })
+            .await
         }
         ["v1", "tickets", ticket] if !ticket.is_empty() && app.has_tickets() => {
             allow("GET")?;
             let body = body_bytes(req)?;
-            authenticate(app, req, body, generic_auth).await?;
-            app.ticket(&percent_decode(ticket)).await
+            let (_, admitted) = authenticate(app, req, body, read_auth).await?;
+            let (origin, key) = signed_call(req, admitted, &route, body);
+            let ticket = percent_decode(ticket);
+            app.once_signed(&origin, key.as_ref(), deadline, || app.ticket(&ticket))
+                .await
         }
         _ => Err(ApiError::NoRoute(path.to_string())),
     }
+}
+
+/// Who called a read or cancel route, and the key of its signed delivery
+/// id with the request it signed; none without a signed id.
+fn signed_call(
+    req: &Request,
+    admitted: Admitted,
+    route: &str,
+    body: &[u8],
+) -> (Origin, Option<DeliveryKey>) {
+    let key = admitted
+        .delivery_id
+        .as_deref()
+        .filter(|id| !id.is_empty())
+        .map(|id| DeliveryKey::signed_id(GENERIC, id, route, body));
+    (
+        Origin::new(GENERIC, source_ip(req), admitted.delivery_id),
+        key,
+    )
 }
 
 /// `POST /v1/webhooks/{source}`: the source's own authentication and
@@ -246,6 +276,7 @@ async fn webhook(
     app: &App,
     req: &Request,
     name: &str,
+    route: &str,
     deadline: &Deadline,
 ) -> Result<Outcome, ApiError> {
     let def = app
@@ -257,7 +288,7 @@ async fn webhook(
     let (secret, admitted) = authenticate(app, req, body, &def.auth).await?;
     // Only an id the signature covers keys replay; an unsigned one still
     // names the delivery in the audit line.
-    let key = delivery_key(name, admitted.delivery_id.as_deref(), body);
+    let key = delivery_key(name, admitted.delivery_id.as_deref(), route, body);
     let webhook_id = admitted.delivery_id.or_else(|| {
         def.id_header
             .as_deref()

@@ -151,15 +151,21 @@ pub fn direct_answer(status: u16, body: &str) -> Result<Value, InvocationError> 
 
 impl From<ApiError> for InvocationError {
     fn from(e: ApiError) -> Self {
-        let body = json!({"error": {"code": e.code(), "message": e.message()}});
-        match direct_answer(e.status().as_u16(), &body.to_string()) {
-            Err(e) => e,
-            // No error has a 2xx status; were one added, it still fails.
-            Ok(_) => Self {
-                error_type: error_types::CONFIG_ERROR,
-                message: body.to_string(),
-            },
+        let body = e.body();
+        // A 409 that no retry cures: an event id used for another event.
+        if matches!(e, ApiError::DeliveryIdReused) {
+            return Self {
+                error_type: error_types::INVALID_REQUEST,
+                message: body,
+            };
         }
+        // No error has a 2xx status; were one added, it still fails.
+        direct_answer(e.status().as_u16(), &body)
+            .err()
+            .unwrap_or(Self {
+                error_type: error_types::CONFIG_ERROR,
+                message: body,
+            })
     }
 }
 
@@ -399,6 +405,14 @@ mod tests {
         assert_eq!(e(500), error_types::CONFIG_ERROR);
         let err = direct_answer(503, r#"{"ticket":"T"}"#).unwrap_err();
         assert_eq!(err.message, r#"{"ticket":"T"}"#);
+        // Still running elsewhere is retried; an id used for another event
+        // never will be.
+        let of = |e: ApiError| InvocationError::from(e).error_type;
+        assert_eq!(
+            of(ApiError::InProgress(std::time::Duration::from_secs(1))),
+            error_types::RETRYABLE
+        );
+        assert_eq!(of(ApiError::DeliveryIdReused), error_types::INVALID_REQUEST);
     }
 
     fn config(env: &[(&str, &str)]) -> Result<Config, crate::config::ConfigError> {

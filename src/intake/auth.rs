@@ -20,21 +20,16 @@ use thiserror::Error;
 
 use crate::domain::secret::AppSecret;
 use crate::support::webhook_sig::{
-    KeyError, LENIENT_B64, SigError, StandardWebhooks, any_matches, hmac_sha256, secret_key,
-    strong_key,
+    KeyError, LENIENT_B64, MIN_KEY_LEN, SigError, StandardHeaders, StandardWebhooks, any_matches,
+    hmac_sha256, secret_key, strong_key,
 };
-pub use crate::support::webhook_sig::{MIN_KEY_LEN, StandardHeaders, TOLERANCE_SECONDS};
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AuthError {
-    #[error("missing header {0}")]
-    MissingHeader(&'static str),
-    #[error("header {0} is malformed")]
-    Malformed(&'static str),
-    #[error("webhook-timestamp is more than 300 seconds from now")]
-    StaleTimestamp,
-    #[error("no signature matches")]
-    NoMatch,
+    /// A header missing or malformed, or no signature or credential that
+    /// matches: the same reasons whichever scheme refused.
+    #[error(transparent)]
+    Signature(#[from] SigError),
     #[error("the request context holds no IAM caller")]
     NoIamIdentity,
     #[error("the IAM caller is not one of the source's principals")]
@@ -46,17 +41,6 @@ pub enum AuthError {
     WeakKey { key: String, problem: KeyProblem },
 }
 
-impl From<SigError> for AuthError {
-    fn from(e: SigError) -> Self {
-        match e {
-            SigError::MissingHeader(h) => Self::MissingHeader(h),
-            SigError::Malformed(h) => Self::Malformed(h),
-            SigError::StaleTimestamp => Self::StaleTimestamp,
-            SigError::NoMatch => Self::NoMatch,
-        }
-    }
-}
-
 impl AuthError {
     /// The operator's mistake, not the caller's: worth a warning in the log.
     pub fn is_config_error(&self) -> bool {
@@ -64,29 +48,14 @@ impl AuthError {
     }
 }
 
-/// Why a webhook secret's value cannot be used as a key.
+/// Why a webhook secret's value cannot be used as a key: the key rule
+/// every MAC key follows, or a `basic` secret that is no pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum KeyProblem {
-    #[error("is not base64 after 'whsec_'")]
-    NotBase64,
-    #[error("holds fewer than 16 bytes of key")]
-    TooShort,
+    #[error(transparent)]
+    Key(#[from] KeyError),
     #[error("is not 'user:password'")]
     NotUserPassword,
-}
-
-impl From<KeyError> for KeyProblem {
-    fn from(e: KeyError) -> Self {
-        match e {
-            KeyError::NotBase64 => Self::NotBase64,
-            KeyError::TooShort => Self::TooShort,
-        }
-    }
-}
-
-/// The key bytes of a Standard Webhooks secret (`webhook_sig::secret_key`).
-pub fn standard_key(secret: &str) -> Result<Vec<u8>, KeyProblem> {
-    secret_key(secret).map_err(KeyProblem::from)
 }
 
 /// Checks one secret value against the key rules for `scheme`: at least
@@ -94,70 +63,40 @@ pub fn standard_key(secret: &str) -> Result<Vec<u8>, KeyProblem> {
 /// otherwise (the password part for `basic`).
 fn check_key(scheme: &Scheme, value: &str) -> Result<(), KeyProblem> {
     if value.starts_with("whsec_") {
-        return strong_key(value).map(|_| ()).map_err(KeyProblem::from);
+        strong_key(value)?;
+        return Ok(());
     }
     let material = match scheme {
         Scheme::Basic { .. } => value.split_once(':').ok_or(KeyProblem::NotUserPassword)?.1,
         _ => value,
     };
     if material.chars().count() < MIN_KEY_LEN {
-        return Err(KeyProblem::TooShort);
+        return Err(KeyError::TooShort.into());
     }
     Ok(())
 }
 
-/// Signs `{id}.{timestamp}.{body}`, for tests, the local sender and docs.
-/// An undecodable secret signs with an empty key, which no source accepts.
-pub fn standard_sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
-    StandardWebhooks::from_bytes(secret_key(secret).unwrap_or_default()).sign(id, timestamp, body)
-}
-
-/// Verifies a Standard Webhooks request against any of `secrets` (several
-/// during a rotation). `now` is unix seconds. A secret that is not a key
-/// (see `standard_key`) or is empty never matches.
-pub fn verify_standard(
-    h: StandardHeaders<'_>,
-    body: &[u8],
-    secrets: &[String],
-    now: i64,
-) -> Result<(), AuthError> {
-    let keys: Vec<StandardWebhooks> = secrets
-        .iter()
-        .filter_map(|s| secret_key(s).ok())
-        .map(StandardWebhooks::from_bytes)
-        .collect();
-    Ok(StandardWebhooks::verify_any(&keys, &h, body, now)?)
-}
-
-/// HMAC-SHA256 of the raw body, lowercase hex, after `prefix` in one
-/// header; the header may hold several comma-separated values (PagerDuty
+/// HMAC-SHA256 of the raw body, lowercase hex, after `prefix` in a
+/// header's `value`; it may hold several comma-separated values (PagerDuty
 /// sends one per active secret). An empty secret never matches.
 pub fn verify_hmac_hex(
-    header_value: Option<&str>,
-    header_name: &'static str,
+    value: &str,
     prefix: &str,
     body: &[u8],
     secrets: &[String],
 ) -> Result<(), AuthError> {
-    let value = header_value.ok_or(AuthError::MissingHeader(header_name))?;
     let candidates: Vec<Vec<u8>> = value
         .split(',')
         .map(str::trim)
         .filter_map(|v| v.strip_prefix(prefix))
-        .filter_map(decode_hex)
+        // Hex digits only, in pairs, either case.
+        .filter_map(|h| hex::decode(h).ok())
         .collect();
-    if candidates.is_empty() {
-        return Err(AuthError::NoMatch);
-    }
     let macs = secrets
         .iter()
         .filter(|s| !s.is_empty())
         .map(|s| hmac_sha256(s.as_bytes(), &[body]));
-    if any_matches(macs, &candidates) {
-        Ok(())
-    } else {
-        Err(AuthError::NoMatch)
-    }
+    matched(any_matches(macs, &candidates))
 }
 
 /// Computes the hex HMAC-SHA256 a sender would put after its prefix.
@@ -183,54 +122,23 @@ fn matches_any(given: &[u8], secrets: &[String]) -> bool {
     bool::from(matched)
 }
 
+fn matched(ok: bool) -> Result<(), AuthError> {
+    ok.then_some(()).ok_or(SigError::NoMatch.into())
+}
+
+/// The credentials of `Authorization: <scheme> <credentials>`.
+fn credentials<'a>(authorization: &'a str, scheme: &str) -> Result<&'a str, AuthError> {
+    match authorization.trim().split_once(' ') {
+        Some((given, rest)) if given.eq_ignore_ascii_case(scheme) => Ok(rest.trim()),
+        _ => Err(SigError::Malformed("authorization").into()),
+    }
+}
+
 /// `Authorization: Bearer <secret>`, compared in constant time without
 /// leaking the token's length.
-pub fn verify_bearer(authorization: Option<&str>, secrets: &[String]) -> Result<(), AuthError> {
-    let value = authorization.ok_or(AuthError::MissingHeader("authorization"))?;
-    let (scheme, token) = value
-        .trim()
-        .split_once(' ')
-        .ok_or(AuthError::Malformed("authorization"))?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthError::Malformed("authorization"));
-    }
-    if matches_any(token.trim().as_bytes(), secrets) {
-        Ok(())
-    } else {
-        Err(AuthError::NoMatch)
-    }
-}
-
-/// `Authorization: Basic base64(user:password)` against secrets holding
-/// `user:password`, compared by digest like a bearer token.
-pub fn verify_basic(authorization: Option<&str>, secrets: &[String]) -> Result<(), AuthError> {
-    let value = authorization.ok_or(AuthError::MissingHeader("authorization"))?;
-    let (scheme, encoded) = value
-        .trim()
-        .split_once(' ')
-        .ok_or(AuthError::Malformed("authorization"))?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(AuthError::Malformed("authorization"));
-    }
-    let pair = LENIENT_B64
-        .decode(encoded.trim())
-        .map_err(|_| AuthError::Malformed("authorization"))?;
-    if matches_any(&pair, secrets) {
-        Ok(())
-    } else {
-        Err(AuthError::NoMatch)
-    }
-}
-
-/// A header whose whole value is the secret (EventBridge connections,
-/// SOAR HTTP actions).
-pub fn verify_api_key(value: Option<&str>, secrets: &[String]) -> Result<(), AuthError> {
-    let value = value.ok_or(AuthError::MissingHeader("api key header"))?;
-    if matches_any(value.trim().as_bytes(), secrets) {
-        Ok(())
-    } else {
-        Err(AuthError::NoMatch)
-    }
+pub fn verify_bearer(authorization: &str, secrets: &[String]) -> Result<(), AuthError> {
+    let token = credentials(authorization, "bearer")?;
+    matched(matches_any(token.as_bytes(), secrets))
 }
 
 /// An ARN pattern from `principals`: `*` matches any run of characters,
@@ -258,11 +166,6 @@ impl PrincipalPattern {
         }
         rest.len() >= last.len() && rest.ends_with(last)
     }
-}
-
-/// Hex digits only, in pairs, either case.
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    hex::decode(s).ok()
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -320,6 +223,42 @@ fn header_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 impl Scheme {
+    /// The headers a sender of this scheme writes for `body`, with `key`
+    /// (the secret's value): what the local run and the tests send, written
+    /// beside `verify` so a new scheme is one place.
+    pub fn sign(
+        &self,
+        key: &str,
+        id: &str,
+        now: i64,
+        body: &[u8],
+    ) -> Result<Vec<(String, String)>, String> {
+        let one = |name: &str, value: String| Ok(vec![(name.to_string(), value)]);
+        match self {
+            Self::StandardWebhooks { .. } => {
+                let signer = StandardWebhooks::from_secret(key).map_err(|e| e.to_string())?;
+                Ok(vec![
+                    ("webhook-id".into(), id.into()),
+                    ("webhook-timestamp".into(), now.to_string()),
+                    ("webhook-signature".into(), signer.sign(id, now, body)),
+                ])
+            }
+            Self::HmacSha256Hex { header, prefix, .. } => {
+                one(header, format!("{prefix}{}", hmac_hex(key, body)))
+            }
+            Self::Bearer { .. } => one("authorization", format!("Bearer {key}")),
+            Self::Basic { .. } => one(
+                "authorization",
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(key)
+                ),
+            ),
+            Self::ApiKey { header, .. } => one(header, key.to_string()),
+            Self::Iam { .. } => Err("an iam source is signed by AWS SigV4, not with a key".into()),
+        }
+    }
+
     /// The key of `webhook_secrets` this scheme reads; `iam` reads none.
     pub fn secret_key(&self) -> Option<&str> {
         match self {
@@ -332,26 +271,23 @@ impl Scheme {
         }
     }
 
-    /// Whether the request carries what this scheme reads; cheap, and
-    /// asked before any secret is fetched.
-    fn presented(&self, req: &Presented<'_>) -> Result<(), AuthError> {
+    /// What the request carries for this scheme: the header it reads (the
+    /// id, for Standard Webhooks), or the IAM caller. Cheap, and asked
+    /// before any secret is fetched.
+    fn presented<'a>(&self, req: &Presented<'a>) -> Result<&'a str, AuthError> {
+        let read = |name: &str, missing: &'static str| {
+            header(req.headers, name).ok_or(SigError::MissingHeader(missing).into())
+        };
         match self {
-            Self::StandardWebhooks { .. } => StandardHeaders::from_headers(req.headers)
-                .require()
-                .map(|_| ())
-                .map_err(AuthError::from),
+            Self::StandardWebhooks { .. } => {
+                Ok(StandardHeaders::from_headers(req.headers).require()?.0)
+            }
             // Header names in a definition are free text; a name that is
             // not a valid header is simply never present.
-            Self::HmacSha256Hex { header: name, .. } => header(req.headers, name)
-                .map(|_| ())
-                .ok_or(AuthError::MissingHeader("signature header")),
-            Self::Bearer { .. } | Self::Basic { .. } => header(req.headers, "authorization")
-                .map(|_| ())
-                .ok_or(AuthError::MissingHeader("authorization")),
-            Self::ApiKey { header: name, .. } => header(req.headers, name)
-                .map(|_| ())
-                .ok_or(AuthError::MissingHeader("api key header")),
-            Self::Iam { .. } => req.caller_arn.map(|_| ()).ok_or(AuthError::NoIamIdentity),
+            Self::HmacSha256Hex { header: name, .. } => read(name, "signature header"),
+            Self::Bearer { .. } | Self::Basic { .. } => read("authorization", "authorization"),
+            Self::ApiKey { header: name, .. } => read(name, "api key header"),
+            Self::Iam { .. } => req.caller_arn.ok_or(AuthError::NoIamIdentity),
         }
     }
 
@@ -373,47 +309,49 @@ impl Scheme {
         Ok(values)
     }
 
-    fn verify(&self, req: &Presented<'_>, keys: &[String]) -> Result<Admitted, AuthError> {
+    /// Verifies `value`, what `presented` found, with this scheme's keys.
+    fn verify(
+        &self,
+        req: &Presented<'_>,
+        value: &str,
+        keys: &[String],
+    ) -> Result<Admitted, AuthError> {
         match self {
             Self::StandardWebhooks { .. } => {
+                // A secret that is not a key (see `secret_key`) never matches.
+                let keys: Vec<StandardWebhooks> = keys
+                    .iter()
+                    .filter_map(|s| secret_key(s).ok())
+                    .map(StandardWebhooks::from_bytes)
+                    .collect();
                 let h = StandardHeaders::from_headers(req.headers);
-                verify_standard(h, req.body, keys, req.now)?;
+                StandardWebhooks::verify_any(&keys, &h, req.body, req.now)?;
                 // The id is part of the signed content: a delivery id the
                 // replay cache may trust.
-                Ok(Admitted {
-                    delivery_id: h.id.map(str::to_string),
-                })
+                return Ok(Admitted {
+                    delivery_id: Some(value.to_string()),
+                });
             }
-            Self::HmacSha256Hex {
-                header: name,
-                prefix,
-                ..
-            } => {
-                let value = header(req.headers, name);
-                verify_hmac_hex(value, "signature header", prefix, req.body, keys)?;
-                Ok(Admitted::unsigned_id())
-            }
-            Self::Bearer { .. } => {
-                verify_bearer(header(req.headers, "authorization"), keys)?;
-                Ok(Admitted::unsigned_id())
-            }
+            Self::HmacSha256Hex { prefix, .. } => verify_hmac_hex(value, prefix, req.body, keys)?,
+            Self::Bearer { .. } => verify_bearer(value, keys)?,
+            // `Basic base64(user:password)` against secrets holding
+            // `user:password`, compared by digest like a bearer token.
             Self::Basic { .. } => {
-                verify_basic(header(req.headers, "authorization"), keys)?;
-                Ok(Admitted::unsigned_id())
+                let pair = LENIENT_B64
+                    .decode(credentials(value, "basic")?)
+                    .map_err(|_| SigError::Malformed("authorization"))?;
+                matched(matches_any(&pair, keys))?
             }
-            Self::ApiKey { header: name, .. } => {
-                verify_api_key(header(req.headers, name), keys)?;
-                Ok(Admitted::unsigned_id())
-            }
+            // A header whose whole value is the secret (EventBridge
+            // connections, SOAR HTTP actions).
+            Self::ApiKey { .. } => matched(matches_any(value.trim().as_bytes(), keys))?,
             Self::Iam { principals } => {
-                let arn = req.caller_arn.ok_or(AuthError::NoIamIdentity)?;
-                if principals.iter().any(|p| p.matches(arn)) {
-                    Ok(Admitted::unsigned_id())
-                } else {
-                    Err(AuthError::PrincipalNotAllowed)
+                if !principals.iter().any(|p| p.matches(value)) {
+                    return Err(AuthError::PrincipalNotAllowed);
                 }
             }
         }
+        Ok(Admitted { delivery_id: None })
     }
 }
 
@@ -437,12 +375,6 @@ pub struct Admitted {
     /// (Standard Webhooks' `webhook-id`); anything else in a header could
     /// be changed by whoever replays the request.
     pub delivery_id: Option<String>,
-}
-
-impl Admitted {
-    fn unsigned_id() -> Self {
-        Self { delivery_id: None }
-    }
 }
 
 /// The built-in source of `/v1/offboard` and the action and ticket routes,
@@ -485,13 +417,26 @@ impl AuthDef {
     /// The built-in source `generic`'s definition in `SOURCES`: only its
     /// `auth` may change, since its mapping is the generic body.
     pub fn parse_generic(def: &Value) -> Result<Self, (String, String)> {
+        Ok(Self::parse_builtin(def)?.unwrap_or_else(|| Self::standard(GENERIC_KEY)))
+    }
+
+    /// A built-in source's definition in `SOURCES` (`generic`, `reader`):
+    /// an `auth` and nothing else.
+    pub fn parse_builtin(def: &Value) -> Result<Option<Self>, (String, String)> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
-        struct Generic {
+        struct BuiltIn {
             auth: Option<AuthDef>,
         }
-        let g: Generic = crate::support::config_de::from_value("", def)?;
-        Ok(g.auth.unwrap_or_else(|| Self::standard(GENERIC_KEY)))
+        let b: BuiltIn = crate::support::config_de::from_value("", def)?;
+        Ok(b.auth)
+    }
+
+    /// Either definition admits the call: the schemes of both.
+    pub fn or(&self, other: &Self) -> Self {
+        Self {
+            schemes: self.schemes.iter().chain(&other.schemes).cloned().collect(),
+        }
     }
 
     /// Refuses a request that carries nothing any scheme reads: no secret
@@ -500,13 +445,13 @@ impl AuthDef {
         let mut first = None;
         for s in &self.schemes {
             match s.presented(req) {
-                Ok(()) => return Ok(()),
+                Ok(_) => return Ok(()),
                 Err(e) => {
                     first.get_or_insert(e);
                 }
             }
         }
-        Err(first.unwrap_or(AuthError::NoMatch))
+        Err(first.unwrap_or(SigError::NoMatch.into()))
     }
 
     /// Verifies a request with the secrets in `secret`. Every scheme's keys
@@ -537,19 +482,18 @@ impl AuthDef {
         // refusal than one whose credentials were missing.
         let (mut missing, mut failed) = (None, None);
         for (scheme, keys) in keyed {
-            if let Err(e) = scheme.presented(req) {
-                missing.get_or_insert(e);
-                continue;
-            }
-            match scheme.verify(req, keys) {
-                Ok(admitted) => return Ok(admitted),
-                Err(e) => {
+            match scheme.presented(req).map(|v| scheme.verify(req, v, keys)) {
+                Ok(Ok(admitted)) => return Ok(admitted),
+                Ok(Err(e)) => {
                     failed.get_or_insert(e);
+                }
+                Err(e) => {
+                    missing.get_or_insert(e);
                 }
             }
         }
         let first = failed.or(missing);
-        Err(first.unwrap_or(AuthError::NoMatch))
+        Err(first.unwrap_or(SigError::NoMatch.into()))
     }
 }
 
@@ -575,16 +519,35 @@ mod tests {
         }
     }
 
+    /// Signs as a sender holding `secret` would; an undecodable secret
+    /// signs with an empty key, which no source accepts.
+    fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+        StandardWebhooks::from_bytes(secret_key(secret).unwrap_or_default())
+            .sign(id, timestamp, body)
+    }
+
+    /// A Standard Webhooks request verified against any of `secrets`.
+    fn verify_standard(
+        h: StandardHeaders<'_>,
+        body: &[u8],
+        secrets: &[String],
+        now: i64,
+    ) -> Result<(), AuthError> {
+        let keys: Vec<StandardWebhooks> = secrets
+            .iter()
+            .filter_map(|s| secret_key(s).ok())
+            .map(StandardWebhooks::from_bytes)
+            .collect();
+        Ok(StandardWebhooks::verify_any(&keys, &h, body, now)?)
+    }
+
     fn secrets(s: &[&str]) -> Vec<String> {
         s.iter().map(|s| s.to_string()).collect()
     }
 
     #[test]
     fn signs_the_spec_test_vector() {
-        assert_eq!(
-            standard_sign(SPEC_SECRET, SPEC_ID, SPEC_TS, SPEC_BODY),
-            SPEC_SIG
-        );
+        assert_eq!(sign(SPEC_SECRET, SPEC_ID, SPEC_TS, SPEC_BODY), SPEC_SIG);
     }
 
     #[test]
@@ -610,7 +573,7 @@ mod tests {
                 &secrets(&[SPEC_SECRET]),
                 SPEC_TS
             ),
-            Err(AuthError::NoMatch)
+            Err(AuthError::Signature(SigError::NoMatch))
         );
     }
 
@@ -624,7 +587,7 @@ mod tests {
         for skew in [-301, 301] {
             assert_eq!(
                 verify_standard(headers(SPEC_SIG, &ts), SPEC_BODY, &s, SPEC_TS + skew),
-                Err(AuthError::StaleTimestamp)
+                Err(AuthError::Signature(SigError::StaleTimestamp))
             );
         }
     }
@@ -634,10 +597,10 @@ mod tests {
         let s = secrets(&[SPEC_SECRET]);
         for ts in [i64::MIN, i64::MAX, -1] {
             let ts_text = ts.to_string();
-            let sig = standard_sign(SPEC_SECRET, SPEC_ID, ts, SPEC_BODY);
+            let sig = sign(SPEC_SECRET, SPEC_ID, ts, SPEC_BODY);
             assert_eq!(
                 verify_standard(headers(&sig, &ts_text), SPEC_BODY, &s, SPEC_TS),
-                Err(AuthError::StaleTimestamp),
+                Err(AuthError::Signature(SigError::StaleTimestamp)),
                 "{ts}"
             );
         }
@@ -656,7 +619,7 @@ mod tests {
                 &secrets(&["whsec_bmV3c2VjcmV0"]),
                 SPEC_TS
             ),
-            Err(AuthError::NoMatch)
+            Err(AuthError::Signature(SigError::NoMatch))
         );
     }
 
@@ -668,26 +631,28 @@ mod tests {
         h.id = None;
         assert_eq!(
             verify_standard(h, SPEC_BODY, &s, SPEC_TS),
-            Err(AuthError::MissingHeader("webhook-id"))
+            Err(AuthError::Signature(SigError::MissingHeader("webhook-id")))
         );
         assert_eq!(
             verify_standard(headers(SPEC_SIG, "soon"), SPEC_BODY, &s, SPEC_TS),
-            Err(AuthError::Malformed("webhook-timestamp"))
+            Err(AuthError::Signature(SigError::Malformed(
+                "webhook-timestamp"
+            )))
         );
         assert_eq!(
             verify_standard(headers("v1,", &ts), SPEC_BODY, &s, SPEC_TS),
-            Err(AuthError::NoMatch)
+            Err(AuthError::Signature(SigError::NoMatch))
         );
         assert_eq!(
             verify_standard(headers(SPEC_SIG, &ts), SPEC_BODY, &[], SPEC_TS),
-            Err(AuthError::NoMatch)
+            Err(AuthError::Signature(SigError::NoMatch))
         );
     }
 
     #[test]
     fn a_secret_without_prefix_is_raw_bytes() {
-        assert_eq!(standard_key("plain").unwrap(), b"plain");
-        let sig = standard_sign("plain", "id", 10, b"{}");
+        assert_eq!(secret_key("plain").unwrap(), b"plain");
+        let sig = sign("plain", "id", 10, b"{}");
         let h = StandardHeaders {
             id: Some("id"),
             timestamp: Some("10"),
@@ -702,68 +667,64 @@ mod tests {
         let good = hmac_hex("s3cret", body);
         assert_eq!(good.len(), 64);
         let header = format!("v1=deadbeef,v1={good}");
-        assert!(
-            verify_hmac_hex(
-                Some(&header),
-                "x-pagerduty-signature",
-                "v1=",
-                body,
-                &secrets(&["s3cret"])
-            )
-            .is_ok()
+        assert!(verify_hmac_hex(&header, "v1=", body, &secrets(&["s3cret"])).is_ok());
+        assert_eq!(
+            verify_hmac_hex(&header, "v1=", body, &secrets(&["other"])),
+            Err(AuthError::Signature(SigError::NoMatch))
         );
         assert_eq!(
-            verify_hmac_hex(Some(&header), "x", "v1=", body, &secrets(&["other"])),
-            Err(AuthError::NoMatch)
+            verify_hmac_hex(&good, "sha256=", body, &secrets(&["s3cret"])),
+            Err(AuthError::Signature(SigError::NoMatch))
         );
+        // Without its header the scheme refuses, naming it generically.
+        let d = def(serde_json::json!(
+            {"scheme": "hmac-sha256-hex", "header": "x-hub-signature", "prefix": "sha256=", "secret": "jira"}
+        ));
+        let s = app_secret(serde_json::json!({"jira": "s3cret-of-16-chars"}));
         assert_eq!(
-            verify_hmac_hex(Some(&good), "x", "sha256=", body, &secrets(&["s3cret"])),
-            Err(AuthError::NoMatch)
-        );
-        assert_eq!(
-            verify_hmac_hex(
-                None,
-                "x-hub-signature",
-                "sha256=",
-                body,
-                &secrets(&["s3cret"])
-            ),
-            Err(AuthError::MissingHeader("x-hub-signature"))
+            d.verify(&presented(&HeaderMap::new(), body), &s),
+            Err(AuthError::Signature(SigError::MissingHeader(
+                "signature header"
+            )))
         );
     }
 
     #[test]
     fn hex_is_canonical_digits_only() {
-        assert_eq!(decode_hex("0aff"), Some(vec![0x0a, 0xff]));
-        assert_eq!(decode_hex("+a"), None);
-        assert_eq!(decode_hex("0g"), None);
-        assert_eq!(decode_hex("abc"), None);
+        assert_eq!(hex::decode("0aff").ok(), Some(vec![0x0a, 0xff]));
+        assert_eq!(hex::decode("+a").ok(), None);
+        assert_eq!(hex::decode("0g").ok(), None);
+        assert_eq!(hex::decode("abc").ok(), None);
     }
 
     #[test]
     fn bearer_matches_exactly() {
         let s = secrets(&["tok-new", "tok-old"]);
-        assert!(verify_bearer(Some("Bearer tok-old"), &s).is_ok());
-        assert!(verify_bearer(Some("bearer tok-new"), &s).is_ok());
+        assert!(verify_bearer("Bearer tok-old", &s).is_ok());
+        assert!(verify_bearer("bearer tok-new", &s).is_ok());
         assert_eq!(
-            verify_bearer(Some("Bearer tok"), &s),
-            Err(AuthError::NoMatch)
+            verify_bearer("Bearer tok", &s),
+            Err(AuthError::Signature(SigError::NoMatch))
         );
         assert_eq!(
-            verify_bearer(Some("Basic tok-new"), &s),
-            Err(AuthError::Malformed("authorization"))
+            verify_bearer("Basic tok-new", &s),
+            Err(AuthError::Signature(SigError::Malformed("authorization")))
+        );
+        let d = def(serde_json::json!({"scheme": "bearer", "secret": "t"}));
+        let t = app_secret(serde_json::json!({"t": "tok-new-of-16-chars"}));
+        assert_eq!(
+            d.verify(&presented(&HeaderMap::new(), b"{}"), &t),
+            Err(AuthError::Signature(SigError::MissingHeader(
+                "authorization"
+            )))
         );
         assert_eq!(
-            verify_bearer(None, &s),
-            Err(AuthError::MissingHeader("authorization"))
+            verify_bearer("Bearer ", &s),
+            Err(AuthError::Signature(SigError::Malformed("authorization")))
         );
         assert_eq!(
-            verify_bearer(Some("Bearer "), &s),
-            Err(AuthError::Malformed("authorization"))
-        );
-        assert_eq!(
-            verify_bearer(Some("Bearer tok-new"), &[]),
-            Err(AuthError::NoMatch)
+            verify_bearer("Bearer tok-new", &[]),
+            Err(AuthError::Signature(SigError::NoMatch))
         );
     }
 
@@ -809,22 +770,25 @@ mod tests {
         // 17 bytes: base64 text whose padding matters.
         let padded = "whsec_bmV3LXNlY3JldC0xMjM0NTY=";
         let unpadded = "whsec_bmV3LXNlY3JldC0xMjM0NTY";
-        assert_eq!(standard_key(padded).unwrap(), b"new-secret-123456");
-        assert_eq!(standard_key(unpadded).unwrap(), b"new-secret-123456");
-        assert_eq!(standard_key("whsec_not*base64"), Err(KeyProblem::NotBase64));
-        assert_eq!(standard_key("whsec_").unwrap(), b"");
-        assert_eq!(check_key(&BEARER, "whsec_"), Err(KeyProblem::TooShort));
+        assert_eq!(secret_key(padded).unwrap(), b"new-secret-123456");
+        assert_eq!(secret_key(unpadded).unwrap(), b"new-secret-123456");
+        assert_eq!(secret_key("whsec_not*base64"), Err(KeyError::NotBase64));
+        assert_eq!(secret_key("whsec_").unwrap(), b"");
+        assert_eq!(
+            check_key(&BEARER, "whsec_"),
+            Err(KeyProblem::Key(KeyError::TooShort))
+        );
         assert_eq!(
             check_key(&BEARER, "whsec_bmV3c2VjcmV0"),
-            Err(KeyProblem::TooShort)
+            Err(KeyProblem::Key(KeyError::TooShort))
         );
         assert_eq!(
             check_key(&BEARER, "whsec_not*base64"),
-            Err(KeyProblem::NotBase64)
+            Err(KeyProblem::Key(KeyError::NotBase64))
         );
         assert_eq!(
             check_key(&BEARER, "fifteen-chars-x"),
-            Err(KeyProblem::TooShort)
+            Err(KeyProblem::Key(KeyError::TooShort))
         );
         assert_eq!(check_key(&BEARER, "sixteen-chars-xx"), Ok(()));
         assert_eq!(check_key(&BEARER, KEY_UNPADDED), Ok(()));
@@ -835,10 +799,10 @@ mod tests {
     fn a_signature_with_an_empty_or_undecodable_key_never_verifies() {
         let ts = SPEC_TS.to_string();
         for weak in ["whsec_", "whsec_not*base64"] {
-            let sig = standard_sign(weak, SPEC_ID, SPEC_TS, SPEC_BODY);
+            let sig = sign(weak, SPEC_ID, SPEC_TS, SPEC_BODY);
             assert_eq!(
                 verify_standard(headers(&sig, &ts), SPEC_BODY, &secrets(&[weak]), SPEC_TS),
-                Err(AuthError::NoMatch),
+                Err(AuthError::Signature(SigError::NoMatch)),
                 "{weak}"
             );
         }
@@ -847,7 +811,7 @@ mod tests {
     #[test]
     fn a_weak_or_missing_key_refuses_every_call_and_names_the_key() {
         let ts = SPEC_TS.to_string();
-        let good_sig = standard_sign("whsec_", SPEC_ID, SPEC_TS, SPEC_BODY);
+        let good_sig = sign("whsec_", SPEC_ID, SPEC_TS, SPEC_BODY);
         let h = header_map(&[
             ("webhook-id", SPEC_ID),
             ("webhook-timestamp", &ts),
@@ -855,13 +819,22 @@ mod tests {
         ]);
         let def = AuthDef::standard("generic");
         for (value, problem) in [
-            (serde_json::json!("whsec_"), KeyProblem::TooShort),
-            (serde_json::json!("whsec_%%%%"), KeyProblem::NotBase64),
-            (serde_json::json!("short"), KeyProblem::TooShort),
+            (
+                serde_json::json!("whsec_"),
+                KeyProblem::Key(KeyError::TooShort),
+            ),
+            (
+                serde_json::json!("whsec_%%%%"),
+                KeyProblem::Key(KeyError::NotBase64),
+            ),
+            (
+                serde_json::json!("short"),
+                KeyProblem::Key(KeyError::TooShort),
+            ),
             // One weak value in a rotation list is enough to refuse.
             (
                 serde_json::json!([SPEC_SECRET, "whsec_"]),
-                KeyProblem::TooShort,
+                KeyProblem::Key(KeyError::TooShort),
             ),
         ] {
             let s = app_secret(serde_json::json!({ "generic": value }));
@@ -918,7 +891,9 @@ mod tests {
         ]);
         assert_eq!(
             def.precheck(&presented(&h, SPEC_BODY)),
-            Err(AuthError::MissingHeader("webhook-timestamp"))
+            Err(AuthError::Signature(SigError::MissingHeader(
+                "webhook-timestamp"
+            )))
         );
     }
 
@@ -949,13 +924,15 @@ mod tests {
         let bare = HeaderMap::new();
         assert_eq!(
             def.precheck(&presented(&bare, b"{}")),
-            Err(AuthError::MissingHeader("signature header"))
+            Err(AuthError::Signature(SigError::MissingHeader(
+                "signature header"
+            )))
         );
         let h = header_map(&[("x-hub-signature", "sha256=00")]);
         assert_eq!(def.precheck(&presented(&h, b"{}")), Ok(()));
         assert_eq!(
             AuthDef::standard("generic").precheck(&presented(&bare, b"{}")),
-            Err(AuthError::MissingHeader("webhook-id"))
+            Err(AuthError::Signature(SigError::MissingHeader("webhook-id")))
         );
     }
 
@@ -1011,16 +988,19 @@ mod tests {
         for (value, want) in [
             (
                 basic("mde-offboard:new-password-012345"),
-                AuthError::NoMatch,
+                AuthError::Signature(SigError::NoMatch),
             ),
-            (basic("other:new-password-0123456"), AuthError::NoMatch),
+            (
+                basic("other:new-password-0123456"),
+                AuthError::Signature(SigError::NoMatch),
+            ),
             (
                 "Basic %%%".to_string(),
-                AuthError::Malformed("authorization"),
+                AuthError::Signature(SigError::Malformed("authorization")),
             ),
             (
                 "Bearer mde-offboard:new-password-0123456".to_string(),
-                AuthError::Malformed("authorization"),
+                AuthError::Signature(SigError::Malformed("authorization")),
             ),
         ] {
             let h = header_map(&[("authorization", &value)]);
@@ -1029,11 +1009,13 @@ mod tests {
         let bare = HeaderMap::new();
         assert_eq!(
             d.precheck(&presented(&bare, b"{}")),
-            Err(AuthError::MissingHeader("authorization"))
+            Err(AuthError::Signature(SigError::MissingHeader(
+                "authorization"
+            )))
         );
         // The key rules read the password part.
         for (weak, problem) in [
-            ("mde-offboard:short", KeyProblem::TooShort),
+            ("mde-offboard:short", KeyProblem::Key(KeyError::TooShort)),
             ("no-colon-but-long-enough", KeyProblem::NotUserPassword),
         ] {
             let s = app_secret(serde_json::json!({ "sn": weak }));
@@ -1068,7 +1050,9 @@ mod tests {
         let h = header_map(&[("authorization", "eventbridge-key-new-0001")]);
         assert_eq!(
             d.precheck(&presented(&h, b"{}")),
-            Err(AuthError::MissingHeader("api key header"))
+            Err(AuthError::Signature(SigError::MissingHeader(
+                "api key header"
+            )))
         );
     }
 
@@ -1128,7 +1112,7 @@ mod tests {
         );
         assert_eq!(
             d.verify(&with_arn(&wrong, None), &s),
-            Err(AuthError::NoMatch)
+            Err(AuthError::Signature(SigError::NoMatch))
         );
         assert!(d.precheck(&with_arn(&none, None)).is_err());
         // A broken key anywhere in the list closes the source.
@@ -1182,5 +1166,38 @@ mod tests {
             AuthDef::parse_generic(&serde_json::json!({})).unwrap(),
             AuthDef::standard("generic")
         );
+    }
+
+    /// What a sender of each scheme writes (`Scheme::sign`, the local run's
+    /// signer) is what that scheme admits.
+    #[test]
+    fn every_scheme_admits_what_it_signs() {
+        let key = "a-long-random-shared-secret-1234";
+        let secret = app_secret(serde_json::json!({"k": key}));
+        let body = br#"{"ticket":"T-1"}"#;
+        for def in [
+            serde_json::json!({"scheme": "standard-webhooks", "secret": "k"}),
+            serde_json::json!({"scheme": "hmac-sha256-hex", "header": "x-sig", "prefix": "sha256=", "secret": "k"}),
+            serde_json::json!({"scheme": "bearer", "secret": "k"}),
+            serde_json::json!({"scheme": "basic", "secret": "k"}),
+            serde_json::json!({"scheme": "api-key", "header": "x-key", "secret": "k"}),
+        ] {
+            let auth: AuthDef = crate::support::config_de::from_value("auth", &def).unwrap();
+            let key = if def["scheme"] == "basic" {
+                "user:a-long-random-password"
+            } else {
+                key
+            };
+            let secret = if def["scheme"] == "basic" {
+                app_secret(serde_json::json!({"k": key}))
+            } else {
+                secret.clone()
+            };
+            let sent = auth.schemes()[0].sign(key, "msg_1", SPEC_TS, body).unwrap();
+            let pairs: Vec<(&str, &str)> =
+                sent.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let h = header_map(&pairs);
+            assert!(auth.verify(&presented(&h, body), &secret).is_ok(), "{def}");
+        }
     }
 }

@@ -50,17 +50,17 @@ pub struct GenericBody {
 /// The body of `POST /v1/actions/{id}/cancel`: `{"comment": "..."}`, the
 /// comment under the same rules as an offboard's; nothing else.
 pub fn parse_cancel_body(body: &Value) -> Result<Comment, FieldError> {
-    let obj = body.as_object().ok_or_else(|| FieldError::WrongType {
-        field: "body".into(),
-        expected: "a JSON object",
-    })?;
+    let obj = object(body)?;
     if let Some(k) = obj.keys().find(|k| k.as_str() != "comment") {
         return Err(FieldError::Unknown {
             field: k.clone(),
             hint: None,
         });
     }
-    Comment::parse("comment", required_str(obj, "comment")?)
+    Comment::parse(
+        "comment",
+        required(obj, "comment", "a string", Value::as_str)?,
+    )
 }
 
 /// A `callback_url` this deployment may call, or why not, naming `field`.
@@ -83,69 +83,47 @@ pub fn parse_generic(body: &Value) -> Result<OffboardRequest, FieldError> {
 
 /// Validates the generic body; a `callback_url` must be on one of `hosts`.
 pub fn parse_generic_body(body: &Value, hosts: &CallbackHosts) -> Result<GenericBody, FieldError> {
-    let obj = body.as_object().ok_or_else(|| FieldError::WrongType {
-        field: "body".into(),
-        expected: "a JSON object",
-    })?;
+    let obj = object(body)?;
     if let Some(e) = unknown_field(obj) {
         return Err(e);
     }
-    let ticket = Ticket::parse("ticket", required_str(obj, "ticket")?)?;
-    let comment = Comment::parse("comment", required_str(obj, "comment")?)?;
-    let devices = match obj.get("devices") {
-        None | Some(Value::Null) => {
-            return Err(FieldError::Missing {
-                field: "devices".into(),
-            });
-        }
-        Some(Value::Array(items)) => parse_devices("devices", items.iter())?,
-        Some(_) => {
-            return Err(FieldError::WrongType {
-                field: "devices".into(),
-                expected: "an array of strings",
-            });
-        }
-    };
+    let ticket = Ticket::parse(
+        "ticket",
+        required(obj, "ticket", "a string", Value::as_str)?,
+    )?;
+    let comment = Comment::parse(
+        "comment",
+        required(obj, "comment", "a string", Value::as_str)?,
+    )?;
+    let items = required(obj, "devices", "an array of strings", Value::as_array)?;
+    let devices = items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            // The element's name is only built for an error: formatting it
+            // for every device was most of the validation's cost.
+            let s = v.as_str().ok_or_else(|| FieldError::WrongType {
+                field: format!("devices[{i}]"),
+                expected: "a string",
+            })?;
+            Device::parse(format_args!("devices[{i}]"), s)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if devices.is_empty() {
         return Err(FieldError::bounds(
             "devices",
             "must name at least one device",
         ));
     }
-    let dry_run = match obj.get("dry_run") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            return Err(FieldError::WrongType {
-                field: "dry_run".into(),
-                expected: "a boolean",
-            });
-        }
+    let dry_run = optional(obj, "dry_run", "a boolean", Value::as_bool)?.unwrap_or(false);
+    let mode = match optional(obj, "mode", "a string", Value::as_str)? {
+        None | Some("now") => Mode::Now,
+        Some("queue") => Mode::Queue,
+        Some(_) => return Err(FieldError::bounds("mode", "must be \"now\" or \"queue\"")),
     };
-    let mode = match obj.get("mode") {
-        None | Some(Value::Null) => Mode::Now,
-        Some(Value::String(s)) => match s.as_str() {
-            "now" => Mode::Now,
-            "queue" => Mode::Queue,
-            _ => return Err(FieldError::bounds("mode", "must be \"now\" or \"queue\"")),
-        },
-        Some(_) => {
-            return Err(FieldError::WrongType {
-                field: "mode".into(),
-                expected: "a string",
-            });
-        }
-    };
-    let callback_url = match obj.get("callback_url") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(callback_url("callback_url", s, hosts)?),
-        Some(_) => {
-            return Err(FieldError::WrongType {
-                field: "callback_url".into(),
-                expected: "a string",
-            });
-        }
-    };
+    let callback_url = optional(obj, "callback_url", "a string", Value::as_str)?
+        .map(|s| callback_url("callback_url", s, hosts))
+        .transpose()?;
     Ok(GenericBody {
         request: OffboardRequest {
             ticket,
@@ -155,6 +133,41 @@ pub fn parse_generic_body(body: &Value, hosts: &CallbackHosts) -> Result<Generic
             mode,
         },
         callback_url,
+    })
+}
+
+fn object(body: &Value) -> Result<&Map<String, Value>, FieldError> {
+    body.as_object().ok_or_else(|| FieldError::WrongType {
+        field: "body".into(),
+        expected: "a JSON object",
+    })
+}
+
+/// A field's value, `None` when absent or `null`; `read` says whether it
+/// is `expected`.
+fn optional<'a, T>(
+    obj: &'a Map<String, Value>,
+    field: &str,
+    expected: &'static str,
+    read: impl FnOnce(&'a Value) -> Option<T>,
+) -> Result<Option<T>, FieldError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => read(v).map(Some).ok_or_else(|| FieldError::WrongType {
+            field: field.into(),
+            expected,
+        }),
+    }
+}
+
+fn required<'a, T>(
+    obj: &'a Map<String, Value>,
+    field: &str,
+    expected: &'static str,
+    read: impl FnOnce(&'a Value) -> Option<T>,
+) -> Result<T, FieldError> {
+    optional(obj, field, expected, read)?.ok_or_else(|| FieldError::Missing {
+        field: field.into(),
     })
 }
 
@@ -226,20 +239,8 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
         Ok(Value::String(v.to_string()))
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-
     fn visit_unit<E>(self) -> Result<Value, E> {
         Ok(Value::Null)
-    }
-
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        self.deserialize(d)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
@@ -263,45 +264,6 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
         }
         Ok(Value::Object(obj))
     }
-}
-
-fn required_str<'a>(obj: &'a Map<String, Value>, field: &str) -> Result<&'a str, FieldError> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Err(FieldError::Missing {
-            field: field.into(),
-        }),
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(FieldError::WrongType {
-            field: field.into(),
-            expected: "a string",
-        }),
-    }
-}
-
-/// Parses device strings; `field` names where they came from, and each
-/// error names the element (`devices[2]`).
-pub fn parse_devices<'a>(
-    field: &str,
-    items: impl Iterator<Item = &'a Value>,
-) -> Result<Vec<Device>, FieldError> {
-    items
-        .enumerate()
-        .map(|(i, v)| {
-            // The field's name is only built for an error: formatting it for
-            // every device was most of the validation's cost.
-            let s = v.as_str().ok_or_else(|| FieldError::WrongType {
-                field: format!("{field}[{i}]"),
-                expected: "a string",
-            })?;
-            let trimmed = s.trim();
-            let target = DeviceRef::parse(trimmed)
-                .map_err(|reason| FieldError::bounds(format!("{field}[{i}]"), reason))?;
-            Ok(Device {
-                given: trimmed.to_string(),
-                target,
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

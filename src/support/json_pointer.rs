@@ -47,17 +47,14 @@ impl Pointer {
                 match v {
                     Value::Object(m) => next.extend(m.get(token)),
                     Value::Array(items) if token == "*" => next.extend(items.iter()),
-                    Value::Array(items) if selector(token).is_some() => {
-                        let (key, want) = selector(token).expect("checked");
-                        next.extend(
+                    Value::Array(items) => match selector(token) {
+                        Some((key, want)) => next.extend(
                             items
                                 .iter()
                                 .filter(|i| i.get(key).and_then(Value::as_str) == Some(want)),
-                        );
-                    }
-                    Value::Array(items) => {
-                        next.extend(array_index(token).and_then(|i| items.get(i)))
-                    }
+                        ),
+                        None => next.extend(array_index(token).and_then(|i| items.get(i))),
+                    },
                     _ => {}
                 }
             }
@@ -92,33 +89,18 @@ fn selector(token: &str) -> Option<(&str, &str)> {
     token.strip_prefix('[')?.strip_suffix(']')?.split_once('=')
 }
 
-/// `~1` is `/` and `~0` is `~`, decoded in that order (RFC 6901 §4).
+/// `~1` is `/` and `~0` is `~`, decoded in that order (RFC 6901 §4); any
+/// other `~` is an error.
 fn unescape(token: &str) -> Option<String> {
-    let mut out = String::with_capacity(token.len());
-    let mut chars = token.chars();
-    while let Some(c) = chars.next() {
-        if c == '~' {
-            match chars.next() {
-                Some('0') => out.push('~'),
-                Some('1') => out.push('/'),
-                _ => return None,
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    Some(out)
+    let escapes_ok = token.split('~').skip(1).all(|s| s.starts_with(['0', '1']));
+    escapes_ok.then(|| token.replace("~1", "/").replace("~0", "~"))
 }
 
 /// RFC 6901 array indexes: digits, no leading zero.
 fn array_index(token: &str) -> Option<usize> {
-    if token.is_empty() || (token.len() > 1 && token.starts_with('0')) {
-        return None;
-    }
-    if !token.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    token.parse().ok()
+    let canonical = token == "0" || !token.starts_with('0');
+    let digits = !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit());
+    (canonical && digits).then(|| token.parse().ok()).flatten()
 }
 
 /// A scalar as text: strings as they are, numbers and booleans printed.

@@ -49,21 +49,25 @@ pub struct CallbackUrl(reqwest::Url);
 impl CallbackUrl {
     /// The URL, or why it may not be called (the caller names the field).
     pub fn parse(s: &str, hosts: &CallbackHosts) -> Result<Self, String> {
-        let refuse = |reason: String| reason;
-        let url = reqwest::Url::parse(s.trim()).map_err(|_| refuse("is not a URL".into()))?;
+        let url = reqwest::Url::parse(s.trim()).map_err(|_| "is not a URL".to_string())?;
         if !is_https_or_loopback(&url) {
-            return Err(refuse("must be an https:// URL".into()));
+            return Err("must be an https:// URL".into());
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(refuse("must not carry credentials".into()));
+            return Err("must not carry credentials".into());
         }
-        let host = url.host_str().unwrap_or_default().to_string();
+        // One port, HTTPS's: a callback is not a way to reach another
+        // service on an allowed host.
+        if !is_loopback(&url) && url.port_or_known_default() != Some(443) {
+            return Err("must use port 443".into());
+        }
+        let host = url.host_str().unwrap_or_default();
         if !hosts.allows(host.trim_start_matches('[').trim_end_matches(']')) {
-            return Err(refuse(if hosts.is_empty() {
+            return Err(if hosts.is_empty() {
                 "is not allowed: no CALLBACK_HOSTS are configured".into()
             } else {
                 format!("points at '{host}', which is not in CALLBACK_HOSTS")
-            }));
+            });
         }
         Ok(Self(url))
     }

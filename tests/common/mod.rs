@@ -11,7 +11,7 @@ use lambda_http::{Body, Context, Request, RequestExt, Response};
 use mde_offboard::App;
 use mde_offboard::adapters::secrets_manager::SecretsManagerSource;
 use mde_offboard::config::Config;
-use mde_offboard::intake::auth::standard_sign;
+use mde_offboard::support::webhook_sig::{StandardWebhooks, secret_key};
 use mde_testkit::{FakeDefender, GENERIC_WEBHOOK_SECRET, demo_machines, events, moto};
 use serde_json::Value;
 
@@ -178,7 +178,11 @@ pub fn signed(method: &str, path: &str, body: &str) -> Request {
 
 pub fn signed_with(method: &str, path: &str, body: &str, secret: &str, ts: i64) -> Request {
     let id = format!("msg_{}", SEQ.fetch_add(1, Ordering::SeqCst));
-    let sig = standard_sign(secret, &id, ts, body.as_bytes());
+    let sig = StandardWebhooks::from_bytes(secret_key(secret).unwrap_or_default()).sign(
+        &id,
+        ts,
+        body.as_bytes(),
+    );
     let ts = ts.to_string();
     request(
         method,
@@ -216,7 +220,9 @@ pub fn results(body: &Value) -> &Vec<Value> {
 pub fn signed_lambda_event(path: &str, body: &str) -> (Value, String) {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let id = format!("msg_bin_{}", SEQ.fetch_add(1, Ordering::SeqCst));
-    let sig = standard_sign(GENERIC_WEBHOOK_SECRET, &id, now(), body.as_bytes());
+    let sig = StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET)
+        .unwrap()
+        .sign(&id, now(), body.as_bytes());
     let ts = now().to_string();
     let event = events::http_api_v2(
         "POST",

@@ -5,8 +5,13 @@
 //! | item | `pk` | `sk` |
 //! |---|---|---|
 //! | a delivery | `IDEM#<sha256 hex>` | `IDEM` |
+//! | a part of a long answer | `IDEM#<sha256 hex>` | `PART#0001`, `PART#0002`, ... |
 //! | a device record | `TICKET#<ticket>` | `MACHINE#<machine id>#ACTION#<action id>` |
 //! | a budget bucket | `BUDGET#<bucket start, unix s>` | `BUDGET` |
+//!
+//! An answer up to `MAX_STORED_BODY` bytes is kept in the delivery's item
+//! (`answer_body`); a longer one in parts beside it, which the delivery's
+//! item counts (`answer_parts`), all with the same expiry.
 //!
 //! A ticket's records share a partition, so `GET /v1/tickets/{ticket}` is one
 //! Query. A machine's history is one Query on the `by-machine` index
@@ -47,6 +52,13 @@ pub(crate) mod attr {
     pub const IN_PROGRESS_UNTIL_MS: &str = "in_progress_until_ms";
     pub const ANSWER_STATUS: &str = "answer_status";
     pub const ANSWER_BODY: &str = "answer_body";
+    /// A long answer's number of parts, in place of `answer_body`.
+    pub const ANSWER_PARTS: &str = "answer_parts";
+    /// The SHA-256 (hex) of the delivery's route and body
+    /// (`domain::ledger::Fingerprint`); items written before it have none.
+    pub const FINGERPRINT: &str = "fingerprint";
+    /// On a device record: when tracking reported its outcome (set once).
+    pub const OUTCOME_REPORTED_AT: &str = "outcome_reported_at";
     pub const TICKET: &str = "ticket";
     pub const MACHINE_ID: &str = "machine_id";
     pub const DEVICE: &str = "device";
@@ -103,6 +115,22 @@ impl ItemKey for RecordKey {
             "{MACHINE_PREFIX}{}#ACTION#{}",
             self.machine_id, self.action_id
         )
+    }
+}
+
+/// Part `n` (from 1) of a delivery's long answer.
+pub(crate) struct AnswerPart<'k>(pub &'k IdempotencyKey, pub usize);
+
+/// The sort keys of a long answer's parts begin with it.
+pub(crate) const PART_PREFIX: &str = "PART#";
+
+impl ItemKey for AnswerPart<'_> {
+    fn pk(&self) -> String {
+        self.0.pk()
+    }
+
+    fn sk(&self) -> String {
+        format!("{PART_PREFIX}{:04}", self.1)
     }
 }
 
@@ -235,5 +263,8 @@ mod tests {
         };
         assert_eq!(k.pk(), "TICKET#INC-1");
         assert_eq!(k.sk(), "MACHINE#m1#ACTION#a1");
+        let part = AnswerPart(&key(0xab), 2);
+        assert_eq!(part.pk(), key(0xab).pk());
+        assert_eq!(part.sk(), "PART#0002");
     }
 }

@@ -102,6 +102,104 @@ impl DynamoLedger {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// `update` (with `:as` and `:upd`) on a device record that exists and
+    /// holds no final status, and meets `and_also` (` AND ...`, or empty).
+    /// `Ok(None)` when written; else the record as it was (empty: none).
+    async fn set_unless_final(
+        &self,
+        key: &RecordKey,
+        update: &str,
+        status: ActionStatus,
+        at: SystemTime,
+        and_also: &str,
+    ) -> Result<Option<Option<Item>>, LedgerError> {
+        let [f1, f2, f3, f4] = ActionStatus::FINAL.map(|f| s(f.as_str()));
+        let condition = format!(
+            "attribute_exists(#pk) AND NOT (#action_status IN (:f1, :f2, :f3, :f4)){and_also}"
+        );
+        let result = self
+            .client()
+            .await
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key.item([])))
+            .update_expression(update)
+            .condition_expression(&condition)
+            .set_expression_attribute_names(names(&[update, &condition]))
+            .expression_attribute_values(":as", s(status.as_str()))
+            .expression_attribute_values(":upd", s(format_time(at)))
+            .expression_attribute_values(":f1", f1)
+            .expression_attribute_values(":f2", f2)
+            .expression_attribute_values(":f3", f3)
+            .expression_attribute_values(":f4", f4)
+            .return_values_on_condition_check_failure(AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(None),
+            Err(e) => condition_failed(e).map(Some),
+        }
+    }
+
+    async fn put(&self, item: Item) -> Result<(), LedgerError> {
+        self.client()
+            .await
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// A long answer, joined from its `parts` (one strongly consistent
+    /// Query, all pages). A part missing is an error, never a short answer.
+    async fn read_parts(&self, key: &IdempotencyKey, parts: usize) -> Result<String, LedgerError> {
+        let condition = "#pk = :pk AND #sk BETWEEN :first AND :last";
+        let missing = || {
+            LedgerError::Refused(format!(
+                "a kept answer has {parts} parts, and not all of them are there"
+            ))
+        };
+        let mut body = String::new();
+        let mut got = 0;
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client()
+                .await
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression(condition)
+                .set_expression_attribute_names(names(&[condition]))
+                .expression_attribute_values(":pk", s(key.pk()))
+                .expression_attribute_values(":first", s(AnswerPart(key, 1).sk()))
+                .expression_attribute_values(":last", s(AnswerPart(key, parts).sk()))
+                .consistent_read(true)
+                .set_limit(self.page_size)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(classify)?;
+            for item in page.items() {
+                got += 1;
+                if got > parts || get_s(item, schema::SK)? != AnswerPart(key, got).sk() {
+                    return Err(missing());
+                }
+                body.push_str(get_s(item, attr::ANSWER_BODY)?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        if got != parts {
+            return Err(missing());
+        }
+        Ok(body)
+    }
+
     async fn query_all(
         &self,
         index: Option<&str>,
@@ -208,6 +306,7 @@ impl DeliveryClaims for DynamoLedger {
     fn begin<'a>(
         &'a self,
         key: &'a IdempotencyKey,
+        request: &'a Fingerprint,
         now: SystemTime,
         in_progress_until: SystemTime,
     ) -> LedgerFuture<'a, Begin> {
@@ -217,8 +316,11 @@ impl DeliveryClaims for DynamoLedger {
             // record the first attempt wrote.
             let owner = format!("{:032x}", fastrand::u128(..));
             let until_ms = unix_millis(in_progress_until);
+            // A claim let go of, or whose holder died, is taken over only
+            // for the same request (or where no fingerprint was kept).
             let condition = "attribute_not_exists(#pk) OR #expires_at < :now_s \
-                 OR (#state = :ip AND #in_progress_until_ms < :now_ms)";
+                 OR (#state = :ip AND #in_progress_until_ms < :now_ms \
+                     AND (attribute_not_exists(#fingerprint) OR #fingerprint = :fp))";
             let result = self
                 .client()
                 .await
@@ -228,6 +330,7 @@ impl DeliveryClaims for DynamoLedger {
                     (attr::STATE, s(IN_PROGRESS)),
                     (attr::OWNER, s(&owner)),
                     (attr::IN_PROGRESS_UNTIL_MS, n(until_ms)),
+                    (attr::FINGERPRINT, s(request.to_hex())),
                     // A dead holder's record goes by TTL eventually; it is
                     // taken over as soon as `in_progress_until` passes.
                     (schema::EXPIRES_AT, n(until_ms / 1000 + 3600)),
@@ -237,12 +340,20 @@ impl DeliveryClaims for DynamoLedger {
                 .expression_attribute_values(":now_s", n(unix_secs(now)))
                 .expression_attribute_values(":now_ms", n(unix_millis(now)))
                 .expression_attribute_values(":ip", s(IN_PROGRESS))
+                .expression_attribute_values(":fp", s(request.to_hex()))
                 .return_values_on_condition_check_failure(AllOld)
                 .send()
                 .await;
-            match result {
-                Ok(_) => Ok(Begin::Started),
-                Err(e) => decide(condition_failed(e)?.as_ref(), &owner, now),
+            let old = match result {
+                Ok(_) => return Ok(Begin::Started),
+                Err(e) => condition_failed(e)?,
+            };
+            match decide(old.as_ref(), &owner, request, now)? {
+                Decided::Begin(b) => Ok(b),
+                Decided::Parts { status, parts } => Ok(Begin::Done(StoredAnswer {
+                    status,
+                    body: self.read_parts(key, parts).await?,
+                })),
             }
         })
     }
@@ -250,45 +361,60 @@ impl DeliveryClaims for DynamoLedger {
     fn complete<'a>(
         &'a self,
         key: &'a IdempotencyKey,
+        request: &'a Fingerprint,
         answer: &'a StoredAnswer,
         expires_at: SystemTime,
     ) -> LedgerFuture<'a, ()> {
         Box::pin(async move {
-            check_body_size(answer)?;
-            self.client()
-                .await
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(key.item([
-                    (attr::STATE, s(COMPLETED)),
-                    (attr::ANSWER_STATUS, n(answer.status)),
-                    (attr::ANSWER_BODY, s(&answer.body)),
-                    (schema::EXPIRES_AT, n(unix_secs(expires_at))),
-                ])))
-                .send()
-                .await
-                .map_err(classify)?;
-            Ok(())
+            let expires_at = n(unix_secs(expires_at));
+            let body = if answer.body.len() <= MAX_STORED_BODY {
+                (attr::ANSWER_BODY, s(&answer.body))
+            } else {
+                // The parts first: a delivery's item that names parts
+                // finds them all.
+                let parts = split_body(&answer.body, MAX_STORED_BODY);
+                let puts = parts.iter().enumerate().map(|(i, part)| {
+                    self.put(AnswerPart(key, i + 1).item([
+                        (attr::ANSWER_BODY, s(*part)),
+                        (schema::EXPIRES_AT, expires_at.clone()),
+                    ]))
+                });
+                futures_util::future::try_join_all(puts).await?;
+                (attr::ANSWER_PARTS, n(parts.len()))
+            };
+            self.put(key.item([
+                (attr::STATE, s(COMPLETED)),
+                (attr::ANSWER_STATUS, n(answer.status)),
+                body,
+                (attr::FINGERPRINT, s(request.to_hex())),
+                (schema::EXPIRES_AT, expires_at),
+            ]))
+            .await
         })
     }
 
     fn abandon<'a>(&'a self, key: &'a IdempotencyKey) -> LedgerFuture<'a, ()> {
         Box::pin(async move {
+            // Its holder is gone: the claim is free for the same request at
+            // once, and keeps its fingerprint against any other.
+            let update = "SET #in_progress_until_ms = :gone REMOVE #owner";
             let condition = "#state = :ip";
             let result = self
                 .client()
                 .await
-                .delete_item()
+                .update_item()
                 .table_name(&self.table)
                 .set_key(Some(key.item([])))
+                .update_expression(update)
                 .condition_expression(condition)
-                .set_expression_attribute_names(names(&[condition]))
+                .set_expression_attribute_names(names(&[update, condition]))
+                .expression_attribute_values(":gone", n(0))
                 .expression_attribute_values(":ip", s(IN_PROGRESS))
                 .send()
                 .await;
             match result {
                 Ok(_) => Ok(()),
-                // Not in progress (completed, or gone): nothing to drop.
+                // Not in progress (completed, or gone): nothing to let go.
                 Err(e) => condition_failed(e).map(|_| ()),
             }
         })
@@ -352,36 +478,78 @@ impl DeviceRecords for DynamoLedger {
         updated_at: SystemTime,
     ) -> LedgerFuture<'a, StatusUpdate> {
         Box::pin(async move {
-            let [f1, f2, f3, f4] = ActionStatus::FINAL.map(|f| s(f.as_str()));
             let update = "SET #action_status = :as, #updated_at = :upd";
-            let condition = "attribute_exists(#pk) \
-                 AND (NOT (#action_status IN (:f1, :f2, :f3, :f4)) OR #action_status = :as)";
-            let result = self
-                .client()
-                .await
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(key.item([])))
-                .update_expression(update)
-                .condition_expression(condition)
-                .set_expression_attribute_names(names(&[update, condition]))
-                .expression_attribute_values(":as", s(status.as_str()))
-                .expression_attribute_values(":upd", s(format_time(updated_at)))
-                .expression_attribute_values(":f1", f1)
-                .expression_attribute_values(":f2", f2)
-                .expression_attribute_values(":f3", f3)
-                .expression_attribute_values(":f4", f4)
-                .return_values_on_condition_check_failure(AllOld)
-                .send()
-                .await;
-            let old = match result {
-                Ok(_) => return Ok(StatusUpdate::Updated),
-                Err(e) => condition_failed(e)?,
+            let old = match self
+                .set_unless_final(key, update, status, updated_at, "")
+                .await?
+            {
+                None => return Ok(StatusUpdate::Updated),
+                Some(old) => old,
             };
             match old.filter(|o| !o.is_empty()) {
                 None => Ok(StatusUpdate::NotFound),
                 Some(old) => Ok(StatusUpdate::AlreadyFinal(get(&old, attr::ACTION_STATUS)?)),
             }
+        })
+    }
+
+    fn report_outcome<'a>(
+        &'a self,
+        key: &'a RecordKey,
+        status: ActionStatus,
+        at: SystemTime,
+    ) -> LedgerFuture<'a, Report> {
+        Box::pin(async move {
+            let unreported = " AND attribute_not_exists(#outcome_reported_at)";
+            // A final status the record holds (the cancel route's, say) is
+            // the outcome; tracking only marks it reported.
+            let mark = "SET #outcome_reported_at = :upd";
+            for _ in 0..3 {
+                let update =
+                    "SET #action_status = :as, #updated_at = :upd, #outcome_reported_at = :upd";
+                let old = match self
+                    .set_unless_final(key, update, status, at, unreported)
+                    .await?
+                {
+                    None => return Ok(Report::First(status)),
+                    Some(old) => old,
+                };
+                let Some(old) = old.filter(|o| !o.is_empty()) else {
+                    return Ok(Report::NotFound);
+                };
+                if old.contains_key(attr::OUTCOME_REPORTED_AT) {
+                    return Ok(Report::Already);
+                }
+                let held: ActionStatus = get(&old, attr::ACTION_STATUS)?;
+                if !held.is_final() {
+                    continue;
+                }
+                let condition =
+                    format!("attribute_exists(#pk) AND #action_status = :held{unreported}");
+                let result = self
+                    .client()
+                    .await
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key.item([])))
+                    .update_expression(mark)
+                    .condition_expression(&condition)
+                    .set_expression_attribute_names(names(&[mark, &condition]))
+                    .expression_attribute_values(":held", s(held.as_str()))
+                    .expression_attribute_values(":upd", s(format_time(at)))
+                    .send()
+                    .await;
+                match result {
+                    Ok(_) => return Ok(Report::First(held)),
+                    // Reported or changed in between: look again.
+                    Err(e) => {
+                        condition_failed(e)?;
+                    }
+                }
+            }
+            Err(LedgerError::Unavailable(
+                "the device record kept changing while its outcome was reported".into(),
+            ))
         })
     }
 }
@@ -476,23 +644,49 @@ impl OffboardBudget for DynamoLedger {
     }
 }
 
-/// What a failed claim means, from the record that made it fail.
-fn decide(old: Option<&Item>, owner: &str, now: SystemTime) -> Result<Begin, LedgerError> {
+/// What a failed claim means, from the record that made it fail: a
+/// `Begin`, or a long answer still to be read from its parts.
+enum Decided {
+    Begin(Begin),
+    Parts { status: u16, parts: usize },
+}
+
+fn decide(
+    old: Option<&Item>,
+    owner: &str,
+    request: &Fingerprint,
+    now: SystemTime,
+) -> Result<Decided, LedgerError> {
     let Some(old) = old.filter(|o| !o.is_empty()) else {
-        // The record vanished between the check and the answer (TTL or an
-        // abandon): whoever retries next will find the way clear.
-        return Ok(Begin::InProgress {
+        // The record vanished between the check and the answer (TTL):
+        // whoever retries next will find the way clear.
+        return Ok(Decided::Begin(Begin::InProgress {
             retry_after: Duration::from_secs(1),
-        });
+        }));
     };
-    match get_s(old, attr::STATE)? {
-        COMPLETED => Ok(Begin::Done(StoredAnswer::try_from(old)?)),
-        IN_PROGRESS if old.get(attr::OWNER) == Some(&s(owner)) => Ok(Begin::Started),
-        IN_PROGRESS => Ok(Begin::InProgress {
+    // Items written before fingerprints were kept answer any request.
+    let other_request = match old.get(attr::FINGERPRINT) {
+        None => false,
+        Some(_) => get_s(old, attr::FINGERPRINT)? != request.to_hex(),
+    };
+    let begin = match get_s(old, attr::STATE)? {
+        IN_PROGRESS if old.get(attr::OWNER) == Some(&s(owner)) => Begin::Started,
+        IN_PROGRESS | COMPLETED if other_request => Begin::Reused,
+        COMPLETED if old.contains_key(attr::ANSWER_PARTS) => {
+            return Ok(Decided::Parts {
+                status: get_n(old, attr::ANSWER_STATUS)?,
+                parts: get_n(old, attr::ANSWER_PARTS)?,
+            });
+        }
+        COMPLETED => Begin::Done(StoredAnswer::try_from(old)?),
+        IN_PROGRESS => Begin::InProgress {
             retry_after: retry_after_from(get_n(old, attr::IN_PROGRESS_UNTIL_MS)?, now),
-        }),
-        _ => Err(LedgerError::Refused(
-            "a delivery record's state is not one we write".into(),
-        )),
-    }
+        },
+        _ => {
+            return Err(LedgerError::Refused(
+                "a delivery record's state is not one we write".into(),
+            ));
+        }
+    };
+    Ok(Decided::Begin(begin))
 }

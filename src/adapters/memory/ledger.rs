@@ -1,6 +1,6 @@
 //! Adapter: the ledger in one process.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -9,15 +9,20 @@ use crate::support::time::{unix_millis, unix_secs};
 
 #[derive(Debug, Clone)]
 enum Delivery {
-    InProgress { until_ms: i64 },
+    /// Let go of (`abandon`) when `until_ms` is 0.
+    InProgress {
+        until_ms: i64,
+    },
     Completed(StoredAnswer),
 }
 
 #[derive(Default)]
 struct Memory {
-    /// Each with its expiry, unix seconds.
-    deliveries: HashMap<IdempotencyKey, (Delivery, i64)>,
+    /// Each with the request's fingerprint and its expiry, unix seconds.
+    deliveries: HashMap<IdempotencyKey, (Delivery, Fingerprint, i64)>,
     records: BTreeMap<RecordKey, DeviceRecord>,
+    /// Records whose outcome tracking has reported.
+    reported: HashSet<RecordKey>,
     buckets: HashMap<i64, u32>,
     unavailable: bool,
 }
@@ -67,14 +72,20 @@ impl DeliveryClaims for InMemoryLedger {
     fn begin<'a>(
         &'a self,
         key: &'a IdempotencyKey,
+        request: &'a Fingerprint,
         now: SystemTime,
         in_progress_until: SystemTime,
     ) -> LedgerFuture<'a, Begin> {
         self.with(|m| {
             match m.deliveries.get(key) {
-                Some((_, expires_s)) if *expires_s < unix_secs(now) => {}
-                Some((Delivery::Completed(answer), _)) => return Ok(Begin::Done(answer.clone())),
-                Some((Delivery::InProgress { until_ms }, _)) if *until_ms >= unix_millis(now) => {
+                Some((_, _, expires_s)) if *expires_s < unix_secs(now) => {}
+                Some((_, held, _)) if held != request => return Ok(Begin::Reused),
+                Some((Delivery::Completed(answer), _, _)) => {
+                    return Ok(Begin::Done(answer.clone()));
+                }
+                Some((Delivery::InProgress { until_ms }, _, _))
+                    if *until_ms >= unix_millis(now) =>
+                {
                     return Ok(Begin::InProgress {
                         retry_after: retry_after_from(*until_ms, now),
                     });
@@ -83,7 +94,8 @@ impl DeliveryClaims for InMemoryLedger {
             }
             let until_ms = unix_millis(in_progress_until);
             let claim = Delivery::InProgress { until_ms };
-            m.deliveries.insert(*key, (claim, until_ms / 1000 + 3600));
+            m.deliveries
+                .insert(*key, (claim, *request, until_ms / 1000 + 3600));
             Ok(Begin::Started)
         })
     }
@@ -91,24 +103,22 @@ impl DeliveryClaims for InMemoryLedger {
     fn complete<'a>(
         &'a self,
         key: &'a IdempotencyKey,
+        request: &'a Fingerprint,
         answer: &'a StoredAnswer,
         expires_at: SystemTime,
     ) -> LedgerFuture<'a, ()> {
         self.with(|m| {
-            check_body_size(answer)?;
             let done = Delivery::Completed(answer.clone());
-            m.deliveries.insert(*key, (done, unix_secs(expires_at)));
+            m.deliveries
+                .insert(*key, (done, *request, unix_secs(expires_at)));
             Ok(())
         })
     }
 
     fn abandon<'a>(&'a self, key: &'a IdempotencyKey) -> LedgerFuture<'a, ()> {
         self.with(|m| {
-            if matches!(
-                m.deliveries.get(key),
-                Some((Delivery::InProgress { .. }, _))
-            ) {
-                m.deliveries.remove(key);
+            if let Some((Delivery::InProgress { until_ms }, _, _)) = m.deliveries.get_mut(key) {
+                *until_ms = 0;
             }
             Ok(())
         })
@@ -154,12 +164,35 @@ impl DeviceRecords for InMemoryLedger {
             let Some(r) = m.records.get_mut(key) else {
                 return Ok(StatusUpdate::NotFound);
             };
-            if r.action_status.is_final() && r.action_status != status {
+            if r.action_status.is_final() {
                 return Ok(StatusUpdate::AlreadyFinal(r.action_status));
             }
             r.action_status = status;
             r.updated_at = updated_at;
             Ok(StatusUpdate::Updated)
+        })
+    }
+
+    fn report_outcome<'a>(
+        &'a self,
+        key: &'a RecordKey,
+        status: ActionStatus,
+        at: SystemTime,
+    ) -> LedgerFuture<'a, Report> {
+        self.with(|m| {
+            let Some(r) = m.records.get_mut(key) else {
+                return Ok(Report::NotFound);
+            };
+            if m.reported.contains(key) {
+                return Ok(Report::Already);
+            }
+            if !r.action_status.is_final() {
+                r.action_status = status;
+                r.updated_at = at;
+            }
+            let reported = r.action_status;
+            m.reported.insert(key.clone());
+            Ok(Report::First(reported))
         })
     }
 }
@@ -202,6 +235,9 @@ mod tests {
         IdempotencyKey::from([n; 32])
     }
 
+    const FP: Fingerprint = Fingerprint([7; 32]);
+    const OTHER: Fingerprint = Fingerprint([8; 32]);
+
     fn answer() -> StoredAnswer {
         StoredAnswer {
             status: 200,
@@ -226,56 +262,71 @@ mod tests {
     #[tokio::test]
     async fn a_delivery_is_started_once_then_in_progress_then_replayed() {
         let l = InMemoryLedger::new();
-        assert_eq!(l.begin(&key(1), at(0), at(30)).await, Ok(Begin::Started));
         assert_eq!(
-            l.begin(&key(1), at(10), at(40)).await,
+            l.begin(&key(1), &FP, at(0), at(30)).await,
+            Ok(Begin::Started)
+        );
+        assert_eq!(
+            l.begin(&key(1), &FP, at(10), at(40)).await,
             Ok(Begin::InProgress {
                 retry_after: Duration::from_secs(20)
             })
         );
-        l.complete(&key(1), &answer(), at(10) + ANSWER_KEPT_FOR)
+        l.complete(&key(1), &FP, &answer(), at(10) + ANSWER_KEPT_FOR)
             .await
             .unwrap();
         assert_eq!(
-            l.begin(&key(1), at(20), at(50)).await,
+            l.begin(&key(1), &FP, at(20), at(50)).await,
             Ok(Begin::Done(answer()))
         );
-        assert_eq!(l.begin(&key(2), at(20), at(50)).await, Ok(Begin::Started));
+        assert_eq!(
+            l.begin(&key(2), &FP, at(20), at(50)).await,
+            Ok(Begin::Started)
+        );
     }
 
     #[tokio::test]
     async fn a_dead_holder_is_taken_over_after_its_deadline_only() {
         let l = InMemoryLedger::new();
-        l.begin(&key(1), at(0), at(30)).await.unwrap();
+        l.begin(&key(1), &FP, at(0), at(30)).await.unwrap();
         assert!(matches!(
-            l.begin(&key(1), at(30), at(60)).await,
+            l.begin(&key(1), &FP, at(30), at(60)).await,
             Ok(Begin::InProgress { .. })
         ));
-        assert_eq!(l.begin(&key(1), at(31), at(61)).await, Ok(Begin::Started));
+        assert_eq!(
+            l.begin(&key(1), &FP, at(31), at(61)).await,
+            Ok(Begin::Started)
+        );
     }
 
     #[tokio::test]
     async fn an_expired_answer_is_not_replayed_though_it_is_still_stored() {
         let l = InMemoryLedger::new();
-        l.begin(&key(1), at(0), at(30)).await.unwrap();
-        l.complete(&key(1), &answer(), at(100)).await.unwrap();
+        l.begin(&key(1), &FP, at(0), at(30)).await.unwrap();
+        l.complete(&key(1), &FP, &answer(), at(100)).await.unwrap();
         assert_eq!(
-            l.begin(&key(1), at(100), at(130)).await,
+            l.begin(&key(1), &FP, at(100), at(130)).await,
             Ok(Begin::Done(answer()))
         );
-        assert_eq!(l.begin(&key(1), at(101), at(131)).await, Ok(Begin::Started));
+        assert_eq!(
+            l.begin(&key(1), &FP, at(101), at(131)).await,
+            Ok(Begin::Started)
+        );
     }
 
     #[tokio::test]
     async fn abandon_frees_a_claim_but_keeps_an_answer() {
         let l = InMemoryLedger::new();
-        l.begin(&key(1), at(0), at(30)).await.unwrap();
-        l.abandon(&key(1)).await.unwrap();
-        assert_eq!(l.begin(&key(1), at(1), at(31)).await, Ok(Begin::Started));
-        l.complete(&key(1), &answer(), at(1000)).await.unwrap();
+        l.begin(&key(1), &FP, at(0), at(30)).await.unwrap();
         l.abandon(&key(1)).await.unwrap();
         assert_eq!(
-            l.begin(&key(1), at(2), at(32)).await,
+            l.begin(&key(1), &FP, at(1), at(31)).await,
+            Ok(Begin::Started)
+        );
+        l.complete(&key(1), &FP, &answer(), at(1000)).await.unwrap();
+        l.abandon(&key(1)).await.unwrap();
+        assert_eq!(
+            l.begin(&key(1), &FP, at(2), at(32)).await,
             Ok(Begin::Done(answer()))
         );
     }
@@ -297,16 +348,54 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_answer_too_large_for_an_item_is_refused_not_truncated() {
+    async fn an_answer_of_any_size_is_kept_whole() {
         let l = InMemoryLedger::new();
         let big = StoredAnswer {
-            status: 200,
-            body: "x".repeat(MAX_STORED_BODY + 1),
+            status: 202,
+            body: "x".repeat(MAX_STORED_BODY * 2 + 1),
         };
-        assert!(matches!(
-            l.complete(&key(1), &big, at(100)).await,
-            Err(LedgerError::Refused(_))
-        ));
+        l.begin(&key(1), &FP, at(0), at(30)).await.unwrap();
+        l.complete(&key(1), &FP, &big, at(100)).await.unwrap();
+        assert_eq!(
+            l.begin(&key(1), &FP, at(1), at(31)).await,
+            Ok(Begin::Done(big))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_used_for_another_request_is_reused_whatever_its_state() {
+        let l = InMemoryLedger::new();
+        // Running, let go of, or answered: never the other request's.
+        l.begin(&key(1), &FP, at(0), at(30)).await.unwrap();
+        assert_eq!(
+            l.begin(&key(1), &OTHER, at(1), at(31)).await,
+            Ok(Begin::Reused)
+        );
+        l.abandon(&key(1)).await.unwrap();
+        assert_eq!(
+            l.begin(&key(1), &OTHER, at(2), at(32)).await,
+            Ok(Begin::Reused)
+        );
+        assert_eq!(
+            l.begin(&key(1), &FP, at(3), at(33)).await,
+            Ok(Begin::Started)
+        );
+        l.complete(&key(1), &FP, &answer(), at(1000)).await.unwrap();
+        assert_eq!(
+            l.begin(&key(1), &OTHER, at(4), at(34)).await,
+            Ok(Begin::Reused)
+        );
+        // A dead holder is taken over only by its own request.
+        l.begin(&key(2), &FP, at(0), at(30)).await.unwrap();
+        assert_eq!(
+            l.begin(&key(2), &OTHER, at(31), at(61)).await,
+            Ok(Begin::Reused)
+        );
+        // Once expired, the key is free.
+        assert_eq!(
+            l.begin(&key(1), &OTHER, at(1001), at(1031)).await,
+            Ok(Begin::Started)
+        );
     }
 
     #[tokio::test]
@@ -375,10 +464,11 @@ mod tests {
                 .await,
             Ok(StatusUpdate::Updated)
         );
+        // Written once: the same final status again is not written.
         assert_eq!(
             l.update_action_status(&k, ActionStatus::Cancelled, at(8))
                 .await,
-            Ok(StatusUpdate::Updated)
+            Ok(StatusUpdate::AlreadyFinal(ActionStatus::Cancelled))
         );
         assert_eq!(
             l.update_action_status(&k, ActionStatus::Succeeded, at(9))
@@ -391,6 +481,43 @@ mod tests {
             l.update_action_status(&other, ActionStatus::Succeeded, at(9))
                 .await,
             Ok(StatusUpdate::NotFound)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_outcome_is_reported_once_and_a_final_status_held_is_the_outcome() {
+        let l = InMemoryLedger::new();
+        let r = record("INC-1", "m1", "a1", 5);
+        l.record_device(&r).await.unwrap();
+        assert_eq!(
+            l.report_outcome(&r.key(), ActionStatus::Succeeded, at(6))
+                .await,
+            Ok(Report::First(ActionStatus::Succeeded))
+        );
+        assert_eq!(
+            l.report_outcome(&r.key(), ActionStatus::Succeeded, at(7))
+                .await,
+            Ok(Report::Already)
+        );
+        // The cancel route wrote Cancelled first: that is what is reported.
+        let c = record("INC-1", "m2", "a2", 5);
+        l.record_device(&c).await.unwrap();
+        l.update_action_status(&c.key(), ActionStatus::Cancelled, at(6))
+            .await
+            .unwrap();
+        assert_eq!(
+            l.report_outcome(&c.key(), ActionStatus::NotConfirmed, at(9))
+                .await,
+            Ok(Report::First(ActionStatus::Cancelled))
+        );
+        let got = l.ticket_records("INC-1").await.unwrap();
+        assert_eq!(got[1].updated_at, at(6), "the cancel's time stays");
+        let mut missing = r.key();
+        missing.action_id = "nope".into();
+        assert_eq!(
+            l.report_outcome(&missing, ActionStatus::Failed, at(9))
+                .await,
+            Ok(Report::NotFound)
         );
     }
 
@@ -446,12 +573,15 @@ mod tests {
     async fn a_ledger_set_down_is_unavailable_and_asks_for_a_retry() {
         let l = InMemoryLedger::new();
         l.set_unavailable(true);
-        let e = l.begin(&key(1), at(0), at(30)).await.unwrap_err();
+        let e = l.begin(&key(1), &FP, at(0), at(30)).await.unwrap_err();
         assert!(matches!(e, LedgerError::Unavailable(_)));
         assert!(e.retry_after().is_some());
         assert!(LedgerError::Refused("x".into()).retry_after().is_none());
         l.set_unavailable(false);
-        assert_eq!(l.begin(&key(1), at(0), at(30)).await, Ok(Begin::Started));
+        assert_eq!(
+            l.begin(&key(1), &FP, at(0), at(30)).await,
+            Ok(Begin::Started)
+        );
     }
 
     #[test]

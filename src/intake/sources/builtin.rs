@@ -8,6 +8,9 @@ pub use crate::intake::auth::GENERIC_KEY as GENERIC;
 pub const EVENTBRIDGE: &str = "eventbridge";
 /// Direct invocations (`aws lambda invoke`, a Step Functions task).
 pub const INVOKE: &str = "invoke";
+/// The read routes' second door (auditors): no auth unless `SOURCES`
+/// gives it one, and never accepted by a route that acts.
+pub const READER: &str = "reader";
 
 const BUILT_IN: [&str; 3] = [GENERIC, EVENTBRIDGE, INVOKE];
 

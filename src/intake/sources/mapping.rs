@@ -66,11 +66,11 @@ impl SourceDef {
                     .and_then(scalar_text)
                     .filter(|t| !t.trim().is_empty())
             })
-            .ok_or_else(|| FieldError::OutOfBounds {
-                field: ticket_field.clone(),
-                reason:
-                    "must hold the ticket (a string or a number), but the payload has none there"
-                        .into(),
+            .ok_or_else(|| {
+                FieldError::bounds(
+                    &ticket_field,
+                    "must hold the ticket (a string or a number), but the payload has none there",
+                )
             })?;
         let ticket = Ticket::parse(&ticket_field, &ticket_text)?;
 
@@ -88,21 +88,21 @@ impl SourceDef {
                         .iter()
                         .map(|i| match i {
                             Value::String(s) => Ok(s.as_str()),
-                            Value::Array(_) => Err(FieldError::OutOfBounds {
-                                field: p.as_str().to_string(),
-                                reason: "holds nested arrays; devices must be a string or an array of strings".into(),
-                            }),
-                            _ => Err(FieldError::OutOfBounds {
-                                field: p.as_str().to_string(),
-                                reason: "holds an array with a value that is not a string".into(),
-                            }),
+                            Value::Array(_) => Err(FieldError::bounds(
+                                p.as_str(),
+                                "holds nested arrays; devices must be a string or an array of strings",
+                            )),
+                            _ => Err(FieldError::bounds(
+                                p.as_str(),
+                                "holds an array with a value that is not a string",
+                            )),
                         })
                         .collect::<Result<_, _>>()?,
                     _ => {
-                        return Err(FieldError::OutOfBounds {
-                            field: p.as_str().to_string(),
-                            reason: "must be a string or an array of strings".into(),
-                        });
+                        return Err(FieldError::bounds(
+                            p.as_str(),
+                            "must be a string or an array of strings",
+                        ));
                     }
                 };
                 for s in strings.into_iter().filter(|s| !s.trim().is_empty()) {
@@ -114,15 +114,11 @@ impl SourceDef {
             }
         }
         if devices.is_empty() {
-            return Err(FieldError::OutOfBounds {
-                field: self
-                    .devices
-                    .iter()
-                    .map(Pointer::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                reason: "must name at least one device, but the payload has none there".into(),
-            });
+            let field = self.devices.iter().map(Pointer::as_str).collect::<Vec<_>>();
+            return Err(FieldError::bounds(
+                field.join(", "),
+                "must name at least one device, but the payload has none there",
+            ));
         }
         let rendered = self.comment.render(ticket.as_str(), doc);
         let comment = Comment::sanitize(&rendered).unwrap_or_else(|| {

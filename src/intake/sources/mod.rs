@@ -27,7 +27,7 @@ mod mapping;
 mod template;
 
 pub use crate::support::json_pointer::{Pointer, scalar_text};
-pub use builtin::{EVENTBRIDGE, GENERIC, INVOKE};
+pub use builtin::{EVENTBRIDGE, GENERIC, INVOKE, READER};
 pub use freshness::{Freshness, MAX_FUTURE, StaleError, TimeUnit};
 pub use mapping::{Condition, Mapped};
 pub use template::Template;
@@ -93,49 +93,9 @@ impl EventBridgeMatch {
     }
 }
 
-/// The built-in presets, as `SOURCES` would define them.
-pub const PRESETS: &str = r#"{
-  "jira": {
-    "auth": {"scheme": "hmac-sha256-hex", "header": "x-hub-signature", "prefix": "sha256=", "secret": "jira"},
-    "id_header": "x-atlassian-webhook-identifier",
-    "freshness": {"pointer": "/timestamp", "unit": "ms", "max_age_seconds": 3600},
-    "when": [{"pointer": "/webhookEvent", "in": ["jira:issue_updated"]},
-             {"pointer": "/changelog/items/*/field", "in": ["status"]},
-             {"pointer": "/issue/fields/status/statusCategory/key", "in": ["done"]}],
-    "ticket": "/issue/key",
-    "devices": ["/issue/fields/customfield_10071"],
-    "comment": "Offboarded on closure of {ticket}: {/issue/fields/summary}",
-    "notify": "jira"
-  },
-  "pagerduty": {
-    "auth": {"scheme": "hmac-sha256-hex", "header": "x-pagerduty-signature", "prefix": "v1=", "secret": "pagerduty"},
-    "id_header": "x-webhook-id",
-    "freshness": {"pointer": "/event/occurred_at", "unit": "rfc3339", "max_age_seconds": 3600},
-    "when": [{"pointer": "/event/event_type", "in": ["incident.custom_field_values.updated"]},
-             {"pointer": "/event/data/changed_custom_fields/*/name", "in": ["mde_devices"]}],
-    "ticket": ["/event/data/incident/id", "/event/data/id"],
-    "devices": ["/event/data/changed_custom_fields/[name=mde_devices]/value"],
-    "comment": "Offboarded for PagerDuty incident {ticket}: {/event/data/incident/summary}",
-    "notify": "pagerduty"
-  },
-  "servicenow": {
-    "auth": [{"scheme": "bearer", "secret": "servicenow"}, {"scheme": "basic", "secret": "servicenow_basic"}],
-    "when": [{"pointer": "/state", "in": ["Resolved", "Closed", "6", "7"]}],
-    "ticket": "/number",
-    "devices": ["/cmdb_ci", "/cmdb_ci/display_value", "/mde_machine_id", "/devices"],
-    "comment": "Offboarded on closure of {ticket}: {/short_description}",
-    "notify": {"to": "servicenow", "sys_id": "/sys_id", "table": "incident"}
-  },
-  "defender-incident": {
-    "auth": {"scheme": "bearer", "secret": "defender-incident"},
-    "ticket": ["/id", "/incidentId", "/object/properties/incidentNumber", "/properties/incidentNumber"],
-    "devices": ["/alerts/*/evidence/*/mdeDeviceId",
-                "/alerts/*/devices/*/mdatpDeviceId",
-                "/object/properties/relatedEntities/*/properties/additionalData/MdatpDeviceId",
-                "/properties/relatedEntities/*/properties/additionalData/MdatpDeviceId"],
-    "comment": "Offboarded for Defender incident {ticket}: {/displayName}{/incidentName}{/object/properties/title}"
-  }
-}"#;
+/// The built-in presets, as `SOURCES` would define them: data, kept in
+/// `presets.json` beside this file.
+pub const PRESETS: &str = include_str!("presets.json");
 
 /// Every source this instance serves, by name.
 #[derive(Debug, Clone)]
@@ -152,6 +112,9 @@ struct Loaded {
     defs: BTreeMap<String, SourceDef>,
     /// The built-in source `generic`: only its auth is configurable.
     generic: AuthDef,
+    /// What the read routes accept: `generic`'s auth, or the built-in
+    /// source `reader`'s where `SOURCES` gives it one.
+    read: AuthDef,
 }
 
 static PRESETS_ONLY: LazyLock<Loaded> =
@@ -207,6 +170,11 @@ impl Sources {
     pub fn generic_auth(&self) -> &AuthDef {
         &self.loaded().generic
     }
+
+    /// How the `GET` routes authenticate: `generic`'s auth or `reader`'s.
+    pub fn read_auth(&self) -> &AuthDef {
+        &self.loaded().read
+    }
 }
 
 impl Loaded {
@@ -239,11 +207,15 @@ impl Loaded {
             }
             .to_string()
         };
-        let generic = match user.remove(crate::intake::auth::GENERIC_KEY) {
-            None => AuthDef::standard(crate::intake::auth::GENERIC_KEY),
-            Some(def) => AuthDef::parse_generic(&def)
-                .map_err(|e| fail(crate::intake::auth::GENERIC_KEY, e))?,
+        let generic = match user.remove(GENERIC) {
+            None => AuthDef::standard(GENERIC),
+            Some(def) => AuthDef::parse_generic(&def).map_err(|e| fail(GENERIC, e))?,
         };
+        let read = match user.remove(READER) {
+            None => None,
+            Some(def) => AuthDef::parse_builtin(&def).map_err(|e| fail(READER, e))?,
+        }
+        .map_or_else(|| generic.clone(), |reader| generic.or(&reader));
         let mut defs = BTreeMap::new();
         let given = presets.iter().filter(|(n, _)| !user.contains_key(*n));
         for (name, def) in given.chain(&user) {
@@ -259,7 +231,11 @@ impl Loaded {
             let def = parse_def(name, def, &presets).map_err(|e| fail(name, e))?;
             defs.insert(name.clone(), def);
         }
-        Ok(Self { defs, generic })
+        Ok(Self {
+            defs,
+            generic,
+            read,
+        })
     }
 }
 
