@@ -409,6 +409,14 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
 impl Logs {
     fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
         use tracing_subscriber::prelude::*;
+        // tracing-core asks only the registering thread's own subscriber
+        // for a new callsite's interest while one dispatcher is alive: a
+        // test without a capture that first reaches a callsite (a refused
+        // message's audit line) would cache "never" for it, and this
+        // capture would miss the line. A second dispatcher kept alive for
+        // the whole run makes every registration ask all of them.
+        static KEEP_TWO: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        KEEP_TWO.get_or_init(|| tracing::Dispatch::new(tracing_subscriber::registry()));
         let logs = Logs::default();
         let sub = tracing_subscriber::registry()
             .with(tracing_subscriber::filter::LevelFilter::INFO)
