@@ -58,7 +58,7 @@ async fn unsigned_and_badly_signed_requests_are_401() {
                 "/v1/offboard",
                 &body,
                 GENERIC_WEBHOOK_SECRET,
-                now() - 301,
+                now() - 310,
             ),
         ),
         (
@@ -68,7 +68,7 @@ async fn unsigned_and_badly_signed_requests_are_401() {
                 "/v1/offboard",
                 &body,
                 GENERIC_WEBHOOK_SECRET,
-                now() + 301,
+                now() + 310,
             ),
         ),
         (
