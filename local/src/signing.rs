@@ -6,10 +6,10 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use mde_offboard::intake::auth::hmac_hex;
 use mde_offboard::intake::sources::Sources;
 use mde_offboard::support::time::unix_secs;
 use mde_offboard::support::webhook_sig::StandardWebhooks;
+use mde_testkit::hmac_hex;
 use serde_json::{Map, Value};
 
 /// What a sample file holds.
