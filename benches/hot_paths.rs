@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use hmac::{Hmac, KeyInit, Mac};
-use mde_offboard::intake::generic::parse_generic;
+use mde_offboard::intake::generic::parse_generic_body;
 use mde_offboard::intake::sources::Sources;
 use mde_offboard::support::webhook_sig::{StandardHeaders, StandardWebhooks, secret_key};
 use serde_json::{Value, json};
@@ -63,7 +63,7 @@ fn body_parsing(c: &mut Criterion) {
     g.bench_function("parse_and_validate", |b| {
         b.iter(|| {
             let v: Value = serde_json::from_str(black_box(&text)).unwrap();
-            black_box(parse_generic(&v).unwrap())
+            black_box(parse_generic_body(&v, &Default::default()).unwrap())
         })
     });
     g.finish();

@@ -28,7 +28,7 @@ struct Federated {
 }
 
 fn sts_client(endpoint: &str) -> aws_sdk_sts::Client {
-    mde_offboard::adapters::aws::client(
+    mde_offboard::adapters::aws::SdkClient::with_limits(
         aws_sdk_sts::Config::builder()
             .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
             .region(aws_sdk_sts::config::Region::new("us-east-1"))

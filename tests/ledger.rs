@@ -22,7 +22,7 @@ use mde_testkit::serial::SerialProxy;
 
 fn client_at(endpoint: &str) -> aws_sdk_dynamodb::Client {
     use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-    aws::client(
+    aws::SdkClient::with_limits(
         aws_sdk_dynamodb::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))

@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::*;
 use lambda_http::{Body, Response};
 use mde_offboard::adapters::memory::ledger::InMemoryLedger;
-use mde_offboard::intake::auth::hmac_hex;
 use mde_offboard::support::webhook_sig::StandardWebhooks;
+use mde_testkit::hmac_hex;
 use mde_testkit::{Api, Fault};
 use serde_json::{Value, json};
 

@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use mde_offboard::intake::auth::hmac_hex;
 use mde_offboard::support::webhook_sig::StandardWebhooks;
 use mde_testkit::GENERIC_WEBHOOK_SECRET;
+use mde_testkit::hmac_hex;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -1181,7 +1181,7 @@ async fn a_sealed_message_older_than_fourteen_days_is_refused() {
 /// The ledger in moto, its table made from the template.
 async fn dynamo_ledger() -> (Arc<mde_offboard::adapters::dynamodb::DynamoLedger>, String) {
     use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-    let client: aws_sdk_dynamodb::Client = mde_offboard::adapters::aws::client(
+    let client: aws_sdk_dynamodb::Client = mde_offboard::adapters::aws::SdkClient::with_limits(
         aws_sdk_dynamodb::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))

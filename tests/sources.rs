@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use common::*;
 use lambda_http::Request;
-use mde_offboard::intake::auth::hmac_hex;
 use mde_offboard::intake::sources::Sources;
 use mde_offboard::support::webhook_sig::{StandardWebhooks, secret_key};
+use mde_testkit::hmac_hex;
 use mde_testkit::{Api, GENERIC_WEBHOOK_SECRET};
 use serde_json::{Value, json};
 

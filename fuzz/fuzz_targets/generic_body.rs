@@ -1,11 +1,11 @@
 //! The generic body (`POST /v1/offboard`): bytes → `strict_json` →
-//! `parse_generic`, as the handler reads it. Whatever it accepts must hold
+//! `parse_generic_body`, as the handler reads it. Whatever it accepts must hold
 //! the invariants the rest of the code relies on; the strict parse must
 //! agree with serde_json on every body without a repeated key.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mde_offboard::intake::generic::{DeviceRef, GENERIC_FIELDS, JsonError, MAX_COMMENT_CHARS, MAX_DEVICE_CHARS, MAX_TICKET_CHARS, is_hidden_format, parse_generic, strict_json};
+use mde_offboard::intake::generic::{DeviceRef, GENERIC_FIELDS, JsonError, MAX_COMMENT_CHARS, MAX_DEVICE_CHARS, MAX_TICKET_CHARS, is_hidden_format, parse_generic_body, strict_json};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    let Ok(req) = parse_generic(&value) else {
+    let Ok(req) = parse_generic_body(&value, &Default::default()).map(|b| b.request) else {
         return;
     };
     let keys = value.as_object().expect("an accepted body is an object");

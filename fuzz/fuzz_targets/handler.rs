@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lambda_http::{Body, Request, Response};
 use libfuzzer_sys::fuzz_target;
 use mde_offboard::App;
-use mde_offboard::intake::auth::hmac_hex;
+use mde_testkit::hmac_hex;
 use mde_offboard::support::webhook_sig::StandardWebhooks;
 use mde_offboard::config::Config;
 use mde_offboard::domain::secret::StaticSecret;

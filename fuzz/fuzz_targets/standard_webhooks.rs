@@ -15,7 +15,8 @@
 use std::borrow::Cow;
 
 use libfuzzer_sys::fuzz_target;
-use mde_offboard::intake::auth::{hmac_hex, verify_bearer, verify_hmac_hex};
+use mde_offboard::intake::auth::{verify_bearer, verify_hmac_hex};
+use mde_testkit::hmac_hex;
 use mde_offboard::support::webhook_sig::{StandardHeaders, StandardWebhooks, TOLERANCE_SECONDS, secret_key};
 
 /// The Standard Webhooks specification's test vector time, so the seed

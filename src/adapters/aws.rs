@@ -94,11 +94,6 @@ sdk_clients!(
     aws_sdk_dynamodb: TABLE
 );
 
-/// The client over `conf`, with its time limits.
-pub fn client<C: SdkClient>(conf: C::Config) -> C {
-    C::with_limits(conf)
-}
-
 /// A client given, or built from the environment (region, credentials,
 /// `AWS_ENDPOINT_URL_<SERVICE>`) when first needed: loading the SDK's
 /// configuration takes longer than the rest of init together, and runs
@@ -124,7 +119,7 @@ impl<C: SdkClient> LazyClient<C> {
                 .http_client(super::sdk_http::ReqwestHttpClient(http))
                 .load()
         };
-        let init = || async { client(C::Config::from(SDK.get_or_init(load).await)) };
+        let init = || async { C::with_limits(C::Config::from(SDK.get_or_init(load).await)) };
         self.0.get_or_init(init).await
     }
 }
@@ -243,7 +238,7 @@ mod tests {
     fn every_client_has_its_time_limits() {
         macro_rules! of {
             ($sdk:ident) => {{
-                let c: $sdk::Client = client(
+                let c: $sdk::Client = SdkClient::with_limits(
                     $sdk::Config::builder().behavior_version(aws_config::BehaviorVersion::latest()),
                 );
                 let conf = c.config();

@@ -4,18 +4,18 @@
 //! Standard Webhooks (Svix's libraries, a SOAR's webhook action) can check
 //! it came from this function.
 
-use std::ops::ControlFlow;
+use std::convert::Infallible;
 use std::time::Duration;
 
 use thiserror::Error;
 
 use futures_util::future::BoxFuture;
 
+use super::{Sent, send_retried};
 use crate::domain::follow_up::{FinalOutcome, FollowUp};
 use crate::domain::limits::Deadline;
 use crate::domain::secret::AppSecret;
 use crate::ops::metrics;
-use crate::support::retry;
 use crate::support::time::unix_now;
 use crate::support::webhook_sig::StandardWebhooks;
 
@@ -28,9 +28,6 @@ pub const RETRY_WAITS: [Duration; 3] = [
     Duration::from_millis(500),
     Duration::from_millis(1000),
 ];
-
-/// Longest one callback attempt may take.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SigningKeyError {
@@ -50,63 +47,6 @@ pub fn signing_key(value: &str) -> Result<StandardWebhooks, SigningKeyError> {
         return Err(SigningKeyError::Invalid);
     }
     StandardWebhooks::from_secret(value).map_err(|_| SigningKeyError::Invalid)
-}
-
-/// How a callback ended. None of these carries the receiver's answer body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    Delivered {
-        attempts: u32,
-    },
-    /// A 4xx: the receiver will not take it; not retried.
-    Refused {
-        status: u16,
-    },
-    /// 5xx or network errors on every attempt, or no time left.
-    GaveUp {
-        attempts: u32,
-    },
-}
-
-/// POSTs a signed body, retrying 5xx and network errors a bounded number of
-/// times while the deadline allows.
-pub async fn deliver(
-    http: &reqwest::Client,
-    url: &str,
-    key: &StandardWebhooks,
-    id: &str,
-    body: &str,
-    deadline: &Deadline,
-) -> Delivery {
-    // A slow receiver must not eat the batch's other messages' time.
-    let timeout = || deadline.call_timeout().map(|t| t.min(CALL_TIMEOUT));
-    let attempt = |attempts, timeout| async move {
-        let ts = unix_now();
-        let sent = http
-            .post(url)
-            .timeout(timeout)
-            .header("content-type", "application/json")
-            .header("webhook-id", id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", key.sign(id, ts, body.as_bytes()))
-            .body(body.to_string())
-            .send()
-            .await;
-        match sent {
-            Ok(r) if r.status().is_success() => {
-                ControlFlow::Break(Delivery::Delivered { attempts })
-            }
-            Ok(r) if r.status().is_client_error() => ControlFlow::Break(Delivery::Refused {
-                status: r.status().as_u16(),
-            }),
-            // A 3xx is never followed (the client's policy) and is no
-            // better on a retry than a 5xx.
-            Ok(_) | Err(_) => ControlFlow::Continue(()),
-        }
-    };
-    retry::bounded(&RETRY_WAITS, timeout, |w| deadline.fits(w), attempt)
-        .await
-        .unwrap_or_else(|attempts| Delivery::GaveUp { attempts })
 }
 
 /// The callback follow-up: the final outcome POSTed, signed, to the
@@ -160,15 +100,28 @@ impl FollowUp for Callbacks {
             .to_string();
             // One id per outcome, so a receiver can drop a duplicate.
             let id = format!("msg_{}_{}", t.action_id, o.status.as_str());
-            match deliver(&self.http, url, &key, &id, &body, deadline).await {
-                Delivery::Delivered { attempts } => {
+            let request = || {
+                let ts = unix_now();
+                Ok::<_, Infallible>(
+                    self.http
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .header("webhook-id", &id)
+                        .header("webhook-timestamp", ts.to_string())
+                        .header("webhook-signature", key.sign(&id, ts, body.as_bytes()))
+                        .body(body.clone()),
+                )
+            };
+            let Ok(sent) = send_retried(&RETRY_WAITS, deadline, false, request).await;
+            match sent {
+                Sent::Delivered(attempts) => {
                     tracing::info!(action_id = %t.action_id, attempts, "callback delivered");
                 }
-                Delivery::Refused { status } => {
+                Sent::Refused(status) => {
                     metrics::count(metrics::names::CALLBACK_FAILED);
                     tracing::warn!(action_id = %t.action_id, status, "callback refused (4xx); not retried");
                 }
-                Delivery::GaveUp { attempts } => {
+                Sent::GaveUp(attempts) => {
                     metrics::count(metrics::names::CALLBACK_FAILED);
                     tracing::warn!(action_id = %t.action_id, attempts, "callback failed on every attempt; given up");
                 }

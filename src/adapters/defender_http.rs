@@ -2,14 +2,15 @@
 //! rate limiters and the token; it never follows a redirect.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
-use serde_json::json;
-use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
 
 use crate::adapters::entra::{AccessToken, TokenProvider};
 use crate::adapters::read_capped;
@@ -18,16 +19,6 @@ use crate::domain::limits::{ApiKind, Backoff, Deadline, Limiters, parse_retry_af
 use crate::domain::model::{DeviceName, MachineId};
 use crate::domain::secret::{AppSecret, CredentialError, SecretCache};
 use crate::ops::metrics;
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: Option<ErrorDetail>,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    code: Option<String>,
-}
 
 #[derive(Deserialize)]
 struct MachineList {
@@ -43,46 +34,29 @@ pub struct HttpDefender {
     tokens: Arc<TokenProvider>,
     limiters: Arc<Limiters>,
     backoff: Backoff,
-    /// Held while the warm-up opens the API connection: a call that comes
-    /// meanwhile waits for that handshake and reuses the connection, rather
-    /// than paying for a second handshake of its own.
+    /// Opened by the warm-up (`claim_warm_up`): a call that comes while
+    /// it is opening waits for that handshake and reuses the connection,
+    /// rather than paying for a second handshake of its own.
     api_gate: Gate,
     /// The same for the login host and the first token request.
     login_gate: Gate,
 }
 
-/// A lock the warm-up holds for writing while it opens one host's
-/// connection; calls to that host wait on a read.
+/// One host's connection, opened once for a warm-up. Once the warm-up is
+/// claimed (before its task has run), the first of the warm-up and the
+/// calls to reach the host opens it; the others wait for that and reuse it.
 #[derive(Default)]
 struct Gate {
-    lock: Arc<RwLock<()>>,
-    /// Taken by `claim`, before the warm-up task has run: an invocation that
-    /// comes first waits too.
-    claimed: std::sync::Mutex<Option<OwnedRwLockWriteGuard<()>>>,
+    claimed: AtomicBool,
+    opened: OnceCell<()>,
 }
 
 impl Gate {
-    fn claim(&self) {
-        *self.claimed.lock().unwrap_or_else(|e| e.into_inner()) =
-            self.lock.clone().try_write_owned().ok();
-    }
-
-    /// The claimed guard, else a fresh one.
-    async fn hold(&self) -> OwnedRwLockWriteGuard<()> {
-        let claimed = self
-            .claimed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        match claimed {
-            Some(g) => g,
-            None => self.lock.clone().write_owned().await,
+    /// Returns once the host is open, when a warm-up is claimed.
+    async fn pass(&self, open: impl Future<Output = ()>) {
+        if self.claimed.load(Ordering::Acquire) {
+            self.opened.get_or_init(|| open).await;
         }
-    }
-
-    /// Returns once no warm-up is opening the host.
-    async fn pass(&self) {
-        drop(self.lock.read().await);
     }
 }
 
@@ -108,7 +82,8 @@ impl HttpDefender {
 
     async fn token(&self, deadline: &Deadline) -> Result<AccessToken, DefenderError> {
         let secret = self.secrets.get().await?;
-        self.login_gate.pass().await;
+        let login = self.open(self.tokens.login_url());
+        self.login_gate.pass(login).await;
         Ok(self.tokens.get(&secret, deadline).await?)
     }
 
@@ -127,7 +102,7 @@ impl HttpDefender {
     ) -> Result<bytes::Bytes, DefenderError> {
         let url = format!("{}{}", self.api_url, path_and_query);
         let method = comment.map_or(Method::GET, |_| Method::POST);
-        self.api_gate.pass().await;
+        self.api_gate.pass(self.open(&self.api_url)).await;
         let mut refreshed = false;
         let mut retries = 0u32;
         let mut throttles = 0u32;
@@ -227,16 +202,14 @@ impl HttpDefender {
     }
 
     /// `call`, its answer read as `T`.
-    fn call_json<'a, T: serde::de::DeserializeOwned + Send + 'a>(
-        &'a self,
+    async fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
         kind: ApiKind,
         path_and_query: String,
-        comment: Option<&'a str>,
-        deadline: &'a Deadline,
-    ) -> BoxFuture<'a, Result<T, DefenderError>> {
-        Box::pin(
-            async move { read_json(&self.call(kind, &path_and_query, comment, deadline).await?) },
-        )
+        comment: Option<&str>,
+        deadline: &Deadline,
+    ) -> Result<T, DefenderError> {
+        read_json(&self.call(kind, &path_and_query, comment, deadline).await?)
     }
 
     /// Opens a TLS connection so the first real call does not pay for the
@@ -282,10 +255,9 @@ pub fn throttle_wait(retry_after: Option<&[u8]>, now: SystemTime) -> Duration {
 /// Defender's `error.code` from a refusal's body. It ends up in answers and
 /// logs, so only a short identifier is kept; anything else is `Unknown`.
 pub fn refusal_code(body: &[u8]) -> String {
-    serde_json::from_slice::<ErrorBody>(body)
+    serde_json::from_slice::<Value>(body)
         .ok()
-        .and_then(|b| b.error)
-        .and_then(|d| d.code)
+        .and_then(|b| Some(b.pointer("/error/code")?.as_str()?.to_string()))
         .filter(|c| {
             !c.is_empty()
                 && c.len() <= 64
@@ -350,7 +322,7 @@ impl Defender for HttpDefender {
         deadline: &'a Deadline,
     ) -> BoxFuture<'a, Result<Machine, DefenderError>> {
         let path = format!("/api/machines/{id}");
-        self.call_json(ApiKind::GetMachine, path, None, deadline)
+        Box::pin(self.call_json(ApiKind::GetMachine, path, None, deadline))
     }
 
     fn offboard<'a>(
@@ -360,7 +332,7 @@ impl Defender for HttpDefender {
         deadline: &'a Deadline,
     ) -> BoxFuture<'a, Result<MachineAction, DefenderError>> {
         let path = format!("/api/machines/{id}/offboard");
-        self.call_json(ApiKind::Offboard, path, Some(comment), deadline)
+        Box::pin(self.call_json(ApiKind::Offboard, path, Some(comment), deadline))
     }
 
     fn get_action<'a>(
@@ -369,7 +341,7 @@ impl Defender for HttpDefender {
         deadline: &'a Deadline,
     ) -> BoxFuture<'a, Result<MachineAction, DefenderError>> {
         let path = format!("/api/machineactions/{}", encode_query(action_id));
-        self.call_json(ApiKind::GetAction, path, None, deadline)
+        Box::pin(self.call_json(ApiKind::GetAction, path, None, deadline))
     }
 
     fn cancel_action<'a>(
@@ -380,7 +352,7 @@ impl Defender for HttpDefender {
     ) -> BoxFuture<'a, Result<MachineAction, DefenderError>> {
         // Cancel has its own published limit (100/min, 1,500/h).
         let path = format!("/api/machineactions/{}/cancel", encode_query(action_id));
-        self.call_json(ApiKind::CancelAction, path, Some(comment), deadline)
+        Box::pin(self.call_json(ApiKind::CancelAction, path, Some(comment), deadline))
     }
 
     fn ready<'a>(
@@ -399,25 +371,28 @@ impl Defender for HttpDefender {
 /// The warm-up (`init`): what the first call would otherwise pay for.
 impl HttpDefender {
     /// Marks the warm-up's connections as being opened, before its task
-    /// has run: a call that comes first waits for them instead of opening
-    /// its own. Only for an instance whose warm-up is sure to run.
+    /// has run: a call that comes first opens them as the warm-up would
+    /// (and the warm-up then finds them open), one handshake per host
+    /// either way. Only for an instance whose warm-up is sure to run.
     pub fn claim_warm_up(&self) {
-        self.api_gate.claim();
-        self.login_gate.claim();
+        self.api_gate.claimed.store(true, Ordering::Release);
+        self.login_gate.claimed.store(true, Ordering::Release);
     }
 
     /// Opens the TLS connection to the API host. Best effort.
     pub async fn warm_up(&self) {
-        let _opening = self.api_gate.hold().await;
-        self.open(&self.api_url).await
+        self.api_gate.claimed.store(true, Ordering::Release);
+        self.api_gate.pass(self.open(&self.api_url)).await
     }
 
     /// Opens the connection the first token request would pay for (to the
     /// login host), so that request, once the secret is in, finds it idle.
     /// Best effort.
     pub async fn warm_up_login(&self) {
-        let _opening = self.login_gate.hold().await;
-        self.open(self.tokens.login_url()).await
+        self.login_gate.claimed.store(true, Ordering::Release);
+        self.login_gate
+            .pass(self.open(self.tokens.login_url()))
+            .await
     }
 }
 
@@ -537,6 +512,23 @@ mod tests {
         }
         let long = format!(r#"{{"error":{{"code":"{}"}}}}"#, "A".repeat(65));
         assert_eq!(refusal_code(long.as_bytes()), "Unknown");
+    }
+
+    #[test]
+    fn refusal_codes_are_known_by_name_and_others_kept_as_written() {
+        assert_eq!(
+            RefusalCode::from("ActiveRequestAlreadyExists"),
+            RefusalCode::ActiveRequestAlreadyExists
+        );
+        assert_eq!(
+            RefusalCode::from("osPlatformNotSupported"),
+            RefusalCode::Other("osPlatformNotSupported".into())
+        );
+        assert_eq!(
+            RefusalCode::OsPlatformNotSupported.to_string(),
+            "OsPlatformNotSupported"
+        );
+        assert_eq!(RefusalCode::Other("X.Y".into()).to_string(), "X.Y");
     }
 
     #[test]

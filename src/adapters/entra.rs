@@ -45,7 +45,7 @@ pub struct TokenProvider {
     cached: Expiring<((String, String), AccessToken)>,
     /// What the last fetched token lacked, so the warning is one line at
     /// start (and again only if consent changes), not one per refresh.
-    last_missing: std::sync::Mutex<Option<Vec<&'static str>>>,
+    last_missing: std::sync::Mutex<Vec<&'static str>>,
 }
 
 #[derive(Deserialize)]
@@ -68,7 +68,7 @@ impl TokenProvider {
             scope,
             assertions: None,
             cached: Expiring::default(),
-            last_missing: std::sync::Mutex::new(None),
+            last_missing: Default::default(),
         }
     }
 
@@ -120,7 +120,7 @@ impl TokenProvider {
             })
         };
         let assertion = match &self.assertions {
-            Some(a) => Some(a.get(time_left()?).await?),
+            Some(cache) => Some((cache, cache.get(time_left()?).await?)),
             None => None,
         };
         let timeout = time_left()?;
@@ -129,7 +129,7 @@ impl TokenProvider {
             ("client_id", secret.client_id.as_str()),
         ];
         match (&assertion, secret.client_secret.as_deref()) {
-            (Some(jwt), _) => {
+            (Some((_, jwt)), _) => {
                 form.push(("client_assertion_type", JWT_BEARER));
                 form.push(("client_assertion", jwt.expose()));
             }
@@ -164,7 +164,7 @@ impl TokenProvider {
             .map_err(CredentialError::LoginUnavailable)?;
         let answer = read_token_answer(status, &bytes);
         let stale = CredentialError::AssertionRefused(AssertionRefusal::OutsideValidity);
-        if let (Some(cache), Some(jwt)) = (&self.assertions, &assertion)
+        if let Some((cache, jwt)) = &assertion
             && answer.as_ref().err() == Some(&stale)
         {
             // The next fetch must not present the same stale token.
@@ -183,7 +183,6 @@ impl TokenProvider {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .unwrap_or_default()
     }
 
     /// Says once, in one line, which application permission the tenant's
@@ -197,7 +196,7 @@ impl TokenProvider {
             return;
         };
         let mut last = self.last_missing.lock().unwrap_or_else(|e| e.into_inner());
-        if last.as_ref() == Some(&missing) {
+        if *last == missing {
             return;
         }
         if !missing.is_empty() {
@@ -207,7 +206,7 @@ impl TokenProvider {
                 missing.join(" and ")
             );
         }
-        *last = Some(missing);
+        *last = missing;
     }
 }
 
@@ -292,23 +291,16 @@ pub fn read_token_answer(
         .filter(|c| !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
         .unwrap_or_else(|| format!("HTTP {status}"));
-    let codes = body.and_then(|b| b.error_codes);
+    let codes = body.and_then(|b| b.error_codes).unwrap_or_default();
     // A refused federated assertion has a fix of its own to tell.
-    if let Some(refusal) = codes
-        .iter()
-        .flatten()
-        .find_map(|c| AssertionRefusal::from_aadsts(*c))
-    {
+    if let Some(refusal) = codes.iter().find_map(|c| AssertionRefusal::from_aadsts(*c)) {
         return Err(CredentialError::AssertionRefused(refusal));
     }
-    let aadsts = codes
-        .map(|c| {
-            c.iter()
-                .take(8)
-                .map(|n| format!(" AADSTS{n}"))
-                .collect::<String>()
-        })
-        .unwrap_or_default();
+    let aadsts: String = codes
+        .iter()
+        .take(8)
+        .map(|n| format!(" AADSTS{n}"))
+        .collect();
     Err(CredentialError::BadCredentials(format!("{code}{aadsts}")))
 }
 

@@ -4,7 +4,11 @@
 //! from, `sdk_http` the SDK's HTTP client over reqwest, and `tls` the one
 //! trust store every connection uses.
 
+use std::ops::ControlFlow;
 use std::time::Duration;
+
+use crate::domain::limits::Deadline;
+use crate::support::retry;
 
 pub mod aws;
 pub mod callback;
@@ -51,4 +55,52 @@ pub async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<byte
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// Longest one follow-up attempt (callback, write-back) may take: a slow
+/// receiver must not eat the batch's other messages' time.
+pub const FOLLOW_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a follow-up's request ended. None of these carries the receiver's
+/// answer body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// A 2xx, after this many attempts.
+    Delivered(u32),
+    /// A 4xx (its status) a retry cannot cure; not retried.
+    Refused(u16),
+    /// 5xx or network errors on each of this many attempts, or no time left.
+    GaveUp(u32),
+}
+
+/// Sends what `build` makes, once more after each of `waits` while the
+/// deadline allows, until a 2xx or a 4xx (a 429 too, unless `retry_429`).
+/// A 3xx is never followed (the client's policy) and is no better on a
+/// retry than a 5xx. `build` runs for each attempt; its error ends the loop.
+pub async fn send_retried<E>(
+    waits: &[Duration],
+    deadline: &Deadline,
+    retry_429: bool,
+    build: impl Fn() -> Result<reqwest::RequestBuilder, E>,
+) -> Result<Sent, E> {
+    let timeout = || deadline.call_timeout().map(|t| t.min(FOLLOW_UP_TIMEOUT));
+    let attempt = |attempts, timeout| {
+        let request = build();
+        async move {
+            let status = match request {
+                Ok(request) => request.timeout(timeout).send().await.map(|r| r.status()),
+                Err(e) => return ControlFlow::Break(Err(e)),
+            };
+            match status {
+                Ok(s) if s.is_success() => ControlFlow::Break(Ok(Sent::Delivered(attempts))),
+                Ok(s) if s.is_client_error() && !(retry_429 && s.as_u16() == 429) => {
+                    ControlFlow::Break(Ok(Sent::Refused(s.as_u16())))
+                }
+                Ok(_) | Err(_) => ControlFlow::Continue(()),
+            }
+        }
+    };
+    retry::bounded(waits, timeout, |w| deadline.fits(w), attempt)
+        .await
+        .unwrap_or_else(|attempts| Ok(Sent::GaveUp(attempts)))
 }

@@ -93,7 +93,7 @@ mod tests {
                 held.push(s);
             }
         });
-        let client: aws_sdk_sqs::Client = aws::client(
+        let client: aws_sdk_sqs::Client = aws::SdkClient::with_limits(
             aws_sdk_sqs::Config::builder()
                 .behavior_version(BehaviorVersion::latest())
                 .region(Region::new("us-east-1"))

@@ -104,8 +104,9 @@ impl TrustRoots {
     }
 }
 
-/// rustls' WebPKI verifier over the trust roots, built on first use. The
-/// handshake signatures need no roots and are checked at once.
+/// rustls' WebPKI verifier over the trust roots, built on first use (the
+/// certificate is checked before the handshake signatures, so by the
+/// first handshake's certificate).
 #[derive(Debug)]
 struct LazyVerifier {
     roots: TrustRoots,
@@ -148,12 +149,7 @@ impl rustls::client::danger::ServerCertVerifier for LazyVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.inner()?.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -162,12 +158,7 @@ impl rustls::client::danger::ServerCertVerifier for LazyVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.inner()?.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

@@ -11,7 +11,6 @@
 //! any other 4xx is not (credentials, a deleted record: a retry cannot cure
 //! it).
 
-use std::ops::ControlFlow;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -19,13 +18,12 @@ use thiserror::Error;
 
 use futures_util::future::BoxFuture;
 
-use crate::adapters::callback::CALL_TIMEOUT;
+use super::{Sent, send_retried};
 use crate::domain::follow_up::{FinalOutcome, FollowUp};
 use crate::domain::limits::Deadline;
 use crate::domain::notify::NotifyTarget;
 use crate::domain::secret::AppSecret;
 use crate::ops::metrics;
-use crate::support::retry;
 use crate::support::url_policy::is_https_or_loopback;
 
 /// Waits before the second and third attempt.
@@ -106,7 +104,7 @@ pub async fn write_back(
     deadline: &Deadline,
 ) -> Result<(), NotifyError> {
     let system = target.system();
-    let build = |http: &reqwest::Client| -> Result<reqwest::RequestBuilder, NotifyError> {
+    let build = || {
         Ok(match target {
             NotifyTarget::Jira { issue } => {
                 let (base, [email, token]) =
@@ -138,29 +136,11 @@ pub async fn write_back(
             }
         })
     };
-    let timeout = || deadline.call_timeout().map(|t| t.min(CALL_TIMEOUT));
-    let attempt = |_, timeout| {
-        let request = build(http);
-        async move {
-            let sent = match request {
-                Ok(request) => request.timeout(timeout).send().await,
-                Err(e) => return ControlFlow::Break(Err(e)),
-            };
-            match sent {
-                Ok(r) if r.status().is_success() => ControlFlow::Break(Ok(())),
-                Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
-                    ControlFlow::Break(Err(NotifyError::Refused {
-                        system,
-                        status: r.status().as_u16(),
-                    }))
-                }
-                Ok(_) | Err(_) => ControlFlow::Continue(()),
-            }
-        }
-    };
-    retry::bounded(&RETRY_WAITS, timeout, |w| deadline.fits(w), attempt)
-        .await
-        .unwrap_or_else(|attempts| Err(NotifyError::GaveUp { system, attempts }))
+    match send_retried(&RETRY_WAITS, deadline, true, build).await? {
+        Sent::Delivered(_) => Ok(()),
+        Sent::Refused(status) => Err(NotifyError::Refused { system, status }),
+        Sent::GaveUp(attempts) => Err(NotifyError::GaveUp { system, attempts }),
+    }
 }
 
 /// The note text, the same words in each system.

@@ -2,11 +2,10 @@
 //! actions, the errors that matter to a device's outcome, and the port the
 //! domain calls. The HTTP adapter is `adapters::defender_http`.
 
-use std::fmt;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use thiserror::Error;
 
 use crate::domain::limits::Deadline;
@@ -14,21 +13,19 @@ use crate::domain::model::{DeviceName, MachineId};
 use crate::domain::secret::{AppSecret, CredentialError};
 
 /// A machine as Defender describes it; unknown fields are ignored.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Machine {
     pub id: String,
     pub computer_dns_name: Option<String>,
     pub os_platform: Option<String>,
     pub os_build: Option<u64>,
-    pub version: Option<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub machine_tags: Vec<String>,
-    pub health_status: Option<String>,
 }
 
 /// A MachineAction. The docs spell the update time both ways; both are read.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct MachineAction {
     pub id: String,
@@ -36,9 +33,6 @@ pub struct MachineAction {
     pub action_type: Option<String>,
     pub status: Option<String>,
     pub machine_id: Option<String>,
-    pub computer_dns_name: Option<String>,
-    pub requestor_comment: Option<String>,
-    pub creation_date_time_utc: Option<String>,
     // Two fields, not an alias: an answer carrying both spellings must not
     // fail as a duplicate field.
     pub last_update_date_time_utc: Option<String>,
@@ -88,33 +82,15 @@ pub enum DefenderError {
 
 /// Defender's `error.code` on a refusal: the ones the domain acts on, by
 /// name; any other as Defender wrote it. Never matched on the message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A code the domain knows is shown as Defender writes it.
+#[derive(Debug, Clone, PartialEq, Eq, strum::EnumString, strum::Display)]
 pub enum RefusalCode {
     /// An offboard action for this machine is already pending.
     ActiveRequestAlreadyExists,
     /// The offboard API does not support the machine's OS platform.
     OsPlatformNotSupported,
+    #[strum(default)]
     Other(String),
-}
-
-impl From<&str> for RefusalCode {
-    fn from(code: &str) -> Self {
-        match code {
-            "ActiveRequestAlreadyExists" => Self::ActiveRequestAlreadyExists,
-            "OsPlatformNotSupported" => Self::OsPlatformNotSupported,
-            other => Self::Other(other.to_string()),
-        }
-    }
-}
-
-impl fmt::Display for RefusalCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Other(code) => f.write_str(code),
-            // A code the domain knows is named as Defender writes it.
-            known => write!(f, "{known:?}"),
-        }
-    }
 }
 
 impl DefenderError {

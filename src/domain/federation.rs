@@ -27,7 +27,7 @@ pub const IDENTITY_TOKEN_EARLY_REFRESH: Duration = Duration::from_secs(60);
 #[derive(Clone, PartialEq, Eq)]
 pub struct IdentityToken {
     jwt: String,
-    expires_at: SystemTime,
+    pub expires_at: SystemTime,
 }
 
 impl IdentityToken {
@@ -37,10 +37,6 @@ impl IdentityToken {
 
     pub fn expose(&self) -> &str {
         &self.jwt
-    }
-
-    pub fn expires_at(&self) -> SystemTime {
-        self.expires_at
     }
 }
 
@@ -86,7 +82,7 @@ impl IdentityTokenCache {
             // The expiry is wall-clock time from STS; the cache runs on the
             // monotonic clock, so it keeps what is left of the lifetime now.
             let left = token
-                .expires_at()
+                .expires_at
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO)
                 .min(MAX_UPSTREAM_WAIT);

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
+use strum::EnumCount;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -157,13 +158,6 @@ impl Backoff {
     }
 }
 
-/// Defender's published limits for each API: 100 calls a minute and 1,500
-/// an hour.
-pub const DEFENDER_WINDOWS: [(usize, Duration); 2] = [
-    (100, Duration::from_secs(60)),
-    (1500, Duration::from_secs(3600)),
-];
-
 /// A sliding-window limiter that keeps this instance under Defender's limits,
 /// and holds every caller back after a 429 until its Retry-After has passed.
 #[derive(Debug)]
@@ -200,13 +194,10 @@ impl RateLimiter {
                 let mut st = self.state.lock().await;
                 let now = Instant::now();
                 let longest = self.windows.iter().map(|w| w.1).max().unwrap_or_default();
-                while st
+                let expired = st
                     .grants
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) >= longest)
-                {
-                    st.grants.pop_front();
-                }
+                    .partition_point(|t| now.duration_since(*t) >= longest);
+                st.grants.drain(..expired);
                 let mut wait = st
                     .blocked_until
                     .map(|t| t.saturating_duration_since(now))
@@ -247,7 +238,7 @@ impl RateLimiter {
 }
 
 /// Defender's APIs this function calls; each has its own published limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumCount)]
 pub enum ApiKind {
     ListMachines,
     GetMachine,
@@ -256,16 +247,10 @@ pub enum ApiKind {
     CancelAction,
 }
 
-/// One limiter per API, as Defender counts them: a field per kind, so a
-/// new kind does not compile until it has its limiter.
+/// One limiter per API, as Defender counts them, indexed by `ApiKind`: a
+/// new kind has its limiter as soon as it is declared.
 #[derive(Debug)]
-pub struct Limiters {
-    list_machines: RateLimiter,
-    get_machine: RateLimiter,
-    offboard: RateLimiter,
-    get_action: RateLimiter,
-    cancel_action: RateLimiter,
-}
+pub struct Limiters([RateLimiter; ApiKind::COUNT]);
 
 impl Limiters {
     /// `per_minute` calls a minute to each API (and Defender's 1,500 an
@@ -280,29 +265,19 @@ impl Limiters {
     pub fn scaled(per_minute: usize, minute: Duration) -> Self {
         let per_hour = per_minute * 15;
         let w = [(per_minute, minute), (per_hour, minute * 60)];
-        Self {
-            list_machines: RateLimiter::new(&w),
-            get_machine: RateLimiter::new(&w),
-            offboard: RateLimiter::new(&w),
-            get_action: RateLimiter::new(&w),
-            cancel_action: RateLimiter::new(&w),
-        }
+        Self(std::array::from_fn(|_| RateLimiter::new(&w)))
     }
 
     pub fn for_api(&self, kind: ApiKind) -> &RateLimiter {
-        match kind {
-            ApiKind::ListMachines => &self.list_machines,
-            ApiKind::GetMachine => &self.get_machine,
-            ApiKind::Offboard => &self.offboard,
-            ApiKind::GetAction => &self.get_action,
-            ApiKind::CancelAction => &self.cancel_action,
-        }
+        &self.0[kind as usize]
     }
 }
 
+/// Defender's published limits for each API: 100 calls a minute (and
+/// 1,500 an hour).
 impl Default for Limiters {
     fn default() -> Self {
-        Self::new(DEFENDER_WINDOWS[0].0)
+        Self::new(100)
     }
 }
 
@@ -339,6 +314,13 @@ pub fn retry_after_secs(d: Duration) -> u64 {
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
+
+    /// Defender's published limits for each API: 100 calls a minute and
+    /// 1,500 an hour.
+    const DEFENDER_WINDOWS: [(usize, Duration); 2] = [
+        (100, Duration::from_secs(60)),
+        (1500, Duration::from_secs(3600)),
+    ];
 
     fn defender() -> RateLimiter {
         RateLimiter::new(&DEFENDER_WINDOWS)

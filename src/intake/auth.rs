@@ -10,7 +10,6 @@
 //! a secret.
 
 use base64::Engine as _;
-use hmac::Mac;
 use lambda_http::http::HeaderMap;
 use serde::{Deserialize, Deserializer, de};
 use serde_json::Value;
@@ -97,15 +96,6 @@ pub fn verify_hmac_hex(
         .filter(|s| !s.is_empty())
         .map(|s| hmac_sha256(s.as_bytes(), &[body]));
     matched(any_matches(macs, &candidates))
-}
-
-/// Computes the hex HMAC-SHA256 a sender would put after its prefix.
-pub fn hmac_hex(secret: &str, body: &[u8]) -> String {
-    hex::encode(
-        hmac_sha256(secret.as_bytes(), &[body])
-            .finalize()
-            .into_bytes(),
-    )
 }
 
 /// Whether `given` equals one of `secrets`, in time that depends on
@@ -244,7 +234,8 @@ impl Scheme {
                 ])
             }
             Self::HmacSha256Hex { header, prefix, .. } => {
-                one(header, format!("{prefix}{}", hmac_hex(key, body)))
+                let mac = hmac::Mac::finalize(hmac_sha256(key.as_bytes(), &[body])).into_bytes();
+                one(header, format!("{prefix}{}", hex::encode(mac)))
             }
             Self::Bearer { .. } => one("authorization", format!("Bearer {key}")),
             Self::Basic { .. } => one(
@@ -442,16 +433,12 @@ impl AuthDef {
     /// Refuses a request that carries nothing any scheme reads: no secret
     /// is fetched for it, so a flood of bare requests costs nothing.
     pub fn precheck(&self, req: &Presented<'_>) -> Result<(), AuthError> {
-        let mut first = None;
-        for s in &self.schemes {
-            match s.presented(req) {
-                Ok(_) => return Ok(()),
-                Err(e) => {
-                    first.get_or_insert(e);
-                }
-            }
+        let presented: Vec<_> = self.schemes.iter().map(|s| s.presented(req)).collect();
+        // Any scheme the request presents, else the first one's reason.
+        match presented.iter().find(|p| p.is_ok()).or(presented.first()) {
+            Some(first) => first.clone().map(|_| ()),
+            None => Err(SigError::NoMatch.into()),
         }
-        Err(first.unwrap_or(SigError::NoMatch.into()))
     }
 
     /// Verifies a request with the secrets in `secret`. Every scheme's keys
@@ -492,8 +479,7 @@ impl AuthDef {
                 }
             }
         }
-        let first = failed.or(missing);
-        Err(first.unwrap_or(SigError::NoMatch.into()))
+        Err(failed.or(missing).unwrap_or(SigError::NoMatch.into()))
     }
 }
 
@@ -502,6 +488,7 @@ mod tests {
     use super::*;
     use crate::support::config_de::from_value;
     use base64::engine::general_purpose::STANDARD as B64;
+    use mde_testkit::hmac_hex;
 
     // The published test vector of the Standard Webhooks specification
     // (standard-webhooks/standard-webhooks, libraries' shared tests).

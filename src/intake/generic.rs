@@ -75,12 +75,6 @@ pub fn callback_url(
     })
 }
 
-/// Validates the generic body (`POST /v1/offboard`), refusing every
-/// `callback_url` (no `CALLBACK_HOSTS`).
-pub fn parse_generic(body: &Value) -> Result<OffboardRequest, FieldError> {
-    parse_generic_body(body, &CallbackHosts::default()).map(|b| b.request)
-}
-
 /// Validates the generic body; a `callback_url` must be on one of `hosts`.
 pub fn parse_generic_body(body: &Value, hosts: &CallbackHosts) -> Result<GenericBody, FieldError> {
     let obj = object(body)?;
@@ -270,6 +264,11 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The generic body, refusing every `callback_url` (no `CALLBACK_HOSTS`).
+    fn parse_generic(body: &Value) -> Result<OffboardRequest, FieldError> {
+        parse_generic_body(body, &CallbackHosts::default()).map(|b| b.request)
+    }
 
     const ID: &str = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
 

@@ -24,22 +24,18 @@ struct SpanFields(Map<String, Value>);
 
 struct Visitor<'a>(&'a mut Map<String, Value>);
 
+/// `record_<type>` for the types JSON holds as they are.
+macro_rules! record_as_json {
+    ($($method:ident: $ty:ty),*) => {$(
+        fn $method(&mut self, field: &Field, value: $ty) {
+            self.0.insert(field.name().into(), Value::from(value));
+        }
+    )*};
+}
+
 impl Visit for Visitor<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), Value::from(value));
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), Value::from(value));
-    }
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), Value::from(value));
-    }
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().into(), Value::from(value));
-    }
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), Value::from(value));
-    }
+    record_as_json!(record_str: &str, record_i64: i64, record_u64: u64);
+    record_as_json!(record_f64: f64, record_bool: bool);
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.0
             .insert(field.name().into(), Value::from(format!("{value:?}")));
@@ -81,7 +77,8 @@ where
         let meta = event.metadata();
         let mut line = Map::new();
         line.insert("level".into(), Value::from(meta.level().as_str()));
-        line.insert("timestamp".into(), Value::from(timestamp()));
+        let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        line.insert("timestamp".into(), Value::from(now.to_string()));
         line.insert("service".into(), Value::from(self.service.as_str()));
         line.insert("logger".into(), Value::from(meta.target()));
         if let Some(scope) = ctx.event_scope(event) {
@@ -100,15 +97,6 @@ where
         let _ = self.make_writer.make_writer().write_all(text.as_bytes());
     }
 }
-
-fn timestamp() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
-}
-
-/// The runtime logs every raw event at TRACE, headers and all: webhook
-/// signatures and bearer secrets would reach CloudWatch. This directive is
-/// more specific than any level a user sets, so it always wins.
-pub const NO_RAW_EVENTS: &str = "lambda_runtime::layers::api_response=debug";
 
 /// The filter `init` installs, from the environment: a level, or a list of
 /// `target=level` directives (`info,mde_offboard=debug`); targets not listed
@@ -132,19 +120,17 @@ pub fn filter_from(level: &str) -> Targets {
         && parts
             .iter()
             .all(|p| is_level(p) || p.split_once('=').is_some_and(|(_, l)| is_level(l)));
-    let mut targets = if valid {
-        level.parse::<Targets>().unwrap_or_default()
-    } else {
-        Targets::new()
-    };
+    let mut targets: Targets = level.parse().ok().filter(|_| valid).unwrap_or_default();
     // Only targets listed: everything else stays at info, not off.
     if targets.default_level().is_none() {
         targets = targets.with_default(LevelFilter::INFO);
     }
-    // The most specific target wins in `Targets`, so this caps the raw
-    // event logging whatever the user set.
-    let (target, cap) = NO_RAW_EVENTS.split_once('=').expect("target=level");
-    targets.with_target(target, cap.parse::<LevelFilter>().expect("a level"))
+    // The runtime logs every raw event at TRACE, headers and all: webhook
+    // signatures and bearer secrets would reach CloudWatch. The most
+    // specific target wins in `Targets`, so this caps the raw event logging
+    // whatever the user set.
+    let (target, cap) = CAPPED[0];
+    targets.with_target(target, cap)
 }
 
 /// Targets whose records carry what must never reach a log, and the most

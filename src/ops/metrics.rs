@@ -27,7 +27,10 @@ tokio::task_local! {
     static CURRENT: std::cell::RefCell<Collector>;
 }
 
-static OUTSIDE: Mutex<Option<Collector>> = Mutex::new(None);
+static OUTSIDE: Mutex<Collector> = Mutex::new(Collector {
+    counts: BTreeMap::new(),
+    latencies_ms: Vec::new(),
+});
 
 /// Metric names, in one place so the template's alarms and this code agree.
 pub mod names {
@@ -67,17 +70,10 @@ pub mod names {
 }
 
 fn with(f: impl FnOnce(&mut Collector)) {
-    let mut f = Some(f);
-    let in_request = CURRENT.try_with(|c| {
-        if let Some(f) = f.take() {
-            f(&mut c.borrow_mut())
-        }
-    });
-    if in_request.is_err()
-        && let Some(f) = f.take()
-    {
-        let mut g = OUTSIDE.lock().unwrap_or_else(|e| e.into_inner());
-        f(g.get_or_insert_with(Collector::default));
+    if CURRENT.try_with(|_| ()).is_ok() {
+        CURRENT.with(|c| f(&mut c.borrow_mut()));
+    } else {
+        f(&mut OUTSIDE.lock().unwrap_or_else(|e| e.into_inner()));
     }
 }
 
@@ -104,12 +100,11 @@ pub async fn scope<F: std::future::Future>(fut: F) -> (F::Output, Collector) {
         .scope(cell, async move {
             let out = fut.await;
             let mut collected = CURRENT.with(|c| c.take());
-            if let Some(outside) = OUTSIDE.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                for (k, v) in outside.counts {
-                    *collected.counts.entry(k).or_default() += v;
-                }
-                collected.latencies_ms.extend(outside.latencies_ms);
+            let outside = std::mem::take(&mut *OUTSIDE.lock().unwrap_or_else(|e| e.into_inner()));
+            for (k, v) in outside.counts {
+                *collected.counts.entry(k).or_default() += v;
             }
+            collected.latencies_ms.extend(outside.latencies_ms);
             (out, collected)
         })
         .await

@@ -1,5 +1,5 @@
 //! Small helpers shared across the layers. They import nothing of this
-//! crate, only std and external crates.
+//! crate outside `support`, only std and external crates.
 
 pub mod config_de;
 pub mod json_pointer;

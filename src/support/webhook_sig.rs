@@ -11,7 +11,8 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use hmac::{Hmac, KeyInit, Mac};
 use http::HeaderMap;
 use sha2::Sha256;
-use std::fmt;
+
+use crate::support::redacted::Redacted;
 
 pub type HmacSha256 = Hmac<Sha256>;
 
@@ -117,14 +118,13 @@ impl<'a> StandardHeaders<'a> {
             timestamp: get(format!("{prefix}-timestamp")),
             signature: get(format!("{prefix}-signature")),
         };
-        let standard = set("webhook");
-        if standard.id.is_none() && standard.timestamp.is_none() && standard.signature.is_none() {
-            let svix = set("svix");
-            if svix.id.is_some() || svix.timestamp.is_some() || svix.signature.is_some() {
-                return svix;
-            }
+        let any = |h: &Self| h.id.or(h.timestamp).or(h.signature).is_some();
+        let (standard, svix) = (set("webhook"), set("svix"));
+        if !any(&standard) && any(&svix) {
+            svix
+        } else {
+            standard
         }
-        standard
     }
 
     /// The id, timestamp and signature, each required.
@@ -141,21 +141,13 @@ impl<'a> StandardHeaders<'a> {
 
 /// One Standard Webhooks key: signs, and verifies alone or with the other
 /// keys of a rotation. Never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StandardWebhooks {
-    key: Vec<u8>,
-}
-
-impl fmt::Debug for StandardWebhooks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StandardWebhooks(<redacted>)")
-    }
-}
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandardWebhooks(Redacted<Vec<u8>>);
 
 impl StandardWebhooks {
     /// A key as it is, whatever its length. An empty key never verifies.
     pub fn from_bytes(key: Vec<u8>) -> Self {
-        Self { key }
+        Self(Redacted(key))
     }
 
     /// A secret's key (see `secret_key`), at least `MIN_KEY_LEN` bytes.
@@ -171,7 +163,7 @@ impl StandardWebhooks {
 
     fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
         let ts = timestamp.to_string();
-        hmac_sha256(&self.key, &[id.as_bytes(), b".", ts.as_bytes(), b".", body])
+        hmac_sha256(&self.0.0, &[id.as_bytes(), b".", ts.as_bytes(), b".", body])
     }
 
     /// Verifies a request signed with any of `keys` (several during a
@@ -210,7 +202,7 @@ impl StandardWebhooks {
         }
         let macs = keys
             .iter()
-            .filter(|k| !k.key.is_empty())
+            .filter(|k| !k.0.0.is_empty())
             .map(|k| k.mac(id, ts, body));
         if any_matches(macs, &candidates) {
             Ok(())

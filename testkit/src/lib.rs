@@ -23,6 +23,16 @@ pub use secrets::FakeSecretsManager;
 pub use sts::{FakeSts, StsFault};
 pub use ticketing::{FakeTicketing, Written};
 
+/// The hex HMAC-SHA256 of `body` a sender signing with `secret` puts
+/// after its prefix (GitHub-style `sha256=`, PagerDuty's `v1=`).
+pub fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key");
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Machine ids of the demo tenant, one per case a newcomer should see.
 pub mod ids {
     pub const WIN11: &str = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";

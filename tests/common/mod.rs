@@ -23,7 +23,7 @@ pub fn sm_client() -> aws_sdk_secretsmanager::Client {
 
 /// The client the function builds, pointed at `endpoint`.
 pub fn sm_client_at(endpoint: &str) -> aws_sdk_secretsmanager::Client {
-    mde_offboard::adapters::aws::client(
+    mde_offboard::adapters::aws::SdkClient::with_limits(
         aws_sdk_secretsmanager::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))

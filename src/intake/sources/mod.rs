@@ -19,7 +19,6 @@ use std::sync::LazyLock;
 use serde::de;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
-use thiserror::Error;
 
 mod builtin;
 mod freshness;
@@ -34,15 +33,6 @@ pub use template::Template;
 
 use crate::intake::auth::AuthDef;
 use crate::support::config_de::{from_value, non_empty_list, one_or_many};
-
-/// A definition that cannot be used; init stops with this line.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("source '{source_name}': field '{field}' {reason}")]
-pub struct SourceError {
-    pub source_name: String,
-    pub field: String,
-    pub reason: String,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a source definition object")]
@@ -198,15 +188,9 @@ impl Loaded {
                 }
             }
         };
-        let fail = |name: &str, (field, reason): (String, String)| {
-            let source_name = name.to_string();
-            SourceError {
-                source_name,
-                field,
-                reason,
-            }
-            .to_string()
-        };
+        // A definition that cannot be used; init stops with this line.
+        let fail =
+            |name: &str, (field, reason)| format!("source '{name}': field '{field}' {reason}");
         let generic = match user.remove(GENERIC) {
             None => AuthDef::standard(GENERIC),
             Some(def) => AuthDef::parse_generic(&def).map_err(|e| fail(GENERIC, e))?,
