@@ -82,8 +82,7 @@ impl HttpDefender {
 
     async fn token(&self, deadline: &Deadline) -> Result<AccessToken, DefenderError> {
         let secret = self.secrets.get().await?;
-        let login = self.open(self.tokens.login_url());
-        self.login_gate.pass(login).await;
+        self.ready(&secret, deadline).await?;
         Ok(self.tokens.get(&secret, deadline).await?)
     }
 
@@ -360,7 +359,15 @@ impl Defender for HttpDefender {
         secret: &'a AppSecret,
         deadline: &'a Deadline,
     ) -> BoxFuture<'a, Result<(), CredentialError>> {
-        Box::pin(async move { self.tokens.get(secret, deadline).await.map(|_| ()) })
+        Box::pin(async move {
+            // The first token request goes through the login host's gate,
+            // as a call's does: while the warm-up opens that connection, it
+            // waits and reuses it instead of opening a second one.
+            self.login_gate
+                .pass(self.open(self.tokens.login_url()))
+                .await;
+            self.tokens.get(secret, deadline).await.map(|_| ())
+        })
     }
 
     fn missing_permissions(&self) -> Vec<&'static str> {
