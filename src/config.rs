@@ -91,6 +91,9 @@ pub struct Config {
     pub max_offboards_per_hour: Option<u32>,
     /// `SUPPORTED_PLATFORMS`: what the preflight lets through.
     pub supported_platforms: crate::domain::policy::Platforms,
+    /// `NAME_MATCH=host`: a name without a dot also matches
+    /// `<name>.<any domain>`.
+    pub host_names: bool,
     pub max_queued_devices: usize,
     /// Lowercased, so a tag check is one set lookup.
     pub protected_tags: HashSet<String>,
@@ -158,6 +161,11 @@ impl Config {
             max_devices: env.count("MAX_DEVICES", 25, 1000)?,
             max_queued_devices: env.count("MAX_QUEUED_DEVICES", 5000, 100_000)?,
             queue_url: env.trimmed("QUEUE_URL"),
+            host_names: env.or("NAME_MATCH", false, |v| match v.trim() {
+                "exact" => Ok(false),
+                "host" => Ok(true),
+                other => Err(format!("'{other}' is not exact or host")),
+            })?,
             supported_platforms: env.or(
                 "SUPPORTED_PLATFORMS",
                 Default::default(),

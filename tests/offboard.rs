@@ -733,3 +733,50 @@ async fn supported_platforms_lets_linux_and_macos_through_only_when_listed() {
         ]
     );
 }
+
+/// `NAME_MATCH=host` (contract, "The generic body"): a short host name, as
+/// ServiceNow and many SOAR tools hold a CI, matches `<name>.<any domain>`;
+/// more than one match is ambiguous; names with a dot stay exact.
+#[tokio::test]
+async fn short_host_names_match_with_name_match_host() {
+    let devices = ["LAPTOP-17", "kiosk-01", "desktop-04.contoso", "nosuch"];
+    let exact = Harness::new().await;
+    let (status, b, _) = exact.offboard(&body(&devices)).await;
+    assert_eq!(status, 200, "{b}");
+    let statuses = |b: &Value| -> Vec<String> {
+        b["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        statuses(&b),
+        ["not_found", "not_found", "not_found", "not_found"]
+    );
+
+    let host = Harness::with(Options {
+        env: vec![("NAME_MATCH", "host".into())],
+        ..Default::default()
+    })
+    .await;
+    let (status, b, _) = host.offboard(&body(&devices)).await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(
+        statuses(&b),
+        ["offboard_requested", "ambiguous", "not_found", "not_found"],
+        "{b}"
+    );
+    assert_eq!(b["results"][0]["machine_id"], ids::WIN11);
+    assert_eq!(host.fake.count(Api::Offboard), 1);
+    // The query Defender documents: `startswith` beside the exact name.
+    let asked = host
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.api == Api::ListMachines)
+        .filter_map(|c| c.query)
+        .collect::<Vec<_>>();
+    assert!(asked.iter().any(|p| p.contains("startswith")), "{asked:?}");
+}

@@ -302,7 +302,28 @@ pub fn name_filter_query(name: &DeviceName) -> String {
     format!("/api/machines?$filter={}", encode_query(&filter))
 }
 
+/// `computerDnsName eq '<name>' or startswith(computerDnsName,'<name>.')`:
+/// `startswith` is in Defender's OData examples for machines.
+pub fn host_filter_query(name: &DeviceName) -> String {
+    let exact = odata_quote(name.as_str());
+    let prefix = odata_quote(&format!("{}.", name.as_str()));
+    let filter = format!("computerDnsName eq {exact} or startswith(computerDnsName,{prefix})");
+    format!("/api/machines?$filter={}", encode_query(&filter))
+}
+
 impl Defender for HttpDefender {
+    fn find_by_host<'a>(
+        &'a self,
+        name: &'a DeviceName,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, Result<Vec<Machine>, DefenderError>> {
+        Box::pin(async move {
+            let path = host_filter_query(name);
+            let answer = self.call(ApiKind::ListMachines, &path, None, deadline);
+            read_machine_list(&answer.await?)
+        })
+    }
+
     fn find_by_name<'a>(
         &'a self,
         name: &'a DeviceName,

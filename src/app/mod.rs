@@ -96,7 +96,8 @@ impl App {
     pub fn new(config: Config, ports: Ports) -> Self {
         let tracker = tracking::Tracker::new(config.rate_per_minute);
         let offboarder = Offboarder::new(ports.defender.clone(), config.protected_tags.clone())
-            .with_platforms(config.supported_platforms);
+            .with_platforms(config.supported_platforms)
+            .with_host_names(config.host_names);
         Self {
             config,
             secrets: ports.secrets,

@@ -113,6 +113,16 @@ pub trait Defender: Send + Sync {
         name: &'a DeviceName,
         deadline: &'a Deadline,
     ) -> BoxFuture<'a, Result<Vec<Machine>, DefenderError>>;
+    /// Machines whose `computerDnsName` is the short name or starts with
+    /// `<name>.` (`NAME_MATCH=host`). Without a query of its own, a
+    /// Defender finds the exact name only.
+    fn find_by_host<'a>(
+        &'a self,
+        name: &'a DeviceName,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, Result<Vec<Machine>, DefenderError>> {
+        self.find_by_name(name, deadline)
+    }
     fn get_machine<'a>(
         &'a self,
         id: &'a MachineId,

@@ -158,6 +158,19 @@ impl DeviceName {
     pub fn matches(&self, computer_dns_name: &str) -> bool {
         self.0.to_lowercase() == computer_dns_name.to_lowercase()
     }
+
+    /// `NAME_MATCH=host`: a name without a dot is a short host name, and
+    /// also matches `<name>.<any domain>`.
+    pub fn is_short(&self) -> bool {
+        !self.0.contains('.')
+    }
+
+    /// Whether `computer_dns_name` is this short name in some domain.
+    pub fn matches_host(&self, computer_dns_name: &str) -> bool {
+        let dns = computer_dns_name.to_lowercase();
+        dns.strip_prefix(&self.0.to_lowercase())
+            .is_some_and(|rest| rest.starts_with('.'))
+    }
 }
 
 /// A device as the caller named it.

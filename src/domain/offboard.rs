@@ -109,6 +109,8 @@ pub struct Offboarder {
     protected_tags: HashSet<String>,
     platforms: Platforms,
     budget: Option<Budget>,
+    /// `NAME_MATCH=host`: a short name also matches `<name>.<domain>`.
+    host_names: bool,
 }
 
 impl Offboarder {
@@ -118,12 +120,19 @@ impl Offboarder {
             protected_tags,
             platforms: Platforms::default(),
             budget: None,
+            host_names: false,
         }
     }
 
     /// The platforms the preflight lets through (`SUPPORTED_PLATFORMS`).
     pub fn with_platforms(mut self, platforms: Platforms) -> Self {
         self.platforms = platforms;
+        self
+    }
+
+    /// `NAME_MATCH=host`: short names match `<name>.<any domain>` too.
+    pub fn with_host_names(mut self, host_names: bool) -> Self {
+        self.host_names = host_names;
         self
     }
 
@@ -274,8 +283,12 @@ impl Offboarder {
         deadline: &Deadline,
     ) -> Result<MachineId, DeviceResult> {
         let result = |status| DeviceResult::new(device, status);
-        let found = (self.defender.find_by_name(name, deadline).await)
-            .map_err(|e| result(Status::Failed).with_error(&e))?;
+        let host = self.host_names && name.is_short();
+        let found = match host {
+            true => self.defender.find_by_host(name, deadline).await,
+            false => self.defender.find_by_name(name, deadline).await,
+        }
+        .map_err(|e| result(Status::Failed).with_error(&e))?;
         // Defender's `eq` is case-insensitive already; filtering again
         // guards against a looser match on the server.
         let matching: Vec<&Machine> = found
@@ -283,7 +296,7 @@ impl Offboarder {
             .filter(|m| {
                 m.computer_dns_name
                     .as_deref()
-                    .is_some_and(|n| name.matches(n))
+                    .is_some_and(|n| name.matches(n) || (host && name.matches_host(n)))
             })
             .collect();
         match matching.as_slice() {

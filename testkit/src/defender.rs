@@ -776,9 +776,24 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Parses `computerDnsName eq '<name>' or startswith(computerDnsName,'<prefix>')`
+/// (Defender's OData, as `NAME_MATCH=host` asks): the name and the prefix.
+fn parse_host_filter(filter: &str) -> Option<(String, String)> {
+    let (exact, starts) = filter
+        .trim()
+        .split_once(" or startswith(computerDnsName,")?;
+    let name = parse_name_filter(exact)?;
+    let prefix = parse_quoted(starts.strip_suffix(')')?)?;
+    Some((name, prefix))
+}
+
 /// Parses `computerDnsName eq '<name>'` with OData's doubled quotes.
 fn parse_name_filter(filter: &str) -> Option<String> {
-    let rest = filter.trim().strip_prefix("computerDnsName eq ")?;
+    parse_quoted(filter.trim().strip_prefix("computerDnsName eq ")?)
+}
+
+/// An OData string literal: quoted, `'` doubled inside.
+fn parse_quoted(rest: &str) -> Option<String> {
     let inner = rest.strip_prefix('\'')?.strip_suffix('\'')?;
     // A lone quote inside is a syntax error in OData.
     let mut out = String::new();
@@ -808,13 +823,20 @@ async fn list_machines(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let r = match q.get("$filter").map(|f| parse_name_filter(f)) {
-        Some(Some(name)) => {
+    let filter = q.get("$filter").map(|f| {
+        parse_host_filter(f).or_else(|| parse_name_filter(f).map(|name| (name, String::new())))
+    });
+    let r = match filter {
+        Some(Some((name, prefix))) => {
             let inner = st.lock().expect("fake state");
             let found: Vec<Value> = inner
                 .machines
                 .iter()
-                .filter(|m| m.computer_dns_name.to_lowercase() == name.to_lowercase())
+                .filter(|m| {
+                    let dns = m.computer_dns_name.to_lowercase();
+                    dns == name.to_lowercase()
+                        || (!prefix.is_empty() && dns.starts_with(&prefix.to_lowercase()))
+                })
                 .map(FakeMachine::to_json)
                 .collect();
             reply(
