@@ -788,3 +788,68 @@ async fn more_devices_than_max_devices_from_a_source_are_queued_or_ignored_never
     assert_eq!(b["queued"].as_array().unwrap().len(), 30);
     assert_eq!(queued.fake.count(Api::AnyDefender), 0);
 }
+
+/// `jira-automation` (contract, "Sources"): Jira Automation's "Send web
+/// request" with "Issue data" in either format (the issue at the top level,
+/// or under `issue`), an api-key in `x-mde-token`, no changelog and no
+/// freshness; it acts when the issue's status category is `done`.
+#[tokio::test]
+async fn jira_automation_acts_on_done_issues_in_either_format() {
+    let h = Harness::new().await;
+    let key = secret_of("jira_automation");
+    let automation = body_of("jira-automation.body.json");
+    let jira_format = json!({"issue": automation.clone()});
+    for (n, body) in [automation.clone(), jira_format].iter().enumerate() {
+        let (status, b, _) = h
+            .send(request(
+                "POST",
+                "/v1/webhooks/jira-automation",
+                &[("x-mde-token", &key)],
+                &body.to_string(),
+            ))
+            .await;
+        assert_eq!(status, 200, "{b}");
+        assert_eq!(b["ticket"], "IT-77", "{b}");
+        let expected = if n == 0 {
+            "offboard_requested"
+        } else {
+            "already_pending"
+        };
+        assert_eq!(b["results"][0]["status"], expected, "{b}");
+    }
+    // Not done yet: ignored, nothing called.
+    let calls = h.fake.count(Api::AnyDefender);
+    let mut open = automation.clone();
+    open["fields"]["status"]["statusCategory"]["key"] = json!("indeterminate");
+    let (status, b, _) = h
+        .send(request(
+            "POST",
+            "/v1/webhooks/jira-automation",
+            &[("x-mde-token", &key)],
+            &open.to_string(),
+        ))
+        .await;
+    assert_eq!(
+        (status, b["status"].as_str()),
+        (202, Some("ignored")),
+        "{b}"
+    );
+    assert_eq!(h.fake.count(Api::AnyDefender), calls);
+    // Without the token: 401, nothing called.
+    let (status, _, _) = h
+        .send(request(
+            "POST",
+            "/v1/webhooks/jira-automation",
+            &[],
+            &automation.to_string(),
+        ))
+        .await;
+    assert_eq!(status, 401);
+    // The sample HTTP event (Jira format), with the rule's header value.
+    let mut sample = body_of("jira-automation.json");
+    sample["headers"]["x-mde-token"] = json!(key);
+    let req = lambda_http::request::from_str(&sample.to_string()).unwrap();
+    let (status, b, _) = h.send(req).await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(b["results"][0]["status"], "already_pending", "{b}");
+}

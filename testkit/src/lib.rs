@@ -87,6 +87,7 @@ pub fn secret_json() -> String {
         "webhook_secrets": {
             "generic": GENERIC_WEBHOOK_SECRET,
             "jira": "jira-webhook-secret-never-log",
+            "jira_automation": "jira-automation-token-never-log",
             "pagerduty": ["pd-new-secret-never-log", "pd-old-secret-never-log"],
             "servicenow": "snow-bearer-token-never-log",
             "defender-incident": "xdr-bearer-token-never-log",

@@ -12,7 +12,9 @@ use crate::support::json_pointer::{Pointer, scalar_text};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Condition {
-    pub pointer: Pointer,
+    /// One pointer, or several where the field may stand (any of them).
+    #[serde(deserialize_with = "crate::support::config_de::one_or_many")]
+    pub pointer: Vec<Pointer>,
     #[serde(rename = "in", deserialize_with = "super::texts")]
     pub one_of: Vec<String>,
 }
@@ -30,8 +32,8 @@ impl SourceDef {
         for c in &self.when {
             let found: Vec<String> = c
                 .pointer
-                .resolve_all(doc)
-                .into_iter()
+                .iter()
+                .flat_map(|p| p.resolve_all(doc))
                 .filter_map(scalar_text)
                 .collect();
             if !found.iter().any(|v| c.one_of.contains(v)) {
@@ -42,7 +44,11 @@ impl SourceDef {
                 return Ok(Mapped::Ignored {
                     reason: format!(
                         "{} {seen}, not one of {}",
-                        c.pointer.as_str(),
+                        c.pointer
+                            .iter()
+                            .map(Pointer::as_str)
+                            .collect::<Vec<_>>()
+                            .join(" or "),
                         c.one_of
                             .iter()
                             .map(|s| format!("'{s}'"))
