@@ -584,7 +584,13 @@ mod tests {
         let names: Vec<&str> = all.names().collect();
         assert_eq!(
             names,
-            ["defender-incident", "jira", "pagerduty", "servicenow"]
+            [
+                "defender-incident",
+                "jira",
+                "jira-automation",
+                "pagerduty",
+                "servicenow"
+            ]
         );
         let custom = Sources::load(Some(r#"{"sources": {"jira": {"auth": {"scheme": "bearer", "secret": "j"}, "ticket": "/k", "devices": "/d"},
             "tines": {"auth": {"scheme": "standard-webhooks", "secret": "tines"}, "ticket": "/t", "devices": ["/d"]}}}"#)).unwrap();
