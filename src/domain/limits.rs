@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
-use strum::EnumCount;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -238,7 +237,7 @@ impl RateLimiter {
 }
 
 /// Defender's APIs this function calls; each has its own published limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumCount)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiKind {
     ListMachines,
     GetMachine,
@@ -247,10 +246,16 @@ pub enum ApiKind {
     CancelAction,
 }
 
-/// One limiter per API, as Defender counts them, indexed by `ApiKind`: a
-/// new kind has its limiter as soon as it is declared.
+/// One limiter per API, as Defender counts them: a field per kind, read by
+/// a `match`, so a new kind does not compile until it has its limiter.
 #[derive(Debug)]
-pub struct Limiters([RateLimiter; ApiKind::COUNT]);
+pub struct Limiters {
+    list_machines: RateLimiter,
+    get_machine: RateLimiter,
+    offboard: RateLimiter,
+    get_action: RateLimiter,
+    cancel_action: RateLimiter,
+}
 
 impl Limiters {
     /// `per_minute` calls a minute to each API (and Defender's 1,500 an
@@ -265,11 +270,23 @@ impl Limiters {
     pub fn scaled(per_minute: usize, minute: Duration) -> Self {
         let per_hour = per_minute * 15;
         let w = [(per_minute, minute), (per_hour, minute * 60)];
-        Self(std::array::from_fn(|_| RateLimiter::new(&w)))
+        Self {
+            list_machines: RateLimiter::new(&w),
+            get_machine: RateLimiter::new(&w),
+            offboard: RateLimiter::new(&w),
+            get_action: RateLimiter::new(&w),
+            cancel_action: RateLimiter::new(&w),
+        }
     }
 
     pub fn for_api(&self, kind: ApiKind) -> &RateLimiter {
-        &self.0[kind as usize]
+        match kind {
+            ApiKind::ListMachines => &self.list_machines,
+            ApiKind::GetMachine => &self.get_machine,
+            ApiKind::Offboard => &self.offboard,
+            ApiKind::GetAction => &self.get_action,
+            ApiKind::CancelAction => &self.cancel_action,
+        }
     }
 }
 
