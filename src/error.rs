@@ -45,6 +45,10 @@ pub enum ApiError {
     },
     #[error("field 'mode' is \"queue\", but no queue is configured (QUEUE_URL)")]
     QueueNotConfigured,
+    #[error(
+        "field 'callback_url' asks for each device's final outcome, but this deployment cannot follow an offboard to its end: that needs the ledger (LEDGER_TABLE) and the queue (QUEUE_URL)"
+    )]
+    TrackingUnavailable,
     #[error("Defender knows no machine action '{0}'")]
     ActionNotFound(String),
     #[error("{0}")]
@@ -104,6 +108,7 @@ impl ApiError {
             },
             Self::TooManyDevices { .. } => (S::UNPROCESSABLE_ENTITY, "too_many_devices", None),
             Self::QueueNotConfigured => (S::UNPROCESSABLE_ENTITY, "queue_not_configured", None),
+            Self::TrackingUnavailable => (S::UNPROCESSABLE_ENTITY, "tracking_unavailable", None),
             Self::QueueUnavailable(_) => (S::SERVICE_UNAVAILABLE, "queue_unavailable", soon),
             Self::Credentials(e) => {
                 let code = match e {

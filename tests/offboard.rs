@@ -687,9 +687,19 @@ async fn a_callback_url_must_be_https_on_a_listed_host() {
         assert_eq!(resp["error"]["code"], "callback_not_allowed");
     }
     assert_eq!(h.fake.count(Api::AnyDefender), 0);
+    // A callback on a listed host, where nothing can track the offboard (no
+    // ledger, no queue): contract v3 refuses it rather than promise it.
     b["callback_url"] = json!("https://hooks.example.com/mde");
     let (status, resp, _) = h.offboard(&b).await;
-    assert_eq!(status, 200, "{resp}");
+    assert_eq!(status, 422, "{resp}");
+    assert_eq!(resp["error"]["code"], "tracking_unavailable");
+    assert!(
+        resp["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("LEDGER_TABLE")
+    );
+    assert_eq!(h.fake.count(Api::AnyDefender), 0);
 }
 
 #[tokio::test]

@@ -66,6 +66,11 @@ impl App {
         self.once(origin, &key, deadline, |claim| async move {
             let generic = |v: &Value| -> Result<_, ApiError> {
                 let body = generic::parse_generic_body(v, &self.config.callback_hosts)?;
+                // A callback is a promise to follow the offboard to its end:
+                // refused where nothing can (no ledger or no queue).
+                if body.callback_url.is_some() && (self.records.is_none() || self.queue.is_none()) {
+                    return Err(ApiError::TrackingUnavailable);
+                }
                 let to = FollowUpTargets {
                     callback_url: body.callback_url.map(|u| u.as_str().to_string()),
                     notify: None,
