@@ -47,6 +47,7 @@ const LOCAL_SECRET_ID: &str = "mde-offboard-local";
 fn usage() -> ! {
     eprintln!(
         "usage: mde-local [--port N] [--secret-file FILE | --aws]\n       \
+         mde-local [--roles R1,R2] [--client-secret S]   (simulate a missing consent, a wrong secret)\n       \
          mde-local send FILE [--url URL] [--secret-file FILE]\n       \
          mde-local tenant [--port N] [--roles R1,R2] [--env-file FILE]\n       \
          mde-local sign FILE [-o OUT] [--secret-file FILE]\n       \
@@ -99,10 +100,17 @@ async fn main() {
         .map(|p| p.parse().unwrap_or_else(|_| usage()))
         .or_else(|| std::env::var("PORT").ok().and_then(|p| p.parse().ok()))
         .unwrap_or(DEFAULT_PORT);
+    // A rehearsal of what breaks in a real tenant: consent (the roles the
+    // simulated tenant grants) and the client secret the function holds.
+    let breaks = Breaks {
+        roles: flag("--roles").map(|r| r.split(',').map(str::to_string).collect()),
+        client_secret: flag("--client-secret"),
+    };
     serve(
         port,
         flag("--secret-file"),
         args.iter().any(|a| a == "--aws"),
+        breaks,
     )
     .await;
 }
@@ -114,7 +122,13 @@ async fn warm(instance: mde_offboard::init::Instance) -> Arc<App> {
     Arc::new(instance.app)
 }
 
-async fn serve(port: u16, secret_file: Option<String>, aws: bool) {
+/// What the simulated tenant is told to get wrong.
+struct Breaks {
+    roles: Option<Vec<String>>,
+    client_secret: Option<String>,
+}
+
+async fn serve(port: u16, secret_file: Option<String>, aws: bool, breaks: Breaks) {
     mde_offboard::ops::logging::init();
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let (app, what) = if aws {
@@ -138,6 +152,9 @@ async fn serve(port: u16, secret_file: Option<String>, aws: bool) {
         )
     } else {
         let fake = FakeDefender::start(demo_machines()).await;
+        if let Some(roles) = &breaks.roles {
+            fake.set_token_roles(&roles.iter().map(String::as_str).collect::<Vec<_>>());
+        }
         let url = fake.url();
         let tickets = FakeTicketing::start()
             .await
@@ -164,6 +181,9 @@ async fn serve(port: u16, secret_file: Option<String>, aws: bool) {
         if let (Some(obj), Some(keys)) = (secret.as_object_mut(), tickets.secret_keys().as_object())
         {
             obj.extend(keys.clone());
+        }
+        if let Some(wrong) = breaks.client_secret {
+            secret["client_secret"] = Value::String(wrong);
         }
         let (queue, rx) = tracking::queue();
         let mut instance =

@@ -23,8 +23,13 @@ fn root() -> String {
 /// Starts the local run on a free port and returns it with its base URL,
 /// read from the line it prints when it listens.
 fn start() -> (Server, String) {
+    start_with(&[])
+}
+
+fn start_with(args: &[&str]) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mde-local"))
         .args(["--port", "0"])
+        .args(args)
         .current_dir(root())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -145,4 +150,43 @@ fn a_newcomer_sees_every_outcome() {
             "{preset}: {v}"
         );
     }
+}
+
+/// The health check against the local tenant: ok as it comes; failing,
+/// naming the check, when its consent is missing or the secret is wrong.
+#[test]
+fn the_health_check_passes_locally_and_names_what_breaks() {
+    let check = |v: &serde_json::Value, name: &str| {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let (_s, url) = start();
+    let (ok, v) = call(&url, &["get", "/v1/health"]);
+    assert!(ok, "{v}");
+    assert_eq!(v["status"], "ok", "{v}");
+
+    let (_s, url) = start_with(&["--roles", "Machine.Read.All"]);
+    let (_, v) = call(&url, &["get", "/v1/health"]);
+    assert_eq!(v["status"], "failing", "{v}");
+    let p = check(&v, "permissions");
+    assert_eq!(p["ok"], false);
+    assert!(
+        p["detail"].as_str().unwrap().contains("Machine.Offboard"),
+        "{p}"
+    );
+
+    let (_s, url) = start_with(&["--client-secret", "expired-secret-value"]);
+    let (_, v) = call(&url, &["get", "/v1/health"]);
+    assert_eq!(v["status"], "failing", "{v}");
+    let t = check(&v, "token");
+    assert_eq!(t["ok"], false);
+    assert!(
+        t["detail"].as_str().unwrap().contains("AADSTS7000215"),
+        "{t}"
+    );
 }

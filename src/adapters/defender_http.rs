@@ -15,6 +15,7 @@ use tokio::sync::OnceCell;
 use crate::adapters::entra::{AccessToken, TokenProvider};
 use crate::adapters::read_capped;
 use crate::domain::defender::*;
+use crate::domain::health::{self, ApiProbe, Step};
 use crate::domain::limits::{ApiKind, Backoff, Deadline, Limiters, parse_retry_after};
 use crate::domain::model::{DeviceName, MachineId};
 use crate::domain::secret::{AppSecret, CredentialError, SecretCache};
@@ -152,7 +153,12 @@ impl HttpDefender {
                             continue;
                         }
                         StatusCode::UNAUTHORIZED => return Err(DefenderError::Unauthorized),
-                        StatusCode::FORBIDDEN => return Err(DefenderError::Forbidden),
+                        StatusCode::FORBIDDEN => {
+                            // A permission or consent gone: the operator's
+                            // to fix, whichever device saw it first.
+                            metrics::count(metrics::names::CREDENTIAL_FAILURE);
+                            return Err(DefenderError::Forbidden);
+                        }
                         StatusCode::NOT_FOUND => return Err(DefenderError::NotFound),
                         StatusCode::TOO_MANY_REQUESTS => {
                             let retry_after = throttle_wait(
@@ -393,6 +399,75 @@ impl Defender for HttpDefender {
 
     fn missing_permissions(&self) -> Vec<&'static str> {
         self.tokens.missing()
+    }
+
+    fn probe<'a>(
+        &'a self,
+        secret: &'a AppSecret,
+        dry_run: bool,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, ApiProbe> {
+        Box::pin(async move {
+            let token = match self.tokens.fresh(secret, deadline).await {
+                Ok(t) => t,
+                Err(e) => {
+                    return ApiProbe {
+                        token: Step::Failed(e.to_string()),
+                        permissions: None,
+                        defender_api: None,
+                    };
+                }
+            };
+            let missing = crate::adapters::entra::missing_permissions(token.expose());
+            ApiProbe {
+                token: Step::Passed("Entra ID issued a token".into()),
+                permissions: Some(health::permissions(
+                    missing.as_deref(),
+                    crate::adapters::entra::OFFBOARD_PERMISSION,
+                    dry_run,
+                )),
+                defender_api: Some(self.list_one(&token, deadline).await),
+            }
+        })
+    }
+}
+
+/// The health check's API call: one try, with the token just fetched, so
+/// that what it reports is what Defender answers now.
+impl HttpDefender {
+    async fn list_one(&self, token: &AccessToken, deadline: &Deadline) -> Step {
+        const PATH: &str = "/api/machines?$top=1";
+        if let Err(t) = self
+            .limiters
+            .for_api(ApiKind::ListMachines)
+            .acquire(deadline)
+            .await
+        {
+            return Step::Failed(format!(
+                "not called: this instance's limit for listing machines is spent for {}s",
+                t.retry_after.as_secs()
+            ));
+        }
+        let Some(timeout) = deadline.call_timeout() else {
+            return Step::Failed("not called: no time left before the deadline".into());
+        };
+        let sent = self
+            .http
+            .get(format!("{}{PATH}", self.api_url))
+            .bearer_auth(token.expose())
+            .timeout(timeout)
+            .send()
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return Step::Failed(format!("GET {PATH} timed out")),
+            Err(_) => return Step::Failed(format!("GET {PATH}: could not connect")),
+        };
+        let status = resp.status().as_u16();
+        let body = read_capped(resp, MAX_ANSWER_BYTES)
+            .await
+            .unwrap_or_default();
+        health::api_answer(PATH, status, &body, refusal_code)
     }
 }
 

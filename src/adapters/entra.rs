@@ -103,6 +103,16 @@ impl TokenProvider {
         Ok(token)
     }
 
+    /// A token fetched now, past the cache (the health check): whether
+    /// Entra ID issues one today, not whether it did an hour ago.
+    pub async fn fresh(
+        &self,
+        secret: &AppSecret,
+        deadline: &Deadline,
+    ) -> Result<AccessToken, CredentialError> {
+        Ok(self.fetch(secret, deadline).await?.0)
+    }
+
     /// Drops `token` after the API answered 401 with it; a newer token that
     /// another caller already fetched is kept.
     pub async fn invalidate(&self, token: &AccessToken) {

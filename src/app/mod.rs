@@ -15,6 +15,7 @@
 pub mod actions;
 pub mod audit;
 pub mod enqueue;
+pub mod health;
 pub mod idempotency;
 pub mod offboarding;
 pub mod tracking;

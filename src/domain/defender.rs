@@ -165,4 +165,17 @@ pub trait Defender: Send + Sync {
     fn missing_permissions(&self) -> Vec<&'static str> {
         Vec::new()
     }
+
+    /// The health check's view of the API, from a fresh token (never the
+    /// cached one): the token, the permissions it carries, and
+    /// `GET /api/machines?$top=1` with it. Adapters without credentials
+    /// have nothing to check.
+    fn probe<'a>(
+        &'a self,
+        _secret: &'a AppSecret,
+        _dry_run: bool,
+        _deadline: &'a Deadline,
+    ) -> BoxFuture<'a, crate::domain::health::ApiProbe> {
+        Box::pin(async { crate::domain::health::ApiProbe::nothing_to_check() })
+    }
 }

@@ -7,6 +7,7 @@
 pub mod defender;
 pub mod federation;
 pub mod follow_up;
+pub mod health;
 pub mod ledger;
 pub mod limits;
 pub mod model;

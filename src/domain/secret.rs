@@ -319,6 +319,14 @@ impl SecretCache {
         self
     }
 
+    /// The secret read afresh, past the cache (the health check): what
+    /// Secrets Manager holds now, not what an instance read minutes ago.
+    pub async fn fresh(&self) -> Result<Arc<AppSecret>, CredentialError> {
+        crate::ops::metrics::count(crate::ops::metrics::names::SECRET_FETCHES);
+        let text = self.source.fetch().await?;
+        AppSecret::parse_for(&text, self.mode).map(Arc::new)
+    }
+
     pub async fn get(&self) -> Result<Arc<AppSecret>, CredentialError> {
         let fetch = async {
             crate::ops::metrics::count(crate::ops::metrics::names::SECRET_FETCHES);

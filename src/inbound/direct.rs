@@ -18,6 +18,25 @@ use crate::inbound::http::MAX_BODY_BYTES;
 use crate::intake::generic;
 use crate::intake::sources::{EVENTBRIDGE, INVOKE};
 
+/// A Scheduled Event (the template's rule, every 15 minutes): the health
+/// check. Its answer is the JSON itself, never an invocation error: a
+/// failing check pages through its metric, not through Lambda's errors.
+pub async fn scheduled(app: &App, ctx: &Context) -> Value {
+    let inv = Invocation::begin(
+        app,
+        &ctx.request_id,
+        ctx.xray_trace_id.as_deref(),
+        ctx.deadline,
+    );
+    let deadline = inv.deadline;
+    inv.run("health", async {
+        let answer = app.health(&deadline).await;
+        tracing::info!(status = %answer["status"], "health check run");
+        answer
+    })
+    .await
+}
+
 /// An EventBridge event: the first source definition whose `eventbridge`
 /// lists match it maps it; else its `detail` is a generic body. Its `id`,
 /// kept across EventBridge's retries, is the delivery key: IAM admitted the
@@ -114,6 +133,7 @@ async fn run(
         match &answer {
             Ok(o) => tracing::info!(source = %source, status = o.status, "event handled"),
             Err(e) => {
+                super::count_failure(e);
                 tracing::info!(source = %source, status = e.status().as_u16(), code = e.code(), reason = %e, "event refused")
             }
         }

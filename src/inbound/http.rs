@@ -127,6 +127,7 @@ pub async fn handle(app: &App, req: Request) -> Response<Body> {
                 if matches!(e, ApiError::Unauthorized(_)) {
                     metrics::count(metrics::names::AUTH_REJECTED);
                 }
+                super::count_failure(&e);
                 if e.status().is_server_error() {
                     tracing::warn!(http_method = %method, path = %path, status = e.status().as_u16(), code = e.code(), reason = %e, "request refused");
                 } else {
@@ -232,6 +233,16 @@ async fn route(
                 let comment = generic::parse_cancel_body(&value)?;
                 app.cancel(&secret, action_id, &comment, &origin, deadline)
                     .await
+            })
+            .await
+        }
+        ["v1", "health"] => {
+            allow("GET")?;
+            let body = body_bytes(req)?;
+            let (_, admitted) = authenticate(app, req, body, read_auth).await?;
+            let (origin, key) = signed_call(req, admitted, &route, body);
+            app.once_signed(&origin, key.as_ref(), deadline, || async {
+                Ok(Outcome::ok(&app.health(deadline).await))
             })
             .await
         }

@@ -37,6 +37,8 @@ enum EventKind {
     Http,
     /// An EventBridge event delivered by a rule.
     EventBridge,
+    /// A Scheduled Event (`aws.events`): the health check.
+    Scheduled,
     /// An SQS batch from the queue's event source mapping.
     Sqs,
     /// A direct invocation (`aws lambda invoke`, a Step Functions task)
@@ -81,7 +83,12 @@ fn classify(event: &Value) -> EventKind {
         .all(|k| obj.get(*k).is_some_and(Value::is_string))
         && obj.contains_key("detail");
     if eventbridge {
-        return EventKind::EventBridge;
+        let scheduled = obj.get("source").and_then(Value::as_str) == Some("aws.events")
+            && obj.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event");
+        return match scheduled {
+            true => EventKind::Scheduled,
+            false => EventKind::EventBridge,
+        };
     }
     // A generic body names at least one of its required fields; anything
     // else (`{}`, another service's event) is not ours to guess at.
@@ -92,6 +99,19 @@ fn classify(event: &Value) -> EventKind {
         return EventKind::Invoke;
     }
     EventKind::Unknown
+}
+
+/// Counts a whole-request failure that stops every offboard until someone
+/// acts, for the alarm that pages them: credentials that do not work (the
+/// secret, a token refused, a permission missing) and 503s.
+pub(crate) fn count_failure(e: &ApiError) {
+    let metric = match e {
+        ApiError::Credentials(c) if !c.is_retryable() => metrics::names::CREDENTIAL_FAILURE,
+        ApiError::MissingPermission(_) => metrics::names::CREDENTIAL_FAILURE,
+        e if e.status().as_u16() == 503 => metrics::names::UNAVAILABLE,
+        _ => return,
+    };
+    metrics::count(metric);
 }
 
 /// A failed invocation as Lambda reports it: `errorType` and
@@ -237,7 +257,9 @@ fn door(kind: EventKind, config: &Config) -> Result<(), (&'static str, &'static 
                 "this function serves SQS batches only (MDE_MODE=worker)",
             ));
         }
-        EventKind::Http | EventKind::Unknown => true,
+        // The health check reads and never offboards: served wherever
+        // HTTP is, whatever DIRECT_EVENTS says.
+        EventKind::Http | EventKind::Scheduled | EventKind::Unknown => true,
         EventKind::EventBridge => config.direct_events.eventbridge,
         EventKind::Invoke => config.direct_events.invoke,
     };
@@ -299,6 +321,7 @@ pub async fn dispatch(
             direct_result(direct::eventbridge(app, raw.get(), &payload, &context).await)
         }
         EventKind::Invoke => direct_result(direct::invoke(app, raw.get(), &context).await),
+        EventKind::Scheduled => Ok(direct::scheduled(app, &context).await),
         EventKind::Unknown => {
             tracing::warn!(
                 function_request_id = %context.request_id,
@@ -363,6 +386,19 @@ mod tests {
                 json!({"version": "0", "id": "e1", "detail-type": "x", "source": "y", "detail": {}})
             ),
             EventKind::EventBridge
+        );
+        let tick = json!({"version": "0", "id": "e2", "detail-type": "Scheduled Event",
+            "source": "aws.events", "detail": {}});
+        assert_eq!(kind(tick.clone()), EventKind::Scheduled);
+        let mut c = Config::from_lookup(|k| (k == "SECRET_ID").then(|| "s".to_string())).unwrap();
+        assert!(
+            door(EventKind::Scheduled, &c).is_ok(),
+            "served without DIRECT_EVENTS"
+        );
+        c.worker = true;
+        assert!(
+            door(EventKind::Scheduled, &c).is_err(),
+            "a worker serves SQS only"
         );
         assert_eq!(
             kind(json!({"Records": [{"eventSource": "aws:sqs", "body": "{}"}]})),

@@ -67,6 +67,16 @@ pub mod names {
     pub const CALLBACK_FAILED: &str = "CallbackFailed";
     /// Write-backs to Jira, ServiceNow or PagerDuty that did not land.
     pub const NOTIFY_FAILED: &str = "NotifyFailed";
+    /// A real request refused because the credentials do not work: the
+    /// secret missing or malformed, a token refused, a permission missing
+    /// (read from the token or from Defender's 403).
+    pub const CREDENTIAL_FAILURE: &str = "CredentialFailure";
+    /// A whole request answered 503 (the ledger, Secrets Manager or the
+    /// login host unavailable): the sender retries, but nothing is done
+    /// until it passes.
+    pub const UNAVAILABLE: &str = "Unavailable";
+    /// One health check: 1 failed, 0 passed, with the dimension `Check`.
+    pub const HEALTH_CHECK_FAILED: &str = "HealthCheckFailed";
 }
 
 fn with(f: impl FnOnce(&mut Collector)) {
@@ -162,12 +172,52 @@ impl Collector {
         if self.is_empty() {
             return;
         }
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        println!("{}", self.to_emf(namespace, source, ts, request_id));
+        println!("{}", self.to_emf(namespace, source, now_ms(), request_id));
     }
+}
+
+/// One health check's EMF object: `HealthCheckFailed` (1 failed, 0
+/// passed) with the dimension `Check` (and `Tenant` where given), and with
+/// none, for the one alarm over every check.
+pub fn check_emf(
+    namespace: &str,
+    check: &str,
+    failed: bool,
+    tenant: Option<&str>,
+    timestamp_ms: u64,
+) -> Value {
+    let mut dims = vec![json!(["Check"]), json!([])];
+    let mut root = Map::new();
+    root.insert(names::HEALTH_CHECK_FAILED.into(), json!(u8::from(failed)));
+    root.insert("Check".into(), json!(check));
+    if let Some(t) = tenant {
+        dims.insert(1, json!(["Check", "Tenant"]));
+        root.insert("Tenant".into(), json!(t));
+    }
+    root.insert(
+        "_aws".into(),
+        json!({
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": namespace,
+                "Dimensions": dims,
+                "Metrics": [{"Name": names::HEALTH_CHECK_FAILED, "Unit": "Count"}],
+            }]
+        }),
+    );
+    Value::Object(root)
+}
+
+/// Writes one health check's EMF line to stdout.
+pub fn emit_check(namespace: &str, check: &str, failed: bool, tenant: Option<&str>) {
+    println!("{}", check_emf(namespace, check, failed, tenant, now_ms()));
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -191,6 +241,24 @@ mod tests {
         let ((), next) = scope(async {}).await;
         assert_eq!(next.get("OutsideForTest"), 0.0, "init metrics go out once");
         assert_eq!(next.get("offboard_requested"), 0.0);
+    }
+
+    #[test]
+    fn a_check_line_carries_its_check_as_a_dimension() {
+        let v = check_emf("Ns", "token", true, None, 1);
+        assert_eq!(v["HealthCheckFailed"], 1);
+        assert_eq!(v["Check"], "token");
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["Check"], []])
+        );
+        let v = check_emf("Ns", "secret", false, Some("contoso"), 1);
+        assert_eq!(v["HealthCheckFailed"], 0);
+        assert_eq!(v["Tenant"], "contoso");
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["Check"], ["Check", "Tenant"], []])
+        );
     }
 
     /// The EMF specification's required structure.

@@ -481,12 +481,29 @@ fn new_call(api: Api, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u
 /// token check (401 like the real API), else the call goes on.
 async fn admit(st: &Shared, call: Call) -> Result<Call, Response> {
     let call = intercept(st, call).await?;
-    if authorized(st, &call) {
-        Ok(call)
-    } else {
-        Err(record(st, call, unauthorized()))
+    if !authorized(st, &call) {
+        return Err(record(st, call, unauthorized()));
     }
+    // Reading machines and actions needs a read permission, as Defender
+    // checks it after the token itself.
+    let reads = matches!(
+        call.api,
+        Api::ListMachines | Api::GetMachine | Api::GetAction
+    );
+    if reads && !READ_ROLES.iter().any(|r| has_role(st, &call, r)) {
+        let forbidden = reply(
+            403,
+            error_body(
+                "Forbidden",
+                "The application does not have any of the required application permissions (Machine.ReadWrite.All, Machine.Read.All) to access the resource.",
+            ),
+        );
+        return Err(record(st, call, forbidden));
+    }
+    Ok(call)
 }
+
+const READ_ROLES: [&str; 2] = ["Machine.Read.All", "Machine.ReadWrite.All"];
 
 /// Checks the bearer token like the real API: unknown or revoked is 401.
 fn authorized(st: &Shared, call: &Call) -> bool {
@@ -850,7 +867,17 @@ async fn list_machines(
         ),
         None => {
             let inner = st.lock().expect("fake state");
-            let all: Vec<Value> = inner.machines.iter().map(FakeMachine::to_json).collect();
+            // OData's `$top`, as the health check asks for one machine.
+            let top = q
+                .get("$top")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(usize::MAX);
+            let all: Vec<Value> = inner
+                .machines
+                .iter()
+                .take(top)
+                .map(FakeMachine::to_json)
+                .collect();
             reply(200, json!({"value": all}))
         }
     };
