@@ -143,3 +143,133 @@ fn the_eventbridge_door_names_its_senders() {
     let worker = &resource(&t, "OffboardWorkerFunction")["Properties"]["Environment"]["Variables"];
     assert_eq!(worker["MDE_MODE"], "worker");
 }
+
+/// Every alarm in the template, by logical id.
+fn alarms(t: &Value) -> Vec<(String, Value)> {
+    t["Resources"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some("AWS::CloudWatch::Alarm"))
+        .map(|(k, r)| (k.as_str().unwrap().to_string(), r.clone()))
+        .collect()
+}
+
+/// Alarms page someone: the template refuses a deployment with neither
+/// `AlarmEmail` nor `AlarmTopicArn`, and every alarm notifies the topic.
+#[test]
+fn alarms_cannot_be_deployed_to_nobody() {
+    let t = template();
+    let rule = &t["Rules"]["AlarmsReachSomeone"];
+    assert!(
+        rule.get("RuleCondition").is_none(),
+        "the assertion holds for every deployment"
+    );
+    let assert = text(&rule["Assertions"][0]["Assert"]);
+    assert!(
+        assert.contains("AlarmTopicArn") && assert.contains("AlarmEmail"),
+        "{assert}"
+    );
+    for (name, alarm) in alarms(&t) {
+        let actions = text(&alarm["Properties"]["AlarmActions"]);
+        assert!(
+            actions.contains("AlarmTopic") && actions.contains("AlarmTopicArn"),
+            "{name} notifies the alarm topic: {actions}"
+        );
+    }
+}
+
+/// What issue P names as stopping offboards is alarmed, always.
+#[test]
+fn every_failure_that_stops_offboards_has_an_alarm() {
+    let t = template();
+    let watched: String = alarms(&t).iter().map(|(_, a)| text(a)).collect();
+    for metric in [
+        "HealthCheckFailed",
+        "CredentialFailure",
+        "Unavailable",
+        "ActionFailed",
+        "ActionTimeOut",
+        "ActionNotConfirmed",
+        "TrackNotQueued",
+        "NotifyFailed",
+        "CallbackFailed",
+        "Throttles",
+        "Errors",
+        "OffboardEventFailureQueue",
+        "OffboardDeadLetterQueue",
+    ] {
+        assert!(watched.contains(metric), "no alarm watches {metric}");
+    }
+    for always in [
+        "HealthCheckAlarm",
+        "CredentialFailureAlarm",
+        "UnavailableAlarm",
+        "LambdaThrottlesAlarm",
+    ] {
+        assert!(
+            resource(&t, always)["Condition"].is_null(),
+            "{always} cannot be switched off"
+        );
+    }
+    let health = &resource(&t, "HealthCheckAlarm")["Properties"];
+    assert_eq!(
+        health["TreatMissingData"], "breaching",
+        "checks that stop alarm"
+    );
+}
+
+/// The health check runs every 15 minutes, on the function that serves
+/// HTTP (the worker refuses anything but SQS).
+#[test]
+fn the_health_check_is_scheduled_every_15_minutes() {
+    let t = template();
+    let rule = &resource(&t, "HealthCheckRule")["Properties"];
+    assert_eq!(rule["ScheduleExpression"], "rate(15 minutes)");
+    assert!(text(&rule["Targets"]).contains("OffboardFunction.Arn"));
+    assert!(!text(&rule["Targets"]).contains("Worker"));
+    assert_eq!(
+        resource(&t, "HealthRoute")["Properties"]["RouteKey"],
+        "GET /v1/health"
+    );
+    let perm = &resource(&t, "HealthCheckPermission")["Properties"];
+    assert!(text(&perm["SourceArn"]).contains("HealthCheckRule"));
+}
+
+/// Tracking, write-back and callbacks need the ledger and the queue: the
+/// queue comes with the ledger, so they are never silently off.
+#[test]
+fn the_queue_comes_with_the_ledger() {
+    let t = template();
+    let queue_mode = text(&t["Conditions"]["QueueMode"]);
+    assert!(queue_mode.contains("LedgerOn"), "{queue_mode}");
+    assert_eq!(resource(&t, "OffboardQueue")["Condition"], "QueueMode");
+}
+
+/// Every metric an alarm reads from the function's namespace is one the
+/// code writes (or a device status): a rename cannot leave an alarm
+/// watching nothing.
+#[test]
+fn alarms_watch_metrics_the_code_writes() {
+    let metrics_rs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/ops/metrics.rs"))
+            .unwrap();
+    let t = template();
+    for (name, alarm) in alarms(&t) {
+        let p = &alarm["Properties"];
+        let mut names = Vec::new();
+        if text(&p["Namespace"]).contains("MetricsNamespace") {
+            names.push(p["MetricName"].as_str().unwrap().to_string());
+        }
+        for m in p["Metrics"].as_sequence().into_iter().flatten() {
+            let stat = &m["MetricStat"]["Metric"];
+            if text(&stat["Namespace"]).contains("MetricsNamespace") {
+                names.push(stat["MetricName"].as_str().unwrap().to_string());
+            }
+        }
+        for metric in names {
+            let written = metrics_rs.contains(&format!("\"{metric}\"")) || metric == "failed";
+            assert!(written, "{name} watches {metric}, which nothing writes");
+        }
+    }
+}
