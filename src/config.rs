@@ -139,7 +139,7 @@ impl Config {
                 .ok_or_else(|| format!("'{v}' is not one of commercial, gcc, gcc-high, dod"))
         })?;
         let ledger_table = env.trimmed("LEDGER_TABLE");
-        Ok(Self {
+        let config = Self {
             secret_id,
             cloud,
             api_url: env.or("MDE_API_URL", cloud.api_url().to_string(), |v| {
@@ -228,7 +228,31 @@ impl Config {
                 )? as u64,
             },
             ca_file: env.trimmed("MDE_CA_FILE"),
-        })
+        };
+        config.promises_only_what_it_tracks()?;
+        Ok(config)
+    }
+
+    /// Whether final outcomes can be followed (and so written back):
+    /// that needs the ledger and the queue.
+    pub fn tracks(&self) -> bool {
+        self.ledger_table.is_some() && self.queue_url.is_some()
+    }
+
+    /// A source that asks for write-back (`notify` written in `SOURCES`)
+    /// where nothing can be tracked would promise what never happens: init
+    /// stops, naming it. The presets' own `notify` is inert there instead
+    /// (init says so once), so a deployment without a ledger still starts.
+    fn promises_only_what_it_tracks(&self) -> Result<(), ConfigError> {
+        match self.sources.chosen_notify().first() {
+            Some(name) if !self.tracks() => Err(ConfigError::new(
+                "SOURCES",
+                &format!(
+                    "source '{name}' has \"notify\", but no outcome can be written back without the ledger (LEDGER_TABLE) and the queue (QUEUE_URL): set both, or remove \"notify\""
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -472,6 +496,41 @@ mod tests {
         assert!(e.reason.contains("tines"), "{e}");
         let ok = cfg(&[("SECRET_ID", "s")]).unwrap();
         assert!(ok.sources.get("jira").is_some());
+    }
+
+    #[test]
+    fn a_source_asking_for_write_back_needs_the_ledger_and_the_queue() {
+        let sources = r#"{"sources": {"jira": {"extends": "jira", "notify": "jira"}}}"#;
+        let e = cfg(&[("SECRET_ID", "s"), ("SOURCES", sources)]).unwrap_err();
+        assert_eq!(e.var, "SOURCES");
+        assert!(
+            e.reason.contains("'jira'") && e.reason.contains("LEDGER_TABLE"),
+            "{e}"
+        );
+        let e = cfg(&[
+            ("SECRET_ID", "s"),
+            ("SOURCES", sources),
+            ("LEDGER_TABLE", "t"),
+        ])
+        .unwrap_err();
+        assert!(
+            e.reason.contains("QUEUE_URL"),
+            "the ledger alone is not enough: {e}"
+        );
+        let both = [
+            ("SECRET_ID", "s"),
+            ("SOURCES", sources),
+            ("LEDGER_TABLE", "t"),
+            ("QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/1/q"),
+        ];
+        assert!(cfg(&both).unwrap().tracks());
+        // A preset's own write-back, inherited or built in, does not stop
+        // a deployment without a ledger.
+        let inherited = r#"{"sources": {"jira": {"extends": "jira", "id_header": "x-id"}}}"#;
+        let c = cfg(&[("SECRET_ID", "s"), ("SOURCES", inherited)]).unwrap();
+        assert!(!c.tracks() && c.sources.notifying().any(|n| n == "jira"));
+        let dropped = r#"{"sources": {"jira": {"extends": "jira", "notify": null}}}"#;
+        assert!(cfg(&[("SECRET_ID", "s"), ("SOURCES", dropped)]).is_ok());
     }
 
     #[test]

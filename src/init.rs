@@ -70,6 +70,17 @@ pub fn build_instance(config: Config) -> Instance {
     let source = Arc::new(SecretsManagerSource::from_env(config.secret_id.clone()));
     let queue_url = config.queue_url.clone();
     let ledger_table = config.ledger_table.clone();
+    if !config.tracks() {
+        // The presets' write-back is inert without tracking: said once,
+        // not left for an operator to discover on a ticket.
+        let notifying: Vec<&str> = config.sources.notifying().collect();
+        if !notifying.is_empty() {
+            tracing::info!(
+                sources = %notifying.join(","),
+                "write-back is off: outcomes are followed and written back only with the ledger (LEDGER_TABLE) and the queue (QUEUE_URL)"
+            );
+        }
+    }
     let mut instance = Wiring::new(config, source).instance();
     if let Some(url) = queue_url {
         instance.app = instance.app.with_queue(Arc::new(SqsQueue::from_env(url)));

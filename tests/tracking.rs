@@ -70,10 +70,16 @@ fn ready<'a, T: Send + 'a>(v: Result<T, DefenderError>) -> BoxFuture<'a, Result<
 impl Defender for ScriptedDefender {
     fn find_by_name<'a>(
         &'a self,
-        _: &'a DeviceName,
+        name: &'a DeviceName,
         _: &'a Deadline,
     ) -> BoxFuture<'a, Result<Vec<Machine>, DefenderError>> {
-        ready(Ok(Vec::new()))
+        // One machine known by name, as a CMDB names it.
+        let found = (name.as_str() == "laptop-17.contoso.com").then(|| {
+            serde_json::from_value(json!({"id": OK_ID, "computerDnsName": name.as_str(),
+                "osPlatform": "Windows11"}))
+            .unwrap()
+        });
+        ready(Ok(found.into_iter().collect()))
     }
     fn get_machine<'a>(
         &'a self,
@@ -825,4 +831,79 @@ async fn an_outcome_the_cancel_route_wrote_is_still_reported_once() {
     let got = receiver.received();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].body["status"], "Cancelled");
+}
+
+/// The ServiceNow recipe (`events/servicenow-business-rule.js`, the page's
+/// Business Rule) sends what write-back needs: its body, built from an
+/// incident record as the script builds it, reaches the `servicenow`
+/// preset, and the outcome is written to that record as a work note.
+#[tokio::test]
+async fn the_servicenow_recipe_sends_what_write_back_needs() {
+    let script = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/events/servicenow-business-rule.js"
+    ))
+    .unwrap();
+    // The incident as ServiceNow holds it.
+    let record = json!({
+        "sys_id": "9d385017c611228701d22104cc95c371", "number": "INC0012345",
+        "state": "Closed", "short_description": "Laptop stolen: laptop-17",
+        "cmdb_ci": "laptop-17.contoso.com",
+    });
+    // `JSON.stringify({ key: current.<expr>, ... })`, evaluated against it.
+    let literal = script
+        .split("JSON.stringify({")
+        .nth(1)
+        .and_then(|rest| rest.split("}))").next())
+        .expect("the script builds its body with JSON.stringify({...})");
+    let mut body = serde_json::Map::new();
+    for pair in literal.split(",\n") {
+        let (key, expr) = pair.trim().split_once(':').expect("key: value");
+        let expr = expr.trim();
+        let field = |e: &str| e.split('\'').nth(1).map(str::to_string).unwrap_or_default();
+        let value = if expr == "current.getUniqueValue()" {
+            record["sys_id"].clone()
+        } else if expr.starts_with("current.getValue(") {
+            record[field(expr)].clone()
+        } else if let Some(f) = expr
+            .strip_prefix("current.")
+            .and_then(|e| e.strip_suffix(".getDisplayValue()"))
+        {
+            record[f].clone()
+        } else if expr == "''" {
+            json!("")
+        } else {
+            panic!("an expression this test does not know: {expr}")
+        };
+        body.insert(key.trim().to_string(), value);
+    }
+    assert!(
+        body.contains_key("sys_id"),
+        "the recipe sends sys_id: {body:?}"
+    );
+
+    let tickets = FakeTicketing::start()
+        .await
+        .with_snow_record("incident", "9d385017c611228701d22104cc95c371");
+    let s = sim_with(&tickets.secret_keys());
+    let resp =
+        mde_offboard::inbound::http::handle(&s.app, delivery("servicenow", &Value::Object(body)))
+            .await;
+    let Body::Text(text) = resp.body() else {
+        panic!("no body")
+    };
+    assert_eq!(resp.status().as_u16(), 200, "{text}");
+    assert!(text.contains("offboard_requested"), "{text}");
+    s.drain(10_000).await;
+    let written = tickets.written();
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert_eq!(
+        written[0].record,
+        "incident/9d385017c611228701d22104cc95c371"
+    );
+    assert!(
+        written[0].text.contains("ended Succeeded"),
+        "{}",
+        written[0].text
+    );
 }

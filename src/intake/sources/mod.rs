@@ -105,6 +105,9 @@ struct Loaded {
     /// What the read routes accept: `generic`'s auth, or the built-in
     /// source `reader`'s where `SOURCES` gives it one.
     read: AuthDef,
+    /// Sources whose definition in `SOURCES` writes a `notify` of its own
+    /// (not one inherited from a preset): write-back someone chose.
+    chosen_notify: Vec<String>,
 }
 
 static PRESETS_ONLY: LazyLock<Loaded> =
@@ -156,6 +159,20 @@ impl Sources {
         self.loaded().defs.keys().map(String::as_str)
     }
 
+    /// Sources whose `SOURCES` definition asks for write-back itself.
+    pub fn chosen_notify(&self) -> &[String] {
+        &self.loaded().chosen_notify
+    }
+
+    /// Sources that would write back (their own `notify` or a preset's).
+    pub fn notifying(&self) -> impl Iterator<Item = &str> {
+        self.loaded()
+            .defs
+            .values()
+            .filter(|d| d.notify.is_some())
+            .map(|d| d.name.as_str())
+    }
+
     /// How the built-in source `generic` authenticates.
     pub fn generic_auth(&self) -> &AuthDef {
         &self.loaded().generic
@@ -200,6 +217,11 @@ impl Loaded {
             Some(def) => AuthDef::parse_builtin(&def).map_err(|e| fail(READER, e))?,
         }
         .map_or_else(|| generic.clone(), |reader| generic.or(&reader));
+        let chosen_notify = user
+            .iter()
+            .filter(|(_, d)| d.get("notify").is_some_and(|n| !n.is_null()))
+            .map(|(n, _)| n.clone())
+            .collect();
         let mut defs = BTreeMap::new();
         let given = presets.iter().filter(|(n, _)| !user.contains_key(*n));
         for (name, def) in given.chain(&user) {
@@ -219,6 +241,7 @@ impl Loaded {
             defs,
             generic,
             read,
+            chosen_notify,
         })
     }
 }
