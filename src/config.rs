@@ -247,7 +247,7 @@ impl Config {
         match self.sources.chosen_notify().first() {
             Some(name) if !self.tracks() => Err(ConfigError::new(
                 "SOURCES",
-                &format!(
+                format!(
                     "source '{name}' has \"notify\", but no outcome can be written back without the ledger (LEDGER_TABLE) and the queue (QUEUE_URL): set both, or remove \"notify\""
                 ),
             )),
