@@ -845,12 +845,11 @@ fn every_internal_link_resolves() {
                     ));
                     continue;
                 }
-                if let Some(anchor) = anchor {
-                    if dest.extension().is_some_and(|e| e == "md")
-                        && !headings(&dest).contains(anchor)
-                    {
-                        broken.push(format!("{at}: no heading with that id"));
-                    }
+                if let Some(anchor) = anchor
+                    && dest.extension().is_some_and(|e| e == "md")
+                    && !headings(&dest).contains(anchor)
+                {
+                    broken.push(format!("{at}: no heading with that id"));
                 }
             }
         }
