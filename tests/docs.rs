@@ -255,6 +255,158 @@ fn every_alarm_of_the_template_has_a_runbook_page() {
     );
 }
 
+#[test]
+fn every_runbook_page_has_the_same_parts() {
+    let dir = Path::new(BOOK).join("operate/runbooks");
+    let mut pages = 0;
+    for page in markdown_files(&dir) {
+        let name = page.file_name().unwrap().to_str().unwrap();
+        if [
+            "index.md",
+            "kill-switch.md",
+            "wrong-device.md",
+            "redrive.md",
+        ]
+        .contains(&name)
+        {
+            continue;
+        }
+        pages += 1;
+        let text = std::fs::read_to_string(&page).unwrap();
+        for part in [
+            "**What it means.**",
+            "**Confirm.**",
+            "**What to do",
+            "**Recover.**",
+            "**Done when**",
+        ] {
+            assert!(text.contains(part), "{}: no {part} part", rel(&page));
+        }
+        assert!(
+            text.contains("```text\n") || text.contains("```sh\n"),
+            "{}: no query",
+            rel(&page)
+        );
+    }
+    assert!(pages >= 8, "alarm pages: {pages}");
+}
+
+/// A value of the template, as text, for the facts the runbooks quote.
+fn template_fact(t: &serde_yaml_ng::Value, path: &[&str]) -> String {
+    let mut v = t;
+    for key in path {
+        v = &v[*key];
+    }
+    yaml_text(v).unwrap_or_else(|| serde_yaml_ng::to_string(v).unwrap_or_default())
+}
+
+#[test]
+fn the_runbooks_quote_the_template_right() {
+    let t = template();
+    let kill = read("docs/src/operate/runbooks/kill-switch.md");
+    let function = template_fact(
+        &t,
+        &[
+            "Resources",
+            "OffboardFunction",
+            "Properties",
+            "FunctionName",
+        ],
+    );
+    let worker = template_fact(
+        &t,
+        &[
+            "Resources",
+            "OffboardWorkerFunction",
+            "Properties",
+            "FunctionName",
+        ],
+    );
+    for (name, suffix) in [(&function, "-offboard"), (&worker, "-offboard-worker")] {
+        assert!(
+            name.contains(&format!("${{AWS::StackName}}{suffix}")),
+            "{name}"
+        );
+        assert!(
+            kill.contains(&format!("\"$STACK{suffix}\"")),
+            "kill-switch.md names {suffix}"
+        );
+    }
+    for (resource, what) in [
+        ("OffboardFunction", "29 s"),
+        ("OffboardWorkerFunction", "30 s"),
+    ] {
+        let timeout = template_fact(&t, &["Resources", resource, "Properties", "Timeout"]);
+        assert_eq!(
+            format!("{timeout} s"),
+            what,
+            "{resource}'s timeout changed: update kill-switch.md"
+        );
+        assert!(
+            kill.contains(what),
+            "kill-switch.md quotes {resource}'s timeout {what}"
+        );
+    }
+    for resource in ["OffboardFunction", "OffboardWorkerFunction"] {
+        let reserved = template_fact(
+            &t,
+            &[
+                "Resources",
+                resource,
+                "Properties",
+                "ReservedConcurrentExecutions",
+            ],
+        );
+        assert!(
+            kill.contains(&format!("--reserved-concurrent-executions {reserved}")),
+            "kill-switch.md's undo puts back {resource}'s reserved concurrency {reserved}"
+        );
+    }
+    let age = template_fact(
+        &t,
+        &[
+            "Resources",
+            "OffboardEventInvokeConfig",
+            "Properties",
+            "MaximumEventAgeInSeconds",
+        ],
+    );
+    assert!(
+        kill.contains(&format!("({age} s)")),
+        "kill-switch.md quotes MaximumEventAgeInSeconds {age}"
+    );
+    let receives = template_fact(
+        &t,
+        &[
+            "Resources",
+            "OffboardQueue",
+            "Properties",
+            "RedrivePolicy",
+            "maxReceiveCount",
+        ],
+    );
+    for page in ["redrive.md", "dlq.md"] {
+        let text = read(&format!("docs/src/operate/runbooks/{page}"));
+        assert!(
+            text.contains(&format!("`maxReceiveCount: {receives}`")),
+            "{page} quotes maxReceiveCount {receives}"
+        );
+    }
+    let retention = template_fact(
+        &t,
+        &[
+            "Resources",
+            "OffboardDeadLetterQueue",
+            "Properties",
+            "MessageRetentionPeriod",
+        ],
+    );
+    assert_eq!(
+        retention, "1209600",
+        "the dead-letter queue keeps 14 days: update redrive.md and dlq.md"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Configuration, metrics, error codes
 // ---------------------------------------------------------------------------
