@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A local run for docs/dashboard.png: mde-local over the simulated tenant,
+# A local run for docs/src/operate/dashboard.png (the book shows it on
+# the Dashboard page): mde-local over the simulated tenant,
 # the events/ samples sent a few times (plus a few badly signed requests),
 # its EMF lines captured and rendered by docs/render_dashboard.py.
 set -euo pipefail
@@ -23,4 +24,4 @@ for round in 1 2 3 4 5 6; do
   sleep 2
 done
 kill $pid; wait $pid 2>/dev/null || true
-python3 docs/render_dashboard.py "$log" -o docs/dashboard.png
+python3 docs/render_dashboard.py "$log" -o docs/src/operate/dashboard.png

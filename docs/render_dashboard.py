@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Renders the CloudWatch dashboard of template.yaml (OperatorDashboard) from
-the EMF lines of a local run, so the README can show what an operator sees.
+the EMF lines of a local run, so the book (Operate, Dashboard) can show
+what an operator sees.
 
-    python3 docs/render_dashboard.py EMF_LOG [-o docs/dashboard.png]
+    python3 docs/render_dashboard.py EMF_LOG [-o docs/src/operate/dashboard.png]
 
 EMF_LOG is the function's stdout (mde-local's, or the bootstrap's): lines
 that are not EMF objects are skipped. The widgets, their titles and their
@@ -202,7 +203,7 @@ def render(widgets, points, out: Path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("emf_log", type=Path)
-    ap.add_argument("-o", "--out", type=Path, default=ROOT / "docs" / "dashboard.png")
+    ap.add_argument("-o", "--out", type=Path, default=ROOT / "docs" / "src" / "operate" / "dashboard.png")
     ap.add_argument("--template", type=Path, default=ROOT / "template.yaml")
     args = ap.parse_args()
     widgets = dashboard_widgets(args.template)
