@@ -245,9 +245,16 @@ fn every_alarm_of_the_template_has_a_runbook_page() {
             summary.contains(&format!("({page})")),
             "SUMMARY.md should list {page} (the alarm {id})"
         );
+        // The page is named where the alarm's email lands.
+        let pointer = format!("operate/runbooks/{}", runbook_name(id));
+        let description = r["Properties"]["AlarmDescription"].as_str().unwrap_or("");
+        assert!(
+            description.contains(&format!("Runbook: {pointer}.")),
+            "{id}'s AlarmDescription should end with 'Runbook: {pointer}.'"
+        );
         alarms.push(id.to_string());
     }
-    assert!(alarms.len() >= 8, "the template's alarms: {alarms:?}");
+    assert!(alarms.len() >= 14, "the template's alarms: {alarms:?}");
     assert_eq!(runbook_name("DlqAlarm"), "dlq");
     assert_eq!(
         runbook_name("EventFailureQueueAlarm"),

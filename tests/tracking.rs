@@ -848,7 +848,7 @@ async fn the_servicenow_recipe_sends_what_write_back_needs() {
     let record = json!({
         "sys_id": "9d385017c611228701d22104cc95c371", "number": "INC0012345",
         "state": "Closed", "short_description": "Laptop stolen: laptop-17",
-        "cmdb_ci": "laptop-17.contoso.com",
+        "cmdb_ci": "LAPTOP-17", "cmdb_ci.fqdn": "laptop-17.contoso.com",
     });
     // `JSON.stringify({ key: current.<expr>, ... })`, evaluated against it.
     let literal = script
@@ -861,6 +861,15 @@ async fn the_servicenow_recipe_sends_what_write_back_needs() {
         let (key, expr) = pair.trim().split_once(':').expect("key: value");
         let expr = expr.trim();
         let field = |e: &str| e.split('\'').nth(1).map(str::to_string).unwrap_or_default();
+        // `a || b`: the first that is not empty, as JavaScript does.
+        let expr = expr
+            .split(" || ")
+            .find(|e| {
+                e.strip_prefix("current.")
+                    .and_then(|e| e.strip_suffix(".toString()"))
+                    .is_none_or(|f| record.get(f).is_some())
+            })
+            .unwrap_or(expr);
         let value = if expr == "current.getUniqueValue()" {
             record["sys_id"].clone()
         } else if expr.starts_with("current.getValue(") {
@@ -868,6 +877,11 @@ async fn the_servicenow_recipe_sends_what_write_back_needs() {
         } else if let Some(f) = expr
             .strip_prefix("current.")
             .and_then(|e| e.strip_suffix(".getDisplayValue()"))
+        {
+            record[f].clone()
+        } else if let Some(f) = expr
+            .strip_prefix("current.")
+            .and_then(|e| e.strip_suffix(".toString()"))
         {
             record[f].clone()
         } else if expr == "''" {
