@@ -107,8 +107,8 @@ fn body() -> String {
 }
 
 /// The signature the official Python library `lib` (`standardwebhooks` or
-/// `svix`) makes. Fails the test, never skips it, when Python or the
-/// library is missing.
+/// `svix`) makes, run by the tests' Python environment (made on first use).
+/// Fails the test, never skips it, when Python or the library is missing.
 fn python_sign(lib: &str, secret: &str, id: &str, ts: i64, body: &str) -> String {
     let script = format!(
         "import sys\nfrom datetime import datetime, timezone\nfrom {lib}.webhooks import Webhook\n\
@@ -116,15 +116,14 @@ fn python_sign(lib: &str, secret: &str, id: &str, ts: i64, body: &str) -> String
          body = sys.stdin.read()\n\
          print(Webhook(secret).sign(msg_id, datetime.fromtimestamp(ts, tz=timezone.utc), body))\n"
     );
-    let mut child = Command::new("python3")
+    let python = mde_testkit::python_env().python();
+    let mut child = Command::new(&python)
         .args(["-c", &script, secret, id, &ts.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!("python3 is needed for this test ({e}); then: pip install standardwebhooks svix")
-        });
+        .unwrap_or_else(|e| panic!("{} did not start: {e}", python.display()));
     child
         .stdin
         .take()
@@ -134,7 +133,7 @@ fn python_sign(lib: &str, secret: &str, id: &str, ts: i64, body: &str) -> String
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "the Python library '{lib}' could not sign (pip install standardwebhooks svix): {}",
+        "the Python library '{lib}' could not sign: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()

@@ -19,20 +19,20 @@ struct ChildGuard(Child, Option<std::process::ChildStdin>);
 
 static MOTO: OnceLock<Moto> = OnceLock::new();
 
-/// The shared moto server: `moto_server` must be on PATH
-/// (`pip install 'moto[server]'`, which `.ci/run` does).
+/// The shared moto server, from the tests' Python environment
+/// ([`crate::python_env`], made on first use).
 pub fn moto() -> &'static Moto {
     MOTO.get_or_init(|| {
+        let moto_server = crate::python_env().bin("moto_server");
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        let script = format!(
-            "command -v moto_server >/dev/null || exit 127; \
-             moto_server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; read _; kill $m"
-        );
+        let script =
+            format!("\"$0\" -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; read _; kill $m");
         let mut child = Command::new("sh")
             .args(["-c", &script])
+            .arg(&moto_server)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -44,9 +44,12 @@ pub fn moto() -> &'static Moto {
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("moto_server is not on PATH or did not start ({status}); pip install 'moto[server]'");
+                panic!("{} did not start ({status})", moto_server.display());
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "moto_server did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "moto_server did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Moto {
