@@ -82,7 +82,9 @@ pub enum Api {
     Offboard,
     GetAction,
     Cancel,
-    /// Any Defender API call (not login).
+    /// Entra ID's keys endpoint (`/{tenant}/discovery/v2.0/keys`).
+    Keys,
+    /// Any Defender API call (not login, not the keys).
     AnyDefender,
 }
 
@@ -161,6 +163,8 @@ struct Inner {
     /// identity credential over tokens from this STS.
     federation: Option<(crate::sts::FakeSts, Option<FederatedCredential>)>,
     assertion_logins: usize,
+    /// The keys the tenant publishes; `None`: `TestKey::shared()`.
+    signing_keys: Option<Vec<crate::entra::TestKey>>,
 }
 
 impl Inner {
@@ -222,6 +226,7 @@ impl FakeDefender {
         }));
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .route("/{tenant}/discovery/v2.0/keys", get(signing_keys))
             .route("/api/machines", get(list_machines))
             .route("/api/machines/{id}", get(get_machine))
             .route("/api/machines/{id}/offboard", post(offboard))
@@ -305,7 +310,7 @@ impl FakeDefender {
         self.lock()
             .calls
             .iter()
-            .filter(|c| api == Api::AnyDefender && c.api != Api::Login || c.api == api)
+            .filter(|c| api == Api::AnyDefender && c.api.is_defender() || c.api == api)
             .count()
     }
 
@@ -376,6 +381,48 @@ impl FakeDefender {
     pub fn reset_calls(&self) {
         self.lock().calls.clear();
     }
+
+    /// The tenant publishes these keys from now on (a key rolled over,
+    /// say); by default it publishes `TestKey::shared()`.
+    pub fn publish_keys(&self, keys: &[crate::entra::TestKey]) {
+        self.lock().signing_keys = Some(keys.to_vec());
+    }
+}
+
+impl Api {
+    /// A Defender API call, not Entra ID's.
+    fn is_defender(self) -> bool {
+        !matches!(self, Api::Login | Api::Keys)
+    }
+}
+
+/// Entra ID's v2.0 keys endpoint for any tenant: the published keys, each
+/// with the tenant's v2.0 issuer as Entra ID's v2.0 key sets carry it.
+async fn signing_keys(
+    State(st): State<Shared>,
+    Path(tenant): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let call = new_call(Api::Keys, &method, &uri, &headers, b"");
+    let call = match intercept(&st, call).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let issuer = format!("http://{host}/{tenant}/v2.0");
+    let keys = st
+        .lock()
+        .expect("fake state")
+        .signing_keys
+        .clone()
+        .unwrap_or_else(|| vec![crate::entra::TestKey::shared().clone()]);
+    let jwks: Vec<Value> = keys.iter().map(|k| k.jwk(&issuer)).collect();
+    record(&st, call, reply(200, json!({ "keys": jwks })))
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -398,7 +445,7 @@ async fn intercept(st: &Shared, mut call: Call) -> Result<Call, Response> {
     let fault = {
         let mut inner = st.lock().expect("fake state");
         let pos = inner.faults.iter().position(|(a, part, _)| {
-            (*a == call.api || (*a == Api::AnyDefender && call.api != Api::Login))
+            (*a == call.api || (*a == Api::AnyDefender && call.api.is_defender()))
                 && part.as_deref().is_none_or(|p| call.path.contains(p))
         });
         pos.and_then(|p| inner.faults.remove(p)).map(|(_, _, f)| f)
