@@ -479,6 +479,8 @@ impl Scheme {
             } => {
                 let tenant = self.entra_tenant(secret).ok_or(AuthError::NoEntraTenant)?;
                 let token = credentials(value, "bearer")?;
+                // A token that could never pass is refused as it is.
+                acceptable_kid(token)?;
                 let (tenant, keys) = ring.get(&tenant).ok_or(AuthError::KeysUnavailable)?;
                 verify_entra_token(token, tenant, keys, audiences, principals, req.now)?;
             }
@@ -529,13 +531,15 @@ fn jwt_header(token: &str) -> Result<(String, Option<String>), TokenProblem> {
 }
 
 /// The header's `kid` when the token is one an `entra-jwt` scheme could
-/// accept (RS256 with a kid): the key to fetch. Anything else is refused
-/// without a fetch.
-fn wanted_kid(token: &str) -> Option<String> {
-    match jwt_header(token) {
-        Ok((alg, Some(kid))) if alg == "RS256" && !kid.is_empty() => Some(kid),
-        _ => None,
+/// accept (RS256 with a kid): the key to look up or fetch. Anything else is
+/// refused as it is, without a fetch.
+fn acceptable_kid(token: &str) -> Result<String, TokenProblem> {
+    let (alg, kid) = jwt_header(token)?;
+    if alg != "RS256" {
+        return Err(TokenProblem::Algorithm(shown(&alg)));
     }
+    kid.filter(|k| !k.is_empty())
+        .ok_or(TokenProblem::Malformed("the header has no kid"))
 }
 
 /// The claims an Entra ID access token is checked on.
@@ -578,11 +582,8 @@ pub fn verify_entra_token(
     principals: &[String],
     now: i64,
 ) -> Result<(), TokenProblem> {
-    let (alg, kid) = jwt_header(token)?;
-    if alg != "RS256" {
-        return Err(TokenProblem::Algorithm(shown(&alg)));
-    }
-    let kid = kid.ok_or(TokenProblem::Malformed("the header has no kid"))?;
+    let kid = acceptable_kid(token)?;
+    let alg = "RS256";
     let key = keys
         .get(&kid)
         .ok_or_else(|| TokenProblem::UnknownKey(shown(&kid)))?;
@@ -599,7 +600,7 @@ pub fn verify_entra_token(
                 TokenProblem::BadSignature(shown(&kid))
             }
             jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
-                TokenProblem::Algorithm(shown(&alg))
+                TokenProblem::Algorithm(shown(alg))
             }
             _ => TokenProblem::Malformed("the payload is not a JSON object of claims"),
         })?
@@ -794,7 +795,7 @@ impl AuthDef {
                 .presented(req)
                 .ok()
                 .and_then(|v| credentials(v, "bearer").ok())
-                .and_then(wanted_kid);
+                .and_then(|t| acceptable_kid(t).ok());
             if let Some(kid) = kid {
                 let want = (EntraTenant::new(login_url, tenant), kid);
                 if !wanted.contains(&want) {
