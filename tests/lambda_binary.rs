@@ -257,7 +257,7 @@ async fn the_binary_admits_an_entra_token_and_logs_why_it_refuses_one() {
         .env("MDE_API_URL", fake.url())
         .env("MDE_LOGIN_URL", fake.url())
         .env("SOURCES", sources.to_string())
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", "trace");
     let child = run(cmd);
 
     let key = TestKey::shared();
