@@ -247,3 +247,39 @@ async fn a_request_without_a_token_is_refused_before_the_secret_or_keys_are_read
     );
     assert_eq!(h.fake.count(Api::Keys), 0);
 }
+
+/// The whole path as a service principal takes it: a client-credentials
+/// token from the tenant's token endpoint for `api://mde-offboard/.default`,
+/// then the call. The same fake tenant issues the token and publishes the
+/// key that signed it.
+#[tokio::test]
+async fn a_token_from_the_tenants_token_endpoint_is_admitted() {
+    use mde_testkit::entra::{CALLER_APPID, CALLER_SECRET};
+    let h = harness().await;
+    let url = format!("{}/{TENANT_ID}/oauth2/v2.0/token", h.fake.url());
+    let login = async |secret: &str, scope: &str| {
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", CALLER_APPID),
+            ("client_secret", secret),
+            ("scope", scope),
+        ];
+        let r = reqwest::Client::new()
+            .post(&url)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let (status, answer) = login(CALLER_SECRET, "api://mde-offboard/.default").await;
+    assert_eq!(status, 200, "{answer}");
+    let token = answer["access_token"].as_str().unwrap();
+    let (status, b, _) = h.send(incident(token)).await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(results(&b)[0]["status"], "offboard_requested");
+    // Entra ID's refusals at the token endpoint, as it answers them.
+    assert_eq!(login("wrong", "api://mde-offboard/.default").await.0, 401);
+    let (status, e) = login(CALLER_SECRET, "api://another-app/.default").await;
+    assert_eq!((status, e["error_codes"][0].as_u64()), (400, Some(500011)));
+}

@@ -599,6 +599,8 @@ async fn token(
             70003,
             "The app requested an unsupported grant type.",
         )
+    } else if form.get("client_id").map(String::as_str) == Some(crate::entra::CALLER_APPID) {
+        caller_token(&st, &tenant, &form)
     } else if form.get("client_id").map(String::as_str) != Some(CLIENT_ID) {
         bad(
             400,
@@ -641,6 +643,45 @@ async fn token(
         )
     };
     record(&st, call, r)
+}
+
+/// The playbook's identity (`entra::CALLER_APPID`) asks for a token for
+/// the function's webhook (`scope` `api://mde-offboard/.default` or the
+/// app's client id): an RS256 v1.0 access token signed with the first key
+/// the tenant publishes, as Entra ID issues it to a client-credentials
+/// caller, audience the resource as asked.
+fn caller_token(st: &Shared, tenant: &str, form: &HashMap<String, String>) -> Response {
+    use crate::entra::{AUDIENCE_ID, AUDIENCE_URI, CALLER_SECRET, TestKey, v1_claims};
+    if form.get("client_secret").map(String::as_str) != Some(CALLER_SECRET) {
+        return reply(
+            401,
+            json!({"error": "invalid_client", "error_codes": [7000215],
+                "error_description": "AADSTS7000215: Invalid client secret provided."}),
+        );
+    }
+    let scope = form.get("scope").map(String::as_str).unwrap_or("");
+    let Some(audience) = [AUDIENCE_URI, AUDIENCE_ID]
+        .into_iter()
+        .find(|a| scope == format!("{a}/.default"))
+    else {
+        return reply(
+            400,
+            json!({"error": "invalid_resource", "error_codes": [500011],
+                "error_description": format!("AADSTS500011: The resource principal named {scope} was not found in the tenant.")}),
+        );
+    };
+    let key = st
+        .lock()
+        .expect("fake state")
+        .signing_keys
+        .as_ref()
+        .and_then(|k| k.first().cloned())
+        .unwrap_or_else(|| TestKey::shared().clone());
+    let token = key.token(&v1_claims(tenant, audience));
+    reply(
+        200,
+        json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token}),
+    )
 }
 
 /// The login is by a federated client assertion: the app trusts an STS and

@@ -5,7 +5,9 @@
 //! writes into app-only tokens, signed RS256 with that key.
 //!
 //! The fake tenant (`FakeDefender`) serves the published keys at
-//! `/{tenant}/discovery/v2.0/keys`.
+//! `/{tenant}/discovery/v2.0/keys`, and issues such a token to the caller
+//! `CALLER_APPID` at its token endpoint (client credentials, `scope`
+//! `api://mde-offboard/.default`).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,6 +27,9 @@ pub const AUDIENCE_ID: &str = "6e74172b-be56-4843-9ff4-e66a39bb12e3";
 /// principal (`oid`) and its application id (`appid`, `azp`).
 pub const CALLER_OID: &str = "69022be0-ff1a-4d56-abd1-7e4f7d38e474";
 pub const CALLER_APPID: &str = "75dbe77f-10a3-4e59-85fd-8c127544f17c";
+/// The caller's client secret at the fake tenant's token endpoint, for a
+/// caller that is a service principal rather than a managed identity.
+pub const CALLER_SECRET: &str = "fake-playbook-secret-never-log";
 
 /// Another tenant's caller: a token Entra ID issued in another directory.
 pub const OTHER_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
