@@ -31,6 +31,12 @@ pub enum ApiError {
     NotJson(String),
     #[error("the signature could not be verified: {0}")]
     Unauthorized(#[from] AuthError),
+    /// The caller's credentials could not be checked now (Entra ID's keys
+    /// unreachable): never an acceptance, a retry later.
+    #[error(
+        "the request's credentials cannot be checked at the moment; retry later (the function's log says why)"
+    )]
+    AuthUnavailable,
     #[error("the delivery is not fresh: {0}")]
     Stale(#[from] StaleError),
     #[error("{0}")]
@@ -93,6 +99,7 @@ impl ApiError {
             Self::TooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large", None),
             Self::NotJson(_) => (S::BAD_REQUEST, "invalid_json", None),
             Self::Unauthorized(_) => (S::UNAUTHORIZED, "unauthorized", None),
+            Self::AuthUnavailable => (S::SERVICE_UNAVAILABLE, "auth_unavailable", soon),
             Self::Stale(_) => (S::UNAUTHORIZED, "stale", None),
             Self::Field(e) => match e {
                 FieldError::Missing { .. } => (S::BAD_REQUEST, "missing_field", None),

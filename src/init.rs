@@ -8,6 +8,7 @@ use crate::adapters::callback::Callbacks;
 use crate::adapters::defender_http::HttpDefender;
 use crate::adapters::dynamodb::DynamoLedger;
 use crate::adapters::entra::TokenProvider;
+use crate::adapters::entra_keys::HttpSigningKeys;
 use crate::adapters::secrets_manager::SecretsManagerSource;
 use crate::adapters::sqs::SqsQueue;
 use crate::adapters::sts::StsIdentityTokens;
@@ -185,8 +186,9 @@ impl Wiring {
             // Asked in this order for each final outcome.
             follow_ups: vec![
                 Arc::new(Callbacks::new(http.clone())),
-                Arc::new(WriteBacks::new(http)),
+                Arc::new(WriteBacks::new(http.clone())),
             ],
+            signing_keys: Arc::new(HttpSigningKeys::new(http)),
         };
         Instance {
             app: App::new(config, ports),

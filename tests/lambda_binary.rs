@@ -237,3 +237,79 @@ async fn bad_configuration_ends_init_with_one_line_naming_the_variable() {
         assert_eq!(runtime.next_calls(), 0);
     }
 }
+
+/// The `entra-jwt` scheme in the built binary: a managed identity's token
+/// is admitted through the generic route; a refused one is 401 with the
+/// fixed sentence while the log names the reason; neither token is logged.
+#[tokio::test]
+async fn the_binary_admits_an_entra_token_and_logs_why_it_refuses_one() {
+    use mde_testkit::defender::TENANT_ID;
+    use mde_testkit::entra::{AUDIENCE_URI, CALLER_OID, TestKey, v1_claims};
+
+    let runtime = FakeRuntime::start().await;
+    let fake = FakeDefender::start(demo_machines()).await;
+    let secret = put_secret(&mde_testkit::secret_json()).await;
+    let sources = json!({"sources": {"generic": {"auth": {"scheme": "entra-jwt",
+        "audiences": [AUDIENCE_URI], "principals": [CALLER_OID]}}}});
+    let mut cmd = bootstrap(&runtime);
+    cmd.env("SECRET_ID", &secret)
+        .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &moto::moto().endpoint)
+        .env("MDE_API_URL", fake.url())
+        .env("MDE_LOGIN_URL", fake.url())
+        .env("SOURCES", sources.to_string())
+        .env("RUST_LOG", "trace");
+    let child = run(cmd);
+
+    let key = TestKey::shared();
+    let good = key.token(&v1_claims(TENANT_ID, AUDIENCE_URI));
+    let body =
+        json!({"ticket": "INC-77", "comment": "Retired by the playbook", "devices": [ids::WIN11]})
+            .to_string();
+    let event = |token: &str| {
+        mde_testkit::events::http_api_v2(
+            "POST",
+            "/v1/offboard",
+            &[("authorization", &format!("Bearer {token}"))],
+            &body,
+        )
+    };
+    let first = runtime.invoke(event(&good), Duration::from_secs(20)).await;
+    if first.is_none() {
+        let (o, e) = output_of(child).await;
+        panic!("no answer; the binary said:\n{o}\n{e}");
+    }
+    let (status, answer, _) = response_of(first);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"][0]["status"], "offboard_requested");
+    assert_eq!(fake.count(Api::Keys), 1);
+
+    let mut claims = v1_claims(TENANT_ID, AUDIENCE_URI);
+    claims["aud"] = json!("api://another-app");
+    let refused = key.token(&claims);
+    let (status, err, _) = response_of(
+        runtime
+            .invoke(event(&refused), Duration::from_secs(20))
+            .await,
+    );
+    assert_eq!(status, 401);
+    assert_eq!(
+        err["error"]["message"],
+        "the request could not be authenticated; the function's log says why."
+    );
+    assert_eq!(fake.count(Api::Keys), 1, "the cached keys served");
+
+    let (stdout, stderr) = output_of(child).await;
+    let logs = format!("{stdout}{stderr}");
+    let refusal = logs
+        .lines()
+        .find(|l| l.contains("request refused") && l.contains("401"))
+        .unwrap_or_else(|| panic!("no refusal line:\n{logs}"));
+    assert!(
+        refusal.contains("audience") && refusal.contains("api://another-app"),
+        "the log says why: {refusal}"
+    );
+    for (what, token) in [("accepted token", &good), ("refused token", &refused)] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!logs.contains(signature), "the {what} appears in the logs");
+    }
+}

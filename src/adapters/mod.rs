@@ -15,6 +15,7 @@ pub mod callback;
 pub mod defender_http;
 pub mod dynamodb;
 pub mod entra;
+pub mod entra_keys;
 pub mod memory;
 pub mod sdk_http;
 pub mod secrets_manager;

@@ -34,8 +34,9 @@ use crate::domain::ledger::{DeliveryClaims, DeviceRecords, OffboardBudget};
 use crate::domain::offboard::{Budget, Offboarder};
 use crate::domain::queue::{Queue, QueueWriter};
 use crate::domain::secret::{AppSecret, SecretCache};
+use crate::domain::signing_keys::{SigningKeyCache, SigningKeySource};
 use crate::error::ApiError;
-use crate::intake::auth::{Admitted, AuthDef, Presented};
+use crate::intake::auth::{Admitted, AuthDef, AuthError, KeyRing, Presented};
 use idempotency::ReplayCache;
 
 /// The ports the core runs over, wired by `init` (or a test).
@@ -45,6 +46,8 @@ pub struct Ports {
     /// Where a final outcome goes besides the ledger and the audit line
     /// (callbacks, ticket write-backs), each asked in turn.
     pub follow_ups: Vec<Arc<dyn FollowUp>>,
+    /// Entra ID's published keys, for `entra-jwt` sources.
+    pub signing_keys: Arc<dyn SigningKeySource>,
 }
 
 pub struct App {
@@ -58,6 +61,7 @@ pub struct App {
     pub(crate) replay: ReplayCache,
     pub(crate) tracker: tracking::Tracker,
     pub(crate) follow_ups: Vec<Arc<dyn FollowUp>>,
+    pub(crate) signing_keys: SigningKeyCache,
     /// Until the first invocation: for the `cold_start` log key.
     pub cold: AtomicBool,
 }
@@ -110,6 +114,7 @@ impl App {
             replay: ReplayCache::default(),
             tracker,
             follow_ups: ports.follow_ups,
+            signing_keys: SigningKeyCache::new(ports.signing_keys),
             cold: AtomicBool::new(true),
         }
     }
@@ -159,11 +164,25 @@ impl App {
             tracing::warn!(error = %e, "the secret could not be used to check a request");
             e.for_an_unknown_caller()
         })?;
-        let admitted = auth.verify(presented, &secret).inspect_err(|e| {
-            if e.is_config_error() {
-                tracing::warn!(reason = %e, "webhook secret configuration error");
+        // `entra-jwt`: the tenant's signing keys, fetched (or taken from
+        // the cache) only for a token that could be accepted.
+        let mut ring = KeyRing::default();
+        for (tenant, kid) in auth.keys_wanted(presented, &secret, &self.config.login_url) {
+            if let Ok(keys) = self.signing_keys.keys_for(&tenant, &kid).await {
+                ring.insert(tenant, keys);
             }
-        })?;
+        }
+        let admitted = auth
+            .verify_with(presented, &secret, &ring)
+            .inspect_err(|e| {
+                if e.is_config_error() {
+                    tracing::warn!(reason = %e, "webhook secret configuration error");
+                }
+            })
+            .map_err(|e| match e {
+                AuthError::KeysUnavailable => ApiError::AuthUnavailable,
+                e => e.into(),
+            })?;
         Ok((secret, admitted))
     }
 }

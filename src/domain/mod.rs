@@ -16,4 +16,5 @@ pub mod offboard;
 pub mod policy;
 pub mod queue;
 pub mod secret;
+pub mod signing_keys;
 pub mod tracking;

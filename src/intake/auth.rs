@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 use thiserror::Error;
 
 use crate::domain::secret::AppSecret;
+use crate::domain::signing_keys::{EntraTenant, KeySet, TenantGuid, is_guid};
 use crate::support::webhook_sig::{
     KeyError, LENIENT_B64, MIN_KEY_LEN, SigError, StandardHeaders, StandardWebhooks, any_matches,
     hmac_sha256, secret_key, strong_key,
@@ -38,14 +39,76 @@ pub enum AuthError {
     /// A configuration error: the key is named, its value never.
     #[error("webhook_secrets.{key} {problem}; the source refuses every call until it is fixed")]
     WeakKey { key: String, problem: KeyProblem },
+    /// An `entra-jwt` token failed a check; what it named is in the log,
+    /// never in the answer.
+    #[error("the Entra ID token {0}")]
+    Token(TokenProblem),
+    /// The tenant's signing keys could not be had: the caller is answered
+    /// 503, never let in.
+    #[error("the Entra ID signing keys could not be fetched, so no token can be checked")]
+    KeysUnavailable,
+    /// A configuration error: no tenant id to check tokens against.
+    #[error(
+        "entra-jwt needs the Entra tenant's id (a GUID) in the scheme's 'tenant_id' or the secret's 'tenant_id'; the source refuses every call until it is fixed"
+    )]
+    NoEntraTenant,
 }
 
 impl AuthError {
     /// The operator's mistake, not the caller's: worth a warning in the log.
     pub fn is_config_error(&self) -> bool {
-        matches!(self, Self::NoSecret(_) | Self::WeakKey { .. })
+        matches!(
+            self,
+            Self::NoSecret(_) | Self::WeakKey { .. } | Self::NoEntraTenant
+        )
     }
 }
+
+/// Why an Entra ID access token was refused. The values shown are the
+/// token's own claims (never the token, nor its signature), quoted and cut
+/// short, for the log.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TokenProblem {
+    #[error("is not a JWT: {0}")]
+    Malformed(&'static str),
+    #[error("is signed with {0}; only RS256 is accepted")]
+    Algorithm(String),
+    #[error("names key {0}, which the tenant does not publish")]
+    UnknownKey(String),
+    #[error("has a signature that does not verify with the tenant's key {0}")]
+    BadSignature(String),
+    #[error("was issued by {0}, not by the tenant's v1 or v2 issuer")]
+    Issuer(String),
+    #[error("names tenant {0}, not the source's")]
+    Tenant(String),
+    #[error("is signed with a key Entra ID gives to issuer {0}, not to the tenant")]
+    KeyIssuer(String),
+    #[error("is for audience {0}, not one of the source's audiences")]
+    Audience(String),
+    #[error("has no usable '{0}' claim")]
+    MissingClaim(&'static str),
+    #[error("expired at {0} (unix seconds; 300 s of leeway)")]
+    Expired(i64),
+    #[error("is not valid before {0} (unix seconds; 300 s of leeway)")]
+    NotYetValid(i64),
+    #[error("was issued to caller {0}, which is not one of the source's principals")]
+    CallerNotAllowed(String),
+}
+
+impl From<TokenProblem> for AuthError {
+    fn from(p: TokenProblem) -> Self {
+        Self::Token(p)
+    }
+}
+
+/// A claim's value for the log: quoted, escaped, at most 100 characters.
+fn shown(value: &str) -> String {
+    let cut: String = value.chars().take(100).collect();
+    format!("{cut:?}")
+}
+
+/// How far `exp` and `nbf` may be off: the contract's 300 s.
+pub const TOKEN_LEEWAY_SECS: i64 = 300;
 
 /// Why a webhook secret's value cannot be used as a key: the key rule
 /// every MAC key follows, or a `basic` secret that is no pair.
@@ -199,6 +262,54 @@ pub enum Scheme {
         #[serde(deserialize_with = "crate::support::config_de::non_empty_list")]
         principals: Vec<PrincipalPattern>,
     },
+    /// An access token Entra ID issued to the caller (a managed identity,
+    /// a service principal): `Authorization: Bearer <JWT>`.
+    EntraJwt {
+        /// The token's `aud` must be one of these (an Application ID URI
+        /// for v1.0 tokens, the app's client id for v2.0 tokens).
+        #[serde(deserialize_with = "filled_list")]
+        audiences: Vec<String>,
+        /// Object ids (`oid`) or, for a token without one, application ids
+        /// (`azp`, `appid`) of the callers let in; lowercase.
+        #[serde(deserialize_with = "guid_list")]
+        principals: Vec<String>,
+        /// The tenant whose tokens are accepted; the secret's `tenant_id`
+        /// when unset.
+        #[serde(default, deserialize_with = "some_guid")]
+        tenant_id: Option<String>,
+    },
+}
+
+/// A list of non-empty strings, at least one. Inside a tagged enum serde
+/// loses the path to a custom error, so the message names `field`.
+fn strings(v: Vec<String>, field: &str) -> Result<Vec<String>, String> {
+    if v.is_empty() || v.iter().any(|s| s.trim().is_empty()) {
+        return Err(format!(
+            "'{field}' must be a non-empty list of non-empty strings"
+        ));
+    }
+    Ok(v)
+}
+
+fn filled_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    strings(Vec::deserialize(d)?, "audiences").map_err(de::Error::custom)
+}
+
+fn guid_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = strings(Vec::deserialize(d)?, "principals").map_err(de::Error::custom)?;
+    if let Some(bad) = list.iter().find(|s| !is_guid(s.trim())) {
+        return Err(de::Error::custom(format!(
+            "'principals' holds {bad:?}, which is not an object or application id (a GUID)"
+        )));
+    }
+    Ok(list.iter().map(|s| s.trim().to_ascii_lowercase()).collect())
+}
+
+fn some_guid<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    TenantGuid::parse(&s)
+        .map(|t| Some(t.as_str().to_string()))
+        .ok_or_else(|| de::Error::custom("'tenant_id' is not a tenant id (a GUID)"))
 }
 
 /// A secret's key, a header name or an ARN pattern: never empty.
@@ -247,6 +358,10 @@ impl Scheme {
             ),
             Self::ApiKey { header, .. } => one(header, key.to_string()),
             Self::Iam { .. } => Err("an iam source is signed by AWS SigV4, not with a key".into()),
+            Self::EntraJwt { .. } => Err(
+                "an entra-jwt source takes an access token Entra ID issues to the caller, not a key"
+                    .into(),
+            ),
         }
     }
 
@@ -258,7 +373,18 @@ impl Scheme {
             | Self::Bearer { secret }
             | Self::Basic { secret }
             | Self::ApiKey { secret, .. } => Some(secret),
-            Self::Iam { .. } => None,
+            Self::Iam { .. } | Self::EntraJwt { .. } => None,
+        }
+    }
+
+    /// The tenant an `entra-jwt` scheme accepts tokens from: its own
+    /// `tenant_id`, else the secret's (when that is a GUID).
+    fn entra_tenant(&self, secret: &AppSecret) -> Option<TenantGuid> {
+        match self {
+            Self::EntraJwt { tenant_id, .. } => {
+                TenantGuid::parse(tenant_id.as_deref().unwrap_or(&secret.tenant_id))
+            }
+            _ => None,
         }
     }
 
@@ -276,7 +402,9 @@ impl Scheme {
             // Header names in a definition are free text; a name that is
             // not a valid header is simply never present.
             Self::HmacSha256Hex { header: name, .. } => read(name, "signature header"),
-            Self::Bearer { .. } | Self::Basic { .. } => read("authorization", "authorization"),
+            Self::Bearer { .. } | Self::Basic { .. } | Self::EntraJwt { .. } => {
+                read("authorization", "authorization")
+            }
             Self::ApiKey { header: name, .. } => read(name, "api key header"),
             Self::Iam { .. } => req.caller_arn.ok_or(AuthError::NoIamIdentity),
         }
@@ -300,12 +428,15 @@ impl Scheme {
         Ok(values)
     }
 
-    /// Verifies `value`, what `presented` found, with this scheme's keys.
+    /// Verifies `value`, what `presented` found, with this scheme's keys
+    /// (an `entra-jwt` scheme: with its tenant's signing keys in `ring`).
     fn verify(
         &self,
         req: &Presented<'_>,
         value: &str,
         keys: &[String],
+        secret: &AppSecret,
+        ring: &KeyRing,
     ) -> Result<Admitted, AuthError> {
         match self {
             Self::StandardWebhooks { .. } => {
@@ -341,8 +472,206 @@ impl Scheme {
                     return Err(AuthError::PrincipalNotAllowed);
                 }
             }
+            Self::EntraJwt {
+                audiences,
+                principals,
+                ..
+            } => {
+                let tenant = self.entra_tenant(secret).ok_or(AuthError::NoEntraTenant)?;
+                let token = credentials(value, "bearer")?;
+                // A token that could never pass is refused as it is.
+                acceptable_kid(token)?;
+                let (tenant, keys) = ring.get(&tenant).ok_or(AuthError::KeysUnavailable)?;
+                verify_entra_token(token, tenant, keys, audiences, principals, req.now)?;
+            }
         }
         Ok(Admitted { delivery_id: None })
+    }
+}
+
+/// The signing keys fetched for one request's `entra-jwt` schemes, by
+/// tenant. A tenant missing here is one whose keys could not be fetched.
+#[derive(Debug, Default, Clone)]
+pub struct KeyRing {
+    sets: Vec<(EntraTenant, std::sync::Arc<KeySet>)>,
+}
+
+impl KeyRing {
+    pub fn insert(&mut self, tenant: EntraTenant, keys: std::sync::Arc<KeySet>) {
+        self.sets.push((tenant, keys));
+    }
+
+    fn get(&self, tenant: &TenantGuid) -> Option<(&EntraTenant, &KeySet)> {
+        self.sets
+            .iter()
+            .find(|(t, _)| t.tenant == *tenant)
+            .map(|(t, k)| (t, k.as_ref()))
+    }
+}
+
+/// A JWT's header, read before any key is fetched: its `alg` and `kid`.
+fn jwt_header(token: &str) -> Result<(String, Option<String>), TokenProblem> {
+    #[derive(Deserialize)]
+    struct Header {
+        alg: Option<String>,
+        kid: Option<String>,
+    }
+    let mut parts = token.split('.');
+    let (Some(head), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenProblem::Malformed("not three dot-separated parts"));
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(head)
+        .map_err(|_| TokenProblem::Malformed("the header is not base64url"))?;
+    let h: Header = serde_json::from_slice(&bytes)
+        .map_err(|_| TokenProblem::Malformed("the header is not a JSON object"))?;
+    Ok((h.alg.unwrap_or_default(), h.kid))
+}
+
+/// The header's `kid` when the token is one an `entra-jwt` scheme could
+/// accept (RS256 with a kid): the key to look up or fetch. Anything else is
+/// refused as it is, without a fetch.
+fn acceptable_kid(token: &str) -> Result<String, TokenProblem> {
+    let (alg, kid) = jwt_header(token)?;
+    if alg != "RS256" {
+        return Err(TokenProblem::Algorithm(shown(&alg)));
+    }
+    kid.filter(|k| !k.is_empty())
+        .ok_or(TokenProblem::Malformed("the header has no kid"))
+}
+
+/// The claims an Entra ID access token is checked on.
+#[derive(Deserialize)]
+struct EntraClaims {
+    iss: Option<Value>,
+    aud: Option<Value>,
+    exp: Option<Value>,
+    nbf: Option<Value>,
+    tid: Option<Value>,
+    oid: Option<Value>,
+    azp: Option<Value>,
+    appid: Option<Value>,
+}
+
+fn text(v: &Option<Value>) -> Option<&str> {
+    v.as_ref().and_then(Value::as_str)
+}
+
+/// Whole seconds from a NumericDate (an integer, or a number with a
+/// fraction, as RFC 7519 allows).
+fn seconds(v: &Option<Value>, name: &'static str) -> Result<i64, TokenProblem> {
+    let v = v.as_ref().ok_or(TokenProblem::MissingClaim(name))?;
+    v.as_i64()
+        .or_else(|| v.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+        .ok_or(TokenProblem::MissingClaim(name))
+}
+
+/// Checks an access token Entra ID issued, as Microsoft's validators do:
+/// RS256 only, the signature with the tenant's key named by `kid`, the
+/// issuer (the tenant's v1.0 or v2.0 one) and `tid`, the key's own issuer
+/// where the key set names one, the audience, `exp` and `nbf` within
+/// `TOKEN_LEEWAY_SECS`, and the caller: `oid`, or where there is none the
+/// client's id (`azp` in v2.0 tokens, `appid` in v1.0 ones).
+pub fn verify_entra_token(
+    token: &str,
+    tenant: &EntraTenant,
+    keys: &KeySet,
+    audiences: &[String],
+    principals: &[String],
+    now: i64,
+) -> Result<(), TokenProblem> {
+    let kid = acceptable_kid(token)?;
+    let alg = "RS256";
+    let key = keys
+        .get(&kid)
+        .ok_or_else(|| TokenProblem::UnknownKey(shown(&kid)))?;
+    // The crate checks the algorithm again and the signature; the claims
+    // are checked below, against the request's own clock.
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let claims = jsonwebtoken::decode::<EntraClaims>(token, &key.key, &validation)
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                TokenProblem::BadSignature(shown(&kid))
+            }
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                TokenProblem::Algorithm(shown(alg))
+            }
+            _ => TokenProblem::Malformed("the payload is not a JSON object of claims"),
+        })?
+        .claims;
+
+    let iss = text(&claims.iss).ok_or(TokenProblem::MissingClaim("iss"))?;
+    let (v1, v2) = (tenant.v1_issuer(), tenant.v2_issuer());
+    let version_2 = iss == v2;
+    if !version_2 && iss != v1 {
+        return Err(TokenProblem::Issuer(shown(iss)));
+    }
+    if let Some(tid) = claims.tid.as_ref() {
+        let tid = tid.as_str().unwrap_or("");
+        if !tid.eq_ignore_ascii_case(tenant.tenant.as_str()) {
+            return Err(TokenProblem::Tenant(shown(tid)));
+        }
+    }
+    // Microsoft's signing-key issuer check: a key Entra ID gives to one
+    // issuer (a `{tenantid}` template, or one tenant) signs for it only.
+    if let Some(key_issuer) = key.issuer.as_deref() {
+        let effective = replace_tenant_template(key_issuer, tenant.tenant.as_str());
+        if effective != v2 && effective != iss {
+            return Err(TokenProblem::KeyIssuer(shown(key_issuer)));
+        }
+    }
+    let aud_ok = match claims.aud.as_ref() {
+        Some(Value::String(a)) => audiences.iter().any(|x| x == a),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|a| audiences.iter().any(|x| x == a)),
+        _ => return Err(TokenProblem::MissingClaim("aud")),
+    };
+    if !aud_ok {
+        return Err(TokenProblem::Audience(match claims.aud.as_ref() {
+            Some(Value::String(a)) => shown(a),
+            other => shown(&other.map(Value::to_string).unwrap_or_default()),
+        }));
+    }
+    let exp = seconds(&claims.exp, "exp")?;
+    if now > exp.saturating_add(TOKEN_LEEWAY_SECS) {
+        return Err(TokenProblem::Expired(exp));
+    }
+    let nbf = seconds(&claims.nbf, "nbf")?;
+    if now < nbf.saturating_sub(TOKEN_LEEWAY_SECS) {
+        return Err(TokenProblem::NotYetValid(nbf));
+    }
+    let client = if version_2 {
+        &claims.azp
+    } else {
+        &claims.appid
+    };
+    let caller = text(&claims.oid)
+        .or_else(|| text(client))
+        .ok_or(TokenProblem::MissingClaim("oid"))?;
+    if !principals.iter().any(|p| p.eq_ignore_ascii_case(caller)) {
+        return Err(TokenProblem::CallerNotAllowed(shown(caller)));
+    }
+    Ok(())
+}
+
+/// `{tenantid}` (any case) replaced with `tenant`.
+fn replace_tenant_template(issuer: &str, tenant: &str) -> String {
+    const TEMPLATE: &str = "{tenantid}";
+    match issuer.to_ascii_lowercase().find(TEMPLATE) {
+        Some(at) => format!(
+            "{}{tenant}{}",
+            &issuer[..at],
+            &issuer[at + TEMPLATE.len()..]
+        ),
+        None => issuer.to_string(),
     }
 }
 
@@ -441,10 +770,52 @@ impl AuthDef {
         }
     }
 
-    /// Verifies a request with the secrets in `secret`. Every scheme's keys
-    /// must pass the key rules, or the source refuses every call: a broken
-    /// key is fixed by the operator, not worked around by another scheme.
+    /// Verifies a request with the secrets in `secret`, no Entra ID keys
+    /// at hand (an `entra-jwt` scheme then refuses: keys unavailable).
     pub fn verify(&self, req: &Presented<'_>, secret: &AppSecret) -> Result<Admitted, AuthError> {
+        self.verify_with(req, secret, &KeyRing::default())
+    }
+
+    /// The Entra ID key sets this request needs: for each `entra-jwt`
+    /// scheme whose token could be accepted (RS256, with a `kid`), its
+    /// tenant on `login_url` and the kid. A token of any other shape needs
+    /// no fetch: it is refused as it is.
+    pub fn keys_wanted(
+        &self,
+        req: &Presented<'_>,
+        secret: &AppSecret,
+        login_url: &str,
+    ) -> Vec<(EntraTenant, String)> {
+        let mut wanted: Vec<(EntraTenant, String)> = Vec::new();
+        for scheme in &self.schemes {
+            let Some(tenant) = scheme.entra_tenant(secret) else {
+                continue;
+            };
+            let kid = scheme
+                .presented(req)
+                .ok()
+                .and_then(|v| credentials(v, "bearer").ok())
+                .and_then(|t| acceptable_kid(t).ok());
+            if let Some(kid) = kid {
+                let want = (EntraTenant::new(login_url, tenant), kid);
+                if !wanted.contains(&want) {
+                    wanted.push(want);
+                }
+            }
+        }
+        wanted
+    }
+
+    /// Verifies a request with the secrets in `secret` and the Entra ID
+    /// keys in `ring`. Every scheme's keys must pass the key rules, or the
+    /// source refuses every call: a broken key is fixed by the operator,
+    /// not worked around by another scheme.
+    pub fn verify_with(
+        &self,
+        req: &Presented<'_>,
+        secret: &AppSecret,
+        ring: &KeyRing,
+    ) -> Result<Admitted, AuthError> {
         // A broken key closes the source. In a list, a scheme whose key is
         // simply absent is one the operator has not set up (a preset that
         // offers bearer or Basic, say): it is skipped, as long as another
@@ -467,10 +838,18 @@ impl AuthDef {
         }
         // A scheme whose credentials were there says more about the
         // refusal than one whose credentials were missing.
-        let (mut missing, mut failed) = (None, None);
+        let (mut missing, mut failed, mut unavailable) = (None, None, None);
         for (scheme, keys) in keyed {
-            match scheme.presented(req).map(|v| scheme.verify(req, v, keys)) {
+            match scheme
+                .presented(req)
+                .map(|v| scheme.verify(req, v, keys, secret, ring))
+            {
                 Ok(Ok(admitted)) => return Ok(admitted),
+                // No scheme admitted it and one could not look: the caller
+                // may be genuine, and is told to come back (503).
+                Ok(Err(AuthError::KeysUnavailable)) => {
+                    unavailable = Some(AuthError::KeysUnavailable);
+                }
                 Ok(Err(e)) => {
                     failed.get_or_insert(e);
                 }
@@ -479,7 +858,10 @@ impl AuthDef {
                 }
             }
         }
-        Err(failed.or(missing).unwrap_or(SigError::NoMatch.into()))
+        Err(unavailable
+            .or(failed)
+            .or(missing)
+            .unwrap_or(SigError::NoMatch.into()))
     }
 }
 
@@ -1185,6 +1567,364 @@ mod tests {
                 sent.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let h = header_map(&pairs);
             assert!(auth.verify(&presented(&h, body), &secret).is_ok(), "{def}");
+        }
+    }
+
+    mod entra {
+        use super::*;
+        use crate::domain::signing_keys::{EntraTenant, KeySet, TenantGuid};
+        use mde_testkit::entra::{
+            AUDIENCE_ID, AUDIENCE_URI, CALLER_APPID, CALLER_OID, OTHER_TENANT, TestKey,
+            hs256_token, unix_now, unsigned_token, v1_claims, v2_claims,
+        };
+        use serde_json::json;
+        use std::sync::Arc;
+
+        const TENANT: &str = "00000000-0000-0000-0000-000000000000";
+        const LOGIN: &str = "https://login.microsoftonline.com";
+
+        fn tenant() -> EntraTenant {
+            EntraTenant::new(LOGIN, TenantGuid::parse(TENANT).unwrap())
+        }
+
+        fn keys_of(keys: &[&TestKey], issuer: &str) -> KeySet {
+            let jwks: Vec<Value> = keys.iter().map(|k| k.jwk(issuer)).collect();
+            KeySet::parse(json!({ "keys": jwks }).to_string().as_bytes()).unwrap()
+        }
+
+        fn published() -> KeySet {
+            keys_of(&[TestKey::shared()], &format!("{LOGIN}/{TENANT}/v2.0"))
+        }
+
+        fn check(token: &str) -> Result<(), TokenProblem> {
+            check_with(token, &published())
+        }
+
+        fn check_with(token: &str, keys: &KeySet) -> Result<(), TokenProblem> {
+            verify_entra_token(
+                token,
+                &tenant(),
+                keys,
+                &[AUDIENCE_URI.to_string(), AUDIENCE_ID.to_string()],
+                &[CALLER_OID.to_string()],
+                unix_now(),
+            )
+        }
+
+        fn v1() -> Value {
+            v1_claims(TENANT, AUDIENCE_URI)
+        }
+
+        fn v2() -> Value {
+            v2_claims(LOGIN, TENANT, AUDIENCE_ID)
+        }
+
+        fn with(mut claims: Value, key: &str, value: Value) -> Value {
+            if value.is_null() {
+                claims.as_object_mut().unwrap().remove(key);
+            } else {
+                claims[key] = value;
+            }
+            claims
+        }
+
+        #[test]
+        fn v1_and_v2_app_tokens_of_the_tenant_are_accepted() {
+            let key = TestKey::shared();
+            assert_eq!(check(&key.token(&v1())), Ok(()));
+            assert_eq!(check(&key.token(&v2())), Ok(()));
+            // The key set's issuer as the tenant-independent endpoint writes it.
+            let templated = keys_of(&[key], &format!("{LOGIN}/{{tenantid}}/v2.0"));
+            assert_eq!(check_with(&key.token(&v1()), &templated), Ok(()));
+            // A key without an issuer (v1.0 key sets) binds nothing.
+            let mut bare = key.jwk("");
+            bare.as_object_mut().unwrap().remove("issuer");
+            let bare = KeySet::parse(json!({"keys": [bare]}).to_string().as_bytes()).unwrap();
+            assert_eq!(check_with(&key.token(&v2()), &bare), Ok(()));
+        }
+
+        #[test]
+        fn the_caller_is_the_oid_else_the_client_id_of_the_token_version() {
+            let key = TestKey::shared();
+            let only_client = |c: Value| with(c, "oid", Value::Null);
+            // No oid: v1 reads appid, v2 reads azp.
+            let principals = [CALLER_APPID.to_string()];
+            let run = |claims: &Value| {
+                verify_entra_token(
+                    &key.token(claims),
+                    &tenant(),
+                    &published(),
+                    &[AUDIENCE_URI.to_string(), AUDIENCE_ID.to_string()],
+                    &principals,
+                    unix_now(),
+                )
+            };
+            assert_eq!(run(&only_client(v1())), Ok(()));
+            assert_eq!(run(&only_client(v2())), Ok(()));
+            // A v2 token's appid (there is none in real ones) is not read.
+            let v2_appid = with(
+                with(only_client(v2()), "azp", Value::Null),
+                "appid",
+                json!(CALLER_APPID),
+            );
+            assert_eq!(run(&v2_appid), Err(TokenProblem::MissingClaim("oid")));
+            // With an oid, the oid decides.
+            assert!(
+                matches!(run(&v1()), Err(TokenProblem::CallerNotAllowed(c)) if c.contains(CALLER_OID))
+            );
+        }
+
+        #[test]
+        fn every_check_refuses_on_its_own() {
+            let key = TestKey::shared();
+            let now = unix_now();
+            let other_key = TestKey::generate("fake-tenant-key-1");
+            let cases: Vec<(&str, String, TokenProblem)> = vec![
+                (
+                    "signed by another key with the published kid",
+                    other_key.token(&v1()),
+                    TokenProblem::BadSignature("\"fake-tenant-key-1\"".into()),
+                ),
+                (
+                    "alg none",
+                    unsigned_token(&v1()),
+                    TokenProblem::Algorithm("\"none\"".into()),
+                ),
+                (
+                    "HS256 with the public key as secret",
+                    hs256_token(key.kid(), &key.public_der(), &v1()),
+                    TokenProblem::Algorithm("\"HS256\"".into()),
+                ),
+                (
+                    "RS256 header over another algorithm's signature",
+                    {
+                        let t = hs256_token(key.kid(), &key.public_der(), &v1());
+                        let sig = t.rsplit('.').next().unwrap().to_string();
+                        let good = key.token(&v1());
+                        let (msg, _) = good.rsplit_once('.').unwrap();
+                        format!("{msg}.{sig}")
+                    },
+                    TokenProblem::BadSignature("\"fake-tenant-key-1\"".into()),
+                ),
+                (
+                    "expired beyond the leeway",
+                    key.token(&with(v1(), "exp", json!(now - 301))),
+                    TokenProblem::Expired(now - 301),
+                ),
+                (
+                    "not yet valid beyond the leeway",
+                    key.token(&with(v2(), "nbf", json!(now + 400))),
+                    TokenProblem::NotYetValid(now + 400),
+                ),
+                (
+                    "no exp",
+                    key.token(&with(v1(), "exp", Value::Null)),
+                    TokenProblem::MissingClaim("exp"),
+                ),
+                (
+                    "no nbf",
+                    key.token(&with(v1(), "nbf", Value::Null)),
+                    TokenProblem::MissingClaim("nbf"),
+                ),
+                (
+                    "another API's audience",
+                    key.token(&with(v1(), "aud", json!("https://graph.microsoft.com"))),
+                    TokenProblem::Audience("\"https://graph.microsoft.com\"".into()),
+                ),
+                (
+                    "another tenant's token (same Entra keys)",
+                    key.token(&v1_claims(OTHER_TENANT, AUDIENCE_URI)),
+                    TokenProblem::Issuer(format!("\"https://sts.windows.net/{OTHER_TENANT}/\"")),
+                ),
+                (
+                    "the tenant's issuer, another tid",
+                    key.token(&with(v1(), "tid", json!(OTHER_TENANT))),
+                    TokenProblem::Tenant(format!("\"{OTHER_TENANT}\"")),
+                ),
+                (
+                    "another cloud's v2 issuer",
+                    key.token(&v2_claims(
+                        "https://login.microsoftonline.us",
+                        TENANT,
+                        AUDIENCE_ID,
+                    )),
+                    TokenProblem::Issuer(format!(
+                        "\"https://login.microsoftonline.us/{TENANT}/v2.0\""
+                    )),
+                ),
+                (
+                    "a caller not listed",
+                    key.token(&with(
+                        v2(),
+                        "oid",
+                        json!("11111111-2222-3333-4444-555555555555"),
+                    )),
+                    TokenProblem::CallerNotAllowed(
+                        "\"11111111-2222-3333-4444-555555555555\"".into(),
+                    ),
+                ),
+                (
+                    "an unknown kid",
+                    TestKey::generate("rolled-key-2").token(&v1()),
+                    TokenProblem::UnknownKey("\"rolled-key-2\"".into()),
+                ),
+                (
+                    "not a JWT",
+                    "eyJhbGciOiJSUzI1NiJ9.e30".into(),
+                    TokenProblem::Malformed("not three dot-separated parts"),
+                ),
+            ];
+            for (what, token, want) in cases {
+                assert_eq!(check(&token), Err(want), "{what}");
+            }
+            // Within the leeway both ways.
+            assert_eq!(
+                check(&key.token(&with(v1(), "exp", json!(now - 299)))),
+                Ok(())
+            );
+            assert_eq!(
+                check(&key.token(&with(v1(), "nbf", json!(now + 299)))),
+                Ok(())
+            );
+            // A key Entra gives to the consumer (MSA) tenant signs only for it.
+            let msa = keys_of(
+                &[key],
+                "https://login.microsoftonline.com/9188040d-6c67-4c5b-b112-36a304b66dad/v2.0",
+            );
+            assert!(matches!(
+                check_with(&key.token(&v1()), &msa),
+                Err(TokenProblem::KeyIssuer(_))
+            ));
+        }
+
+        fn entra_def() -> AuthDef {
+            def(
+                json!({"scheme": "entra-jwt", "audiences": [AUDIENCE_URI], "principals": [CALLER_OID.to_uppercase()]}),
+            )
+        }
+
+        fn secret_for(tenant_id: &str) -> AppSecret {
+            AppSecret::parse(
+                &json!({"tenant_id": tenant_id, "client_id": "c", "client_secret": "s"})
+                    .to_string(),
+            )
+            .unwrap()
+        }
+
+        #[test]
+        fn the_scheme_fetches_keys_only_for_a_token_it_could_accept() {
+            let key = TestKey::shared();
+            let d = entra_def();
+            let s = secret_for(&TENANT.to_uppercase());
+            let bearer = |t: &str| header_map(&[("authorization", &format!("Bearer {t}"))]);
+            let h = bearer(&key.token(&v1()));
+            let wanted = d.keys_wanted(&presented(&h, b"{}"), &s, LOGIN);
+            assert_eq!(wanted, vec![(tenant(), key.kid().to_string())]);
+            for t in [
+                unsigned_token(&v1()),
+                hs256_token(key.kid(), b"k", &v1()),
+                "opaque-token".into(),
+            ] {
+                assert!(
+                    d.keys_wanted(&presented(&bearer(&t), b"{}"), &s, LOGIN)
+                        .is_empty(),
+                    "{t}"
+                );
+            }
+            // Admitted with the keys; refused as unavailable without them.
+            let mut ring = KeyRing::default();
+            ring.insert(tenant(), Arc::new(published()));
+            let now = Presented {
+                now: unix_now(),
+                ..presented(&h, b"{}")
+            };
+            assert_eq!(
+                d.verify_with(&now, &s, &ring),
+                Ok(Admitted { delivery_id: None })
+            );
+            assert_eq!(d.verify(&now, &s), Err(AuthError::KeysUnavailable));
+            // No header: refused before anything is fetched.
+            let bare = HeaderMap::new();
+            assert_eq!(
+                d.precheck(&presented(&bare, b"{}")),
+                Err(AuthError::Signature(SigError::MissingHeader(
+                    "authorization"
+                )))
+            );
+            // A secret whose tenant_id is no GUID: a configuration error.
+            let named = secret_for("contoso.onmicrosoft.com");
+            let e = d.verify_with(&now, &named, &ring).unwrap_err();
+            assert_eq!(e, AuthError::NoEntraTenant);
+            assert!(e.is_config_error());
+            // The scheme's own tenant_id wins over the secret's.
+            let own = def(json!({"scheme": "entra-jwt", "audiences": [AUDIENCE_URI],
+                "principals": [CALLER_OID], "tenant_id": TENANT}));
+            assert!(own.verify_with(&now, &named, &ring).is_ok());
+        }
+
+        #[test]
+        fn unavailable_keys_outrank_other_refusals_but_not_an_admission() {
+            let key = TestKey::shared();
+            let list = def(json!([
+                {"scheme": "bearer", "secret": "b"},
+                {"scheme": "entra-jwt", "audiences": [AUDIENCE_URI], "principals": [CALLER_OID]}
+            ]));
+            let s = AppSecret::parse(
+                &json!({"tenant_id": TENANT, "client_id": "c", "client_secret": "s",
+                "webhook_secrets": {"b": "a-static-bearer-token-0001"}})
+                .to_string(),
+            )
+            .unwrap();
+            let jwt = header_map(&[("authorization", &format!("Bearer {}", key.token(&v1())))]);
+            let p = Presented {
+                now: unix_now(),
+                ..presented(&jwt, b"{}")
+            };
+            assert_eq!(list.verify(&p, &s), Err(AuthError::KeysUnavailable));
+            let fixed = header_map(&[("authorization", "Bearer a-static-bearer-token-0001")]);
+            assert!(list.verify(&presented(&fixed, b"{}"), &s).is_ok());
+        }
+
+        #[test]
+        fn definitions_name_the_field_at_fault() {
+            for (v, field) in [
+                (
+                    json!({"scheme": "entra-jwt", "principals": [CALLER_OID]}),
+                    "auth.audiences",
+                ),
+                (
+                    json!({"scheme": "entra-jwt", "audiences": [], "principals": [CALLER_OID]}),
+                    "auth.audiences",
+                ),
+                (
+                    json!({"scheme": "entra-jwt", "audiences": [""], "principals": [CALLER_OID]}),
+                    "auth.audiences",
+                ),
+                (
+                    json!({"scheme": "entra-jwt", "audiences": [AUDIENCE_URI]}),
+                    "auth.principals",
+                ),
+                (
+                    json!({"scheme": "entra-jwt", "audiences": [AUDIENCE_URI], "principals": ["Logic App"]}),
+                    "auth.principals",
+                ),
+                (
+                    json!({"scheme": "entra-jwt", "audiences": [AUDIENCE_URI], "principals": [CALLER_OID], "tenant_id": "contoso.com"}),
+                    "auth.tenant_id",
+                ),
+                (
+                    json!({"scheme": "entra-jwt", "audiences": [AUDIENCE_URI], "principals": [CALLER_OID], "secret": "x"}),
+                    "auth.secret",
+                ),
+            ] {
+                let (at, reason) = from_value::<AuthDef>("auth", &v).unwrap_err();
+                let named = field.trim_start_matches("auth.");
+                assert!(
+                    at == field || (at == "auth" && reason.contains(&format!("'{named}'"))),
+                    "{v}: {at}: {reason}"
+                );
+            }
+            assert!(entra_def().schemes()[0].sign("k", "id", 0, b"{}").is_err());
         }
     }
 }

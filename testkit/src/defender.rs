@@ -82,7 +82,9 @@ pub enum Api {
     Offboard,
     GetAction,
     Cancel,
-    /// Any Defender API call (not login).
+    /// Entra ID's keys endpoint (`/{tenant}/discovery/v2.0/keys`).
+    Keys,
+    /// Any Defender API call (not login, not the keys).
     AnyDefender,
 }
 
@@ -161,6 +163,8 @@ struct Inner {
     /// identity credential over tokens from this STS.
     federation: Option<(crate::sts::FakeSts, Option<FederatedCredential>)>,
     assertion_logins: usize,
+    /// The keys the tenant publishes; `None`: `TestKey::shared()`.
+    signing_keys: Option<Vec<crate::entra::TestKey>>,
 }
 
 impl Inner {
@@ -222,6 +226,7 @@ impl FakeDefender {
         }));
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .route("/{tenant}/discovery/v2.0/keys", get(signing_keys))
             .route("/api/machines", get(list_machines))
             .route("/api/machines/{id}", get(get_machine))
             .route("/api/machines/{id}/offboard", post(offboard))
@@ -305,7 +310,7 @@ impl FakeDefender {
         self.lock()
             .calls
             .iter()
-            .filter(|c| api == Api::AnyDefender && c.api != Api::Login || c.api == api)
+            .filter(|c| api == Api::AnyDefender && c.api.is_defender() || c.api == api)
             .count()
     }
 
@@ -376,6 +381,48 @@ impl FakeDefender {
     pub fn reset_calls(&self) {
         self.lock().calls.clear();
     }
+
+    /// The tenant publishes these keys from now on (a key rolled over,
+    /// say); by default it publishes `TestKey::shared()`.
+    pub fn publish_keys(&self, keys: &[crate::entra::TestKey]) {
+        self.lock().signing_keys = Some(keys.to_vec());
+    }
+}
+
+impl Api {
+    /// A Defender API call, not Entra ID's.
+    fn is_defender(self) -> bool {
+        !matches!(self, Api::Login | Api::Keys)
+    }
+}
+
+/// Entra ID's v2.0 keys endpoint for any tenant: the published keys, each
+/// with the tenant's v2.0 issuer as Entra ID's v2.0 key sets carry it.
+async fn signing_keys(
+    State(st): State<Shared>,
+    Path(tenant): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let call = new_call(Api::Keys, &method, &uri, &headers, b"");
+    let call = match intercept(&st, call).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let host = headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let issuer = format!("http://{host}/{tenant}/v2.0");
+    let keys = st
+        .lock()
+        .expect("fake state")
+        .signing_keys
+        .clone()
+        .unwrap_or_else(|| vec![crate::entra::TestKey::shared().clone()]);
+    let jwks: Vec<Value> = keys.iter().map(|k| k.jwk(&issuer)).collect();
+    record(&st, call, reply(200, json!({ "keys": jwks })))
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -398,7 +445,7 @@ async fn intercept(st: &Shared, mut call: Call) -> Result<Call, Response> {
     let fault = {
         let mut inner = st.lock().expect("fake state");
         let pos = inner.faults.iter().position(|(a, part, _)| {
-            (*a == call.api || (*a == Api::AnyDefender && call.api != Api::Login))
+            (*a == call.api || (*a == Api::AnyDefender && call.api.is_defender()))
                 && part.as_deref().is_none_or(|p| call.path.contains(p))
         });
         pos.and_then(|p| inner.faults.remove(p)).map(|(_, _, f)| f)
@@ -569,6 +616,8 @@ async fn token(
             70003,
             "The app requested an unsupported grant type.",
         )
+    } else if form.get("client_id").map(String::as_str) == Some(crate::entra::CALLER_APPID) {
+        caller_token(&st, &tenant, &form)
     } else if form.get("client_id").map(String::as_str) != Some(CLIENT_ID) {
         bad(
             400,
@@ -611,6 +660,45 @@ async fn token(
         )
     };
     record(&st, call, r)
+}
+
+/// The playbook's identity (`entra::CALLER_APPID`) asks for a token for
+/// the function's webhook (`scope` `api://mde-offboard/.default` or the
+/// app's client id): an RS256 v1.0 access token signed with the first key
+/// the tenant publishes, as Entra ID issues it to a client-credentials
+/// caller, audience the resource as asked.
+fn caller_token(st: &Shared, tenant: &str, form: &HashMap<String, String>) -> Response {
+    use crate::entra::{AUDIENCE_ID, AUDIENCE_URI, CALLER_SECRET, TestKey, v1_claims};
+    if form.get("client_secret").map(String::as_str) != Some(CALLER_SECRET) {
+        return reply(
+            401,
+            json!({"error": "invalid_client", "error_codes": [7000215],
+                "error_description": "AADSTS7000215: Invalid client secret provided."}),
+        );
+    }
+    let scope = form.get("scope").map(String::as_str).unwrap_or("");
+    let Some(audience) = [AUDIENCE_URI, AUDIENCE_ID]
+        .into_iter()
+        .find(|a| scope == format!("{a}/.default"))
+    else {
+        return reply(
+            400,
+            json!({"error": "invalid_resource", "error_codes": [500011],
+                "error_description": format!("AADSTS500011: The resource principal named {scope} was not found in the tenant.")}),
+        );
+    };
+    let key = st
+        .lock()
+        .expect("fake state")
+        .signing_keys
+        .as_ref()
+        .and_then(|k| k.first().cloned())
+        .unwrap_or_else(|| TestKey::shared().clone());
+    let token = key.token(&v1_claims(tenant, audience));
+    reply(
+        200,
+        json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token}),
+    )
 }
 
 /// The login is by a federated client assertion: the app trusts an STS and

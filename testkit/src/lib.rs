@@ -4,6 +4,7 @@
 
 pub mod callback;
 pub mod defender;
+pub mod entra;
 pub mod events;
 pub mod ledger_table;
 pub mod moto;
