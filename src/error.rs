@@ -84,6 +84,18 @@ pub enum ApiError {
         "this delivery id was already used for another request (another route or body); sign each request with a new id"
     )]
     DeliveryIdReused,
+    #[error("{}", tenant_message(.0))]
+    Tenant(crate::domain::tenant::TenantRefusal),
+}
+
+fn tenant_message(r: &crate::domain::tenant::TenantRefusal) -> String {
+    use crate::domain::tenant::TenantRefusal;
+    match r {
+        TenantRefusal::Unknown { reason, .. } => reason.clone(),
+        TenantRefusal::NotAllowed(t) => {
+            format!("this caller may not act for the tenant '{t}'; nothing was called")
+        }
+    }
 }
 
 impl ApiError {
@@ -144,6 +156,12 @@ impl ApiError {
             Self::NotCancellable { .. } => (S::CONFLICT, "not_cancellable", None),
             Self::NotAnOffboard { .. } => (S::CONFLICT, "not_an_offboard", None),
             Self::DeliveryIdReused => (S::CONFLICT, "delivery_id_reused", None),
+            Self::Tenant(crate::domain::tenant::TenantRefusal::Unknown { .. }) => {
+                (S::UNPROCESSABLE_ENTITY, "unknown_tenant", None)
+            }
+            Self::Tenant(crate::domain::tenant::TenantRefusal::NotAllowed(_)) => {
+                (S::FORBIDDEN, "tenant_not_allowed", None)
+            }
             Self::MissingPermission(_) => (S::INTERNAL_SERVER_ERROR, "missing_permission", None),
             Self::Ledger(e @ LedgerError::Unavailable(_)) => (
                 S::SERVICE_UNAVAILABLE,

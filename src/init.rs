@@ -14,7 +14,7 @@ use crate::adapters::sqs::SqsQueue;
 use crate::adapters::sts::StsIdentityTokens;
 use crate::adapters::tls::{self, TrustRoots};
 use crate::adapters::write_back::WriteBacks;
-use crate::app::{App, Ports};
+use crate::app::{App, Ports, TenantDefenders};
 use crate::config::{Config, ConfigError};
 use crate::domain::defender::Defender;
 use crate::domain::federation::{IdentityTokenCache, IdentityTokenSource};
@@ -151,32 +151,47 @@ impl Wiring {
         let secrets = Arc::new(
             SecretCache::new(self.secret_source, config.secret_ttl).for_mode(config.credentials),
         );
+        let mut tenant_defenders: Option<TenantDefenders> = None;
         let (defender, warm): (Arc<dyn Defender>, _) = match self.defender {
             Some(defender) => (defender, None),
             None => {
-                let mut tokens = TokenProvider::new(
-                    http.clone(),
-                    config.login_url.clone(),
-                    config.scope.clone(),
-                );
-                if config.credentials == CredentialMode::Federated {
-                    // STS through the SDK, its client made on first use
-                    // from the environment (`AWS_ENDPOINT_URL_STS` included).
-                    let identity = self
+                // Federated: STS through the SDK, its client made on first
+                // use from the environment (`AWS_ENDPOINT_URL_STS`
+                // included); one identity token serves every tenant.
+                let identity = (config.credentials == CredentialMode::Federated).then(|| {
+                    let source = self
                         .identity
                         .unwrap_or_else(|| Arc::new(StsIdentityTokens::from_env()));
-                    tokens = tokens.federated(Arc::new(IdentityTokenCache::new(identity)));
-                }
-                let limiters = self
-                    .limiters
-                    .unwrap_or_else(|| Limiters::new(config.rate_per_minute));
-                let defender = Arc::new(HttpDefender::new(
-                    http.clone(),
+                    Arc::new(IdentityTokenCache::new(source))
+                });
+                let (login, scope, api) = (
+                    config.login_url.clone(),
+                    config.scope.clone(),
                     config.api_url.clone(),
-                    secrets.clone(),
-                    Arc::new(tokens),
-                    Arc::new(limiters),
-                ));
+                );
+                let rate = config.rate_per_minute;
+                let (http2, secrets2) = (http.clone(), secrets.clone());
+                let make = move |limiters: Limiters| {
+                    let mut tokens =
+                        TokenProvider::new(http2.clone(), login.clone(), scope.clone());
+                    if let Some(identity) = &identity {
+                        tokens = tokens.federated(identity.clone());
+                    }
+                    HttpDefender::new(
+                        http2.clone(),
+                        api.clone(),
+                        secrets2.clone(),
+                        Arc::new(tokens),
+                        Arc::new(limiters),
+                    )
+                };
+                let limiters = self.limiters.unwrap_or_else(|| Limiters::new(rate));
+                let defender = Arc::new(make(limiters));
+                // Each tenant: its own token and its own limits, as
+                // Defender counts them per tenant.
+                tenant_defenders = Some(Arc::new(move |tenant: &str| {
+                    Arc::new(make(Limiters::new(rate)).for_tenant(tenant)) as Arc<dyn Defender>
+                }));
                 (defender.clone(), Some(defender))
             }
         };
@@ -190,10 +205,11 @@ impl Wiring {
             ],
             signing_keys: Arc::new(HttpSigningKeys::new(http)),
         };
-        Instance {
-            app: App::new(config, ports),
-            warm,
+        let mut app = App::new(config, ports);
+        if let Some(make) = tenant_defenders {
+            app = app.with_tenant_defenders(make);
         }
+        Instance { app, warm }
     }
 }
 

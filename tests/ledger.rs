@@ -93,6 +93,7 @@ fn record(ticket: &str, machine: &str, action: &str, t: u64) -> DeviceRecord {
         requested_at: at(t),
         updated_at: at(t),
         source: "generic".into(),
+        tenant: None,
     }
 }
 
@@ -689,7 +690,7 @@ async fn the_budget_is_never_exceeded_by_twenty_concurrent_takers() {
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let l = instances[i % 4].clone();
-            tokio::spawn(async move { l.take_budget(1, 7, at(10)).await })
+            tokio::spawn(async move { l.take_budget("", 1, 7, at(10)).await })
         })
         .collect();
     let mut granted = 0;
@@ -699,39 +700,43 @@ async fn the_budget_is_never_exceeded_by_twenty_concurrent_takers() {
     assert_eq!(granted, 7);
     // A fresh instance (no cache) agrees that the hour is spent.
     let cold = DynamoLedger::new(client(), table);
-    assert_eq!(cold.take_budget(1, 7, at(20)).await, Ok(0));
+    assert_eq!(cold.take_budget("", 1, 7, at(20)).await, Ok(0));
 }
 
 #[tokio::test]
 async fn the_budget_counts_earlier_buckets_and_grants_in_part() {
     let (a, table) = ledger().await;
-    assert_eq!(a.take_budget(6, 10, at(0)).await, Ok(6));
+    assert_eq!(a.take_budget("", 6, 10, at(0)).await, Ok(6));
     // Another instance, 30 minutes on: sees the six from the first bucket.
     let b = DynamoLedger::new(client(), table.clone());
-    assert_eq!(b.take_budget(5, 10, at(1800)).await, Ok(4));
-    assert_eq!(b.take_budget(1, 10, at(1900)).await, Ok(0));
+    assert_eq!(b.take_budget("", 5, 10, at(1800)).await, Ok(4));
+    assert_eq!(b.take_budget("", 1, 10, at(1900)).await, Ok(0));
     // 65 minutes after the first take it has left the window.
     let c = DynamoLedger::new(client(), table);
-    assert_eq!(c.take_budget(10, 10, at(3900)).await, Ok(6));
+    assert_eq!(c.take_budget("", 10, 10, at(3900)).await, Ok(6));
 }
 
 #[tokio::test]
 async fn places_given_back_leave_the_bucket_they_came_from_never_below_zero() {
     let (a, table) = ledger().await;
-    assert_eq!(a.take_budget(3, 3, at(0)).await, Ok(3));
+    assert_eq!(a.take_budget("", 3, 3, at(0)).await, Ok(3));
     // 20 minutes on, the first bucket is closed and this instance keeps
     // its count; both the table and that copy are lowered.
-    assert_eq!(a.take_budget(1, 3, at(1200)).await, Ok(0));
-    a.give_back_budget(2, at(0)).await.unwrap();
-    assert_eq!(a.take_budget(3, 3, at(1260)).await, Ok(2));
+    assert_eq!(a.take_budget("", 1, 3, at(1200)).await, Ok(0));
+    a.give_back_budget("", 2, at(0)).await.unwrap();
+    assert_eq!(a.take_budget("", 3, 3, at(1260)).await, Ok(2));
     // More than the bucket holds, or a bucket never taken from: nothing.
-    a.give_back_budget(5, at(1260)).await.unwrap();
-    a.give_back_budget(1, at(600)).await.unwrap();
+    a.give_back_budget("", 5, at(1260)).await.unwrap();
+    a.give_back_budget("", 1, at(600)).await.unwrap();
     let table_name = table.clone();
     let b = DynamoLedger::new(client(), table);
-    assert_eq!(b.take_budget(3, 3, at(1300)).await, Ok(0), "still 1 + 2");
-    b.give_back_budget(2, at(1260)).await.unwrap();
-    assert_eq!(b.take_budget(3, 3, at(1300)).await, Ok(2));
+    assert_eq!(
+        b.take_budget("", 3, 3, at(1300)).await,
+        Ok(0),
+        "still 1 + 2"
+    );
+    b.give_back_budget("", 2, at(1260)).await.unwrap();
+    assert_eq!(b.take_budget("", 3, 3, at(1300)).await, Ok(2));
     // A give-back never creates a bucket.
     let never = client()
         .get_item()
@@ -770,7 +775,7 @@ async fn an_unreachable_table_is_unavailable_quickly_and_recovers() {
             started.elapsed()
         );
         assert!(matches!(
-            l.take_budget(1, 10, at(0)).await,
+            l.take_budget("", 1, 10, at(0)).await,
             Err(LedgerError::Unavailable(_))
         ));
         assert!(matches!(

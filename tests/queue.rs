@@ -453,6 +453,7 @@ fn queued(device: &str) -> QueuedDevice {
         enqueued_at: now(),
         callback_url: None,
         notify: None,
+        tenant: None,
     }
 }
 
@@ -1269,7 +1270,9 @@ async fn with_the_ledger_a_sealed_message_is_acted_on_once() {
     // used, whatever was refused, failed or already pending.
     let left = {
         use mde_offboard::domain::ledger::OffboardBudget;
-        ledger.take_budget(5, 5, std::time::SystemTime::now()).await
+        ledger
+            .take_budget("", 5, 5, std::time::SystemTime::now())
+            .await
     };
     assert_eq!(left, Ok(3));
 }

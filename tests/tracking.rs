@@ -630,6 +630,7 @@ async fn a_sealed_track_message_with_a_bad_field_is_rejected() {
         requested_at: T0,
         attempt: 0,
         due_at: T0,
+        tenant: None,
     };
     let cases = [
         TrackedAction {

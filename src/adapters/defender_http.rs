@@ -41,6 +41,9 @@ pub struct HttpDefender {
     api_gate: Gate,
     /// The same for the login host and the first token request.
     login_gate: Gate,
+    /// The tenant whose credentials this adapter uses (the secret's
+    /// `tenants`); `None`: the secret's top-level ones.
+    tenant: Option<String>,
 }
 
 /// One host's connection, opened once for a warm-up. Once the warm-up is
@@ -78,11 +81,24 @@ impl HttpDefender {
             backoff: Backoff::default(),
             api_gate: Gate::default(),
             login_gate: Gate::default(),
+            tenant: None,
         }
     }
 
+    /// This adapter acts in `tenant` (its credentials from the secret's
+    /// `tenants`); it keeps its own token and limits.
+    pub fn for_tenant(mut self, tenant: &str) -> Self {
+        self.tenant = Some(tenant.to_string());
+        self
+    }
+
+    /// The secret with this adapter's tenant's credentials.
+    fn credentials(&self, secret: &AppSecret) -> Result<AppSecret, CredentialError> {
+        secret.for_tenant(self.tenant.as_deref())
+    }
+
     async fn token(&self, deadline: &Deadline) -> Result<AccessToken, DefenderError> {
-        let secret = self.secrets.get().await?;
+        let secret = self.credentials(&*self.secrets.get().await?)?;
         self.ready(&secret, deadline).await?;
         Ok(self.tokens.get(&secret, deadline).await?)
     }
@@ -393,7 +409,8 @@ impl Defender for HttpDefender {
             self.login_gate
                 .pass(self.open(self.tokens.login_url()))
                 .await;
-            self.tokens.get(secret, deadline).await.map(|_| ())
+            let secret = self.credentials(secret)?;
+            self.tokens.get(&secret, deadline).await.map(|_| ())
         })
     }
 
@@ -408,7 +425,11 @@ impl Defender for HttpDefender {
         deadline: &'a Deadline,
     ) -> BoxFuture<'a, ApiProbe> {
         Box::pin(async move {
-            let token = match self.tokens.fresh(secret, deadline).await {
+            let fresh = match self.credentials(secret) {
+                Ok(secret) => self.tokens.fresh(&secret, deadline).await,
+                Err(e) => Err(e),
+            };
+            let token = match fresh {
                 Ok(t) => t,
                 Err(e) => {
                     return ApiProbe {

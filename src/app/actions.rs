@@ -45,25 +45,15 @@ impl App {
     pub async fn action(
         &self,
         secret: &AppSecret,
+        tenant: Option<&str>,
         action_id: &str,
         deadline: &Deadline,
     ) -> Result<Outcome, ApiError> {
         let action_id = action_ref(action_id)?;
-        self.defender.ready(secret, deadline).await?;
-        let a = self.read_action(action_id, deadline).await?;
+        let defender = self.tenant(tenant).defender.clone();
+        defender.ready(secret, deadline).await?;
+        let a = read_action(&*defender, action_id, deadline).await?;
         Ok(Outcome::ok(&action_json(&a)))
-    }
-
-    async fn read_action(
-        &self,
-        action_id: &str,
-        deadline: &Deadline,
-    ) -> Result<MachineAction, ApiError> {
-        match self.defender.get_action(action_id, deadline).await {
-            Ok(a) => Ok(a),
-            Err(DefenderError::NotFound) => Err(ApiError::ActionNotFound(action_id.to_string())),
-            Err(e) => Err(ApiError::Defender(e)),
-        }
     }
 
     /// `POST /v1/actions/{id}/cancel`: undoes a mistaken offboard while
@@ -79,8 +69,9 @@ impl App {
         deadline: &Deadline,
     ) -> Result<Outcome, ApiError> {
         let action_id = action_ref(action_id)?;
-        self.defender.ready(secret, deadline).await?;
-        let before = self.read_action(action_id, deadline).await?;
+        let defender = self.tenant(origin.tenant.as_deref()).defender.clone();
+        defender.ready(secret, deadline).await?;
+        let before = read_action(&*defender, action_id, deadline).await?;
         let not_cancellable = |a: &MachineAction| ApiError::NotCancellable {
             action_id: action_id.to_string(),
             status: a.status.clone().unwrap_or_default(),
@@ -100,15 +91,14 @@ impl App {
         if is_final(&before) {
             return Err(not_cancellable(&before));
         }
-        let a = match self
-            .defender
+        let a = match defender
             .cancel_action(action_id, comment.as_str(), deadline)
             .await
         {
             Ok(a) => a,
             // It may have become final in between: say so if it did.
             Err(refused @ DefenderError::Refused { .. }) => {
-                let now = self.read_action(action_id, deadline).await?;
+                let now = read_action(&*defender, action_id, deadline).await?;
                 if is_final(&now) {
                     return Err(not_cancellable(&now));
                 }
@@ -186,15 +176,30 @@ impl App {
 
     /// `GET /v1/tickets/{ticket}`: every device outcome the ledger holds
     /// for a ticket (one Query). A ticket with none answers an empty list.
-    pub async fn ticket(&self, ticket: &str) -> Result<Outcome, ApiError> {
+    pub async fn ticket(&self, ticket: &str, tenant: Option<&str>) -> Result<Outcome, ApiError> {
         let ledger = self
             .records
             .as_ref()
             .ok_or_else(|| ApiError::NoRoute(format!("/v1/tickets/{ticket}")))?;
         let ticket = Ticket::parse("ticket", ticket)?;
-        let devices = ledger.ticket_records(ticket.as_str()).await?;
+        let mut devices = ledger.ticket_records(ticket.as_str()).await?;
+        // One tenant's ticket never shows another's devices.
+        devices.retain(|r| r.tenant.as_deref() == tenant);
         Ok(Outcome::ok(
             &json!({"ticket": ticket.as_str(), "devices": devices}),
         ))
+    }
+}
+
+/// Defender's `GET /api/machineactions/{id}`, a 404 as the route's.
+async fn read_action(
+    defender: &dyn crate::domain::defender::Defender,
+    action_id: &str,
+    deadline: &Deadline,
+) -> Result<MachineAction, ApiError> {
+    match defender.get_action(action_id, deadline).await {
+        Ok(a) => Ok(a),
+        Err(DefenderError::NotFound) => Err(ApiError::ActionNotFound(action_id.to_string())),
+        Err(e) => Err(ApiError::Defender(e)),
     }
 }

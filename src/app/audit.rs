@@ -9,6 +9,8 @@ pub struct Origin {
     pub source: String,
     pub source_ip: Option<String>,
     pub webhook_id: Option<String>,
+    /// The tenant the delivery acts in (with the secret's `tenants`).
+    pub tenant: Option<String>,
 }
 
 impl Origin {
@@ -17,6 +19,15 @@ impl Origin {
             source: source.to_string(),
             source_ip,
             webhook_id,
+            tenant: None,
+        }
+    }
+
+    /// The same caller, acting in `tenant`.
+    pub fn in_tenant(&self, tenant: Option<String>) -> Self {
+        Self {
+            tenant,
+            ..self.clone()
         }
     }
 
@@ -41,6 +52,7 @@ pub fn device_outcome(r: &DeviceResult, ticket: &str, origin: &Origin, dry_run: 
         dry_run,
         source_ip = origin.source_ip.as_deref().unwrap_or(""),
         webhook_id = origin.webhook_id(),
+        tenant = origin.tenant.as_deref().unwrap_or(""),
         "device outcome"
     );
 }

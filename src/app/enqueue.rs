@@ -56,6 +56,7 @@ impl App {
                     enqueued_at,
                     callback_url: to.callback_url.clone(),
                     notify: to.notify.clone(),
+                    tenant: origin.tenant.clone(),
                 };
                 (item.work_hash(&d.target.key()), item)
             })

@@ -39,6 +39,16 @@ use crate::error::ApiError;
 use crate::intake::auth::{Admitted, AuthDef, AuthError, KeyRing, Presented};
 use idempotency::ReplayCache;
 
+/// Builds a tenant's Defender: its own token and limits. Without one,
+/// every tenant shares the app's Defender (an in-memory one in tests).
+pub type TenantDefenders = Arc<dyn Fn(&str) -> Arc<dyn Defender> + Send + Sync>;
+
+/// One tenant's Defender and the domain over it.
+pub(crate) struct TenantPorts {
+    pub defender: Arc<dyn Defender>,
+    pub offboarder: Offboarder,
+}
+
 /// The ports the core runs over, wired by `init` (or a test).
 pub struct Ports {
     pub secrets: Arc<SecretCache>,
@@ -62,6 +72,9 @@ pub struct App {
     pub(crate) tracker: tracking::Tracker,
     pub(crate) follow_ups: Vec<Arc<dyn FollowUp>>,
     pub(crate) signing_keys: SigningKeyCache,
+    tenant_defenders: Option<TenantDefenders>,
+    /// Each tenant's ports, made on first use and kept by the instance.
+    tenants: std::sync::Mutex<std::collections::HashMap<String, Arc<TenantPorts>>>,
     /// Until the first invocation: for the `cold_start` log key.
     pub cold: AtomicBool,
 }
@@ -115,8 +128,17 @@ impl App {
             tracker,
             follow_ups: ports.follow_ups,
             signing_keys: SigningKeyCache::new(ports.signing_keys),
+            tenant_defenders: None,
+            tenants: Default::default(),
             cold: AtomicBool::new(true),
         }
+    }
+
+    /// Each tenant gets its own Defender from `make` (its own token and
+    /// limits); without, they share the app's.
+    pub fn with_tenant_defenders(mut self, make: TenantDefenders) -> Self {
+        self.tenant_defenders = Some(make);
+        self
     }
 
     /// Enables `"mode": "queue"` with this queue.
@@ -134,11 +156,55 @@ impl App {
         let budget = self.config.max_offboards_per_hour.map(|per_hour| Budget {
             ledger: ledger.clone(),
             per_hour,
+            scope: String::new(),
         });
         self.offboarder = self.offboarder.with_budget(budget);
         self.claims = Some(ledger.clone());
         self.records = Some(ledger);
         self
+    }
+
+    /// The ports of `tenant` (the deployment's own without tenants): each
+    /// tenant has its own Defender (token, limits) and budget, made once
+    /// per instance.
+    pub(crate) fn tenant(&self, tenant: Option<&str>) -> Arc<TenantPorts> {
+        let Some(name) = tenant else {
+            return Arc::new(TenantPorts {
+                defender: self.defender.clone(),
+                offboarder: self.offboarder.clone(),
+            });
+        };
+        let mut map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.to_string())
+            .or_insert_with(|| {
+                let defender = match &self.tenant_defenders {
+                    Some(make) => make(name),
+                    None => self.defender.clone(),
+                };
+                Arc::new(TenantPorts {
+                    offboarder: self.offboarder.for_tenant(defender.clone(), name),
+                    defender,
+                })
+            })
+            .clone()
+    }
+
+    /// The tenant a request acts in, as `tenant::resolve` says, refused
+    /// as the contract says (422 `unknown_tenant`, 403
+    /// `tenant_not_allowed`). The metrics of the request carry it.
+    pub(crate) fn resolve_tenant(
+        &self,
+        secret: &AppSecret,
+        named: Option<&str>,
+        field: &str,
+        allow: &crate::domain::tenant::TenantAllow,
+    ) -> Result<Option<String>, ApiError> {
+        let t = crate::domain::tenant::resolve(secret.tenants.as_ref(), named, field, allow)
+            .map_err(ApiError::Tenant)?;
+        if let Some(name) = &t {
+            crate::ops::metrics::tenant(name);
+        }
+        Ok(t)
     }
 
     pub fn config(&self) -> &Config {

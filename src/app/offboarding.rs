@@ -77,6 +77,7 @@ impl App {
                 };
                 Ok((body.request, to))
             };
+            let mapped = matches!(content, Content::Mapped { .. });
             let (request, to) = match content {
                 Content::GenericText(bytes) => {
                     let value = generic::strict_json(bytes)?;
@@ -98,7 +99,24 @@ impl App {
                     Intake::Ignored(reason) => return Ok(ignored(reason)),
                 },
             };
-            self.execute(request, secret, origin, &to, claim, deadline)
+            // The tenant: the body's (generic), the source's (mapped); a
+            // generic caller only where its source allows it.
+            let allow = match origin.source.as_str() {
+                crate::intake::sources::GENERIC => self.config.sources.generic_tenants().clone(),
+                _ => crate::domain::tenant::TenantAllow::All,
+            };
+            let tenant =
+                match self.resolve_tenant(secret, request.tenant.as_deref(), "tenant", &allow) {
+                    Ok(t) => t,
+                    // A webhook source's sender cannot fix its content.
+                    Err(e) if mapped => {
+                        tracing::warn!(source = %origin.source, reason = %e, "delivery ignored: its tenant is not served");
+                        return Ok(ignored(e.to_string()));
+                    }
+                    Err(e) => return Err(e),
+                };
+            let origin = origin.in_tenant(tenant);
+            self.execute(request, secret, &origin, &to, claim, deadline)
                 .await
         })
         .await
@@ -177,14 +195,15 @@ impl App {
         }
         // A token problem is the operator's, not a device's: surface it
         // once for the whole request.
-        self.defender.ready(secret, deadline).await?;
+        let ports = self.tenant(origin.tenant.as_deref());
+        ports.defender.ready(secret, deadline).await?;
         // So is a missing admin consent: one clear refusal, not one 403
         // per device. A dry run needs no offboard permission and goes on.
-        let missing = self.defender.missing_permissions();
+        let missing = ports.defender.missing_permissions();
         if !dry_run && !missing.is_empty() {
             return Err(ApiError::MissingPermission(missing));
         }
-        let results = self
+        let results = ports
             .offboarder
             .run(
                 &request.devices,
@@ -240,15 +259,15 @@ impl App {
                 metrics::count(metrics::names::BUDGET_EXCEEDED);
             }
         }
-        self.record_outcomes(results, ticket, &origin.source).await;
-        self.track_requested(results, ticket, &origin.source, to, secret)
+        self.record_outcomes(results, ticket, origin).await;
+        self.track_requested(results, ticket, origin, to, secret)
             .await;
     }
 
     /// Writes the outcomes that started (or found) an offboard action, so
     /// `GET /v1/tickets/{ticket}` can list them. A write that fails is
     /// logged: the offboard itself has happened and is audited.
-    async fn record_outcomes(&self, results: &[DeviceResult], ticket: &str, source: &str) {
+    async fn record_outcomes(&self, results: &[DeviceResult], ticket: &str, origin: &Origin) {
         let Some(ledger) = &self.records else {
             return;
         };
@@ -270,7 +289,8 @@ impl App {
                     action_status: ActionStatus::Pending,
                     requested_at: now,
                     updated_at: now,
-                    source: source.to_string(),
+                    source: origin.source.clone(),
+                    tenant: origin.tenant.clone(),
                 })
             })
             .collect();

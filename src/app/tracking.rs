@@ -78,7 +78,7 @@ impl App {
         &self,
         results: &[DeviceResult],
         ticket: &str,
-        source: &str,
+        origin: &super::audit::Origin,
         to: &FollowUpTargets,
         secret: &AppSecret,
     ) {
@@ -100,9 +100,10 @@ impl App {
                     machine_id: r.machine_id.as_ref()?.as_str().to_string(),
                     ticket: ticket.to_string(),
                     device: r.device.clone(),
-                    source: source.to_string(),
+                    source: origin.source.clone(),
                     callback_url: to.callback_url.clone(),
                     notify: to.notify.clone(),
+                    tenant: origin.tenant.clone(),
                     requested_at: now,
                     attempt: 0,
                     due_at: plan.first_due(now),
@@ -136,7 +137,10 @@ impl App {
         if let Step::Wait(d) = plan.step(&t, now) {
             return self.send_track(&t, keys, Duration::from_secs(d)).await;
         }
-        let status = match self.read_status(&t.action_id, deadline).await {
+        let status = match self
+            .read_status(t.tenant.as_deref(), &t.action_id, deadline)
+            .await
+        {
             Ok(s) => s,
             Err(Unread::NoSlot) => {
                 return self
@@ -184,6 +188,7 @@ impl App {
 
     async fn read_status(
         &self,
+        tenant: Option<&str>,
         action_id: &str,
         deadline: &Deadline,
     ) -> Result<ActionStatus, Unread> {
@@ -192,7 +197,8 @@ impl App {
         if self.tracker.limiter.acquire(&slot).await.is_err() {
             return Err(Unread::NoSlot);
         }
-        match self.defender.get_action(action_id, deadline).await {
+        let defender = self.tenant(tenant).defender.clone();
+        match defender.get_action(action_id, deadline).await {
             Ok(a) => Ok(a
                 .status
                 .as_deref()
@@ -316,6 +322,7 @@ impl App {
                             requested_at,
                             updated_at: requested_at,
                             source: t.source.clone(),
+                            tenant: t.tenant.clone(),
                         })
                         .await?;
                 }

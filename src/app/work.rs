@@ -146,7 +146,12 @@ impl App {
         if accepted.is_empty() {
             return retry;
         }
-        if let Err(e) = self.defender.ready(&secret, deadline).await {
+        // With tenants, each message's tenant is checked with its device.
+        let ready = match secret.tenants {
+            None => self.defender.ready(&secret, deadline).await,
+            Some(_) => Ok(()),
+        };
+        if let Err(e) = ready {
             tracing::warn!(error = %e, records = accepted.len(), "no token; the messages go back to the queue");
             for (m, _, claimed) in accepted {
                 self.release(claimed, None).await;
@@ -327,7 +332,23 @@ impl App {
         deadline: &Deadline,
     ) -> Option<Status> {
         let dry_run = item.queued.dry_run || self.config.dry_run;
-        let results = self
+        // A tenant the secret no longer serves: the message goes back, and
+        // ends in the dead-letter queue, which pages someone.
+        let all = crate::domain::tenant::TenantAllow::All;
+        let tenant = match self.resolve_tenant(
+            secret,
+            item.queued.tenant.as_deref(),
+            "tenant",
+            &all,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(reason = %e, "a queued device's tenant is not served; the message goes back");
+                return None;
+            }
+        };
+        let ports = self.tenant(tenant.as_deref());
+        let results = ports
             .offboarder
             .run(
                 std::slice::from_ref(&item.device),
@@ -338,7 +359,7 @@ impl App {
             )
             .await;
         let q = item.queued;
-        let origin = Origin::new(&q.source, None, q.webhook_id);
+        let origin = Origin::new(&q.source, None, q.webhook_id).in_tenant(tenant);
         let to = FollowUpTargets {
             callback_url: q.callback_url,
             notify: q.notify,
@@ -424,6 +445,7 @@ mod tests {
             enqueued_at: 1_700_000_000,
             callback_url: None,
             notify: None,
+            tenant: None,
         }
     }
 

@@ -157,6 +157,10 @@ pub struct DeviceRecord {
     /// The source the request came through.
     #[serde(skip)]
     pub source: String,
+    /// The tenant it is in (with the secret's `tenants`): a ticket read
+    /// for one tenant lists only that tenant's records.
+    #[serde(skip)]
+    pub tenant: Option<String>,
 }
 
 impl DeviceRecord {
@@ -314,13 +318,27 @@ pub trait OffboardBudget: Send + Sync {
     /// five minutes early. (A fixed hourly window would let `2 × limit`
     /// through around the hour; a weighted previous-hour estimate is not a
     /// bound.) Buckets expire by TTL two hours after they close.
-    fn take_budget(&self, wanted: u32, limit: u32, now: SystemTime) -> LedgerFuture<'_, u32>;
+    ///
+    /// `scope` is whose budget: "" without tenants, else the tenant's name
+    /// (each tenant has its own).
+    fn take_budget<'a>(
+        &'a self,
+        scope: &'a str,
+        wanted: u32,
+        limit: u32,
+        now: SystemTime,
+    ) -> LedgerFuture<'a, u32>;
 
     /// Gives back `places` taken at `taken_at` (the `now` of that
     /// `take_budget`): the budget counts offboards Defender accepted, so a
     /// device that comes back `already_pending` or `failed` frees its place.
     /// The bucket they were taken from is lowered, never below zero.
-    fn give_back_budget(&self, places: u32, taken_at: SystemTime) -> LedgerFuture<'_, ()>;
+    fn give_back_budget<'a>(
+        &'a self,
+        scope: &'a str,
+        places: u32,
+        taken_at: SystemTime,
+    ) -> LedgerFuture<'a, ()>;
 }
 
 /// `body` in pieces of at most `max` bytes (at least 4, the longest

@@ -17,4 +17,5 @@ pub mod policy;
 pub mod queue;
 pub mod secret;
 pub mod signing_keys;
+pub mod tenant;
 pub mod tracking;

@@ -293,6 +293,9 @@ pub struct OffboardRequest {
     /// Can only turn dry run on; the environment's `DRY_RUN` wins otherwise.
     pub dry_run: bool,
     pub mode: Mode,
+    /// The tenant the body names (`"tenant"`), not yet checked against the
+    /// secret's `tenants`; a source's requests take their definition's.
+    pub tenant: Option<String>,
 }
 
 impl OffboardRequest {

@@ -102,8 +102,11 @@ impl DeviceResult {
 pub struct Budget {
     pub ledger: Arc<dyn OffboardBudget>,
     pub per_hour: u32,
+    /// Whose budget: "" without tenants, else the tenant's name.
+    pub scope: String,
 }
 
+#[derive(Clone)]
 pub struct Offboarder {
     defender: Arc<dyn Defender>,
     protected_tags: HashSet<String>,
@@ -140,6 +143,16 @@ impl Offboarder {
     pub fn with_budget(mut self, budget: Option<Budget>) -> Self {
         self.budget = budget;
         self
+    }
+
+    /// The same rules for one tenant: its Defender, its own budget.
+    pub fn for_tenant(&self, defender: Arc<dyn Defender>, tenant: &str) -> Self {
+        let mut o = self.clone();
+        o.defender = defender;
+        if let Some(b) = &mut o.budget {
+            b.scope = tenant.to_string();
+        }
+        o
     }
 
     /// Handles every device and answers one result per device, in order.
@@ -225,7 +238,7 @@ impl Offboarder {
         let mut taken = None;
         if let Some(b) = &self.budget {
             let now = SystemTime::now();
-            match b.ledger.take_budget(1, b.per_hour, now).await {
+            match b.ledger.take_budget(&b.scope, 1, b.per_hour, now).await {
                 Ok(0) => {
                     return result(Status::BudgetExceeded).detail(format!(
                         "the hourly budget of {} offboards (MAX_OFFBOARDS_PER_HOUR) is spent; nothing was sent",
@@ -268,7 +281,7 @@ impl Offboarder {
         // gives its place back (kept taken if the ledger does not take it).
         if let Some((b, taken_at)) = taken
             && outcome.status != Status::OffboardRequested
-            && let Err(e) = b.ledger.give_back_budget(1, taken_at).await
+            && let Err(e) = b.ledger.give_back_budget(&b.scope, 1, taken_at).await
         {
             tracing::warn!(machine_id = %id.as_str(), error = %e, "a budget place was not given back");
         }

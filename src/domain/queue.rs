@@ -78,6 +78,9 @@ pub struct QueuedDevice {
     /// Where the outcome is written back; absent likewise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<crate::domain::notify::NotifyTarget>,
+    /// The tenant it acts in (with the secret's `tenants`), under the seal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl QueuedDevice {
@@ -86,13 +89,18 @@ impl QueuedDevice {
     /// device's canonical key (ids lowercased, names case-folded).
     pub fn work_hash(&self, device_key: &str) -> WorkHash {
         // A JSON array is an unambiguous encoding of the tuple.
-        let tuple = serde_json::json!([
+        let mut tuple = serde_json::json!([
             self.source,
             self.ticket,
             self.comment,
             device_key,
             self.dry_run
         ]);
+        // Another tenant's device is other work; without tenants the hash
+        // is what it always was.
+        if let (Some(t), Some(list)) = (&self.tenant, tuple.as_array_mut()) {
+            list.push(serde_json::json!(t));
+        }
         WorkHash(Sha256::digest(tuple.to_string().as_bytes()).into())
     }
 
@@ -482,6 +490,7 @@ mod tests {
             enqueued_at: 1_700_000_000,
             callback_url: None,
             notify: None,
+            tenant: None,
         }
     }
 
@@ -519,6 +528,7 @@ mod tests {
             requested_at: 1,
             attempt: 2,
             due_at: 3,
+            tenant: None,
         };
         let sealed = keys.seal_track(&t);
         assert_eq!(keys.open_message(&sealed), Ok(QueueMessage::Track(t)));

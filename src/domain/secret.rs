@@ -29,6 +29,8 @@ pub struct AppSecret {
     /// `jira_api`, `servicenow_api`, `pagerduty_api` as written: the
     /// write-back adapter reads its credentials there when it needs them.
     pub write_back: serde_json::Map<String, Value>,
+    /// The secret's `tenants`, where it serves several (see `tenant`).
+    pub tenants: Option<crate::domain::tenant::TenantMap>,
 }
 
 impl fmt::Debug for AppSecret {
@@ -90,7 +92,12 @@ impl AppSecret {
                 .collect::<Result<_, String>>()?,
             Some(_) => return Err("the secret's key 'webhook_secrets' must be an object".into()),
         };
+        let tenants = match obj.get("tenants") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(crate::domain::tenant::read_tenants(v)?),
+        };
         Ok(Self {
+            tenants,
             tenant_id,
             client_id,
             client_secret,
@@ -101,6 +108,35 @@ impl AppSecret {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         })
+    }
+
+    /// The credentials of `tenant` (the top-level ones for `None`): its
+    /// `tenant_id`, and its `client_id` and `client_secret` where it has
+    /// its own. A malformed entry is that tenant's `bad_secret` only.
+    pub fn for_tenant(&self, tenant: Option<&str>) -> Result<AppSecret, CredentialError> {
+        let Some(name) = tenant else {
+            return Ok(self.clone());
+        };
+        let creds = self
+            .tenants
+            .as_ref()
+            .and_then(|m| m.get(name))
+            .ok_or_else(|| {
+                CredentialError::BadSecret(format!("the secret has no key 'tenants.{name}'"))
+            })?
+            .as_ref()
+            .map_err(|e| CredentialError::BadSecret(e.clone()))?;
+        let mut s = self.clone();
+        s.tenant_id = creds.tenant_id.clone();
+        if let Some(c) = &creds.client_id {
+            s.client_id = c.clone();
+        }
+        if s.client_secret.is_some()
+            && let Some(c) = &creds.client_secret
+        {
+            s.client_secret = Some(c.clone());
+        }
+        Ok(s)
     }
 
     /// The secrets for one source key; empty when the key is absent, which

@@ -38,6 +38,9 @@ pub struct TrackedAction {
     pub callback_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<crate::domain::notify::NotifyTarget>,
+    /// The tenant the action is in (with the secret's `tenants`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Unix seconds when the offboard was requested: tracking ends
     /// `track_for` after it.
     pub requested_at: i64,
@@ -168,6 +171,7 @@ mod tests {
             requested_at,
             attempt: 0,
             due_at: requested_at + 900,
+            tenant: None,
         }
     }
 

@@ -30,7 +30,9 @@ pub async fn scheduled(app: &App, ctx: &Context) -> Value {
     );
     let deadline = inv.deadline;
     inv.run("health", async {
-        let answer = app.health(&deadline).await;
+        let answer = app
+            .health(&crate::domain::tenant::TenantAllow::All, None, &deadline)
+            .await;
         tracing::info!(status = %answer["status"], "health check run");
         answer
     })

@@ -18,6 +18,7 @@ use crate::app::offboarding::{Content, Delivery};
 use crate::app::{App, Outcome};
 use crate::domain::limits::{Deadline, retry_after_secs};
 use crate::domain::secret::AppSecret;
+use crate::domain::tenant::TenantAllow;
 use crate::error::ApiError;
 use crate::intake::auth::{Admitted, AuthDef, Presented};
 use crate::intake::generic;
@@ -190,9 +191,18 @@ async fn route(
         }
     };
     let generic_auth = app.config().sources.generic_auth();
-    let read_auth = app.config().sources.read_auth();
-    // What a delivery id is bound to, with the body: the method and path.
-    let route = http_route(req.method().as_str(), path);
+    // The tenant a read or cancel names (`?tenant=`).
+    let tenant = req
+        .query_string_parameters_ref()
+        .and_then(|q| q.first("tenant"))
+        .map(str::to_string);
+    // What a delivery id is bound to, with the body: the method and path
+    // (and the tenant named).
+    let route = match &tenant {
+        Some(t) => format!("{}?tenant={t}", http_route(req.method().as_str(), path)),
+        None => http_route(req.method().as_str(), path),
+    };
+    let tenant = tenant.as_deref();
     match segments.as_slice() {
         ["v1", "offboard"] => {
             allow("POST")?;
@@ -216,10 +226,11 @@ async fn route(
         ["v1", "actions", action_id] if !action_id.is_empty() => {
             allow("GET")?;
             let body = body_bytes(req)?;
-            let (secret, admitted) = authenticate(app, req, body, read_auth).await?;
+            let (secret, admitted, allow) = authenticate_read(app, req, body).await?;
+            let tenant = app.resolve_tenant(&secret, tenant, "tenant", &allow)?;
             let (origin, key) = signed_call(req, admitted, &route, body);
             app.once_signed(&origin, key.as_ref(), deadline, || {
-                app.action(&secret, action_id, deadline)
+                app.action(&secret, tenant.as_deref(), action_id, deadline)
             })
             .await
         }
@@ -227,7 +238,10 @@ async fn route(
             allow("POST")?;
             let body = body_bytes(req)?;
             let (secret, admitted) = authenticate(app, req, body, generic_auth).await?;
+            let allow = app.config().sources.generic_tenants();
+            let tenant = app.resolve_tenant(&secret, tenant, "tenant", allow)?;
             let (origin, key) = signed_call(req, admitted, &route, body);
+            let origin = origin.in_tenant(tenant);
             app.once_signed(&origin, key.as_ref(), deadline, || async {
                 let value = generic::strict_json(body)?;
                 let comment = generic::parse_cancel_body(&value)?;
@@ -239,21 +253,31 @@ async fn route(
         ["v1", "health"] => {
             allow("GET")?;
             let body = body_bytes(req)?;
-            let (_, admitted) = authenticate(app, req, body, read_auth).await?;
+            let (secret, admitted, allow) = authenticate_read(app, req, body).await?;
+            // Only the tenants this caller may act for; `?tenant=` one.
+            let only = match tenant {
+                Some(_) => app.resolve_tenant(&secret, tenant, "tenant", &allow)?,
+                None => None,
+            };
             let (origin, key) = signed_call(req, admitted, &route, body);
             app.once_signed(&origin, key.as_ref(), deadline, || async {
-                Ok(Outcome::ok(&app.health(deadline).await))
+                Ok(Outcome::ok(
+                    &app.health(&allow, only.as_deref(), deadline).await,
+                ))
             })
             .await
         }
         ["v1", "tickets", ticket] if !ticket.is_empty() && app.has_tickets() => {
             allow("GET")?;
             let body = body_bytes(req)?;
-            let (_, admitted) = authenticate(app, req, body, read_auth).await?;
+            let (secret, admitted, allow) = authenticate_read(app, req, body).await?;
+            let tenant = app.resolve_tenant(&secret, tenant, "tenant", &allow)?;
             let (origin, key) = signed_call(req, admitted, &route, body);
             let ticket = percent_decode(ticket);
-            app.once_signed(&origin, key.as_ref(), deadline, || app.ticket(&ticket))
-                .await
+            app.once_signed(&origin, key.as_ref(), deadline, || {
+                app.ticket(&ticket, tenant.as_deref())
+            })
+            .await
         }
         _ => Err(ApiError::NoRoute(path.to_string())),
     }
@@ -322,6 +346,25 @@ async fn webhook(
 }
 
 /// What the request presents to its route's auth, checked by the core.
+/// A read route's caller: the `generic` source's, or else the `reader`
+/// source's, with the tenants that source allows.
+async fn authenticate_read(
+    app: &App,
+    req: &Request,
+    body: &[u8],
+) -> Result<(std::sync::Arc<AppSecret>, Admitted, TenantAllow), ApiError> {
+    let sources = &app.config().sources;
+    let generic = authenticate(app, req, body, sources.generic_auth()).await;
+    match (generic, sources.reader()) {
+        (Ok((s, a)), _) => Ok((s, a, sources.generic_tenants().clone())),
+        (Err(ApiError::Unauthorized(_)), Some((auth, allow))) => {
+            let (s, a) = authenticate(app, req, body, auth).await?;
+            Ok((s, a, allow.clone()))
+        }
+        (Err(e), _) => Err(e),
+    }
+}
+
 async fn authenticate(
     app: &App,
     req: &Request,

@@ -13,13 +13,14 @@ pub use crate::domain::model::*;
 use crate::support::url_policy::{CallbackHosts, CallbackUrl};
 
 /// The fields the generic body defines; anything else is refused.
-pub const GENERIC_FIELDS: [&str; 6] = [
+pub const GENERIC_FIELDS: [&str; 7] = [
     "ticket",
     "comment",
     "devices",
     "dry_run",
     "mode",
     "callback_url",
+    "tenant",
 ];
 
 /// The first field not in `GENERIC_FIELDS`, with the field it was probably
@@ -118,6 +119,8 @@ pub fn parse_generic_body(body: &Value, hosts: &CallbackHosts) -> Result<Generic
     let callback_url = optional(obj, "callback_url", "a string", Value::as_str)?
         .map(|s| callback_url("callback_url", s, hosts))
         .transpose()?;
+    // Checked against the secret's `tenants` once the caller is known.
+    let tenant = optional(obj, "tenant", "a string", Value::as_str)?.map(str::to_string);
     Ok(GenericBody {
         request: OffboardRequest {
             ticket,
@@ -125,6 +128,7 @@ pub fn parse_generic_body(body: &Value, hosts: &CallbackHosts) -> Result<Generic
             devices,
             dry_run,
             mode,
+            tenant,
         },
         callback_url,
     })

@@ -21,6 +21,8 @@ use serde_json::{Map, Value, json};
 pub struct Collector {
     counts: BTreeMap<&'static str, f64>,
     latencies_ms: Vec<f64>,
+    /// The tenant the request acted in: the `Tenant` dimension.
+    tenant: Option<String>,
 }
 
 tokio::task_local! {
@@ -30,6 +32,7 @@ tokio::task_local! {
 static OUTSIDE: Mutex<Collector> = Mutex::new(Collector {
     counts: BTreeMap::new(),
     latencies_ms: Vec::new(),
+    tenant: None,
 });
 
 /// Metric names, in one place so the template's alarms and this code agree.
@@ -85,6 +88,12 @@ fn with(f: impl FnOnce(&mut Collector)) {
     } else {
         f(&mut OUTSIDE.lock().unwrap_or_else(|e| e.into_inner()));
     }
+}
+
+/// The tenant this request acts in: its metrics carry the `Tenant`
+/// dimension too.
+pub fn tenant(name: &str) {
+    with(|c| c.tenant = Some(name.to_string()));
 }
 
 pub fn count(name: &'static str) {
@@ -148,6 +157,13 @@ impl Collector {
             root.insert((*k).into(), json!(v));
         }
         root.insert("Source".into(), json!(source));
+        let dimensions = match &self.tenant {
+            Some(t) => {
+                root.insert("Tenant".into(), json!(t));
+                json!([["Source"], ["Tenant"], []])
+            }
+            None => json!([["Source"], []]),
+        };
         root.insert("function_request_id".into(), json!(request_id));
         root.insert(
             "_aws".into(),
@@ -155,7 +171,7 @@ impl Collector {
                 "Timestamp": timestamp_ms,
                 "CloudWatchMetrics": [{
                     "Namespace": namespace,
-                    "Dimensions": [["Source"], []],
+                    "Dimensions": dimensions,
                     "Metrics": defs,
                 }]
             }),

@@ -68,6 +68,7 @@ pub(crate) mod attr {
     pub const REQUESTED_AT: &str = "requested_at";
     pub const UPDATED_AT: &str = "updated_at";
     pub const SOURCE: &str = "source";
+    pub const TENANT: &str = "tenant";
     pub const COUNT: &str = "count";
 }
 
@@ -135,11 +136,17 @@ impl ItemKey for AnswerPart<'_> {
 }
 
 /// A budget bucket (`domain::ledger::bucket_of`).
-pub(crate) struct Bucket(pub i64);
+/// A budget bucket of a scope: "" (no tenants: the key as it always was)
+/// or a tenant's name.
+pub(crate) struct Bucket<'a>(pub &'a str, pub i64);
 
-impl ItemKey for Bucket {
+impl ItemKey for Bucket<'_> {
     fn pk(&self) -> String {
-        format!("BUDGET#{}", self.0 * BUDGET_BUCKET.as_secs() as i64)
+        let start = self.1 * BUDGET_BUCKET.as_secs() as i64;
+        match self.0 {
+            "" => format!("BUDGET#{start}"),
+            scope => format!("BUDGET#{scope}#{start}"),
+        }
     }
 
     fn sk(&self) -> String {
@@ -209,6 +216,7 @@ impl From<&DeviceRecord> for Item {
             (attr::REQUESTED_AT, s(&requested)),
             (attr::UPDATED_AT, s(format_time(r.updated_at))),
             (attr::SOURCE, s(&r.source)),
+            (attr::TENANT, s(r.tenant.as_deref().unwrap_or(""))),
             (schema::GSI1_PK, s(machine_pk(&r.machine_id))),
             (schema::GSI1_SK, s(format!("{requested}#{}", r.ticket))),
         ])
@@ -229,6 +237,12 @@ impl TryFrom<&Item> for DeviceRecord {
             requested_at: get_time(item, attr::REQUESTED_AT)?,
             updated_at: get_time(item, attr::UPDATED_AT)?,
             source: get(item, attr::SOURCE)?,
+            // Records written before tenants carry none.
+            tenant: item
+                .get(attr::TENANT)
+                .and_then(|v| v.as_s().ok())
+                .filter(|t| !t.is_empty())
+                .cloned(),
         })
     }
 }

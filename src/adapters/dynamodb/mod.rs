@@ -67,7 +67,7 @@ pub struct DynamoLedger {
     client: LazyClient<aws_sdk_dynamodb::Client>,
     table: String,
     /// Closed budget buckets never change: read once per instance.
-    closed_buckets: Mutex<HashMap<i64, u32>>,
+    closed_buckets: Mutex<HashMap<(String, i64), u32>>,
     /// Items per Query page; DynamoDB's 1 MB pages unless set (tests set
     /// it to show that every page is read).
     page_size: Option<i32>,
@@ -96,7 +96,7 @@ impl DynamoLedger {
         self.client.get().await
     }
 
-    fn closed_buckets(&self) -> MutexGuard<'_, HashMap<i64, u32>> {
+    fn closed_buckets(&self) -> MutexGuard<'_, HashMap<(String, i64), u32>> {
         self.closed_buckets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -237,19 +237,24 @@ impl DynamoLedger {
 
     /// The counts of the twelve buckets before `current`, from the cache
     /// where a bucket is closed, else in one BatchGetItem.
-    async fn previous_buckets(&self, current: i64, now: SystemTime) -> Result<u64, LedgerError> {
+    async fn previous_buckets(
+        &self,
+        scope: &str,
+        current: i64,
+        now: SystemTime,
+    ) -> Result<u64, LedgerError> {
         let first = current - BUDGET_BUCKETS_BEFORE;
         let settled_before = bucket_of(now - CLOCK_SKEW);
         let mut total = 0u64;
         let mut wanted = HashMap::new();
         {
             let mut cache = self.closed_buckets();
-            cache.retain(|b, _| *b >= first);
+            cache.retain(|(_, b), _| *b >= first);
             for b in first..current {
-                match cache.get(&b) {
+                match cache.get(&(scope.to_string(), b)) {
                     Some(c) => total += u64::from(*c),
                     None => {
-                        wanted.insert(Bucket(b).pk(), b);
+                        wanted.insert(Bucket(scope, b).pk(), b);
                     }
                 }
             }
@@ -258,7 +263,12 @@ impl DynamoLedger {
             return Ok(total);
         }
         let keys = KeysAndAttributes::builder()
-            .set_keys(Some(wanted.values().map(|b| Bucket(*b).item([])).collect()))
+            .set_keys(Some(
+                wanted
+                    .values()
+                    .map(|b| Bucket(scope, *b).item([]))
+                    .collect(),
+            ))
             .consistent_read(true)
             .build()
             .map_err(|e| LedgerError::Refused(e.to_string()))?;
@@ -295,7 +305,7 @@ impl DynamoLedger {
         for (b, c) in found {
             total += u64::from(c);
             if b < settled_before {
-                cache.insert(b, c);
+                cache.insert((scope.to_string(), b), c);
             }
         }
         Ok(total)
@@ -555,13 +565,19 @@ impl DeviceRecords for DynamoLedger {
 }
 
 impl OffboardBudget for DynamoLedger {
-    fn take_budget(&self, wanted: u32, limit: u32, now: SystemTime) -> LedgerFuture<'_, u32> {
+    fn take_budget<'a>(
+        &'a self,
+        scope: &'a str,
+        wanted: u32,
+        limit: u32,
+        now: SystemTime,
+    ) -> LedgerFuture<'a, u32> {
         Box::pin(async move {
             if wanted == 0 || limit == 0 {
                 return Ok(0);
             }
             let current = bucket_of(now);
-            let before = self.previous_buckets(current, now).await?;
+            let before = self.previous_buckets(scope, current, now).await?;
             let room_here = u64::from(limit).saturating_sub(before);
             let mut ask = u64::from(wanted).min(room_here);
             let update = "ADD #count :n SET #expires_at = :exp";
@@ -577,7 +593,7 @@ impl OffboardBudget for DynamoLedger {
                     .await
                     .update_item()
                     .table_name(&self.table)
-                    .set_key(Some(Bucket(current).item([])))
+                    .set_key(Some(Bucket(scope, current).item([])))
                     .update_expression(update)
                     .condition_expression(condition)
                     .set_expression_attribute_names(names(&[update, condition]))
@@ -608,7 +624,12 @@ impl OffboardBudget for DynamoLedger {
         })
     }
 
-    fn give_back_budget(&self, places: u32, taken_at: SystemTime) -> LedgerFuture<'_, ()> {
+    fn give_back_budget<'a>(
+        &'a self,
+        scope: &'a str,
+        places: u32,
+        taken_at: SystemTime,
+    ) -> LedgerFuture<'a, ()> {
         Box::pin(async move {
             if places == 0 {
                 return Ok(());
@@ -623,7 +644,7 @@ impl OffboardBudget for DynamoLedger {
                 .await
                 .update_item()
                 .table_name(&self.table)
-                .set_key(Some(Bucket(bucket).item([])))
+                .set_key(Some(Bucket(scope, bucket).item([])))
                 .update_expression(update)
                 .condition_expression(condition)
                 .set_expression_attribute_names(names(&[update, condition]))
@@ -636,7 +657,7 @@ impl OffboardBudget for DynamoLedger {
                 Err(e) => condition_failed(e).map(|_| ())?,
             }
             // This instance's copy of a closed bucket, lowered likewise.
-            if let Some(c) = self.closed_buckets().get_mut(&bucket) {
+            if let Some(c) = self.closed_buckets().get_mut(&(scope.to_string(), bucket)) {
                 *c = c.saturating_sub(places);
             }
             Ok(())

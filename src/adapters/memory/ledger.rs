@@ -23,7 +23,7 @@ struct Memory {
     records: BTreeMap<RecordKey, DeviceRecord>,
     /// Records whose outcome tracking has reported.
     reported: HashSet<RecordKey>,
-    buckets: HashMap<i64, u32>,
+    buckets: HashMap<(String, i64), u32>,
     unavailable: bool,
 }
 
@@ -198,23 +198,39 @@ impl DeviceRecords for InMemoryLedger {
 }
 
 impl OffboardBudget for InMemoryLedger {
-    fn take_budget(&self, wanted: u32, limit: u32, now: SystemTime) -> LedgerFuture<'_, u32> {
+    fn take_budget<'a>(
+        &'a self,
+        scope: &'a str,
+        wanted: u32,
+        limit: u32,
+        now: SystemTime,
+    ) -> LedgerFuture<'a, u32> {
         self.with(|m| {
             let current = bucket_of(now);
             m.buckets
-                .retain(|b, _| *b >= current - BUDGET_BUCKETS_BEFORE);
-            let used: u64 = m.buckets.values().map(|c| u64::from(*c)).sum();
+                .retain(|(_, b), _| *b >= current - BUDGET_BUCKETS_BEFORE);
+            let used: u64 = m
+                .buckets
+                .iter()
+                .filter(|((s, _), _)| s == scope)
+                .map(|(_, c)| u64::from(*c))
+                .sum();
             let granted = u64::from(wanted).min(u64::from(limit).saturating_sub(used)) as u32;
             if granted > 0 {
-                *m.buckets.entry(current).or_default() += granted;
+                *m.buckets.entry((scope.to_string(), current)).or_default() += granted;
             }
             Ok(granted)
         })
     }
 
-    fn give_back_budget(&self, places: u32, taken_at: SystemTime) -> LedgerFuture<'_, ()> {
+    fn give_back_budget<'a>(
+        &'a self,
+        scope: &'a str,
+        places: u32,
+        taken_at: SystemTime,
+    ) -> LedgerFuture<'a, ()> {
         self.with(|m| {
-            if let Some(c) = m.buckets.get_mut(&bucket_of(taken_at)) {
+            if let Some(c) = m.buckets.get_mut(&(scope.to_string(), bucket_of(taken_at))) {
                 *c = c.saturating_sub(places);
             }
             Ok(())
@@ -256,6 +272,7 @@ mod tests {
             requested_at: at(t),
             updated_at: at(t),
             source: "generic".into(),
+            tenant: None,
         }
     }
 
@@ -525,48 +542,48 @@ mod tests {
     async fn the_budget_holds_over_any_rolling_hour() {
         let l = InMemoryLedger::new();
         let start = at(0);
-        assert_eq!(l.take_budget(7, 10, start).await, Ok(7));
+        assert_eq!(l.take_budget("", 7, 10, start).await, Ok(7));
         // Partly granted: three left.
         assert_eq!(
-            l.take_budget(5, 10, start + Duration::from_secs(1800))
+            l.take_budget("", 5, 10, start + Duration::from_secs(1800))
                 .await,
             Ok(3)
         );
         // Within the hour: spent.
         assert_eq!(
-            l.take_budget(1, 10, start + Duration::from_secs(3599))
+            l.take_budget("", 1, 10, start + Duration::from_secs(3599))
                 .await,
             Ok(0)
         );
         // 61 minutes on, but the first take's bucket is still one of the
         // thirteen: refused, at most five minutes early, never late.
         assert_eq!(
-            l.take_budget(1, 10, start + Duration::from_secs(3660))
+            l.take_budget("", 1, 10, start + Duration::from_secs(3660))
                 .await,
             Ok(0)
         );
         // 65 minutes on, the first seven have left the window; the three
         // from minute 30 have not.
         assert_eq!(
-            l.take_budget(10, 10, start + Duration::from_secs(3900))
+            l.take_budget("", 10, 10, start + Duration::from_secs(3900))
                 .await,
             Ok(7)
         );
-        assert_eq!(l.take_budget(0, 10, start).await, Ok(0));
-        assert_eq!(l.take_budget(3, 0, start).await, Ok(0));
+        assert_eq!(l.take_budget("", 0, 10, start).await, Ok(0));
+        assert_eq!(l.take_budget("", 3, 0, start).await, Ok(0));
     }
 
     #[tokio::test]
     async fn places_given_back_are_taken_again_and_the_count_never_goes_below_zero() {
         let l = InMemoryLedger::new();
-        assert_eq!(l.take_budget(2, 2, at(0)).await, Ok(2));
-        assert_eq!(l.take_budget(1, 2, at(10)).await, Ok(0));
+        assert_eq!(l.take_budget("", 2, 2, at(0)).await, Ok(2));
+        assert_eq!(l.take_budget("", 1, 2, at(10)).await, Ok(0));
         // Given back a bucket later: the place leaves the bucket it came from.
-        l.give_back_budget(1, at(0)).await.unwrap();
-        assert_eq!(l.take_budget(2, 2, at(400)).await, Ok(1));
-        l.give_back_budget(5, at(0)).await.unwrap();
-        l.give_back_budget(1, at(7200)).await.unwrap();
-        assert_eq!(l.take_budget(3, 2, at(500)).await, Ok(1));
+        l.give_back_budget("", 1, at(0)).await.unwrap();
+        assert_eq!(l.take_budget("", 2, 2, at(400)).await, Ok(1));
+        l.give_back_budget("", 5, at(0)).await.unwrap();
+        l.give_back_budget("", 1, at(7200)).await.unwrap();
+        assert_eq!(l.take_budget("", 3, 2, at(500)).await, Ok(1));
     }
 
     #[tokio::test]

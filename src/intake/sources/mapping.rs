@@ -137,6 +137,7 @@ impl SourceDef {
             devices,
             dry_run: false,
             mode: Mode::Now,
+            tenant: self.tenant.clone(),
         }))
     }
 }

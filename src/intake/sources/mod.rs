@@ -31,6 +31,7 @@ pub use freshness::{Freshness, MAX_FUTURE, StaleError, TimeUnit};
 pub use mapping::{Condition, Mapped};
 pub use template::Template;
 
+use crate::domain::tenant::TenantAllow;
 use crate::intake::auth::AuthDef;
 use crate::support::config_de::{from_value, non_empty_list, one_or_many};
 
@@ -59,6 +60,20 @@ pub struct SourceDef {
     /// Where the final outcome is written back (`"notify"`).
     #[serde(default, deserialize_with = "notify")]
     pub notify: Option<crate::domain::notify::NotifyDef>,
+    /// The tenant every delivery to this source acts in (with the secret's
+    /// `tenants`).
+    #[serde(default, deserialize_with = "tenant_name")]
+    pub tenant: Option<String>,
+}
+
+fn tenant_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let name = Option::<String>::deserialize(d)?;
+    match name {
+        Some(n) if !crate::domain::tenant::valid_name(&n) => Err(de::Error::custom(
+            "must be a tenant name: lowercase letters, digits and '-', at most 32",
+        )),
+        other => Ok(other),
+    }
 }
 
 /// Which EventBridge events a source takes: both lists must hold the
@@ -105,6 +120,10 @@ struct Loaded {
     /// What the read routes accept: `generic`'s auth, or the built-in
     /// source `reader`'s where `SOURCES` gives it one.
     read: AuthDef,
+    /// The tenants `generic`'s callers may act for.
+    generic_tenants: TenantAllow,
+    /// `reader`'s own auth and tenants, where `SOURCES` gives it an auth.
+    reader: Option<(AuthDef, TenantAllow)>,
     /// Sources whose definition in `SOURCES` writes a `notify` of its own
     /// (not one inherited from a preset): write-back someone chose.
     chosen_notify: Vec<String>,
@@ -182,6 +201,16 @@ impl Sources {
     pub fn read_auth(&self) -> &AuthDef {
         &self.loaded().read
     }
+
+    /// The tenants `generic`'s callers may act for.
+    pub fn generic_tenants(&self) -> &TenantAllow {
+        &self.loaded().generic_tenants
+    }
+
+    /// `reader`'s own auth and the tenants its callers may read.
+    pub fn reader(&self) -> Option<&(AuthDef, TenantAllow)> {
+        self.loaded().reader.as_ref()
+    }
 }
 
 impl Loaded {
@@ -208,15 +237,29 @@ impl Loaded {
         // A definition that cannot be used; init stops with this line.
         let fail =
             |name: &str, (field, reason)| format!("source '{name}': field '{field}' {reason}");
-        let generic = match user.remove(GENERIC) {
-            None => AuthDef::standard(GENERIC),
-            Some(def) => AuthDef::parse_generic(&def).map_err(|e| fail(GENERIC, e))?,
+        let (generic, generic_tenants) = match user.remove(GENERIC) {
+            None => (AuthDef::standard(GENERIC), TenantAllow::All),
+            Some(mut def) => {
+                let tenants = allowed_tenants(&mut def).map_err(|e| fail(GENERIC, e))?;
+                (
+                    AuthDef::parse_generic(&def).map_err(|e| fail(GENERIC, e))?,
+                    tenants,
+                )
+            }
         };
-        let read = match user.remove(READER) {
+        let reader = match user.remove(READER) {
             None => None,
-            Some(def) => AuthDef::parse_builtin(&def).map_err(|e| fail(READER, e))?,
-        }
-        .map_or_else(|| generic.clone(), |reader| generic.or(&reader));
+            Some(mut def) => {
+                let tenants = allowed_tenants(&mut def).map_err(|e| fail(READER, e))?;
+                AuthDef::parse_builtin(&def)
+                    .map_err(|e| fail(READER, e))?
+                    .map(|auth| (auth, tenants))
+            }
+        };
+        let read = match &reader {
+            None => generic.clone(),
+            Some((auth, _)) => generic.or(auth),
+        };
         let chosen_notify = user
             .iter()
             .filter(|(_, d)| d.get("notify").is_some_and(|n| !n.is_null()))
@@ -241,9 +284,31 @@ impl Loaded {
             defs,
             generic,
             read,
+            generic_tenants,
+            reader,
             chosen_notify,
         })
     }
+}
+
+/// A built-in source's `"tenants"` (taken out of its definition): the
+/// tenants its callers may act for; absent, every one.
+fn allowed_tenants(def: &mut Value) -> Result<TenantAllow, (String, String)> {
+    let Some(list) = def.as_object_mut().and_then(|o| o.remove("tenants")) else {
+        return Ok(TenantAllow::All);
+    };
+    let bad = || {
+        (
+            "tenants".to_string(),
+            "must be a non-empty list of tenant names (lowercase letters, digits and '-', at most 32)"
+                .to_string(),
+        )
+    };
+    let names: Vec<String> = serde_json::from_value(list).map_err(|_| bad())?;
+    if names.is_empty() || !names.iter().all(|n| crate::domain::tenant::valid_name(n)) {
+        return Err(bad());
+    }
+    Ok(TenantAllow::Only(names))
 }
 
 impl Default for Sources {
