@@ -35,6 +35,8 @@ pub struct FakeMachine {
     pub os_platform: String,
     pub os_build: Option<u64>,
     pub machine_tags: Vec<String>,
+    /// The Entra tenant it is onboarded in; `None`: `TENANT_ID`.
+    pub tenant: Option<String>,
 }
 
 impl FakeMachine {
@@ -45,7 +47,19 @@ impl FakeMachine {
             os_platform: platform.to_string(),
             os_build: None,
             machine_tags: Vec::new(),
+            tenant: None,
         }
+    }
+
+    /// A machine of another tenant (see `FakeDefender::add_tenant`): only
+    /// that tenant's tokens see it.
+    pub fn in_tenant(mut self, tenant_id: &str) -> Self {
+        self.tenant = Some(tenant_id.to_string());
+        self
+    }
+
+    fn seen_by(&self, tenant: Option<&str>) -> bool {
+        self.tenant.as_deref().unwrap_or(TENANT_ID) == tenant.unwrap_or(TENANT_ID)
     }
 
     pub fn tagged(mut self, tag: &str) -> Self {
@@ -135,6 +149,9 @@ pub struct Call {
     pub query: Option<String>,
     pub body: String,
     pub authorization: Option<String>,
+    /// The Entra tenant of the call's token (Defender serves each tenant
+    /// its own machines); `None` for a call without a known token.
+    pub tenant: Option<String>,
     pub status: u16,
     /// When the fake received it.
     pub at: std::time::Instant,
@@ -151,6 +168,12 @@ struct Inner {
     pending: HashMap<String, String>,
     /// Issued tokens and the roles each carries.
     tokens: HashMap<String, Vec<String>>,
+    /// Issued tokens' tenants (Entra tenant ids).
+    token_tenants: HashMap<String, String>,
+    /// Tenants besides `TENANT_ID` that the app is consented in.
+    other_tenants: Vec<String>,
+    /// Faults for one tenant's calls only.
+    tenant_faults: VecDeque<(String, Api, Fault)>,
     token_seq: u64,
     action_seq: u64,
     expires_in: Value,
@@ -296,6 +319,20 @@ impl FakeDefender {
     /// function's permission check at start.
     pub fn set_token_roles(&self, roles: &[&str]) {
         self.lock().roles = roles.iter().map(|r| r.to_string()).collect();
+    }
+
+    /// The app is consented in `tenant_id` too: its tokens are issued
+    /// there, and see that tenant's machines (`FakeMachine::in_tenant`).
+    pub fn add_tenant(&self, tenant_id: &str) {
+        self.lock().other_tenants.push(tenant_id.to_string());
+    }
+
+    /// The next call of `api` made with a token of `tenant_id` answers
+    /// with `fault`; other tenants' calls are not touched.
+    pub fn fault_for_tenant(&self, tenant_id: &str, api: Api, fault: Fault) {
+        self.lock()
+            .tenant_faults
+            .push_back((tenant_id.to_string(), api, fault));
     }
 
     pub fn add_machine(&self, m: FakeMachine) {
@@ -444,11 +481,27 @@ fn reply(status: u16, body: Value) -> Response {
 async fn intercept(st: &Shared, mut call: Call) -> Result<Call, Response> {
     let fault = {
         let mut inner = st.lock().expect("fake state");
-        let pos = inner.faults.iter().position(|(a, part, _)| {
-            (*a == call.api || (*a == Api::AnyDefender && call.api.is_defender()))
-                && part.as_deref().is_none_or(|p| call.path.contains(p))
-        });
-        pos.and_then(|p| inner.faults.remove(p)).map(|(_, _, f)| f)
+        call.tenant = call
+            .authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .and_then(|t| inner.token_tenants.get(t))
+            .cloned();
+        let api_matches =
+            |a: &Api| *a == call.api || (*a == Api::AnyDefender && call.api.is_defender());
+        let for_tenant = inner
+            .tenant_faults
+            .iter()
+            .position(|(t, a, _)| call.tenant.as_deref() == Some(t.as_str()) && api_matches(a));
+        match for_tenant {
+            Some(p) => inner.tenant_faults.remove(p).map(|(_, _, f)| f),
+            None => {
+                let pos = inner.faults.iter().position(|(a, part, _)| {
+                    api_matches(a) && part.as_deref().is_none_or(|p| call.path.contains(p))
+                });
+                pos.and_then(|p| inner.faults.remove(p)).map(|(_, _, f)| f)
+            }
+        }
     };
     let answer = match fault {
         None => None,
@@ -519,6 +572,7 @@ fn new_call(api: Api, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
+        tenant: None,
         status: 0,
         at: std::time::Instant::now(),
     }
@@ -607,7 +661,13 @@ async fn token(
             }),
         )
     };
-    let r = if tenant != TENANT_ID {
+    let known = tenant == TENANT_ID
+        || st
+            .lock()
+            .expect("fake state")
+            .other_tenants
+            .contains(&tenant);
+    let r = if !known {
         bad(400, "invalid_request", 90002, "Tenant not found.")
     } else if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
         bad(
@@ -652,6 +712,7 @@ async fn token(
         let t = access_token(inner.token_seq, &inner.roles);
         let roles = inner.roles.clone();
         inner.tokens.insert(t.clone(), roles);
+        inner.token_tenants.insert(t.clone(), tenant.clone());
         let expires_in = inner.expires_in.clone();
         drop(inner);
         reply(
@@ -937,6 +998,7 @@ async fn list_machines(
             let found: Vec<Value> = inner
                 .machines
                 .iter()
+                .filter(|m| m.seen_by(call.tenant.as_deref()))
                 .filter(|m| {
                     let dns = m.computer_dns_name.to_lowercase();
                     dns == name.to_lowercase()
@@ -963,6 +1025,7 @@ async fn list_machines(
             let all: Vec<Value> = inner
                 .machines
                 .iter()
+                .filter(|m| m.seen_by(call.tenant.as_deref()))
                 .take(top)
                 .map(FakeMachine::to_json)
                 .collect();
@@ -983,7 +1046,12 @@ async fn get_machine(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let found = st.lock().expect("fake state").machine(&id).cloned();
+    let found = st
+        .lock()
+        .expect("fake state")
+        .machine(&id)
+        .filter(|m| m.seen_by(call.tenant.as_deref()))
+        .cloned();
     let r = match found {
         Some(m) => reply(200, m.to_json()),
         None => reply(
@@ -1030,7 +1098,11 @@ async fn offboard(
         );
     };
     let mut inner = st.lock().expect("fake state");
-    let Some(m) = inner.machine(&id).cloned() else {
+    let Some(m) = inner
+        .machine(&id)
+        .filter(|m| m.seen_by(call.tenant.as_deref()))
+        .cloned()
+    else {
         drop(inner);
         return record(
             &st,
