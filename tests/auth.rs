@@ -510,7 +510,7 @@ fn the_generic_source_takes_only_auth() {
 #[tokio::test]
 async fn servicenow_basic_auth_from_its_event_file() {
     let mut secret = base_secret();
-    secret["webhook_secrets"]["servicenow-basic"] = json!(["mde-offboard:REPLACED-BY-THE-SENDER"]);
+    secret["webhook_secrets"]["servicenow-basic"] = json!(["servicenow:REPLACED-BY-THE-SENDER"]);
     let sources = r#"{"sources": {"servicenow": {"extends": "servicenow",
         "auth": [{"scheme": "basic", "secret": "servicenow-basic"},
                  {"scheme": "bearer", "secret": "servicenow"}]}}}"#;
@@ -527,9 +527,9 @@ async fn servicenow_basic_auth_from_its_event_file() {
     use base64::Engine as _;
     let engine = base64::engine::general_purpose::STANDARD;
     for pair in [
-        "mde-offboard:REPLACED-BY-THE-SENDEr",
-        "mde-offboarx:REPLACED-BY-THE-SENDER",
-        "mde-offboard:",
+        "servicenow:REPLACED-BY-THE-SENDEr",
+        "servicenox:REPLACED-BY-THE-SENDER",
+        "servicenow:",
     ] {
         let mut wrong = e.clone();
         wrong["headers"]["authorization"] = json!(format!("Basic {}", engine.encode(pair)));
@@ -551,7 +551,7 @@ async fn servicenow_basic_auth_from_its_event_file() {
 async fn the_servicenow_preset_takes_basic_or_bearer_as_its_secret_allows() {
     // Basic set up (servicenow_basic) beside the bearer token: both admit.
     let mut secret = base_secret();
-    secret["webhook_secrets"]["servicenow_basic"] = json!("mde-offboard:REPLACED-BY-THE-SENDER");
+    secret["webhook_secrets"]["servicenow_basic"] = json!("servicenow:REPLACED-BY-THE-SENDER");
     let h = Harness::with(secret, &[]).await;
     let e = fixture("servicenow-basic.json");
     let (status, answer) = h.send(event(&e)).await;
