@@ -15,11 +15,18 @@ pub fn http_api_v2(method: &str, path: &str, headers: &[(&str, &str)], body: &st
             ),
         ])
         .collect();
-    json!({
+    // `/v1/tickets/T?tenant=x`: the query as API Gateway splits it off.
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let params: Map<String, Value> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), Value::from(v)))
+        .collect();
+    let mut event = json!({
         "version": "2.0",
         "routeKey": "$default",
         "rawPath": path,
-        "rawQueryString": "",
+        "rawQueryString": query,
         "headers": headers,
         "requestContext": {
             "accountId": "123456789012",
@@ -41,5 +48,9 @@ pub fn http_api_v2(method: &str, path: &str, headers: &[(&str, &str)], body: &st
         },
         "body": body,
         "isBase64Encoded": false
-    })
+    });
+    if !params.is_empty() {
+        event["queryStringParameters"] = Value::Object(params);
+    }
+    event
 }
