@@ -12,7 +12,7 @@ use std::sync::Arc;
 use common::*;
 use mde_offboard::adapters::memory::ledger::InMemoryLedger;
 use mde_testkit::defender::TENANT_ID;
-use mde_testkit::{Api, FakeMachine, Fault, ids};
+use mde_testkit::{Api, FakeMachine, Fault};
 use serde_json::{Value, json};
 
 const FABRIKAM_ID: &str = "22222222-2222-2222-2222-222222222222";
