@@ -48,6 +48,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: mde-local [--port N] [--secret-file FILE | --aws]\n       \
          mde-local [--roles R1,R2] [--client-secret S]   (simulate a missing consent, a wrong secret)\n       \
+         mde-local --tenants                            (two tenants, contoso and fabrikam: name one in each request)\n       \
          mde-local send FILE [--url URL] [--secret-file FILE]\n       \
          mde-local tenant [--port N] [--roles R1,R2] [--env-file FILE]\n       \
          mde-local sign FILE [-o OUT] [--secret-file FILE]\n       \
@@ -105,6 +106,7 @@ async fn main() {
     let breaks = Breaks {
         roles: flag("--roles").map(|r| r.split(',').map(str::to_string).collect()),
         client_secret: flag("--client-secret"),
+        tenants: args.iter().any(|a| a == "--tenants"),
     };
     serve(
         port,
@@ -126,7 +128,14 @@ async fn warm(instance: mde_offboard::init::Instance) -> Arc<App> {
 struct Breaks {
     roles: Option<Vec<String>>,
     client_secret: Option<String>,
+    /// Two simulated tenants, `contoso` and `fabrikam` (the secret's
+    /// `tenants`): every request names one.
+    tenants: bool,
 }
+
+/// The second simulated tenant (`--tenants`) and its one machine.
+const FABRIKAM_TENANT: &str = "22222222-2222-2222-2222-222222222222";
+const FABRIKAM_LAPTOP: &str = "fa0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b";
 
 async fn serve(port: u16, secret_file: Option<String>, aws: bool, breaks: Breaks) {
     mde_offboard::ops::logging::init();
@@ -154,6 +163,17 @@ async fn serve(port: u16, secret_file: Option<String>, aws: bool, breaks: Breaks
         let fake = FakeDefender::start(demo_machines()).await;
         if let Some(roles) = &breaks.roles {
             fake.set_token_roles(&roles.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        if breaks.tenants {
+            fake.add_tenant(FABRIKAM_TENANT);
+            fake.add_machine(
+                mde_testkit::FakeMachine::new(
+                    FABRIKAM_LAPTOP,
+                    "laptop-09.fabrikam.com",
+                    "Windows11",
+                )
+                .in_tenant(FABRIKAM_TENANT),
+            );
         }
         let url = fake.url();
         let tickets = FakeTicketing::start()
@@ -184,6 +204,12 @@ async fn serve(port: u16, secret_file: Option<String>, aws: bool, breaks: Breaks
         }
         if let Some(wrong) = breaks.client_secret {
             secret["client_secret"] = Value::String(wrong);
+        }
+        if breaks.tenants {
+            secret["tenants"] = serde_json::json!({
+                "contoso": {"tenant_id": mde_testkit::defender::TENANT_ID},
+                "fabrikam": {"tenant_id": FABRIKAM_TENANT},
+            });
         }
         let (queue, rx) = tracking::queue();
         let mut instance =

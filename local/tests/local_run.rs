@@ -190,3 +190,31 @@ fn the_health_check_passes_locally_and_names_what_breaks() {
         "{t}"
     );
 }
+
+/// `--tenants`: two simulated tenants; each request names one and sees
+/// only that tenant's machines.
+#[test]
+fn the_local_run_simulates_two_tenants() {
+    let (_s, url) = start_with(&["--tenants"]);
+    let offboard = |tenant: &str, device: &str| {
+        let body = serde_json::json!({"ticket": "INC-9", "comment": "retired",
+            "devices": [device], "tenant": tenant});
+        call(&url, &["post", "/v1/offboard", &body.to_string()]).1
+    };
+    let fab = "fa0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b";
+    assert_eq!(
+        offboard("fabrikam", fab)["results"][0]["status"],
+        "offboard_requested"
+    );
+    assert_eq!(
+        offboard("contoso", fab)["results"][0]["status"],
+        "not_found"
+    );
+    let (_, v) = call(&url, &["get", "/v1/health"]);
+    assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(
+        v["checks"].as_array().unwrap().len(),
+        8,
+        "four checks per tenant: {v}"
+    );
+}
