@@ -17,6 +17,7 @@ pub mod audit;
 pub mod enqueue;
 pub mod health;
 pub mod idempotency;
+pub mod lifecycle;
 pub mod offboarding;
 pub mod tracking;
 pub mod work;
@@ -48,6 +49,8 @@ pub struct Ports {
     pub follow_ups: Vec<Arc<dyn FollowUp>>,
     /// Entra ID's published keys, for `entra-jwt` sources.
     pub signing_keys: Arc<dyn SigningKeySource>,
+    /// Auto Scaling, to let a held terminating instance go.
+    pub lifecycle: Arc<dyn crate::domain::lifecycle::LifecycleActions>,
 }
 
 pub struct App {
@@ -62,6 +65,7 @@ pub struct App {
     pub(crate) tracker: tracking::Tracker,
     pub(crate) follow_ups: Vec<Arc<dyn FollowUp>>,
     pub(crate) signing_keys: SigningKeyCache,
+    pub(crate) lifecycle: Arc<dyn crate::domain::lifecycle::LifecycleActions>,
     /// Until the first invocation: for the `cold_start` log key.
     pub cold: AtomicBool,
 }
@@ -115,6 +119,7 @@ impl App {
             tracker,
             follow_ups: ports.follow_ups,
             signing_keys: SigningKeyCache::new(ports.signing_keys),
+            lifecycle: ports.lifecycle,
             cold: AtomicBool::new(true),
         }
     }

@@ -72,7 +72,7 @@ impl DeviceResult {
             device: device.given.clone(),
             machine_id: match &device.target {
                 DeviceRef::Id(id) => Some(id.clone()),
-                DeviceRef::Name(_) => None,
+                DeviceRef::Name(_) | DeviceRef::Instance(..) => None,
             },
             status,
             action_id: None,
@@ -193,6 +193,27 @@ impl Offboarder {
                 Ok(id) => id,
                 Err(r) => return r,
             },
+            DeviceRef::Instance(instance, by) => {
+                let found = crate::domain::lifecycle::find_instance(
+                    &*self.defender,
+                    instance,
+                    by,
+                    deadline,
+                )
+                .await;
+                let found =
+                    found.map_err(|e| DeviceResult::new(device, Status::Failed).with_error(&e));
+                match found.and_then(|ms| {
+                    one_machine(
+                        device,
+                        &ms.iter().collect::<Vec<_>>(),
+                        "carries this instance id",
+                    )
+                }) {
+                    Ok(id) => id,
+                    Err(r) => return r,
+                }
+            }
         };
         let for_id = |status| DeviceResult {
             machine_id: Some(id.clone()),
@@ -299,20 +320,30 @@ impl Offboarder {
                     .is_some_and(|n| name.matches(n) || (host && name.matches_host(n)))
             })
             .collect();
-        match matching.as_slice() {
-            [] => Err(result(Status::NotFound).detail("no machine has this name")),
-            [m] => MachineId::parse(&m.id).ok_or_else(|| {
-                result(Status::Failed)
-                    .detail("Defender returned a machine id that is not 40 hex characters")
-            }),
-            many => {
-                let ids: Vec<&str> = many.iter().map(|m| m.id.as_str()).collect();
-                Err(result(Status::Ambiguous).detail(format!(
-                    "{} machines have this name ({}); name one by its machine id",
-                    many.len(),
-                    ids.join(", ")
-                )))
-            }
+        one_machine(device, &matching, "has this name")
+    }
+}
+
+/// The id of the one machine found; none is `not_found`, several are
+/// `ambiguous` (`what` says how they matched).
+fn one_machine(device: &Device, found: &[&Machine], what: &str) -> Result<MachineId, DeviceResult> {
+    let result = |status| DeviceResult::new(device, status);
+    match found {
+        [] => Err(result(Status::NotFound).detail(format!("no machine {what}"))),
+        [m] => MachineId::parse(&m.id).ok_or_else(|| {
+            result(Status::Failed)
+                .detail("Defender returned a machine id that is not 40 hex characters")
+        }),
+        many => {
+            let ids: Vec<&str> = many.iter().map(|m| m.id.as_str()).collect();
+            let verb = what
+                .replacen("has", "have", 1)
+                .replacen("carries", "carry", 1);
+            Err(result(Status::Ambiguous).detail(format!(
+                "{} machines {verb} ({}); name one by its machine id",
+                many.len(),
+                ids.join(", ")
+            )))
         }
     }
 }
