@@ -387,7 +387,8 @@ async fn a_warm_pool_instance_is_let_go_at_once_and_nothing_is_offboarded() {
 /// run): the instance is let go at once, nothing waits on the queue.
 #[tokio::test]
 async fn without_an_offboard_sent_the_instance_is_let_go_at_once() {
-    let cases: [(&str, &[(&str, &str)], &str); 6] = [
+    type Env = &'static [(&'static str, &'static str)];
+    let cases: [(&str, Env, &str); 6] = [
         ("i-0123456789abcdef0", &[], "not_found"),
         ("i-0aaaaaaaaaaaaaaaa", &[], "ambiguous"),
         ("i-0bbbbbbbbbbbbbbbb", &[], "protected"),

@@ -122,7 +122,7 @@ pub async fn find_instance(
                     .collect()
             }
         };
-        found.sort_by(|a, b| a.id.to_ascii_lowercase().cmp(&b.id.to_ascii_lowercase()));
+        found.sort_by_key(|m| m.id.to_ascii_lowercase());
         found.dedup_by(|a, b| a.id.eq_ignore_ascii_case(&b.id));
         if !found.is_empty() {
             return Ok(found);
