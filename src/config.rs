@@ -118,6 +118,9 @@ pub struct Config {
     /// `MDE_CA_FILE`: a PEM file whose certificates every TLS connection
     /// trusts beside the compiled-in roots (read at init, in `init`).
     pub ca_file: Option<String>,
+    /// `EC2_DEVICE_MATCH`, `LIFECYCLE_HOLD_SECONDS`,
+    /// `LIFECYCLE_CHECK_SECONDS`, `EC2_TENANT`: Auto Scaling scale-in.
+    pub lifecycle: crate::domain::lifecycle::LifecycleSettings,
 }
 
 impl Config {
@@ -228,6 +231,7 @@ impl Config {
                 )? as u64,
             },
             ca_file: env.trimmed("MDE_CA_FILE"),
+            lifecycle: lifecycle_settings(&env)?,
         };
         config.promises_only_what_it_tracks()?;
         Ok(config)
@@ -254,6 +258,29 @@ impl Config {
             _ => Ok(()),
         }
     }
+}
+
+/// The Auto Scaling scale-in settings (contract, "Auto Scaling lifecycle
+/// hooks").
+fn lifecycle_settings<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+) -> Result<crate::domain::lifecycle::LifecycleSettings, ConfigError> {
+    use crate::domain::lifecycle::{self as l, LifecycleSettings as S};
+    Ok(S {
+        device_match: env.or("EC2_DEVICE_MATCH", Vec::new(), S::parse_device_match)?,
+        hold_seconds: env.count(
+            "LIFECYCLE_HOLD_SECONDS",
+            l::DEFAULT_HOLD_SECONDS as usize,
+            l::MAX_HOLD_SECONDS as usize,
+        )? as u64,
+        // SQS delays a message by at most 900 seconds.
+        check_seconds: env.count(
+            "LIFECYCLE_CHECK_SECONDS",
+            l::DEFAULT_CHECK_SECONDS as usize,
+            900,
+        )? as u64,
+        tenant: env.or("EC2_TENANT", None, |v| S::parse_tenant(v).map(Some))?,
+    })
 }
 
 /// The environment through a lookup. An empty variable is treated as
@@ -360,6 +387,19 @@ mod tests {
         assert_eq!(c.secret_ttl, Duration::from_secs(300));
         assert!(c.protected_tags.is_empty());
         assert!(c.queue_url.is_none());
+        assert_eq!(c.lifecycle, Default::default());
+        assert_eq!(
+            (c.lifecycle.hold_seconds, c.lifecycle.check_seconds),
+            (900, 60)
+        );
+        let c = cfg(&[
+            ("SECRET_ID", "mde"),
+            ("EC2_DEVICE_MATCH", "tag,hostname"),
+            ("EC2_TENANT", "contoso"),
+        ])
+        .unwrap();
+        assert_eq!(c.lifecycle.device_match.len(), 2);
+        assert_eq!(c.lifecycle.tenant.as_deref(), Some("contoso"));
     }
 
     #[test]
@@ -434,6 +474,10 @@ mod tests {
                 "https://api.securitycenter.microsoft.com/api",
             ),
             ("MDE_LOGIN_URL", "ftp://login"),
+            ("EC2_DEVICE_MATCH", "name"),
+            ("LIFECYCLE_HOLD_SECONDS", "172801"),
+            ("LIFECYCLE_CHECK_SECONDS", "901"),
+            ("EC2_TENANT", "Contoso"),
         ] {
             let e = cfg(&[("SECRET_ID", "s"), (var, val)]).unwrap_err();
             assert_eq!(e.var, var, "{var}={val}");

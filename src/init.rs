@@ -4,6 +4,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::adapters::autoscaling::AutoScaling;
 use crate::adapters::callback::Callbacks;
 use crate::adapters::defender_http::HttpDefender;
 use crate::adapters::dynamodb::DynamoLedger;
@@ -204,6 +205,7 @@ impl Wiring {
                 Arc::new(WriteBacks::new(http.clone())),
             ],
             signing_keys: Arc::new(HttpSigningKeys::new(http)),
+            lifecycle: Arc::new(AutoScaling::from_env()),
         };
         let mut app = App::new(config, ports);
         if let Some(make) = tenant_defenders {

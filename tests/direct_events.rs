@@ -321,3 +321,76 @@ async fn direct_generic_bodies_are_strict() {
     }
     assert_eq!(fake.count(Api::Offboard), 0, "nothing offboarded");
 }
+
+/// An Auto Scaling termination hook's event through the built binary: the
+/// SDK client made from the environment (`AWS_ENDPOINT_URL_AUTO_SCALING`),
+/// the machine found by its tag, offboarded, and, without a queue to wait
+/// on, the lifecycle action completed with CONTINUE at once. Without
+/// `EC2_DEVICE_MATCH` the action is completed all the same, then the
+/// invocation fails as a configuration error naming it.
+#[tokio::test]
+async fn an_auto_scaling_lifecycle_event_offboards_its_instance_and_lets_it_go() {
+    let text = std::fs::read_to_string(format!(
+        "{ROOT}/../shared/realworld/eventbridge/aws-lambda-go.autoscaling-event-terminate-action.json"
+    ))
+    .expect("the real EventBridge event");
+    let event: Value = serde_json::from_str(&text).unwrap();
+    let d = event["detail"].clone();
+    let (group, hook, instance, token) = (
+        d["AutoScalingGroupName"].as_str().unwrap(),
+        d["LifecycleHookName"].as_str().unwrap(),
+        d["EC2InstanceId"].as_str().unwrap(),
+        d["LifecycleActionToken"].as_str().unwrap(),
+    );
+    let mut machines = demo_machines();
+    machines.push(
+        mde_testkit::FakeMachine::new(ids::DUP_A, "EC2AMAZ-4F2K9QX", "WindowsServer2022")
+            .tagged(instance),
+    );
+    machines.retain(|m| m.id != ids::DUP_B);
+    let fake = FakeDefender::start(machines).await;
+    let asg = mde_testkit::FakeAutoScaling::start().await;
+    asg.hold(group, hook, instance, token);
+    let (runtime, _child) = start(
+        &fake,
+        &[
+            ("AWS_ENDPOINT_URL_AUTO_SCALING", &asg.url()),
+            ("EC2_DEVICE_MATCH", "tag"),
+        ],
+    )
+    .await;
+    let ok = answer(invoke(&runtime, event.clone()).await);
+    assert_eq!(statuses(&ok), ["offboard_requested"], "{ok}");
+    assert_eq!(ok["ticket"], format!("{group}/{instance}"));
+    assert_eq!(ok["lifecycle"], "completed");
+    assert_eq!(fake.accepted_offboards().len(), 1);
+    let completed = asg.calls_of("CompleteLifecycleAction");
+    assert_eq!(completed.len(), 1);
+    assert_eq!(completed[0].status, 200);
+    assert_eq!(completed[0].form["LifecycleActionResult"], "CONTINUE");
+    assert_eq!(
+        asg.action(token).unwrap().result.as_deref(),
+        Some("CONTINUE")
+    );
+
+    // EC2_DEVICE_MATCH unset: let go first, then a configuration error.
+    let fake = FakeDefender::start(demo_machines()).await;
+    let asg = mde_testkit::FakeAutoScaling::start().await;
+    asg.hold(group, hook, instance, token);
+    let (runtime, _child) = start(&fake, &[("AWS_ENDPOINT_URL_AUTO_SCALING", &asg.url())]).await;
+    let (kind, body) = error(invoke(&runtime, event).await);
+    assert_eq!(kind, "MdeOffboard.ConfigError");
+    assert_eq!(body["error"]["code"], "not_configured");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("EC2_DEVICE_MATCH"),
+        "{body}"
+    );
+    assert_eq!(
+        asg.action(token).unwrap().result.as_deref(),
+        Some("CONTINUE")
+    );
+    assert_eq!(fake.accepted_offboards().len(), 0);
+}

@@ -137,9 +137,10 @@ fn the_eventbridge_door_names_its_senders() {
     // The door opens only with the rule; the worker serves SQS only.
     let env = text(&resource(&t, "OffboardFunction")["Properties"]["Environment"]);
     assert!(
-        env.contains("DIRECT_EVENTS") && env.contains("HasEventBus"),
+        env.contains("DIRECT_EVENTS") && env.contains("HasEventRules"),
         "{env}"
     );
+    assert!(text(&t["Conditions"]["HasEventRules"]).contains("HasEventBus"));
     let worker = &resource(&t, "OffboardWorkerFunction")["Properties"]["Environment"]["Variables"];
     assert_eq!(worker["MDE_MODE"], "worker");
 }
@@ -271,5 +272,127 @@ fn alarms_watch_metrics_the_code_writes() {
             let written = metrics_rs.contains(&format!("\"{metric}\"")) || metric == "failed";
             assert!(written, "{name} watches {metric}, which nothing writes");
         }
+    }
+}
+
+/// EC2 Auto Scaling scale-in: nothing without the group; the hook lets go
+/// by default (CONTINUE, never ABANDON) and waits as long as the hold; the
+/// rule takes the group's hook's events and leaves warm-pool returns out
+/// (and a group without a warm pool sends no Destination at all); both
+/// roles may complete and heartbeat that group's actions only; the door
+/// opens where a rule sends events.
+#[test]
+fn scale_in_is_scoped_to_its_group_and_never_holds_an_instance_by_default() {
+    let t = template();
+    for name in [
+        "Ec2TerminationHook",
+        "Ec2ScaleInRule",
+        "Ec2ScaleInPermission",
+    ] {
+        assert_eq!(
+            resource(&t, name)["Condition"],
+            "HasAutoScalingGroup",
+            "{name}"
+        );
+    }
+    let cond = text(&t["Conditions"]["HasAutoScalingGroup"]);
+    assert!(cond.contains("Ec2AutoScalingGroupName"), "{cond}");
+    assert_eq!(t["Parameters"]["Ec2AutoScalingGroupName"]["Default"], "");
+
+    let hook = &resource(&t, "Ec2TerminationHook")["Properties"];
+    assert_eq!(hook["DefaultResult"], "CONTINUE");
+    assert_eq!(
+        hook["LifecycleTransition"],
+        "autoscaling:EC2_INSTANCE_TERMINATING"
+    );
+    assert!(text(&hook["HeartbeatTimeout"]).contains("Ec2LifecycleHoldSeconds"));
+    assert!(
+        !text(&t).contains("ABANDON"),
+        "nothing in the template abandons"
+    );
+
+    let rule = &resource(&t, "Ec2ScaleInRule")["Properties"];
+    assert!(
+        rule.get("EventBusName").is_none(),
+        "the default bus, where aws.autoscaling events arrive"
+    );
+    let pattern = &rule["EventPattern"];
+    assert_eq!(pattern["source"][0], "aws.autoscaling");
+    assert_eq!(
+        pattern["detail-type"][0],
+        "EC2 Instance-terminate Lifecycle Action"
+    );
+    let detail = &pattern["detail"];
+    assert!(text(&detail["AutoScalingGroupName"]).contains("Ec2AutoScalingGroupName"));
+    assert!(text(&detail["LifecycleHookName"]).contains("Ec2LifecycleHookName"));
+    let destination: Vec<String> = detail["$or"]
+        .as_sequence()
+        .expect("$or over Destination")
+        .iter()
+        .map(|alt| text(&alt["Destination"]))
+        .collect();
+    assert!(
+        destination
+            .iter()
+            .any(|d| d.contains("anything-but: WarmPool")),
+        "{destination:?}"
+    );
+    assert!(
+        destination.iter().any(|d| d.contains("exists: false")),
+        "{destination:?}"
+    );
+    let target = &rule["Targets"][0];
+    assert!(text(&target["Arn"]).contains("OffboardFunction.Arn"));
+    let permission = &resource(&t, "Ec2ScaleInPermission")["Properties"];
+    assert_eq!(permission["Principal"], "events.amazonaws.com");
+    assert!(text(&permission["SourceArn"]).contains("Ec2ScaleInRule.Arn"));
+
+    for function in ["OffboardFunction", "OffboardWorkerFunction"] {
+        let props = &resource(&t, function)["Properties"];
+        let stmts = statements(&props["Policies"][0]);
+        let s = sid(&stmts, "LetTheGroupsInstancesGo");
+        assert_eq!(
+            actions(s),
+            [
+                "autoscaling:CompleteLifecycleAction",
+                "autoscaling:RecordLifecycleActionHeartbeat"
+            ],
+            "{function}"
+        );
+        let arn = text(&s["Resource"]);
+        assert!(
+            arn.contains("autoScalingGroupName/${Ec2AutoScalingGroupName}"),
+            "{function}: {arn}"
+        );
+        assert!(!arn.contains("autoScalingGroupName/*"), "{function}: {arn}");
+        // Granted only with the group.
+        let raw = &props["Policies"][0]["Statement"];
+        let granted = raw
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|st| text(st).contains("LetTheGroupsInstancesGo"))
+            .unwrap();
+        assert!(text(granted).contains("HasAutoScalingGroup"), "{function}");
+    }
+
+    // The EventBridge door opens where either rule exists.
+    let door = text(
+        &resource(&t, "OffboardFunction")["Properties"]["Environment"]["Variables"]["DIRECT_EVENTS"],
+    );
+    assert!(door.contains("HasEventRules"), "{door}");
+    let rules = text(&t["Conditions"]["HasEventRules"]);
+    assert!(
+        rules.contains("HasEventBus") && rules.contains("HasAutoScalingGroup"),
+        "{rules}"
+    );
+    let env = text(&t["Globals"]["Function"]["Environment"]["Variables"]);
+    for var in [
+        "EC2_DEVICE_MATCH",
+        "LIFECYCLE_HOLD_SECONDS",
+        "LIFECYCLE_CHECK_SECONDS",
+        "EC2_TENANT",
+    ] {
+        assert!(env.contains(var), "{var}");
     }
 }

@@ -1,5 +1,5 @@
 //! The AWS SDK's plumbing, written once for every AWS adapter (Secrets
-//! Manager, STS, SQS, DynamoDB): the shared configuration, the clients'
+//! Manager, STS, SQS, DynamoDB, Auto Scaling): the shared configuration, the clients'
 //! time limits, the client built on first use, and the sorting of the SDK's
 //! errors. It imports nothing of ours but the HTTP client.
 
@@ -91,7 +91,8 @@ sdk_clients!(
     aws_sdk_secretsmanager: REQUEST,
     aws_sdk_sts: REQUEST,
     aws_sdk_sqs: REQUEST,
-    aws_sdk_dynamodb: TABLE
+    aws_sdk_dynamodb: TABLE,
+    aws_sdk_autoscaling: REQUEST
 );
 
 /// A client given, or built from the environment (region, credentials,
@@ -252,6 +253,7 @@ mod tests {
         assert_eq!(of!(aws_sdk_secretsmanager), request);
         assert_eq!(of!(aws_sdk_sts), request);
         assert_eq!(of!(aws_sdk_sqs), request);
+        assert_eq!(of!(aws_sdk_autoscaling), request);
         assert_eq!(of!(aws_sdk_dynamodb), TimeLimits::TABLE.configs());
     }
 }

@@ -333,7 +333,29 @@ pub fn host_filter_query(name: &DeviceName) -> String {
     format!("/api/machines?$filter={}", encode_query(&filter))
 }
 
+/// `GET /api/machines/findbytag?tag=<tag>&useStartsWithFilter=false`.
+pub fn tag_query(tag: &str) -> String {
+    format!(
+        "/api/machines/findbytag?tag={}&useStartsWithFilter=false",
+        encode_query(tag)
+    )
+}
+
 impl Defender for HttpDefender {
+    fn find_by_tag<'a>(
+        &'a self,
+        tag: &'a str,
+        deadline: &'a Deadline,
+    ) -> BoxFuture<'a, Result<Vec<Machine>, DefenderError>> {
+        Box::pin(async move {
+            // Counted with the machine lookups: findbytag has its own
+            // published limit of the same size, so this never exceeds it.
+            let path = tag_query(tag);
+            let answer = self.call(ApiKind::ListMachines, &path, None, deadline);
+            read_machine_list(&answer.await?)
+        })
+    }
+
     fn find_by_host<'a>(
         &'a self,
         name: &'a DeviceName,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::domain::limits::Deadline;
 use crate::support::retry;
 
+pub mod autoscaling;
 pub mod aws;
 pub mod callback;
 pub mod defender_http;

@@ -17,6 +17,7 @@ pub mod audit;
 pub mod enqueue;
 pub mod health;
 pub mod idempotency;
+pub mod lifecycle;
 pub mod offboarding;
 pub mod tracking;
 pub mod work;
@@ -58,6 +59,8 @@ pub struct Ports {
     pub follow_ups: Vec<Arc<dyn FollowUp>>,
     /// Entra ID's published keys, for `entra-jwt` sources.
     pub signing_keys: Arc<dyn SigningKeySource>,
+    /// Auto Scaling, to let a held terminating instance go.
+    pub lifecycle: Arc<dyn crate::domain::lifecycle::LifecycleActions>,
 }
 
 pub struct App {
@@ -75,6 +78,7 @@ pub struct App {
     tenant_defenders: Option<TenantDefenders>,
     /// Each tenant's ports, made on first use and kept by the instance.
     tenants: std::sync::Mutex<std::collections::HashMap<String, Arc<TenantPorts>>>,
+    pub(crate) lifecycle: Arc<dyn crate::domain::lifecycle::LifecycleActions>,
     /// Until the first invocation: for the `cold_start` log key.
     pub cold: AtomicBool,
 }
@@ -130,6 +134,7 @@ impl App {
             signing_keys: SigningKeyCache::new(ports.signing_keys),
             tenant_defenders: None,
             tenants: Default::default(),
+            lifecycle: ports.lifecycle,
             cold: AtomicBool::new(true),
         }
     }

@@ -30,6 +30,9 @@ pub enum Content<'a> {
     /// A source's payload: its definition maps it, and what it cannot map
     /// is ignored (202), since that sender cannot fix its content.
     Mapped { def: &'a SourceDef, doc: &'a Value },
+    /// A request the use case made itself (an Auto Scaling lifecycle
+    /// event's instance), with nothing to follow up but the ledger.
+    Request(OffboardRequest),
 }
 
 /// A delivery whose sender is admitted: who, its replay key, what it says.
@@ -84,6 +87,7 @@ impl App {
                     generic(&value)?
                 }
                 Content::Generic(value) => generic(value)?,
+                Content::Request(request) => (request, FollowUpTargets::default()),
                 Content::Mapped { def, doc } => match self.admit(def, doc, origin) {
                     Intake::Act(request) => {
                         let notify = def

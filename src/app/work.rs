@@ -28,6 +28,7 @@ use super::App;
 use super::audit::Origin;
 use crate::domain::follow_up::FollowUpTargets;
 use crate::domain::ledger::{Begin, Fingerprint, IdempotencyKey, StoredAnswer};
+use crate::domain::lifecycle::HeldInstance;
 use crate::domain::limits::Deadline;
 use crate::domain::model::{Comment, Device, MachineId, Ticket};
 use crate::domain::offboard::Status;
@@ -81,6 +82,7 @@ enum Claim {
 enum Work {
     Device(Box<VerifiedDevice>),
     Track(Box<TrackedAction>),
+    Lifecycle(Box<HeldInstance>),
 }
 
 /// A message, opened.
@@ -136,7 +138,7 @@ impl App {
             };
             let claim = match &work {
                 Work::Device(d) => self.claim(m, d, deadline).await,
-                Work::Track(_) => Claim::Go(Claimed(None)),
+                Work::Track(_) | Work::Lifecycle(_) => Claim::Go(Claimed(None)),
             };
             match claim {
                 Claim::Go(claimed) => accepted.push((m, work, claimed)),
@@ -169,6 +171,7 @@ impl App {
                     done
                 }
                 Work::Track(t) => self.handle_track(*t, &keys, &secret, deadline).await,
+                Work::Lifecycle(h) => self.handle_held(*h, &keys, deadline).await,
             };
             if !done {
                 retry.extend(m.id.map(str::to_string));
@@ -265,7 +268,7 @@ impl App {
         // Fields are quoted only when the MAC proved this function wrote
         // them; an unsealed message's claims would be a false audit line.
         let sealed = match opened {
-            Ok((QueueMessage::Track(_), _)) => {
+            Ok((QueueMessage::Track(_) | QueueMessage::Lifecycle(_), _)) => {
                 metrics::count(metrics::names::REJECTED);
                 tracing::warn!(detail = %reason, message_id, "track message rejected; left for the dead-letter queue");
                 return Opened::Refused;
@@ -397,6 +400,7 @@ fn validate(
     let (source, ticket) = match &msg {
         QueueMessage::Device(d) => (&d.source, &d.ticket),
         QueueMessage::Track(t) => (&t.source, &t.ticket),
+        QueueMessage::Lifecycle(h) => (&h.source, &h.ticket),
     };
     if !known_source(source) {
         return Err(Rejection::UnknownSource);
@@ -416,10 +420,15 @@ fn validate(
             Work::Track(Box::new(t))
         }
         QueueMessage::Track(_) => return Err(Rejection::Malformed),
+        QueueMessage::Lifecycle(h) if super::lifecycle::valid_held(&h) => {
+            Work::Lifecycle(Box::new(h))
+        }
+        QueueMessage::Lifecycle(_) => return Err(Rejection::Malformed),
     };
     let (url, notify) = match &work {
         Work::Device(d) => (&d.queued.callback_url, &d.queued.notify),
         Work::Track(t) => (&t.callback_url, &t.notify),
+        Work::Lifecycle(_) => (&None, &None),
     };
     if let Some(url) = url {
         callback_url("callback_url", url, hosts).map_err(Rejection::Field)?;

@@ -123,6 +123,20 @@ pub trait Defender: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<Machine>, DefenderError>> {
         self.find_by_name(name, deadline)
     }
+    /// Machines carrying exactly this tag (`GET /api/machines/findbytag`,
+    /// `useStartsWithFilter=false`). A Defender without that query finds
+    /// none it could vouch for: an error, never an empty answer.
+    fn find_by_tag<'a>(
+        &'a self,
+        _tag: &'a str,
+        _deadline: &'a Deadline,
+    ) -> BoxFuture<'a, Result<Vec<Machine>, DefenderError>> {
+        Box::pin(async {
+            Err(DefenderError::Unavailable(
+                "this Defender cannot find machines by tag".into(),
+            ))
+        })
+    }
     fn get_machine<'a>(
         &'a self,
         id: &'a MachineId,

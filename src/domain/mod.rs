@@ -9,6 +9,7 @@ pub mod federation;
 pub mod follow_up;
 pub mod health;
 pub mod ledger;
+pub mod lifecycle;
 pub mod limits;
 pub mod model;
 pub mod notify;

@@ -173,11 +173,44 @@ impl DeviceName {
     }
 }
 
+/// An EC2 instance id (`i-` and 8 or 17 lowercase hex characters), as an
+/// Auto Scaling lifecycle event names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.strip_prefix("i-")?;
+        ((hex.len() == 8 || hex.len() == 17)
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Self(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How an instance id finds its machine (`EC2_DEVICE_MATCH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstanceMatch {
+    /// Machines tagged with the instance id (`findbytag`, exact).
+    Tag,
+    /// Machines whose `computerDnsName` is the id or `<id>.<domain>`.
+    Hostname,
+}
+
 /// A device as the caller named it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DeviceRef {
     Id(MachineId),
     Name(DeviceName),
+    /// A terminating EC2 instance, found as `EC2_DEVICE_MATCH` says, each
+    /// way in turn. Only an Auto Scaling lifecycle event names one: no
+    /// body or source can (`parse` never makes it).
+    Instance(InstanceId, Vec<InstanceMatch>),
 }
 
 impl DeviceRef {
@@ -194,6 +227,7 @@ impl DeviceRef {
         match self {
             Self::Id(id) => id.to_string(),
             Self::Name(n) => n.as_str().to_lowercase(),
+            Self::Instance(i, _) => i.as_str().to_string(),
         }
     }
 }

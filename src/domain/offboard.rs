@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::domain::defender::{Defender, DefenderError, Machine, RefusalCode};
 use crate::domain::ledger::OffboardBudget;
 use crate::domain::limits::Deadline;
-use crate::domain::model::{Device, DeviceName, DeviceRef, MachineId};
+use crate::domain::model::{Device, DeviceName, DeviceRef, InstanceId, InstanceMatch, MachineId};
 use crate::domain::policy::{self, Platforms, Refusal};
 
 /// Devices handled at once. Small: every device costs up to three calls
@@ -72,7 +72,7 @@ impl DeviceResult {
             device: device.given.clone(),
             machine_id: match &device.target {
                 DeviceRef::Id(id) => Some(id.clone()),
-                DeviceRef::Name(_) => None,
+                DeviceRef::Name(_) | DeviceRef::Instance(..) => None,
             },
             status,
             action_id: None,
@@ -206,6 +206,12 @@ impl Offboarder {
                 Ok(id) => id,
                 Err(r) => return r,
             },
+            DeviceRef::Instance(instance, by) => {
+                match self.resolve_instance(device, instance, by, deadline).await {
+                    Ok(id) => id,
+                    Err(r) => return r,
+                }
+            }
         };
         let for_id = |status| DeviceResult {
             machine_id: Some(id.clone()),
@@ -312,20 +318,55 @@ impl Offboarder {
                     .is_some_and(|n| name.matches(n) || (host && name.matches_host(n)))
             })
             .collect();
-        match matching.as_slice() {
-            [] => Err(result(Status::NotFound).detail("no machine has this name")),
-            [m] => MachineId::parse(&m.id).ok_or_else(|| {
+        one_machine(device, &matching, "has this name").map_err(|r| *r)
+    }
+
+    /// The id of the one machine an EC2 instance id finds
+    /// (`EC2_DEVICE_MATCH`); else the device's result.
+    async fn resolve_instance(
+        &self,
+        device: &Device,
+        instance: &InstanceId,
+        by: &[InstanceMatch],
+        deadline: &Deadline,
+    ) -> Result<MachineId, DeviceResult> {
+        let found =
+            crate::domain::lifecycle::find_instance(&*self.defender, instance, by, deadline)
+                .await
+                .map_err(|e| DeviceResult::new(device, Status::Failed).with_error(&e))?;
+        let found: Vec<&Machine> = found.iter().collect();
+        one_machine(device, &found, "carries this instance id").map_err(|r| *r)
+    }
+}
+
+/// The id of the one machine found; none is `not_found`, several are
+/// `ambiguous` (`what` says how they matched).
+fn one_machine(
+    device: &Device,
+    found: &[&Machine],
+    what: &str,
+) -> Result<MachineId, Box<DeviceResult>> {
+    let result = |status| DeviceResult::new(device, status);
+    match found {
+        [] => Err(Box::new(
+            result(Status::NotFound).detail(format!("no machine {what}")),
+        )),
+        [m] => MachineId::parse(&m.id).ok_or_else(|| {
+            Box::new(
                 result(Status::Failed)
-                    .detail("Defender returned a machine id that is not 40 hex characters")
-            }),
-            many => {
-                let ids: Vec<&str> = many.iter().map(|m| m.id.as_str()).collect();
-                Err(result(Status::Ambiguous).detail(format!(
-                    "{} machines have this name ({}); name one by its machine id",
-                    many.len(),
-                    ids.join(", ")
-                )))
-            }
+                    .detail("Defender returned a machine id that is not 40 hex characters"),
+            )
+        }),
+        many => {
+            let ids: Vec<&str> = many.iter().map(|m| m.id.as_str()).collect();
+            let verb = what
+                .replacen("has", "have", 1)
+                .replacen("carries", "carry", 1);
+            Err(Box::new(result(Status::Ambiguous).detail(format!(
+                "{} machines {verb} ({}); name one by its machine id",
+                many.len(),
+                ids.join(", ")
+            ))))
         }
     }
 }

@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::domain::ledger::{Fingerprint, IdempotencyKey};
+use crate::domain::lifecycle::HeldInstance;
 use crate::domain::limits::Deadline;
 use crate::domain::model::FieldError;
 use crate::domain::secret::AppSecret;
@@ -175,17 +176,30 @@ pub enum Rejection {
     Field(FieldError),
 }
 
-/// The two kinds of sealed message.
+/// The kinds of sealed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueMessage {
     Device(QueuedDevice),
     Track(TrackedAction),
+    /// A terminating instance held for its offboard (`domain::lifecycle`).
+    Lifecycle(HeldInstance),
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TrackBody {
     track: TrackedAction,
+}
+
+/// `{"lifecycle": ..., "enqueued_at": ...}`: the top-level `enqueued_at`
+/// is what a build before this kind reads as the time it was written
+/// (`another_build`), so such a worker keeps the message for a newer one
+/// instead of sending it to the dead-letter queue.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LifecycleBody {
+    lifecycle: HeldInstance,
+    enqueued_at: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -253,6 +267,18 @@ impl QueueKeys {
         )
     }
 
+    /// A held instance's message: the same envelope and MAC, wrapped as
+    /// `{"lifecycle": ...}` (see `LifecycleBody`).
+    pub fn seal_lifecycle(&self, item: &HeldInstance, now: i64) -> String {
+        self.seal_text(
+            serde_json::to_string(&LifecycleBody {
+                lifecycle: item.clone(),
+                enqueued_at: now,
+            })
+            .expect("plain data serialises"),
+        )
+    }
+
     fn seal_text(&self, msg: String) -> String {
         let mac = self.mac(&self.0[0], &msg).finalize().into_bytes();
         serde_json::to_string(&Envelope {
@@ -280,6 +306,9 @@ impl QueueKeys {
         let (msg, seal) = self.verified_text(body)?;
         if let Ok(t) = serde_json::from_str::<TrackBody>(&msg) {
             return Ok((QueueMessage::Track(t.track), seal));
+        }
+        if let Ok(l) = serde_json::from_str::<LifecycleBody>(&msg) {
+            return Ok((QueueMessage::Lifecycle(l.lifecycle), seal));
         }
         serde_json::from_str(&msg)
             .map(|d| (QueueMessage::Device(d), seal))
@@ -542,6 +571,46 @@ mod tests {
         let tampered = sealed.replace("\\\"attempt\\\":2", "\\\"attempt\\\":0");
         assert_ne!(tampered, sealed);
         assert_eq!(keys.open_message(&tampered), Err(Rejection::BadMac));
+    }
+
+    #[test]
+    fn a_held_instance_message_opens_here_and_is_kept_for_newer_by_older_builds() {
+        use crate::domain::lifecycle::{HeldInstance, LifecycleAction};
+        let keys = QueueKeys::from_secret(&keyed()).unwrap();
+        let held = HeldInstance {
+            action: LifecycleAction {
+                group: "web-asg".into(),
+                hook: "offboard".into(),
+                token: "87654321-4321-4321-4321-210987654321".into(),
+                instance: "i-1234567890abcdef0".into(),
+            },
+            action_id: "b9f0b2d6-0b5e-4a6c-9f46-1c2d3e4f5a6b".into(),
+            machine_id: ID.into(),
+            ticket: "web-asg/i-1234567890abcdef0".into(),
+            source: "eventbridge".into(),
+            held_since: 1_900_000_000,
+            checks: 1,
+        };
+        let sealed = keys.seal_lifecycle(&held, 1_900_000_060);
+        assert_eq!(
+            keys.open_message(&sealed),
+            Ok(QueueMessage::Lifecycle(held))
+        );
+        // Neither a device nor a track message.
+        assert_eq!(keys.open(&sealed), Err(Rejection::Malformed));
+        // A build before this kind reads neither a track nor a device in
+        // it, and falls to `another_build`, which finds when it was
+        // written: it keeps the message for a newer worker (`KEEP_FOR_NEWER`)
+        // rather than sending it to the dead-letter queue.
+        let env: Envelope = serde_json::from_str(&sealed).unwrap();
+        assert!(serde_json::from_str::<TrackBody>(&env.msg).is_err());
+        assert!(serde_json::from_str::<QueuedDevice>(&env.msg).is_err());
+        assert_eq!(
+            another_build(&env.msg),
+            Rejection::AnotherBuild {
+                written_at: Some(1_900_000_060)
+            }
+        );
     }
 
     #[test]

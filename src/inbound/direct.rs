@@ -5,11 +5,12 @@
 //! check; the rest is the core's `deliver`, as for HTTP.
 
 use lambda_http::Context;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::Invocation;
+use super::{Invocation, InvocationError, error_types};
 use crate::app::audit::Origin;
 use crate::app::idempotency::{DeliveryKey, EVENTBRIDGE_ROUTE, INVOKE_ROUTE};
+use crate::app::lifecycle::ScaleInError;
 use crate::app::offboarding::{Content, Delivery};
 use crate::app::{App, Outcome};
 use crate::domain::limits::Deadline;
@@ -82,6 +83,80 @@ pub async fn eventbridge(
             content,
         },
     )
+    .await
+}
+
+/// Whether an EventBridge event is an Auto Scaling termination hook's that
+/// no source definition claims (a source written for these events keeps
+/// mapping them as before).
+pub fn is_scale_in(app: &App, event: &Value) -> bool {
+    crate::domain::lifecycle::is_scale_in(event)
+        && app.config().sources.for_eventbridge(event).is_none()
+}
+
+/// A termination hook's event (contract, "Auto Scaling lifecycle hooks"),
+/// keyed by its `id` as any EventBridge event; the use case is
+/// `App::scale_in`.
+pub async fn scale_in(
+    app: &App,
+    raw: &str,
+    event: &Value,
+    ctx: &Context,
+) -> Result<Value, InvocationError> {
+    let id = event.get("id").and_then(Value::as_str).unwrap_or_default();
+    let key = DeliveryKey::signed_id(EVENTBRIDGE, id, EVENTBRIDGE_ROUTE, raw.as_bytes());
+    let origin = Origin::new(EVENTBRIDGE, None, Some(id.to_string()));
+    let inv = Invocation::begin(
+        app,
+        &ctx.request_id,
+        ctx.xray_trace_id.as_deref(),
+        ctx.deadline,
+    );
+    let deadline = inv.deadline;
+    inv.run(EVENTBRIDGE, async {
+        let answer = match strict(raw) {
+            Ok(_) => app.scale_in(event, origin, key, &deadline).await,
+            Err(e) => Err(e.into()),
+        };
+        let out = match answer {
+            Ok(o) => super::direct_answer(o.status, &o.body),
+            Err(ScaleInError::Api(e)) => {
+                super::count_failure(&e);
+                Err(e.into())
+            }
+            Err(ScaleInError::Unconfigured { var, reason }) => Err(InvocationError {
+                error_type: error_types::CONFIG_ERROR,
+                message: json!({"error": {"code": "not_configured",
+                    "message": format!("{var} {reason}.")}})
+                .to_string(),
+            }),
+            // AWS's own text (it can name the account) stays in the log.
+            Err(ScaleInError::Lifecycle(e)) => {
+                tracing::warn!(error = %e, "the lifecycle action could not be completed");
+                let (error_type, code, message) = match e.passing {
+                    true => (
+                        error_types::RETRYABLE,
+                        "autoscaling_unavailable",
+                        "Auto Scaling could not be reached to complete the lifecycle action; retry later.",
+                    ),
+                    false => (
+                        error_types::CONFIG_ERROR,
+                        "autoscaling_refused",
+                        "Auto Scaling refused to complete the lifecycle action (the function's role needs autoscaling:CompleteLifecycleAction on the group); the function's log says why.",
+                    ),
+                };
+                Err(InvocationError {
+                    error_type,
+                    message: json!({"error": {"code": code, "message": message}}).to_string(),
+                })
+            }
+        };
+        match &out {
+            Ok(_) => tracing::info!(source = EVENTBRIDGE, "lifecycle event handled"),
+            Err(e) => tracing::info!(source = EVENTBRIDGE, error_type = e.error_type, "lifecycle event failed"),
+        }
+        out
+    })
     .await
 }
 

@@ -317,6 +317,9 @@ pub async fn dispatch(
             let answer = sqs::handle_queue(app, batch, &context.request_id, context.deadline).await;
             Ok(serde_json::to_value(answer).unwrap_or_default())
         }
+        EventKind::EventBridge if direct::is_scale_in(app, &payload) => {
+            direct::scale_in(app, raw.get(), &payload, &context).await
+        }
         EventKind::EventBridge => {
             direct_result(direct::eventbridge(app, raw.get(), &payload, &context).await)
         }

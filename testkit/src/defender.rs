@@ -251,6 +251,7 @@ impl FakeDefender {
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .route("/{tenant}/discovery/v2.0/keys", get(signing_keys))
             .route("/api/machines", get(list_machines))
+            .route("/api/machines/findbytag", get(find_by_tag))
             .route("/api/machines/{id}", get(get_machine))
             .route("/api/machines/{id}/offboard", post(offboard))
             .route("/api/machineactions/{id}", get(get_action))
@@ -1030,6 +1031,60 @@ async fn list_machines(
                 .map(FakeMachine::to_json)
                 .collect();
             reply(200, json!({"value": all}))
+        }
+    };
+    record(&st, call, r)
+}
+
+/// `GET /api/machines/findbytag?tag=<tag>&useStartsWithFilter=<bool>`:
+/// machines carrying the tag (any case), or a tag starting with it.
+async fn find_by_tag(
+    State(st): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let call = match admit(
+        &st,
+        new_call(Api::ListMachines, &method, &uri, &headers, b""),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let starts = match q.get("useStartsWithFilter").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            let r = reply(
+                400,
+                error_body("InvalidRequestBody", "Invalid useStartsWithFilter"),
+            );
+            return record(&st, call, r);
+        }
+    };
+    let r = match q.get("tag").filter(|t| !t.is_empty()) {
+        None => reply(400, error_body("InvalidRequestBody", "tag is required")),
+        Some(tag) => {
+            let tag = tag.to_lowercase();
+            let inner = st.lock().expect("fake state");
+            let found: Vec<Value> = inner
+                .machines
+                .iter()
+                .filter(|m| {
+                    m.machine_tags.iter().any(|t| {
+                        let t = t.to_lowercase();
+                        t == tag || (starts && t.starts_with(&tag))
+                    })
+                })
+                .map(FakeMachine::to_json)
+                .collect();
+            reply(
+                200,
+                json!({"@odata.context": "https://api.securitycenter.microsoft.com/api/$metadata#Machines", "value": found}),
+            )
         }
     };
     record(&st, call, r)

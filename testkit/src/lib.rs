@@ -2,6 +2,7 @@
 //! function talks to, a Lambda Runtime API endpoint, moto's Secrets Manager,
 //! and builders for real-shaped events. None of it is in the Lambda binary.
 
+pub mod autoscaling;
 pub mod callback;
 pub mod defender;
 pub mod entra;
@@ -17,6 +18,7 @@ pub mod sts;
 pub mod ticketing;
 pub mod tls;
 
+pub use autoscaling::{AsgCall, AsgFault, FakeAutoScaling};
 pub use callback::{CallbackReceiver, Received};
 pub use defender::{Api, Call, FakeDefender, FakeMachine, Fault, FederatedCredential};
 pub use ledger_table::ledger_table_from_template;
