@@ -18,7 +18,7 @@ use crate::app::{App, Ports};
 use crate::config::{Config, ConfigError};
 use crate::domain::defender::Defender;
 use crate::domain::federation::{IdentityTokenCache, IdentityTokenSource};
-use crate::domain::limits::{Deadline, Limiters};
+use crate::domain::limits::{Deadline, Limiters, SharedLimits};
 use crate::domain::secret::{CredentialMode, SecretCache, SecretSource};
 
 /// The app of a Lambda instance, built on first use rather than before the
@@ -82,14 +82,18 @@ pub fn build_instance(config: Config) -> Instance {
             );
         }
     }
-    let mut instance = Wiring::new(config, source).instance();
+    let ledger = ledger_table.map(|table| Arc::new(DynamoLedger::from_env(table)));
+    let mut wiring = Wiring::new(config, source);
+    if let Some(ledger) = &ledger {
+        // Defender's limits counted in the table, across every instance.
+        wiring = wiring.shared_limits(ledger.clone());
+    }
+    let mut instance = wiring.instance();
     if let Some(url) = queue_url {
         instance.app = instance.app.with_queue(Arc::new(SqsQueue::from_env(url)));
     }
-    if let Some(table) = ledger_table {
-        instance.app = instance
-            .app
-            .with_ledger(Arc::new(DynamoLedger::from_env(table)));
+    if let Some(ledger) = ledger {
+        instance.app = instance.app.with_ledger(ledger);
     }
     instance
 }
@@ -106,6 +110,7 @@ pub struct Wiring {
     config: Config,
     secret_source: Arc<dyn SecretSource>,
     limiters: Option<Limiters>,
+    shared_limits: Option<Arc<dyn SharedLimits>>,
     identity: Option<Arc<dyn IdentityTokenSource>>,
     defender: Option<Arc<dyn Defender>>,
 }
@@ -116,6 +121,7 @@ impl Wiring {
             config,
             secret_source,
             limiters: None,
+            shared_limits: None,
             identity: None,
             defender: None,
         }
@@ -124,6 +130,13 @@ impl Wiring {
     /// Defender's rate limits (simulations scale time).
     pub fn limiters(mut self, limiters: Limiters) -> Self {
         self.limiters = Some(limiters);
+        self
+    }
+
+    /// Defender's limits counted across instances in `shared` (the
+    /// ledger's table; an in-memory one in tests).
+    pub fn shared_limits(mut self, shared: Arc<dyn SharedLimits>) -> Self {
+        self.shared_limits = Some(shared);
         self
     }
 
@@ -167,16 +180,20 @@ impl Wiring {
                         .unwrap_or_else(|| Arc::new(StsIdentityTokens::from_env()));
                     tokens = tokens.federated(Arc::new(IdentityTokenCache::new(identity)));
                 }
-                let limiters = self
-                    .limiters
-                    .unwrap_or_else(|| Limiters::new(config.rate_per_minute));
-                let defender = Arc::new(HttpDefender::new(
+                let limiters = self.limiters.unwrap_or_else(|| {
+                    Limiters::scaled(config.rate_per_minute, config.limit_minute)
+                });
+                let mut defender = HttpDefender::new(
                     http.clone(),
                     config.api_url.clone(),
                     secrets.clone(),
                     Arc::new(tokens),
                     Arc::new(limiters),
-                ));
+                );
+                if let Some(shared) = self.shared_limits {
+                    defender = defender.with_shared_limits(shared);
+                }
+                let defender = Arc::new(defender);
                 (defender.clone(), Some(defender))
             }
         };

@@ -16,7 +16,10 @@ use crate::adapters::entra::{AccessToken, TokenProvider};
 use crate::adapters::read_capped;
 use crate::domain::defender::*;
 use crate::domain::health::{self, ApiProbe, Step};
-use crate::domain::limits::{ApiKind, Backoff, Deadline, Limiters, parse_retry_after};
+use crate::domain::limits::{
+    ApiKind, Backoff, DEFAULT_TENANT, Deadline, Limiters, Pace, SharedLimits, Slot,
+    parse_retry_after,
+};
 use crate::domain::model::{DeviceName, MachineId};
 use crate::domain::secret::{AppSecret, CredentialError, SecretCache};
 use crate::ops::metrics;
@@ -34,6 +37,9 @@ pub struct HttpDefender {
     secrets: Arc<SecretCache>,
     tokens: Arc<TokenProvider>,
     limiters: Arc<Limiters>,
+    /// With the ledger: Defender's limits counted across every instance,
+    /// after this instance's own limiter has let a call through.
+    shared: Option<Arc<dyn SharedLimits>>,
     backoff: Backoff,
     /// Opened by the warm-up (`claim_warm_up`): a call that comes while
     /// it is opening waits for that handshake and reuses the connection,
@@ -75,9 +81,51 @@ impl HttpDefender {
             secrets,
             tokens,
             limiters,
+            shared: None,
             backoff: Backoff::default(),
             api_gate: Gate::default(),
             login_gate: Gate::default(),
+        }
+    }
+
+    /// Counts Defender's limits across instances in `shared` too.
+    pub fn with_shared_limits(mut self, shared: Arc<dyn SharedLimits>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// A slot from the shared limits, waited for; none before the deadline
+    /// (or the table unreachable: fail closed) is `Throttled`, so the call
+    /// is never sent to collect a 429.
+    async fn shared_slot(&self, kind: ApiKind, deadline: &Deadline) -> Result<(), DefenderError> {
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let (per_minute, per_hour) = kind.published();
+        let pace = Pace::for_limits(per_minute, per_hour, self.limiters.minute());
+        let slot = shared
+            .reserve(
+                DEFAULT_TENANT,
+                kind,
+                pace,
+                deadline.usable(),
+                SystemTime::now(),
+            )
+            .await;
+        match slot {
+            Ok(Slot::In(wait)) => {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(())
+            }
+            Ok(Slot::Full { retry_after }) => Err(DefenderError::Throttled { retry_after }),
+            Err(e) => {
+                tracing::warn!(error = %e, "the shared Defender limits could not be read; the call is not sent");
+                Err(DefenderError::Throttled {
+                    retry_after: e.retry_after().unwrap_or(Duration::from_secs(5)),
+                })
+            }
         }
     }
 
@@ -114,6 +162,7 @@ impl HttpDefender {
                 .map_err(|t| DefenderError::Throttled {
                     retry_after: t.retry_after,
                 })?;
+            self.shared_slot(kind, deadline).await?;
             let token = self.token(deadline).await?;
             let timeout = deadline.call_timeout().ok_or(DefenderError::Deadline)?;
             let mut req = self

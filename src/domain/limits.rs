@@ -255,6 +255,8 @@ pub struct Limiters {
     offboard: RateLimiter,
     get_action: RateLimiter,
     cancel_action: RateLimiter,
+    /// What stands for a minute (simulations scale it).
+    minute: Duration,
 }
 
 impl Limiters {
@@ -276,7 +278,13 @@ impl Limiters {
             offboard: RateLimiter::new(&w),
             get_action: RateLimiter::new(&w),
             cancel_action: RateLimiter::new(&w),
+            minute,
         }
+    }
+
+    /// What stands for a minute: the shared limits' pace is scaled alike.
+    pub fn minute(&self) -> Duration {
+        self.minute
     }
 
     pub fn for_api(&self, kind: ApiKind) -> &RateLimiter {
@@ -296,6 +304,135 @@ impl Default for Limiters {
     fn default() -> Self {
         Self::new(100)
     }
+}
+
+/// The tenant label of the shared limits where a deployment has no
+/// `tenants`.
+pub const DEFAULT_TENANT: &str = "default";
+
+impl ApiKind {
+    /// How the shared limits' items name the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiKind::ListMachines => "list_machines",
+            ApiKind::GetMachine => "get_machine",
+            ApiKind::Offboard => "offboard",
+            ApiKind::GetAction => "get_action",
+            ApiKind::CancelAction => "cancel_action",
+        }
+    }
+
+    /// Defender's published limits for this API, per tenant: calls a
+    /// minute and calls an hour.
+    pub fn published(self) -> (u32, u32) {
+        match self {
+            ApiKind::ListMachines
+            | ApiKind::GetMachine
+            | ApiKind::Offboard
+            | ApiKind::GetAction
+            | ApiKind::CancelAction => (100, 1500),
+        }
+    }
+}
+
+/// The pace every instance together keeps to one API of one tenant, when
+/// the limits are counted in the ledger: a generic cell rate algorithm
+/// (GCRA, a token bucket kept as one number). The shared state is the
+/// "theoretical arrival time" `tat`; a call is given the slot
+/// `max(now, tat - tolerance)` and moves `tat` to `max(tat, now) +
+/// interval`. Slots given this way are never closer than `interval`
+/// apart beyond a burst of `tolerance / interval + 1`, so any window `w`
+/// holds fewer than `(w + tolerance) / interval + 1` of them. With
+/// Defender's 100 a minute and 1,500 an hour: a burst of 50, then one
+/// call every 3600/1450 s (1,450 an hour, 96.7% of the hourly limit at a
+/// steady pace); any hour holds at most 1,499 and any minute 74.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    pub interval: Duration,
+    pub tolerance: Duration,
+}
+
+/// What [`Pace::decide`] says of a call arriving now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaceStep {
+    /// No call is scheduled ahead (`tat <= now`): the slot is now and `tat`
+    /// becomes `now + interval`.
+    Idle,
+    /// Calls are scheduled ahead: the slot is `wait` from now and `tat`
+    /// grows by `interval`.
+    Behind { wait: Duration },
+    /// The slot would be further away than the caller can wait.
+    Full { retry_after: Duration },
+}
+
+impl Pace {
+    /// The pace that keeps `per_minute` and `per_hour` in any window, with
+    /// `minute` standing for a minute (simulations scale it).
+    pub fn for_limits(per_minute: u32, per_hour: u32, minute: Duration) -> Self {
+        let (per_minute, per_hour) = (per_minute.max(2), per_hour.max(2));
+        // A thirtieth of the hour as a burst (50 of Defender's 1,500), at
+        // most half the minute's limit. Any window `w` then holds fewer
+        // than `w / interval + burst` calls: under each limit by at least
+        // one, kept for the network's jitter.
+        let burst = (per_hour / 30).min(per_minute / 2).max(1);
+        let interval = (minute * 60 / (per_hour - burst)).max(minute / (per_minute - burst));
+        Self {
+            interval,
+            tolerance: interval * (burst - 1),
+        }
+    }
+
+    /// The step for a call at `now_ms` (unix ms) given the stored `tat_ms`,
+    /// when the caller can wait at most `max_wait`.
+    pub fn decide(&self, tat_ms: Option<i64>, now_ms: i64, max_wait: Duration) -> PaceStep {
+        let Some(tat) = tat_ms.filter(|t| *t > now_ms) else {
+            return PaceStep::Idle;
+        };
+        let slot = tat - self.tolerance.as_millis() as i64;
+        let wait = Duration::from_millis(slot.saturating_sub(now_ms).max(0) as u64);
+        if wait <= max_wait {
+            PaceStep::Behind { wait }
+        } else {
+            PaceStep::Full { retry_after: wait }
+        }
+    }
+
+    /// The most `tat` may be for a call at `now_ms` to wait at most
+    /// `max_wait` (the condition of a `Behind` step).
+    pub fn latest_tat(&self, now_ms: i64, max_wait: Duration) -> i64 {
+        now_ms + (self.tolerance + max_wait).as_millis() as i64
+    }
+
+    /// The wait for the slot of a call at `now_ms` that moved `tat` to
+    /// `new_tat_ms` (a `Behind` step's outcome).
+    pub fn wait_after(&self, new_tat_ms: i64, now_ms: i64) -> Duration {
+        let slot = new_tat_ms - (self.interval + self.tolerance).as_millis() as i64;
+        Duration::from_millis(slot.saturating_sub(now_ms).max(0) as u64)
+    }
+}
+
+/// A slot from the shared limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The call may go `0` from now (wait that long first).
+    In(Duration),
+    /// No slot within the wait the caller could afford.
+    Full { retry_after: Duration },
+}
+
+/// Port: Defender's limits counted across every instance (the ledger's
+/// table), per tenant and per API, at the [`Pace`] given.
+pub trait SharedLimits: Send + Sync {
+    /// Reserves the next slot for one call to `api` in `tenant`'s Defender
+    /// at `now`, at most `max_wait` ahead; a slot not given takes nothing.
+    fn reserve<'a>(
+        &'a self,
+        tenant: &'a str,
+        api: ApiKind,
+        pace: Pace,
+        max_wait: Duration,
+        now: SystemTime,
+    ) -> crate::domain::ledger::LedgerFuture<'a, Slot>;
 }
 
 /// Reads `Retry-After` as seconds or an HTTP date; Defender sends seconds.

@@ -1,0 +1,376 @@
+//! Defender's limits counted across instances (the contract's "Limits it
+//! respects"): the table's adapter against moto's DynamoDB, and three built
+//! `bootstrap` processes sharing one table in front of a fake Defender that
+//! answers 429 over Defender's limits.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mde_offboard::adapters::aws;
+use mde_offboard::adapters::dynamodb::DynamoLedger;
+use mde_offboard::domain::ledger::OffboardBudget;
+use mde_offboard::domain::limits::{ApiKind, Pace, SharedLimits, Slot};
+use mde_offboard::support::webhook_sig::StandardWebhooks;
+use mde_testkit::ledger_table::ledger_table_from_template;
+use mde_testkit::moto;
+use mde_testkit::serial::SerialProxy;
+use mde_testkit::{
+    Api, FakeDefender, FakeMachine, FakeRuntime, GENERIC_WEBHOOK_SECRET, Outcome, events,
+};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use common::put_secret;
+
+fn client_at(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+    aws::SdkClient::with_limits(
+        aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests")),
+    )
+}
+
+fn moto_addr() -> std::net::SocketAddr {
+    moto::moto()
+        .endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap()
+}
+
+/// Most of `times` (sorted) in any window `w`.
+fn most_in(times: &[Duration], w: Duration) -> usize {
+    (0..times.len())
+        .map(|i| times[i..].iter().take_while(|t| **t < times[i] + w).count())
+        .max()
+        .unwrap_or(0)
+}
+
+fn sum(calls: &std::collections::BTreeMap<String, usize>) -> usize {
+    calls.values().sum()
+}
+
+/// Three ledgers with clients of their own, taking slots for one API at
+/// once on a synthetic clock (a call every 4 s from each, 3 an average of
+/// 1.33 s apart: over the pace), never give more than the limits in any
+/// minute or hour. With small limits (10 a minute, 150 an hour) so the
+/// test covers several hours in seconds. Prints what each slot costs in
+/// DynamoDB calls and time, beside the budget's bucket algorithm
+/// (`take_budget`, 5-minute buckets summed over the hour) on the same
+/// table: the measurement the pace was chosen by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_from_three_clients_hold_the_limits_in_one_call_each() {
+    let table = ledger_table_from_template().await;
+    let proxy = SerialProxy::start(moto_addr()).await;
+    let ledgers: Vec<Arc<DynamoLedger>> = (0..3)
+        .map(|_| Arc::new(DynamoLedger::new(client_at(&proxy.url()), table.clone())))
+        .collect();
+    let minute = Duration::from_secs(60);
+    let pace = Pace::for_limits(10, 150, minute);
+    let start = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+    let clock = Arc::new(AtomicU64::new(0));
+    const PER_CLIENT: usize = 200;
+    let before = proxy.calls();
+    let began = Instant::now();
+    let mut tasks = Vec::new();
+    for l in &ledgers {
+        let (l, clock) = (l.clone(), clock.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut slots = Vec::new();
+            let mut refused = 0;
+            for _ in 0..PER_CLIENT {
+                let now_ms = clock.fetch_add(4000 / 3, Ordering::SeqCst);
+                let now = start + Duration::from_millis(now_ms);
+                match l
+                    .reserve(
+                        "default",
+                        ApiKind::Offboard,
+                        pace,
+                        Duration::from_secs(20),
+                        now,
+                    )
+                    .await
+                    .expect("the table answers")
+                {
+                    Slot::In(wait) => {
+                        assert!(wait <= Duration::from_secs(20), "{wait:?}");
+                        slots.push(Duration::from_millis(now_ms) + wait);
+                    }
+                    Slot::Full { retry_after } => {
+                        assert!(retry_after > Duration::from_secs(20));
+                        refused += 1;
+                    }
+                }
+            }
+            (slots, refused)
+        }));
+    }
+    let mut slots = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        let (s, r) = t.await.unwrap();
+        slots.extend(s);
+        refused += r;
+    }
+    let took = began.elapsed();
+    slots.sort();
+    let calls = sum(&proxy.calls()) - sum(&before);
+    let reservations = 3 * PER_CLIENT;
+    assert!(
+        most_in(&slots, minute) <= 10,
+        "{} in a minute",
+        most_in(&slots, minute)
+    );
+    assert!(
+        most_in(&slots, minute * 60) <= 150,
+        "{} in an hour",
+        most_in(&slots, minute * 60)
+    );
+    // 800 simulated seconds of calls: 13 minutes; the pace of 145 an
+    // hour gives about 32, the first 5 at once.
+    assert!(slots.len() >= 30, "{} slots", slots.len());
+    assert!(refused > 0, "more calls came than the limits allow");
+    let per_call = calls as f64 / reservations as f64;
+    assert!(per_call < 1.6, "{per_call} DynamoDB calls a slot");
+    println!(
+        "pace (GCRA, one item): {} reservations, {} slots, {calls} DynamoDB calls ({per_call:.2} a reservation), {:.1} ms a reservation through moto",
+        reservations,
+        slots.len(),
+        took.as_secs_f64() * 1000.0 / reservations as f64
+    );
+
+    // The same load against the budget's algorithm (5-minute buckets,
+    // the hour summed from 13 of them), for the comparison.
+    let buckets = Arc::new(DynamoLedger::new(
+        client_at(&proxy.url()),
+        ledger_table_from_template().await,
+    ));
+    let before = proxy.calls();
+    let began = Instant::now();
+    let mut granted = 0;
+    for i in 0..reservations as u64 {
+        let now = start + Duration::from_millis(i * 4000 / 3);
+        granted += buckets
+            .take_budget(1, 150, now)
+            .await
+            .expect("the table answers");
+    }
+    let took = began.elapsed();
+    let calls = sum(&proxy.calls()) - sum(&before);
+    println!(
+        "buckets (budget's algorithm): {reservations} takes, {granted} granted, {calls} DynamoDB calls ({:.2} a take), {:.1} ms a take through moto",
+        calls as f64 / reservations as f64,
+        took.as_secs_f64() * 1000.0 / reservations as f64
+    );
+}
+
+/// What stands for a minute in the process test (and 60 of it an hour).
+const MINUTE: Duration = Duration::from_millis(1000);
+const DEVICES_PER_REQUEST: usize = 25;
+
+fn machine(i: usize) -> String {
+    format!("{:040x}", 0x5a00_0000usize + i)
+}
+
+/// A signed generic delivery offboarding `devices`.
+fn offboard(seq: usize, devices: &[String]) -> Value {
+    let body =
+        json!({"ticket": "CHG-LIMITS", "comment": "Lab teardown", "devices": devices}).to_string();
+    let id = format!("msg_limits_{}_{seq}", std::process::id());
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let sig = StandardWebhooks::from_secret(GENERIC_WEBHOOK_SECRET)
+        .unwrap()
+        .sign(&id, ts, body.as_bytes());
+    let ts = ts.to_string();
+    events::http_api_v2(
+        "POST",
+        "/v1/offboard",
+        &[
+            ("webhook-id", &id),
+            ("webhook-timestamp", &ts),
+            ("webhook-signature", &sig),
+        ],
+        &body,
+    )
+}
+
+/// A `bootstrap` process under a Runtime API of its own, as one Lambda
+/// instance, with the scaled clock, against `fake`; with the ledger's
+/// table at `ledger` (table, endpoint) when given.
+async fn instance(
+    fake: &FakeDefender,
+    secret: &str,
+    ledger: Option<(&str, &str)>,
+) -> (FakeRuntime, Child) {
+    let runtime = FakeRuntime::start().await;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bootstrap"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(runtime.lambda_env())
+        .env("SECRET_ID", secret)
+        .env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &moto::moto().endpoint)
+        .env("MDE_API_URL", fake.url())
+        .env("MDE_LOGIN_URL", fake.url())
+        .env("RATE_LIMIT_MINUTE_MS", MINUTE.as_millis().to_string());
+    if let Some((table, endpoint)) = ledger {
+        c.env("LEDGER_TABLE", table)
+            .env("AWS_ENDPOINT_URL_DYNAMODB", endpoint);
+    }
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    (runtime, c.spawn().expect("start bootstrap"))
+}
+
+/// Three instances, each sent 25-device offboards back to back for
+/// `run`, each request with a 2 s deadline. Returns the devices answered
+/// `offboard_requested` and the answers' statuses.
+async fn three_instances_at_full_tilt(
+    fake: &FakeDefender,
+    ledger: Option<(&str, &str)>,
+    run: Duration,
+) -> (usize, Vec<u16>) {
+    let secret = put_secret(&mde_testkit::secret_json()).await;
+    let mut procs = Vec::new();
+    for _ in 0..3 {
+        procs.push(instance(fake, &secret, ledger).await);
+    }
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (runtime, _) in &procs {
+        let runtime = runtime.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut requested = 0;
+            let mut statuses = Vec::new();
+            while started.elapsed() < run {
+                let first = NEXT.fetch_add(DEVICES_PER_REQUEST, Ordering::SeqCst);
+                let devices: Vec<String> =
+                    (first..first + DEVICES_PER_REQUEST).map(machine).collect();
+                let answer = runtime
+                    .invoke(offboard(first, &devices), Duration::from_secs(3))
+                    .await;
+                let Some(Outcome::Response(v)) = answer else {
+                    panic!("no HTTP answer: {answer:?}");
+                };
+                statuses.push(v["statusCode"].as_u64().unwrap_or(0) as u16);
+                let body: Value =
+                    serde_json::from_str(v["body"].as_str().unwrap_or("")).unwrap_or(Value::Null);
+                requested += body["results"]
+                    .as_array()
+                    .map(|r| {
+                        r.iter()
+                            .filter(|d| d["status"] == "offboard_requested")
+                            .count()
+                    })
+                    .unwrap_or(0);
+            }
+            (requested, statuses)
+        }));
+    }
+    let mut requested = 0;
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let (r, s) = t.await.unwrap();
+        requested += r;
+        statuses.extend(s);
+    }
+    for (_, mut child) in procs {
+        let _ = child.kill().await;
+    }
+    (requested, statuses)
+}
+
+/// The most calls to `api` the fake let through in any window `w`.
+fn fake_most_in(fake: &FakeDefender, api: Api, w: Duration) -> usize {
+    let calls = fake.calls();
+    let Some(first) = calls.iter().map(|c| c.at).min() else {
+        return 0;
+    };
+    let mut times: Vec<Duration> = calls
+        .iter()
+        .filter(|c| c.api == api && c.status != 429)
+        .map(|c| c.at - first)
+        .collect();
+    times.sort();
+    most_in(&times, w)
+}
+
+/// The contract's "with the ledger these limits are counted in the
+/// table, so every instance together stays under them": three `bootstrap`
+/// processes (three Lambda instances, each allowed Defender's 100 a
+/// minute by its own limiter) sharing one moto table, sent more than
+/// Defender allows for five scaled minutes, never collect a 429 from a
+/// Defender that answers 429 over 100 calls a minute and 1,500 an hour
+/// per API; the same three without the ledger (each counting only its
+/// own calls) do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_sharing_the_table_never_exceed_defenders_limits() {
+    let machines = (0..40_000)
+        .map(|i| FakeMachine::new(&machine(i), &format!("lab-{i}.contoso.com"), "Windows11"))
+        .collect();
+    let fake = FakeDefender::start(machines).await;
+    fake.limit(100, 1500, MINUTE);
+    let table = ledger_table_from_template().await;
+    let proxy = SerialProxy::start(moto_addr()).await;
+    let run = MINUTE * 5;
+    let (requested, statuses) =
+        three_instances_at_full_tilt(&fake, Some((&table, &proxy.url())), run).await;
+    let offboards = fake.accepted_offboards().len();
+    println!(
+        "with the ledger: {requested} offboards requested in {run:?} ({} requests: {} answered 200, {} 503); the most in any minute: {} offboards, {} machine reads; 429s: {}",
+        statuses.len(),
+        statuses.iter().filter(|s| **s == 200).count(),
+        statuses.iter().filter(|s| **s == 503).count(),
+        fake_most_in(&fake, Api::Offboard, MINUTE),
+        fake_most_in(&fake, Api::GetMachine, MINUTE),
+        fake.throttled()
+    );
+    assert_eq!(fake.throttled(), 0, "no call was sent to collect a 429");
+    assert_eq!(
+        offboards, requested,
+        "every offboard Defender accepted was answered"
+    );
+    // More was asked than Defender allows in five minutes at 100 a
+    // minute: the instances were held back, and answered 503 (retry
+    // later) for what found no slot before its deadline.
+    let asked = statuses.len() * DEVICES_PER_REQUEST;
+    assert!(asked > 500, "{asked} devices asked for");
+    assert!(
+        statuses.contains(&503),
+        "some requests found no slot in time"
+    );
+    assert!(offboards >= 50, "the burst went through: {offboards}");
+
+    // Without the ledger each instance counts only its own calls: the
+    // same three collect 429s.
+    let alone = FakeDefender::start(
+        (0..40_000)
+            .map(|i| FakeMachine::new(&machine(i), &format!("lab-{i}.contoso.com"), "Windows11"))
+            .collect(),
+    )
+    .await;
+    alone.limit(100, 1500, MINUTE);
+    let (requested, statuses) = three_instances_at_full_tilt(&alone, None, MINUTE * 2).await;
+    println!(
+        "without the ledger: {requested} offboards requested in {:?} ({} requests); 429s: {}",
+        MINUTE * 2,
+        statuses.len(),
+        alone.throttled()
+    );
+    assert!(
+        alone.throttled() > 0,
+        "per-instance limits let three instances exceed Defender's"
+    );
+}
