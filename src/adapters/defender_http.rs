@@ -101,21 +101,27 @@ impl HttpDefender {
         let Some(shared) = &self.shared else {
             return Ok(());
         };
-        let (per_minute, per_hour) = kind.published();
-        let pace = Pace::for_limits(per_minute, per_hour, self.limiters.minute());
+        let pace = self.limiters.shared_pace();
+        // A lookup is followed by the offboard it is for: it waits at most
+        // half the time left, so the offboard has the other half rather
+        // than the lookup's slot going to waste.
+        let max_wait = match kind {
+            ApiKind::ListMachines | ApiKind::GetMachine => deadline.usable() / 2,
+            _ => deadline.usable(),
+        };
+        let asked_at = SystemTime::now();
         let slot = shared
-            .reserve(
-                DEFAULT_TENANT,
-                kind,
-                pace,
-                deadline.usable(),
-                SystemTime::now(),
-            )
+            .reserve(DEFAULT_TENANT, kind, pace, max_wait, asked_at)
             .await;
         match slot {
             Ok(Slot::In(wait)) => {
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
+                // The slot is a point in time: the table's round trip is
+                // already part of the wait.
+                let left = (asked_at + wait)
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                if !left.is_zero() {
+                    tokio::time::sleep(left).await;
                 }
                 Ok(())
             }
@@ -156,12 +162,15 @@ impl HttpDefender {
         let mut throttles = 0u32;
         let limiter = self.limiters.for_api(kind);
         loop {
-            limiter
-                .acquire(deadline)
-                .await
-                .map_err(|t| DefenderError::Throttled {
-                    retry_after: t.retry_after,
-                })?;
+            // With the shared limits the table counts every call; this
+            // instance's limiter then only holds calls back after a 429.
+            let gate = match self.shared {
+                None => limiter.acquire(deadline).await,
+                Some(_) => limiter.hold(deadline).await,
+            };
+            gate.map_err(|t| DefenderError::Throttled {
+                retry_after: t.retry_after,
+            })?;
             self.shared_slot(kind, deadline).await?;
             let token = self.token(deadline).await?;
             let timeout = deadline.call_timeout().ok_or(DefenderError::Deadline)?;

@@ -228,6 +228,26 @@ impl RateLimiter {
         }
     }
 
+    /// Waits out a 429's hold (`block_for`) only, taking no grant: where
+    /// the limits are counted elsewhere (the ledger's table), this
+    /// instance's windows would only hold grants the table then refuses.
+    pub async fn hold(&self, deadline: &Deadline) -> Result<(), Throttled> {
+        let wait = {
+            let st = self.state.lock().await;
+            st.blocked_until
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or_default()
+        };
+        if wait.is_zero() {
+            return Ok(());
+        }
+        if !deadline.fits(wait) {
+            return Err(Throttled { retry_after: wait });
+        }
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
     /// After a 429: nobody calls again before `retry_after` has passed.
     pub async fn block_for(&self, retry_after: Duration) {
         let until = later(retry_after);
@@ -257,6 +277,7 @@ pub struct Limiters {
     cancel_action: RateLimiter,
     /// What stands for a minute (simulations scale it).
     minute: Duration,
+    per_minute: usize,
 }
 
 impl Limiters {
@@ -279,12 +300,15 @@ impl Limiters {
             get_action: RateLimiter::new(&w),
             cancel_action: RateLimiter::new(&w),
             minute,
+            per_minute,
         }
     }
 
-    /// What stands for a minute: the shared limits' pace is scaled alike.
-    pub fn minute(&self) -> Duration {
-        self.minute
+    /// The same limits counted across instances (with the ledger): the
+    /// pace every instance together keeps to each API of a tenant.
+    pub fn shared_pace(&self) -> Pace {
+        let per_minute = u32::try_from(self.per_minute).unwrap_or(u32::MAX);
+        Pace::for_limits(per_minute, per_minute.saturating_mul(15), self.minute)
     }
 
     pub fn for_api(&self, kind: ApiKind) -> &RateLimiter {
@@ -321,18 +345,6 @@ impl ApiKind {
             ApiKind::CancelAction => "cancel_action",
         }
     }
-
-    /// Defender's published limits for this API, per tenant: calls a
-    /// minute and calls an hour.
-    pub fn published(self) -> (u32, u32) {
-        match self {
-            ApiKind::ListMachines
-            | ApiKind::GetMachine
-            | ApiKind::Offboard
-            | ApiKind::GetAction
-            | ApiKind::CancelAction => (100, 1500),
-        }
-    }
 }
 
 /// The pace every instance together keeps to one API of one tenant, when
@@ -344,8 +356,8 @@ impl ApiKind {
 /// apart beyond a burst of `tolerance / interval + 1`, so any window `w`
 /// holds fewer than `(w + tolerance) / interval + 1` of them. With
 /// Defender's 100 a minute and 1,500 an hour: a burst of 50, then one
-/// call every 3600/1450 s (1,450 an hour, 96.7% of the hourly limit at a
-/// steady pace); any hour holds at most 1,499 and any minute 74.
+/// call every 3600/1449 s (1,449 an hour, 96.6% of the hourly limit at a
+/// steady pace); any hour holds at most 1,498 slots and any minute 74.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pace {
     pub interval: Duration,
@@ -369,13 +381,15 @@ impl Pace {
     /// The pace that keeps `per_minute` and `per_hour` in any window, with
     /// `minute` standing for a minute (simulations scale it).
     pub fn for_limits(per_minute: u32, per_hour: u32, minute: Duration) -> Self {
-        let (per_minute, per_hour) = (per_minute.max(2), per_hour.max(2));
         // A thirtieth of the hour as a burst (50 of Defender's 1,500), at
         // most half the minute's limit. Any window `w` then holds fewer
-        // than `w / interval + burst` calls: under each limit by at least
-        // one, kept for the network's jitter.
+        // than `w / interval + burst` slots: under each limit by two, one
+        // kept for a call that goes out late (the table's round trip, the
+        // scheduler), bunching with the next.
+        let (per_minute, per_hour) = (per_minute.max(4), per_hour.max(4));
         let burst = (per_hour / 30).min(per_minute / 2).max(1);
-        let interval = (minute * 60 / (per_hour - burst)).max(minute / (per_minute - burst));
+        let interval =
+            (minute * 60 / (per_hour - burst - 1)).max(minute / (per_minute - burst - 1));
         Self {
             interval,
             tolerance: interval * (burst - 1),
@@ -657,6 +671,23 @@ mod tests {
         // though the minute's window has room long before.
         l.acquire(&long).await.unwrap();
         assert_eq!(Instant::now() - start, Duration::from_secs(3600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hold_waits_for_a_429_only() {
+        let l = RateLimiter::new(&[(1, Duration::from_secs(60))]);
+        let long = Deadline::after(Duration::from_secs(600));
+        let start = Instant::now();
+        for _ in 0..3 {
+            l.hold(&long).await.unwrap();
+        }
+        assert_eq!(Instant::now(), start, "no window counted");
+        l.block_for(Duration::from_secs(5)).await;
+        l.hold(&long).await.unwrap();
+        assert_eq!(Instant::now() - start, Duration::from_secs(5));
+        l.block_for(Duration::from_secs(30)).await;
+        let short = Deadline::after(Duration::from_secs(10));
+        assert!(l.hold(&short).await.is_err());
     }
 
     #[tokio::test(start_paused = true)]
