@@ -17,8 +17,7 @@ use crate::adapters::read_capped;
 use crate::domain::defender::*;
 use crate::domain::health::{self, ApiProbe, Step};
 use crate::domain::limits::{
-    ApiKind, Backoff, DEFAULT_TENANT, Deadline, Limiters, Pace, SharedLimits, Slot,
-    parse_retry_after,
+    ApiKind, Backoff, DEFAULT_TENANT, Deadline, Limiters, SharedLimits, Slot, parse_retry_after,
 };
 use crate::domain::model::{DeviceName, MachineId};
 use crate::domain::secret::{AppSecret, CredentialError, SecretCache};
