@@ -140,9 +140,9 @@ async fn slots_from_three_clients_hold_the_limits_in_one_call_each() {
     let per_call = calls as f64 / reservations as f64;
     assert!(per_call < 1.6, "{per_call} DynamoDB calls a slot");
     println!(
-        "pace (GCRA, one item): {} reservations, {} slots, {calls} DynamoDB calls ({per_call:.2} a reservation), {:.1} ms a reservation through moto",
-        reservations,
+        "pace (GCRA, one item): {reservations} reservations, {} slots given, {calls} DynamoDB calls ({per_call:.2} a reservation, {:.2} a slot given), {:.1} ms a reservation through moto",
         slots.len(),
+        calls as f64 / slots.len() as f64,
         took.as_secs_f64() * 1000.0 / reservations as f64
     );
 
@@ -165,8 +165,9 @@ async fn slots_from_three_clients_hold_the_limits_in_one_call_each() {
     let took = began.elapsed();
     let calls = sum(&proxy.calls()) - sum(&before);
     println!(
-        "buckets (budget's algorithm): {reservations} takes, {granted} granted, {calls} DynamoDB calls ({:.2} a take), {:.1} ms a take through moto",
+        "buckets (budget's algorithm): {reservations} takes, {granted} granted, {calls} DynamoDB calls ({:.2} a take, {:.2} a grant), {:.1} ms a take through moto",
         calls as f64 / reservations as f64,
+        calls as f64 / f64::from(granted.max(1)),
         took.as_secs_f64() * 1000.0 / reservations as f64
     );
 }

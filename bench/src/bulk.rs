@@ -3,7 +3,7 @@
 //! limits on (100 calls a minute and 1,500 an hour per API, answered 429
 //! over them), on a scaled clock, with the ledger (moto's DynamoDB behind
 //! a proxy that counts calls and lets one through at a time) and the queue
-//! (moto's SQS behind another). The bench plays Lambda: each instance is a
+//! (SQS in a moto server of its own, behind another). The bench plays Lambda: each instance is a
 //! `bootstrap` process under a Runtime API of its own, and the event
 //! source mapping is a loop per worker that receives up to ten messages,
 //! invokes the worker with them, and deletes those it did not hand back.
@@ -72,6 +72,8 @@ fn signed(seq: usize, body: &str) -> Value {
 }
 
 struct World {
+    /// SQS's own moto server (see `moto::another`).
+    _sqs_moto: moto::Moto,
     fake: FakeDefender,
     ddb: SerialProxy,
     sqs: SerialProxy,
@@ -145,7 +147,8 @@ pub async fn run(a: BulkArgs) -> Vec<(String, f64)> {
     .await;
     fake.limit(100, 1500, a.minute);
     let table = mde_testkit::ledger_table::ledger_table_from_template().await;
-    let queue_url = sqs_client(&moto::moto().endpoint)
+    let sqs_moto = moto::another();
+    let queue_url = sqs_client(&sqs_moto.endpoint)
         .create_queue()
         .queue_name(format!("mde-bench-bulk-{}", std::process::id()))
         .send()
@@ -164,10 +167,11 @@ pub async fn run(a: BulkArgs) -> Vec<(String, f64)> {
     let w = Arc::new(World {
         fake,
         ddb: SerialProxy::start(moto_addr).await,
-        sqs: SerialProxy::start(moto_addr).await,
+        sqs: SerialProxy::start(addr_of(&sqs_moto.endpoint)).await,
         table,
         queue_url,
         secret_id,
+        _sqs_moto: sqs_moto,
     });
     let http = FakeRuntime::start().await;
     let workers = [FakeRuntime::start().await, FakeRuntime::start().await];
@@ -179,30 +183,47 @@ pub async fn run(a: BulkArgs) -> Vec<(String, f64)> {
     let started = Instant::now();
     let fake_start = std::time::Instant::now();
 
-    // Queue the devices through the HTTP function, 1,000 to a request.
-    let mut seq = 0;
-    for chunk in (0..a.devices).collect::<Vec<_>>().chunks(1000) {
-        let devices: Vec<String> = chunk.iter().map(|i| machine(*i)).collect();
-        let body = json!({"ticket": "CHG-BULK", "comment": "Data centre decommission", "devices": devices, "mode": "queue"}).to_string();
-        seq += 1;
-        let out = http
-            .invoke(signed(seq, &body), Duration::from_secs(29))
-            .await;
-        invocations.fetch_add(1, Ordering::SeqCst);
-        match out {
-            Some(Outcome::Response(v)) if v["statusCode"] == 202 => {}
-            other => panic!("queueing answered {other:?}"),
-        }
-    }
-    eprintln!(
-        "bulk: {} devices queued in {:?}",
-        a.devices,
-        started.elapsed()
-    );
-
     let done = Arc::new(AtomicBool::new(false));
-    let esm_sqs = sqs_client(&w.sqs.url());
+    // The HTTP function queues the devices, 250 to a request, keeping at
+    // most about 750 on the queue (moto's SQS slows down as a queue grows;
+    // a sender posting a decommission in parts does the same). A 503 is
+    // retried: the same warm instance queues only what is missing.
+    let queued_all = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
+    {
+        let (w, http, invocations, queued_all) = (
+            w.clone(),
+            http.clone(),
+            invocations.clone(),
+            queued_all.clone(),
+        );
+        let devices = a.devices;
+        let minute = a.minute;
+        tasks.push(tokio::spawn(async move {
+            let mut seq = 0;
+            for chunk in (0..devices).collect::<Vec<_>>().chunks(250) {
+                while chunk[0] >= w.fake.accepted_offboards().len() + 500 {
+                    tokio::time::sleep(minute).await;
+                }
+                let devices: Vec<String> = chunk.iter().map(|i| machine(*i)).collect();
+                let body = json!({"ticket": "CHG-BULK", "comment": "Data centre decommission", "devices": devices, "mode": "queue"}).to_string();
+                for attempt in 0.. {
+                    seq += 1;
+                    let out = http.invoke(signed(seq, &body), Duration::from_secs(29)).await;
+                    invocations.fetch_add(1, Ordering::SeqCst);
+                    match out {
+                        Some(Outcome::Response(v)) if v["statusCode"] == 202 => break,
+                        Some(Outcome::Response(v)) if v["statusCode"] == 503 && attempt < 5 => {
+                            eprintln!("bulk: queueing answered 503, retrying");
+                        }
+                        other => panic!("queueing answered {other:?}"),
+                    }
+                }
+            }
+            queued_all.store(true, Ordering::SeqCst);
+        }));
+    }
+    let esm_sqs = sqs_client(&w.sqs.url());
     for runtime in workers.clone() {
         let (w, done, sqs, invocations) = (
             w.clone(),
