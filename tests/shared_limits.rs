@@ -384,3 +384,89 @@ async fn three_instances_sharing_the_table_never_exceed_defenders_limits() {
         "per-instance limits let three instances exceed Defender's"
     );
 }
+
+/// Three app instances in this process (clients and limiters of their
+/// own) sharing the in-memory adapter of the same port, at Defender's own
+/// numbers (100 a minute, 1,500 an hour per API) on a clock where a minute
+/// lasts 250 ms: sent 25-device offboards back to back for 70 scaled
+/// minutes (more than an hour), they never collect a 429 and the busiest
+/// hour uses more than 95% of it; the same three without the shared count
+/// collect 429s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_apps_sharing_one_count_hold_defenders_own_numbers() {
+    use mde_offboard::adapters::memory::limits::InMemoryLimits;
+    use mde_offboard::config::Config;
+    use mde_offboard::domain::limits::Limiters;
+    use mde_offboard::domain::secret::StaticSecret;
+    const FAST_MINUTE: Duration = Duration::from_millis(250);
+
+    async fn run(shared: Option<Arc<InMemoryLimits>>, for_: Duration) -> FakeDefender {
+        let fake = FakeDefender::start(
+            (0..60_000)
+                .map(|i| FakeMachine::new(&machine(i), &format!("m-{i}.contoso.com"), "Windows11"))
+                .collect(),
+        )
+        .await;
+        fake.limit(100, 1500, FAST_MINUTE);
+        let app = |shared: Option<Arc<InMemoryLimits>>| {
+            let env: std::collections::HashMap<&str, String> = std::collections::HashMap::from([
+                ("SECRET_ID", "local".to_string()),
+                ("MDE_API_URL", fake.url()),
+                ("MDE_LOGIN_URL", fake.url()),
+            ]);
+            let config = Config::from_lookup(|k| env.get(k).cloned()).unwrap();
+            let mut w = mde_offboard::init::Wiring::new(
+                config,
+                Arc::new(StaticSecret(mde_testkit::secret_json())),
+            )
+            .limiters(Limiters::scaled(100, FAST_MINUTE));
+            if let Some(s) = shared {
+                w = w.shared_limits(s);
+            }
+            Arc::new(w.build())
+        };
+        let next = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            let (app, next) = (app(shared.clone()), next.clone());
+            tasks.push(tokio::spawn(async move {
+                while started.elapsed() < for_ {
+                    let first = next.fetch_add(25, Ordering::SeqCst) as usize;
+                    let devices: Vec<String> = (first..first + 25).map(machine).collect();
+                    let body = json!({"ticket": "CHG-1", "comment": "Retired", "devices": devices})
+                        .to_string();
+                    let _ = mde_offboard::inbound::http::handle(
+                        &app,
+                        common::signed("POST", "/v1/offboard", &body),
+                    )
+                    .await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        fake
+    }
+
+    let fake = run(Some(Arc::new(InMemoryLimits::new())), FAST_MINUTE * 70).await;
+    let hour_most = fake_most_in(&fake, Api::Offboard, FAST_MINUTE * 60);
+    println!(
+        "in-memory count: {} offboards in 70 scaled minutes; the most in any minute {}, in any hour {hour_most}; 429s: {}",
+        fake.accepted_offboards().len(),
+        fake_most_in(&fake, Api::Offboard, FAST_MINUTE),
+        fake.throttled()
+    );
+    assert_eq!(fake.throttled(), 0, "no call was sent to collect a 429");
+    assert!(
+        hour_most >= 1425,
+        "{hour_most} offboards in the busiest hour"
+    );
+
+    let alone = run(None, FAST_MINUTE * 3).await;
+    assert!(
+        alone.throttled() > 0,
+        "per-instance limits exceed Defender's"
+    );
+}
