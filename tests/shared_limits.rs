@@ -388,7 +388,7 @@ async fn three_instances_sharing_the_table_never_exceed_defenders_limits() {
 /// Three app instances in this process (clients and limiters of their
 /// own) sharing the in-memory adapter of the same port, at Defender's own
 /// numbers (100 a minute, 1,500 an hour per API) on a clock where a minute
-/// lasts 250 ms: sent 25-device offboards back to back for 70 scaled
+/// lasts a second: sent 25-device offboards back to back for 62 scaled
 /// minutes (more than an hour), they never collect a 429 and the busiest
 /// hour uses more than 95% of it; the same three without the shared count
 /// collect 429s.
@@ -398,7 +398,7 @@ async fn three_apps_sharing_one_count_hold_defenders_own_numbers() {
     use mde_offboard::config::Config;
     use mde_offboard::domain::limits::Limiters;
     use mde_offboard::domain::secret::StaticSecret;
-    const FAST_MINUTE: Duration = Duration::from_millis(250);
+    const FAST_MINUTE: Duration = Duration::from_millis(1000);
 
     async fn run(shared: Option<Arc<InMemoryLimits>>, for_: Duration) -> FakeDefender {
         let fake = FakeDefender::start(
@@ -450,10 +450,10 @@ async fn three_apps_sharing_one_count_hold_defenders_own_numbers() {
         fake
     }
 
-    let fake = run(Some(Arc::new(InMemoryLimits::new())), FAST_MINUTE * 70).await;
+    let fake = run(Some(Arc::new(InMemoryLimits::new())), FAST_MINUTE * 62).await;
     let hour_most = fake_most_in(&fake, Api::Offboard, FAST_MINUTE * 60);
     println!(
-        "in-memory count: {} offboards in 70 scaled minutes; the most in any minute {}, in any hour {hour_most}; 429s: {}",
+        "in-memory count: {} offboards in 62 scaled minutes; the most in any minute {}, in any hour {hour_most}; 429s: {}",
         fake.accepted_offboards().len(),
         fake_most_in(&fake, Api::Offboard, FAST_MINUTE),
         fake.throttled()

@@ -353,7 +353,7 @@ pub async fn run(a: BulkArgs) -> Vec<(String, f64)> {
         if offboarded >= a.devices || started.elapsed() > limit {
             break;
         }
-        if started.elapsed().as_secs() % 30 == 0 {
+        if started.elapsed().as_secs().is_multiple_of(30) {
             eprintln!(
                 "bulk: {offboarded} of {} after {:?}",
                 a.devices,

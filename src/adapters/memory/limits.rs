@@ -99,9 +99,10 @@ mod tests {
             "{} in an hour",
             most_in(MINUTE * 60)
         );
-        // Three hours at the pace: the burst and 1,449 an hour.
+        // Three hours at the pace: the burst, 1,449 an hour, and the slots
+        // the last callers took up to 20 s ahead.
         assert!(
-            slots.len() >= 3 * 1449 && slots.len() <= 3 * 1449 + 50,
+            slots.len() >= 3 * 1449 && slots.len() <= 3 * 1449 + 50 + 9,
             "{} slots in three hours",
             slots.len()
         );
