@@ -17,7 +17,8 @@ use crate::adapters::read_capped;
 use crate::domain::defender::*;
 use crate::domain::health::{self, ApiProbe, Step};
 use crate::domain::limits::{
-    ApiKind, Backoff, DEFAULT_TENANT, Deadline, Limiters, SharedLimits, Slot, parse_retry_after,
+    ApiKind, Backoff, DEFAULT_TENANT, Deadline, LATENESS, Limiters, SharedLimits, Slot,
+    parse_retry_after,
 };
 use crate::domain::model::{DeviceName, MachineId};
 use crate::domain::secret::{AppSecret, CredentialError, SecretCache};
@@ -94,44 +95,56 @@ impl HttpDefender {
     }
 
     /// A slot from the shared limits, waited for; none before the deadline
-    /// (or the table unreachable: fail closed) is `Throttled`, so the call
-    /// is never sent to collect a 429.
-    async fn shared_slot(&self, kind: ApiKind, deadline: &Deadline) -> Result<(), DefenderError> {
+    /// is `Throttled`, so the call is never sent to collect a 429.
+    /// `Ok(false)`: the table could not be reached, and this instance's own
+    /// limiter counts instead (dry runs and reads keep working; an offboard
+    /// never gets here, since its delivery's claim fails first).
+    async fn shared_slot(&self, kind: ApiKind, deadline: &Deadline) -> Result<bool, DefenderError> {
         let Some(shared) = &self.shared else {
-            return Ok(());
+            return Ok(true);
         };
         let pace = self.limiters.shared_pace();
         // A lookup is followed by the offboard it is for: it waits at most
         // half the time left, so the offboard has the other half rather
         // than the lookup's slot going to waste.
-        let max_wait = match kind {
-            ApiKind::ListMachines | ApiKind::GetMachine => deadline.usable() / 2,
-            _ => deadline.usable(),
-        };
-        let asked_at = SystemTime::now();
-        let slot = shared
-            .reserve(DEFAULT_TENANT, kind, pace, max_wait, asked_at)
-            .await;
-        match slot {
-            Ok(Slot::In(wait)) => {
-                // The slot is a point in time: the table's round trip is
-                // already part of the wait.
-                let left = (asked_at + wait)
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default();
-                if !left.is_zero() {
-                    tokio::time::sleep(left).await;
+        // A slot missed by more than an interval (the instance was not
+        // scheduled in time) is let go and another taken: a call that goes
+        // out late bunches with the calls after it.
+        for _ in 0..3 {
+            let max_wait = match kind {
+                ApiKind::ListMachines | ApiKind::GetMachine => deadline.usable() / 2,
+                _ => deadline.usable(),
+            };
+            let asked_at = SystemTime::now();
+            let slot = shared
+                .reserve(DEFAULT_TENANT, kind, pace, max_wait, asked_at)
+                .await;
+            match slot {
+                Ok(Slot::In(wait)) => {
+                    // The slot is a point in time: the table's round trip
+                    // is already part of the wait.
+                    let at = asked_at + wait;
+                    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    if !left.is_zero() {
+                        tokio::time::sleep(left).await;
+                    }
+                    let late = SystemTime::now().duration_since(at).unwrap_or_default();
+                    if late <= LATENESS / 2 {
+                        return Ok(true);
+                    }
                 }
-                Ok(())
-            }
-            Ok(Slot::Full { retry_after }) => Err(DefenderError::Throttled { retry_after }),
-            Err(e) => {
-                tracing::warn!(error = %e, "the shared Defender limits could not be read; the call is not sent");
-                Err(DefenderError::Throttled {
-                    retry_after: e.retry_after().unwrap_or(Duration::from_secs(5)),
-                })
+                Ok(Slot::Full { retry_after }) => {
+                    return Err(DefenderError::Throttled { retry_after });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the shared Defender limits could not be read; this instance counts its own calls");
+                    return Ok(false);
+                }
             }
         }
+        Err(DefenderError::Throttled {
+            retry_after: pace.interval.max(Duration::from_secs(1)),
+        })
     }
 
     async fn token(&self, deadline: &Deadline) -> Result<AccessToken, DefenderError> {
@@ -170,7 +183,14 @@ impl HttpDefender {
             gate.map_err(|t| DefenderError::Throttled {
                 retry_after: t.retry_after,
             })?;
-            self.shared_slot(kind, deadline).await?;
+            if !self.shared_slot(kind, deadline).await? {
+                limiter
+                    .acquire(deadline)
+                    .await
+                    .map_err(|t| DefenderError::Throttled {
+                        retry_after: t.retry_after,
+                    })?;
+            }
             let token = self.token(deadline).await?;
             let timeout = deadline.call_timeout().ok_or(DefenderError::Deadline)?;
             let mut req = self

@@ -347,6 +347,10 @@ impl ApiKind {
     }
 }
 
+/// How late a call may go out after its slot and still count as on time
+/// (a slot missed by more is let go): the pace keeps that many calls back.
+pub const LATENESS: Duration = Duration::from_millis(250);
+
 /// The pace every instance together keeps to one API of one tenant, when
 /// the limits are counted in the ledger: a generic cell rate algorithm
 /// (GCRA, a token bucket kept as one number). The shared state is the
@@ -356,8 +360,8 @@ impl ApiKind {
 /// apart beyond a burst of `tolerance / interval + 1`, so any window `w`
 /// holds fewer than `(w + tolerance) / interval + 1` of them. With
 /// Defender's 100 a minute and 1,500 an hour: a burst of 50, then one
-/// call every 3600/1449 s (1,449 an hour, 96.6% of the hourly limit at a
-/// steady pace); any hour holds at most 1,498 slots and any minute 74.
+/// call every 3600/1448 s (1,448 an hour, 96.5% of the hourly limit at a
+/// steady pace); any hour holds at most 1,497 slots and any minute 74.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pace {
     pub interval: Duration,
@@ -383,13 +387,19 @@ impl Pace {
     pub fn for_limits(per_minute: u32, per_hour: u32, minute: Duration) -> Self {
         // A thirtieth of the hour as a burst (50 of Defender's 1,500), at
         // most half the minute's limit. Any window `w` then holds fewer
-        // than `w / interval + burst` slots: under each limit by two, one
-        // kept for a call that goes out late (the table's round trip, the
-        // scheduler), bunching with the next.
+        // than `w / interval + burst` slots: under each limit by one, and
+        // by as many more calls as fit in `LATENESS`, kept for calls that
+        // go out late (the table's round trip, the scheduler) and bunch
+        // with the next: one with Defender's limits.
         let (per_minute, per_hour) = (per_minute.max(4), per_hour.max(4));
         let burst = (per_hour / 30).min(per_minute / 2).max(1);
-        let interval =
-            (minute * 60 / (per_hour - burst - 1)).max(minute / (per_minute - burst - 1));
+        let pace = |kept: u32| {
+            (minute * 60 / per_hour.saturating_sub(burst + kept).max(1))
+                .max(minute / per_minute.saturating_sub(burst + kept).max(1))
+        };
+        let late = (LATENESS.as_secs_f64() / pace(1).as_secs_f64()).ceil() as u32;
+        let kept = (1 + late).min(per_minute / 4);
+        let interval = pace(kept);
         Self {
             interval,
             tolerance: interval * (burst - 1),
