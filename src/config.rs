@@ -104,6 +104,9 @@ pub struct Config {
     pub metrics_namespace: String,
     /// Calls a minute this instance makes to each Defender API.
     pub rate_per_minute: usize,
+    /// `RATE_LIMIT_MINUTE_MS`: what the limiters count as a minute (tests
+    /// and simulations shorten it; 60 s otherwise).
+    pub limit_minute: Duration,
     /// `MDE_MODE=worker`: serve SQS batches only.
     pub worker: bool,
     /// `DIRECT_EVENTS`: the kinds of event without HTTP or SQS it serves.
@@ -200,6 +203,9 @@ impl Config {
             // quota, or against a fake (the benchmark, which measures the
             // function and not the limiter).
             rate_per_minute: env.count("RATE_LIMIT_PER_MINUTE", 100, 1_000_000)?,
+            limit_minute: Duration::from_millis(
+                env.count("RATE_LIMIT_MINUTE_MS", 60_000, 60_000)?.max(1) as u64,
+            ),
             worker: env.or("MDE_MODE", false, |v| match v.trim() {
                 "http" => Ok(false),
                 "worker" => Ok(true),

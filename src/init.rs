@@ -19,7 +19,7 @@ use crate::app::{App, Ports, TenantDefenders};
 use crate::config::{Config, ConfigError};
 use crate::domain::defender::Defender;
 use crate::domain::federation::{IdentityTokenCache, IdentityTokenSource};
-use crate::domain::limits::{Deadline, Limiters};
+use crate::domain::limits::{Deadline, Limiters, SharedLimits};
 use crate::domain::secret::{CredentialMode, SecretCache, SecretSource};
 
 /// The app of a Lambda instance, built on first use rather than before the
@@ -83,14 +83,18 @@ pub fn build_instance(config: Config) -> Instance {
             );
         }
     }
-    let mut instance = Wiring::new(config, source).instance();
+    let ledger = ledger_table.map(|table| Arc::new(DynamoLedger::from_env(table)));
+    let mut wiring = Wiring::new(config, source);
+    if let Some(ledger) = &ledger {
+        // Defender's limits counted in the table, across every instance.
+        wiring = wiring.shared_limits(ledger.clone());
+    }
+    let mut instance = wiring.instance();
     if let Some(url) = queue_url {
         instance.app = instance.app.with_queue(Arc::new(SqsQueue::from_env(url)));
     }
-    if let Some(table) = ledger_table {
-        instance.app = instance
-            .app
-            .with_ledger(Arc::new(DynamoLedger::from_env(table)));
+    if let Some(ledger) = ledger {
+        instance.app = instance.app.with_ledger(ledger);
     }
     instance
 }
@@ -107,6 +111,7 @@ pub struct Wiring {
     config: Config,
     secret_source: Arc<dyn SecretSource>,
     limiters: Option<Limiters>,
+    shared_limits: Option<Arc<dyn SharedLimits>>,
     identity: Option<Arc<dyn IdentityTokenSource>>,
     defender: Option<Arc<dyn Defender>>,
 }
@@ -117,6 +122,7 @@ impl Wiring {
             config,
             secret_source,
             limiters: None,
+            shared_limits: None,
             identity: None,
             defender: None,
         }
@@ -125,6 +131,13 @@ impl Wiring {
     /// Defender's rate limits (simulations scale time).
     pub fn limiters(mut self, limiters: Limiters) -> Self {
         self.limiters = Some(limiters);
+        self
+    }
+
+    /// Defender's limits counted across instances in `shared` (the
+    /// ledger's table; an in-memory one in tests).
+    pub fn shared_limits(mut self, shared: Arc<dyn SharedLimits>) -> Self {
+        self.shared_limits = Some(shared);
         self
     }
 
@@ -170,7 +183,8 @@ impl Wiring {
                     config.scope.clone(),
                     config.api_url.clone(),
                 );
-                let rate = config.rate_per_minute;
+                let (rate, minute) = (config.rate_per_minute, config.limit_minute);
+                let shared = self.shared_limits;
                 let (http2, secrets2) = (http.clone(), secrets.clone());
                 let make = move |limiters: Limiters| {
                     let mut tokens =
@@ -178,20 +192,28 @@ impl Wiring {
                     if let Some(identity) = &identity {
                         tokens = tokens.federated(identity.clone());
                     }
-                    HttpDefender::new(
+                    let d = HttpDefender::new(
                         http2.clone(),
                         api.clone(),
                         secrets2.clone(),
                         Arc::new(tokens),
                         Arc::new(limiters),
-                    )
+                    );
+                    // Defender's limits counted across instances too.
+                    match &shared {
+                        Some(shared) => d.with_shared_limits(shared.clone()),
+                        None => d,
+                    }
                 };
-                let limiters = self.limiters.unwrap_or_else(|| Limiters::new(rate));
+                let limiters = self
+                    .limiters
+                    .unwrap_or_else(|| Limiters::scaled(rate, minute));
                 let defender = Arc::new(make(limiters));
                 // Each tenant: its own token and its own limits, as
                 // Defender counts them per tenant.
                 tenant_defenders = Some(Arc::new(move |tenant: &str| {
-                    Arc::new(make(Limiters::new(rate)).for_tenant(tenant)) as Arc<dyn Defender>
+                    Arc::new(make(Limiters::scaled(rate, minute)).for_tenant(tenant))
+                        as Arc<dyn Defender>
                 }));
                 (defender.clone(), Some(defender))
             }

@@ -12,6 +12,8 @@
 //!             [--starts 10] [--init-starts 30] [--invocations 1000]
 //!             [--json out.json]
 //!             [--no-peer] [--ledger-only]
+//!   mde-bench --rust target/release/bootstrap --bulk [--devices 5000]
+//!             [--minute-ms 1000]    (see bulk.rs)
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -28,6 +30,8 @@ use mde_testkit::{
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
+mod bulk;
+
 struct Args {
     rust: String,
     peer: String,
@@ -41,6 +45,10 @@ struct Args {
     json: Option<String>,
     /// Only the ledger figures (no peer needed).
     ledger_only: bool,
+    /// The bulk benchmark instead (`bulk.rs`).
+    bulk: bool,
+    devices: usize,
+    minute_ms: u64,
 }
 
 fn args() -> Args {
@@ -64,6 +72,13 @@ fn args() -> Args {
             .unwrap_or(1000),
         json: get("--json"),
         ledger_only: v.iter().any(|a| a == "--ledger-only"),
+        bulk: v.iter().any(|a| a == "--bulk"),
+        devices: get("--devices")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5000),
+        minute_ms: get("--minute-ms")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1000),
     }
 }
 
@@ -125,16 +140,21 @@ impl TlsWorld {
     }
 }
 
-async fn world(machines: usize) -> World {
-    let moto = moto::moto();
+/// Secrets Manager in moto.
+fn secrets_client() -> aws_sdk_secretsmanager::Client {
     let conf = aws_sdk_secretsmanager::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
-        .endpoint_url(&moto.endpoint)
+        .endpoint_url(&moto::moto().endpoint)
         .credentials_provider(Credentials::new("testing", "testing", None, None, "bench"))
         .build();
-    let secret_id = format!("mde-offboard/bench-{}", std::process::id());
     aws_sdk_secretsmanager::Client::from_conf(conf)
+}
+
+async fn world(machines: usize) -> World {
+    let moto = moto::moto();
+    let secret_id = format!("mde-offboard/bench-{}", std::process::id());
+    secrets_client()
         .create_secret()
         .name(&secret_id)
         .secret_string(mde_testkit::secret_json())
@@ -774,6 +794,31 @@ fn binary_mib(path: &str) -> Option<f64> {
 #[tokio::main]
 async fn main() {
     let a = args();
+    if a.bulk {
+        let figures = bulk::run(bulk::BulkArgs {
+            exe: a.rust.clone(),
+            devices: a.devices,
+            minute: Duration::from_millis(a.minute_ms),
+        })
+        .await;
+        println!(
+            "| bulk figure ({} devices, two workers and the HTTP function) | value |",
+            a.devices
+        );
+        println!("|---|---:|");
+        for (label, v) in &figures {
+            println!("| {label} | {v:.3} |");
+        }
+        if let Some(path) = a.json {
+            let m: BTreeMap<&str, f64> = figures.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            std::fs::write(
+                &path,
+                serde_json::to_string_pretty(&json!({"bulk": m})).unwrap(),
+            )
+            .expect("write the results");
+        }
+        return;
+    }
     let machines = 5 * a.invocations + 2000 + 4 * a.starts;
     let w = Arc::new(world(machines).await);
     if a.ledger_only {

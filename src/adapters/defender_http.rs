@@ -16,7 +16,10 @@ use crate::adapters::entra::{AccessToken, TokenProvider};
 use crate::adapters::read_capped;
 use crate::domain::defender::*;
 use crate::domain::health::{self, ApiProbe, Step};
-use crate::domain::limits::{ApiKind, Backoff, Deadline, Limiters, parse_retry_after};
+use crate::domain::limits::{
+    ApiKind, Backoff, DEFAULT_TENANT, Deadline, LATENESS, Limiters, SharedLimits, Slot,
+    parse_retry_after,
+};
 use crate::domain::model::{DeviceName, MachineId};
 use crate::domain::secret::{AppSecret, CredentialError, SecretCache};
 use crate::ops::metrics;
@@ -34,6 +37,9 @@ pub struct HttpDefender {
     secrets: Arc<SecretCache>,
     tokens: Arc<TokenProvider>,
     limiters: Arc<Limiters>,
+    /// With the ledger: Defender's limits counted across every instance,
+    /// after this instance's own limiter has let a call through.
+    shared: Option<Arc<dyn SharedLimits>>,
     backoff: Backoff,
     /// Opened by the warm-up (`claim_warm_up`): a call that comes while
     /// it is opening waits for that handshake and reuses the connection,
@@ -78,6 +84,7 @@ impl HttpDefender {
             secrets,
             tokens,
             limiters,
+            shared: None,
             backoff: Backoff::default(),
             api_gate: Gate::default(),
             login_gate: Gate::default(),
@@ -95,6 +102,71 @@ impl HttpDefender {
     /// The secret with this adapter's tenant's credentials.
     fn credentials(&self, secret: &AppSecret) -> Result<AppSecret, CredentialError> {
         secret.for_tenant(self.tenant.as_deref())
+    }
+
+    /// Counts Defender's limits across instances in `shared` too.
+    pub fn with_shared_limits(mut self, shared: Arc<dyn SharedLimits>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// A slot from the shared limits, waited for; none before the deadline
+    /// is `Throttled`, so the call is never sent to collect a 429.
+    /// `Ok(false)`: the table could not be reached, and this instance's own
+    /// limiter counts instead (dry runs and reads keep working; an offboard
+    /// never gets here, since its delivery's claim fails first).
+    async fn shared_slot(&self, kind: ApiKind, deadline: &Deadline) -> Result<bool, DefenderError> {
+        let Some(shared) = &self.shared else {
+            return Ok(true);
+        };
+        let pace = self.limiters.shared_pace();
+        // A lookup is followed by the offboard it is for: it waits at most
+        // half the time left, so the offboard has the other half rather
+        // than the lookup's slot going to waste.
+        // A slot missed by more than an interval (the instance was not
+        // scheduled in time) is let go and another taken: a call that goes
+        // out late bunches with the calls after it.
+        for _ in 0..3 {
+            let max_wait = match kind {
+                ApiKind::ListMachines | ApiKind::GetMachine => deadline.usable() / 2,
+                _ => deadline.usable(),
+            };
+            let asked_at = SystemTime::now();
+            let slot = shared
+                .reserve(
+                    self.tenant.as_deref().unwrap_or(DEFAULT_TENANT),
+                    kind,
+                    pace,
+                    max_wait,
+                    asked_at,
+                )
+                .await;
+            match slot {
+                Ok(Slot::In(wait)) => {
+                    // The slot is a point in time: the table's round trip
+                    // is already part of the wait.
+                    let at = asked_at + wait;
+                    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    if !left.is_zero() {
+                        tokio::time::sleep(left).await;
+                    }
+                    let late = SystemTime::now().duration_since(at).unwrap_or_default();
+                    if late <= LATENESS / 2 {
+                        return Ok(true);
+                    }
+                }
+                Ok(Slot::Full { retry_after }) => {
+                    return Err(DefenderError::Throttled { retry_after });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the shared Defender limits could not be read; this instance counts its own calls");
+                    return Ok(false);
+                }
+            }
+        }
+        Err(DefenderError::Throttled {
+            retry_after: pace.interval.max(Duration::from_secs(1)),
+        })
     }
 
     async fn token(&self, deadline: &Deadline) -> Result<AccessToken, DefenderError> {
@@ -124,12 +196,23 @@ impl HttpDefender {
         let mut throttles = 0u32;
         let limiter = self.limiters.for_api(kind);
         loop {
-            limiter
-                .acquire(deadline)
-                .await
-                .map_err(|t| DefenderError::Throttled {
-                    retry_after: t.retry_after,
-                })?;
+            // With the shared limits the table counts every call; this
+            // instance's limiter then only holds calls back after a 429.
+            let gate = match self.shared {
+                None => limiter.acquire(deadline).await,
+                Some(_) => limiter.hold(deadline).await,
+            };
+            gate.map_err(|t| DefenderError::Throttled {
+                retry_after: t.retry_after,
+            })?;
+            if !self.shared_slot(kind, deadline).await? {
+                limiter
+                    .acquire(deadline)
+                    .await
+                    .map_err(|t| DefenderError::Throttled {
+                        retry_after: t.retry_after,
+                    })?;
+            }
             let token = self.token(deadline).await?;
             let timeout = deadline.call_timeout().ok_or(DefenderError::Deadline)?;
             let mut req = self

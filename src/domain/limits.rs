@@ -228,6 +228,26 @@ impl RateLimiter {
         }
     }
 
+    /// Waits out a 429's hold (`block_for`) only, taking no grant: where
+    /// the limits are counted elsewhere (the ledger's table), this
+    /// instance's windows would only hold grants the table then refuses.
+    pub async fn hold(&self, deadline: &Deadline) -> Result<(), Throttled> {
+        let wait = {
+            let st = self.state.lock().await;
+            st.blocked_until
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or_default()
+        };
+        if wait.is_zero() {
+            return Ok(());
+        }
+        if !deadline.fits(wait) {
+            return Err(Throttled { retry_after: wait });
+        }
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
     /// After a 429: nobody calls again before `retry_after` has passed.
     pub async fn block_for(&self, retry_after: Duration) {
         let until = later(retry_after);
@@ -255,6 +275,9 @@ pub struct Limiters {
     offboard: RateLimiter,
     get_action: RateLimiter,
     cancel_action: RateLimiter,
+    /// What stands for a minute (simulations scale it).
+    minute: Duration,
+    per_minute: usize,
 }
 
 impl Limiters {
@@ -276,7 +299,16 @@ impl Limiters {
             offboard: RateLimiter::new(&w),
             get_action: RateLimiter::new(&w),
             cancel_action: RateLimiter::new(&w),
+            minute,
+            per_minute,
         }
+    }
+
+    /// The same limits counted across instances (with the ledger): the
+    /// pace every instance together keeps to each API of a tenant.
+    pub fn shared_pace(&self) -> Pace {
+        let per_minute = u32::try_from(self.per_minute).unwrap_or(u32::MAX);
+        Pace::for_limits(per_minute, per_minute.saturating_mul(15), self.minute)
     }
 
     pub fn for_api(&self, kind: ApiKind) -> &RateLimiter {
@@ -296,6 +328,135 @@ impl Default for Limiters {
     fn default() -> Self {
         Self::new(100)
     }
+}
+
+/// The tenant label of the shared limits where a deployment has no
+/// `tenants`.
+pub const DEFAULT_TENANT: &str = "default";
+
+impl ApiKind {
+    /// How the shared limits' items name the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiKind::ListMachines => "list_machines",
+            ApiKind::GetMachine => "get_machine",
+            ApiKind::Offboard => "offboard",
+            ApiKind::GetAction => "get_action",
+            ApiKind::CancelAction => "cancel_action",
+        }
+    }
+}
+
+/// How late a call may go out after its slot and still count as on time
+/// (a slot missed by more is let go): the pace keeps that many calls back.
+pub const LATENESS: Duration = Duration::from_millis(250);
+
+/// The pace every instance together keeps to one API of one tenant, when
+/// the limits are counted in the ledger: a generic cell rate algorithm
+/// (GCRA, a token bucket kept as one number). The shared state is the
+/// "theoretical arrival time" `tat`; a call is given the slot
+/// `max(now, tat - tolerance)` and moves `tat` to `max(tat, now) +
+/// interval`. Slots given this way are never closer than `interval`
+/// apart beyond a burst of `tolerance / interval + 1`, so any window `w`
+/// holds fewer than `(w + tolerance) / interval + 1` of them. With
+/// Defender's 100 a minute and 1,500 an hour: a burst of 50, then one
+/// call every 3600/1448 s (1,448 an hour, 96.5% of the hourly limit at a
+/// steady pace); any hour holds at most 1,497 slots and any minute 74.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    pub interval: Duration,
+    pub tolerance: Duration,
+}
+
+/// What [`Pace::decide`] says of a call arriving now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaceStep {
+    /// No call is scheduled ahead (`tat <= now`): the slot is now and `tat`
+    /// becomes `now + interval`.
+    Idle,
+    /// Calls are scheduled ahead: the slot is `wait` from now and `tat`
+    /// grows by `interval`.
+    Behind { wait: Duration },
+    /// The slot would be further away than the caller can wait.
+    Full { retry_after: Duration },
+}
+
+impl Pace {
+    /// The pace that keeps `per_minute` and `per_hour` in any window, with
+    /// `minute` standing for a minute (simulations scale it).
+    pub fn for_limits(per_minute: u32, per_hour: u32, minute: Duration) -> Self {
+        // A thirtieth of the hour as a burst (50 of Defender's 1,500), at
+        // most half the minute's limit. Any window `w` then holds fewer
+        // than `w / interval + burst` slots: under each limit by one, and
+        // by as many more calls as fit in `LATENESS`, kept for calls that
+        // go out late (the table's round trip, the scheduler) and bunch
+        // with the next: one with Defender's limits.
+        let (per_minute, per_hour) = (per_minute.max(4), per_hour.max(4));
+        let burst = (per_hour / 30).min(per_minute / 2).max(1);
+        let pace = |kept: u32| {
+            (minute * 60 / per_hour.saturating_sub(burst + kept).max(1))
+                .max(minute / per_minute.saturating_sub(burst + kept).max(1))
+        };
+        let late = (LATENESS.as_secs_f64() / pace(1).as_secs_f64()).ceil() as u32;
+        let kept = (1 + late).min(per_minute / 4);
+        let interval = pace(kept);
+        Self {
+            interval,
+            tolerance: interval * (burst - 1),
+        }
+    }
+
+    /// The step for a call at `now_ms` (unix ms) given the stored `tat_ms`,
+    /// when the caller can wait at most `max_wait`.
+    pub fn decide(&self, tat_ms: Option<i64>, now_ms: i64, max_wait: Duration) -> PaceStep {
+        let Some(tat) = tat_ms.filter(|t| *t > now_ms) else {
+            return PaceStep::Idle;
+        };
+        let slot = tat - self.tolerance.as_millis() as i64;
+        let wait = Duration::from_millis(slot.saturating_sub(now_ms).max(0) as u64);
+        if wait <= max_wait {
+            PaceStep::Behind { wait }
+        } else {
+            PaceStep::Full { retry_after: wait }
+        }
+    }
+
+    /// The most `tat` may be for a call at `now_ms` to wait at most
+    /// `max_wait` (the condition of a `Behind` step).
+    pub fn latest_tat(&self, now_ms: i64, max_wait: Duration) -> i64 {
+        now_ms + (self.tolerance + max_wait).as_millis() as i64
+    }
+
+    /// The wait for the slot of a call at `now_ms` that moved `tat` to
+    /// `new_tat_ms` (a `Behind` step's outcome).
+    pub fn wait_after(&self, new_tat_ms: i64, now_ms: i64) -> Duration {
+        let slot = new_tat_ms - (self.interval + self.tolerance).as_millis() as i64;
+        Duration::from_millis(slot.saturating_sub(now_ms).max(0) as u64)
+    }
+}
+
+/// A slot from the shared limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The call may go `0` from now (wait that long first).
+    In(Duration),
+    /// No slot within the wait the caller could afford.
+    Full { retry_after: Duration },
+}
+
+/// Port: Defender's limits counted across every instance (the ledger's
+/// table), per tenant and per API, at the [`Pace`] given.
+pub trait SharedLimits: Send + Sync {
+    /// Reserves the next slot for one call to `api` in `tenant`'s Defender
+    /// at `now`, at most `max_wait` ahead; a slot not given takes nothing.
+    fn reserve<'a>(
+        &'a self,
+        tenant: &'a str,
+        api: ApiKind,
+        pace: Pace,
+        max_wait: Duration,
+        now: SystemTime,
+    ) -> crate::domain::ledger::LedgerFuture<'a, Slot>;
 }
 
 /// Reads `Retry-After` as seconds or an HTTP date; Defender sends seconds.
@@ -520,6 +681,23 @@ mod tests {
         // though the minute's window has room long before.
         l.acquire(&long).await.unwrap();
         assert_eq!(Instant::now() - start, Duration::from_secs(3600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hold_waits_for_a_429_only() {
+        let l = RateLimiter::new(&[(1, Duration::from_secs(60))]);
+        let long = Deadline::after(Duration::from_secs(600));
+        let start = Instant::now();
+        for _ in 0..3 {
+            l.hold(&long).await.unwrap();
+        }
+        assert_eq!(Instant::now(), start, "no window counted");
+        l.block_for(Duration::from_secs(5)).await;
+        l.hold(&long).await.unwrap();
+        assert_eq!(Instant::now() - start, Duration::from_secs(5));
+        l.block_for(Duration::from_secs(30)).await;
+        let short = Deadline::after(Duration::from_secs(10));
+        assert!(l.hold(&short).await.is_err());
     }
 
     #[tokio::test(start_paused = true)]

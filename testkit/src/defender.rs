@@ -188,6 +188,19 @@ struct Inner {
     assertion_logins: usize,
     /// The keys the tenant publishes; `None`: `TestKey::shared()`.
     signing_keys: Option<Vec<crate::entra::TestKey>>,
+    /// `limit`: Defender's own limits, enforced per API.
+    limits: Option<Limits>,
+    /// Per API, when each call the limits let through arrived.
+    admitted: HashMap<Api, VecDeque<std::time::Instant>>,
+}
+
+/// Calls a minute and an hour each API answers before 429, with `minute`
+/// standing for a minute.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    per_minute: usize,
+    per_hour: usize,
+    minute: Duration,
 }
 
 impl Inner {
@@ -420,6 +433,23 @@ impl FakeDefender {
         self.lock().calls.clear();
     }
 
+    /// Answers 429 (with `Retry-After`, whole seconds of the scaled clock
+    /// rounded up) as Defender does over its limits: a call to an API that
+    /// already let `per_minute` calls through in the last `minute`, or
+    /// `per_hour` in the last 60 of them. Calls answered 429 do not count.
+    pub fn limit(&self, per_minute: usize, per_hour: usize, minute: Duration) {
+        self.lock().limits = Some(Limits {
+            per_minute,
+            per_hour,
+            minute,
+        });
+    }
+
+    /// Calls answered 429, scripted or over the limits.
+    pub fn throttled(&self) -> usize {
+        self.lock().calls.iter().filter(|c| c.status == 429).count()
+    }
+
     /// The tenant publishes these keys from now on (a key rolled over,
     /// say); by default it publishes `TestKey::shared()`.
     pub fn publish_keys(&self, keys: &[crate::entra::TestKey]) {
@@ -556,6 +586,39 @@ async fn intercept(st: &Shared, mut call: Call) -> Result<Call, Response> {
     Ok(call)
 }
 
+/// With `limit` set: how long until the call's API has room, when it has
+/// none now; else the call is counted against its limits.
+fn over_limits(st: &Shared, call: &Call) -> Option<Duration> {
+    let mut inner = st.lock().expect("fake state");
+    let limits = inner.limits?;
+    let hour = limits.minute * 60;
+    // Under the lock: the log stays in time order.
+    let now = std::time::Instant::now();
+    let log = inner.admitted.entry(call.api).or_default();
+    while log.front().is_some_and(|t| now.duration_since(*t) >= hour) {
+        log.pop_front();
+    }
+    let in_minute = log
+        .iter()
+        .rev()
+        .take_while(|t| now.duration_since(**t) < limits.minute)
+        .count();
+    let mut wait = Duration::ZERO;
+    if in_minute >= limits.per_minute {
+        let oldest = log[log.len() - limits.per_minute];
+        wait = wait.max((oldest + limits.minute).saturating_duration_since(now));
+    }
+    if log.len() >= limits.per_hour {
+        let oldest = log[log.len() - limits.per_hour];
+        wait = wait.max((oldest + hour).saturating_duration_since(now));
+    }
+    if !wait.is_zero() {
+        return Some(wait);
+    }
+    log.push_back(now);
+    None
+}
+
 fn record(st: &Shared, mut call: Call, r: Response) -> Response {
     call.status = r.status().as_u16();
     st.lock().expect("fake state").calls.push(call);
@@ -583,6 +646,21 @@ fn new_call(api: Api, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u
 /// token check (401 like the real API), else the call goes on.
 async fn admit(st: &Shared, call: Call) -> Result<Call, Response> {
     let call = intercept(st, call).await?;
+    if let Some(wait) = over_limits(st, &call) {
+        let mut r = reply(
+            429,
+            error_body(
+                "TooManyRequests",
+                "Rate limit is exceeded. Try again later.",
+            ),
+        );
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        r.headers_mut().insert(
+            "retry-after",
+            secs.max(1).to_string().parse().expect("digits"),
+        );
+        return Err(record(st, call, r));
+    }
     if !authorized(st, &call) {
         return Err(record(st, call, unauthorized()));
     }

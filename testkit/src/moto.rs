@@ -22,7 +22,19 @@ static MOTO: OnceLock<Moto> = OnceLock::new();
 /// The shared moto server, from the tests' Python environment
 /// ([`crate::python_env`], made on first use).
 pub fn moto() -> &'static Moto {
-    MOTO.get_or_init(|| {
+    MOTO.get_or_init(start)
+}
+
+/// A moto server of its own, beside the shared one: moto is one Python
+/// process, so a service given its own server does not wait for another's
+/// calls (the bulk benchmark gives SQS one, whose receives scan every
+/// message a queue holds). Stopped when the value is dropped.
+pub fn another() -> Moto {
+    start()
+}
+
+fn start() -> Moto {
+    {
         let moto_server = crate::python_env().bin("moto_server");
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -56,5 +68,5 @@ pub fn moto() -> &'static Moto {
             endpoint,
             _child: ChildGuard(child, stdin),
         }
-    })
+    }
 }

@@ -15,6 +15,7 @@ use mde_offboard::support::webhook_sig::{StandardWebhooks, secret_key};
 use mde_testkit::{FakeDefender, GENERIC_WEBHOOK_SECRET, demo_machines, events, moto};
 use serde_json::Value;
 
+#[allow(unused_imports)]
 pub use mde_testkit::ids;
 
 pub fn sm_client() -> aws_sdk_secretsmanager::Client {

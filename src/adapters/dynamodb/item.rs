@@ -8,6 +8,7 @@
 //! | a part of a long answer | `IDEM#<sha256 hex>` | `PART#0001`, `PART#0002`, ... |
 //! | a device record | `TICKET#<ticket>` | `MACHINE#<machine id>#ACTION#<action id>` |
 //! | a budget bucket | `BUDGET#<bucket start, unix s>` | `BUDGET` |
+//! | Defender's shared limits, per tenant and API | `LIMIT#<tenant>#<api>` | `LIMIT` |
 //!
 //! An answer up to `MAX_STORED_BODY` bytes is kept in the delivery's item
 //! (`answer_body`); a longer one in parts beside it, which the delivery's
@@ -70,6 +71,9 @@ pub(crate) mod attr {
     pub const SOURCE: &str = "source";
     pub const TENANT: &str = "tenant";
     pub const COUNT: &str = "count";
+    /// On a limit item: the theoretical arrival time, unix ms
+    /// (`domain::limits::Pace`).
+    pub const TAT_MS: &str = "tat_ms";
 }
 
 /// A delivery's `state`.
@@ -151,6 +155,19 @@ impl ItemKey for Bucket<'_> {
 
     fn sk(&self) -> String {
         BUDGET_SK.into()
+    }
+}
+
+/// The shared limits of one tenant's API (`domain::limits::SharedLimits`).
+pub(crate) struct LimitKey<'t>(pub &'t str, pub &'static str);
+
+impl ItemKey for LimitKey<'_> {
+    fn pk(&self) -> String {
+        format!("LIMIT#{}#{}", self.0, self.1)
+    }
+
+    fn sk(&self) -> String {
+        "LIMIT".into()
     }
 }
 

@@ -13,6 +13,7 @@ use crate::domain::ledger::*;
 use crate::support::time::{unix_millis, unix_secs};
 
 pub mod item;
+mod limits;
 
 use item::*;
 
@@ -71,6 +72,8 @@ pub struct DynamoLedger {
     /// Items per Query page; DynamoDB's 1 MB pages unless set (tests set
     /// it to show that every page is read).
     page_size: Option<i32>,
+    /// The last `tat` seen of each limit item: which update to try first.
+    limit_tats: Mutex<HashMap<String, i64>>,
 }
 
 impl DynamoLedger {
@@ -80,6 +83,7 @@ impl DynamoLedger {
             table,
             closed_buckets: Mutex::default(),
             page_size: None,
+            limit_tats: Mutex::default(),
         }
     }
 

@@ -2,3 +2,4 @@
 //! tests and the local run.
 
 pub mod ledger;
+pub mod limits;
