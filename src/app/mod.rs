@@ -143,6 +143,7 @@ impl App {
     /// limits); without, they share the app's.
     pub fn with_tenant_defenders(mut self, make: TenantDefenders) -> Self {
         self.tenant_defenders = Some(make);
+        self.tenants = Default::default();
         self
     }
 
@@ -163,6 +164,8 @@ impl App {
             per_hour,
             scope: String::new(),
         });
+        // Ports made before carry no budget: made again on first use.
+        self.tenants = Default::default();
         self.offboarder = self.offboarder.with_budget(budget);
         self.claims = Some(ledger.clone());
         self.records = Some(ledger);
@@ -173,25 +176,31 @@ impl App {
     /// tenant has its own Defender (token, limits) and budget, made once
     /// per instance.
     pub(crate) fn tenant(&self, tenant: Option<&str>) -> Arc<TenantPorts> {
-        let Some(name) = tenant else {
-            return Arc::new(TenantPorts {
+        // The deployment's own ports sit under "" (no tenant name is
+        // empty): made once, like a tenant's, not cloned per request.
+        let key = tenant.unwrap_or("");
+        let mut map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ports) = map.get(key) {
+            return ports.clone();
+        }
+        let ports = Arc::new(match tenant {
+            None => TenantPorts {
                 defender: self.defender.clone(),
                 offboarder: self.offboarder.clone(),
-            });
-        };
-        let mut map = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(name.to_string())
-            .or_insert_with(|| {
+            },
+            Some(name) => {
                 let defender = match &self.tenant_defenders {
                     Some(make) => make(name),
                     None => self.defender.clone(),
                 };
-                Arc::new(TenantPorts {
+                TenantPorts {
                     offboarder: self.offboarder.for_tenant(defender.clone(), name),
                     defender,
-                })
-            })
-            .clone()
+                }
+            }
+        });
+        map.insert(key.to_string(), ports.clone());
+        ports
     }
 
     /// The tenant a request acts in, as `tenant::resolve` says, refused

@@ -365,9 +365,7 @@ impl SecretCache {
 
     pub async fn get(&self) -> Result<Arc<AppSecret>, CredentialError> {
         let fetch = async {
-            crate::ops::metrics::count(crate::ops::metrics::names::SECRET_FETCHES);
-            let fetched = (self.source.fetch().await)
-                .and_then(|text| AppSecret::parse_for(&text, self.mode).map(Arc::new));
+            let fetched = self.fresh().await;
             match &fetched {
                 Ok(secret) => {
                     tracing::debug!(tenant_id = %secret.tenant_id, client_id = %secret.client_id, "secret fetched");
