@@ -7,24 +7,25 @@
 //! simulated clock, as in tests/tracking.rs: the clock jumps to the next
 //! visible message, so nothing sleeps.
 
+mod sim;
+
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use futures_util::future::BoxFuture;
 use lambda_http::{Context, LambdaEvent};
 use mde_offboard::App;
 use mde_offboard::adapters::autoscaling::AutoScaling;
 use mde_offboard::adapters::memory::ledger::InMemoryLedger;
 use mde_offboard::config::Config;
 use mde_offboard::domain::ledger::DeviceRecords;
-use mde_offboard::domain::queue::{Queue, QueueError};
 use mde_offboard::domain::secret::StaticSecret;
 use mde_offboard::inbound::InvocationError;
 use mde_testkit::{Api, FakeAutoScaling, FakeDefender, FakeMachine, ids, secret_json};
 use serde_json::{Value, json};
+use sim::{SimClock, SimQueue};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const T0: i64 = 1_900_000_000;
@@ -52,60 +53,6 @@ fn event() -> Value {
 
 fn iso(t: i64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t as u64)).to_string()
-}
-
-#[derive(Clone)]
-struct SimClock(Arc<AtomicI64>);
-
-impl SimClock {
-    fn now(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-    fn set(&self, t: i64) {
-        self.0.fetch_max(t, Ordering::SeqCst);
-    }
-}
-
-/// SQS's delay semantics over the simulated clock.
-struct SimQueue {
-    clock: SimClock,
-    messages: Mutex<Vec<(i64, u64, String)>>,
-    seq: AtomicI64,
-}
-
-impl SimQueue {
-    fn push(&self, at: i64, body: String) {
-        let id = self.seq.fetch_add(1, Ordering::SeqCst) as u64;
-        self.messages.lock().unwrap().push((at, id, body));
-    }
-    fn pop_next(&self) -> Option<(i64, String)> {
-        let mut m = self.messages.lock().unwrap();
-        let i = (0..m.len()).min_by_key(|&i| (m[i].0, m[i].1))?;
-        let (at, _, body) = m.remove(i);
-        Some((at, body))
-    }
-    fn len(&self) -> usize {
-        self.messages.lock().unwrap().len()
-    }
-}
-
-impl Queue for SimQueue {
-    fn send_batch<'a>(
-        &'a self,
-        bodies: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<usize>, QueueError>> {
-        self.send_batch_delayed(bodies, Duration::ZERO)
-    }
-    fn send_batch_delayed<'a>(
-        &'a self,
-        bodies: &'a [String],
-        delay: Duration,
-    ) -> BoxFuture<'a, Result<Vec<usize>, QueueError>> {
-        for b in bodies {
-            self.push(self.clock.now() + delay.as_secs() as i64, b.clone());
-        }
-        Box::pin(async { Ok(Vec::new()) })
-    }
 }
 
 struct Sim {
@@ -166,12 +113,8 @@ async fn sim_with(env: &[(&str, &str)], queue: bool) -> Sim {
         };
     }
     let config = Config::from_lookup(|k| vars.get(k).map(|v| v.to_string())).unwrap();
-    let clock = SimClock(Arc::new(AtomicI64::new(T0)));
-    let q = Arc::new(SimQueue {
-        clock: clock.clone(),
-        messages: Mutex::default(),
-        seq: AtomicI64::new(0),
-    });
+    let clock = SimClock::at(T0);
+    let q = Arc::new(SimQueue::new(clock.clone()));
     let ledger = Arc::new(InMemoryLedger::new());
     let c = clock.clone();
     let mut app = mde_offboard::init::Wiring::new(config, Arc::new(StaticSecret(secret_json())))
@@ -218,7 +161,7 @@ impl Sim {
     /// so far. Answers how many deliveries it made.
     async fn drain(&self, max: usize, each: impl Fn(usize)) -> usize {
         let mut n = 0;
-        while let Some((at, body)) = self.queue.pop_next() {
+        while let Some((at, _, body)) = self.queue.pop_next() {
             n += 1;
             assert!(n <= max, "the queue never emptied");
             self.clock.set(at);

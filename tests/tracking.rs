@@ -8,9 +8,10 @@
 // Only its moto clients are used here.
 #[allow(unused_imports)]
 mod common;
+mod sim;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,11 +25,12 @@ use mde_offboard::domain::defender::{Defender, DefenderError, Machine, MachineAc
 use mde_offboard::domain::ledger::DeviceRecords;
 use mde_offboard::domain::limits::Deadline;
 use mde_offboard::domain::model::{DeviceName, MachineId};
-use mde_offboard::domain::queue::{Queue, QueueError};
+use mde_offboard::domain::queue::Queue;
 use mde_offboard::domain::secret::StaticSecret;
 use mde_offboard::support::webhook_sig::StandardWebhooks;
 use mde_testkit::{CallbackReceiver, FakeTicketing, GENERIC_WEBHOOK_SECRET, secret_json};
 use serde_json::{Value, json};
+use sim::{SimClock, SimQueue};
 
 const CALLBACK_SECRET: &str = "whsec_Y2FsbGJhY2stc2lnbmluZy1rZXktMDEyMzQ1Njc4OWFi";
 const HOUR: i64 = 3600;
@@ -40,18 +42,6 @@ const OK_ID: &str = "1e5bc9d7e413ddd7902c2932e418702b84d0cc07";
 const FAIL_ID: &str = "7f3c2a9d1b8e4f6a0c5d3e2b1a9f8e7d6c5b4a39";
 const CANCEL_ID: &str = "a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6";
 const DRAWER_ID: &str = "b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7";
-
-#[derive(Clone)]
-struct SimClock(Arc<AtomicI64>);
-
-impl SimClock {
-    fn now(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-    fn set(&self, t: i64) {
-        self.0.fetch_max(t, Ordering::SeqCst);
-    }
-}
 
 /// A tenant whose actions end, each after its own time, in their own
 /// final status (or never); every GET of an action is counted.
@@ -142,48 +132,6 @@ impl Defender for ScriptedDefender {
     }
 }
 
-/// SQS's delay semantics over the simulated clock.
-struct SimQueue {
-    clock: SimClock,
-    messages: Mutex<Vec<(i64, u64, String)>>,
-    next_id: AtomicI64,
-    max_delay_seen: AtomicI64,
-}
-
-impl SimQueue {
-    fn push(&self, visible_at: i64, body: String) {
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst) as u64;
-        self.messages.lock().unwrap().push((visible_at, id, body));
-    }
-    /// The message visible first, taken off the queue.
-    fn pop_next(&self) -> Option<(i64, u64, String)> {
-        let mut m = self.messages.lock().unwrap();
-        let i = (0..m.len()).min_by_key(|&i| (m[i].0, m[i].1))?;
-        Some(m.remove(i))
-    }
-}
-
-impl Queue for SimQueue {
-    fn send_batch<'a>(
-        &'a self,
-        bodies: &'a [String],
-    ) -> BoxFuture<'a, Result<Vec<usize>, QueueError>> {
-        self.send_batch_delayed(bodies, Duration::ZERO)
-    }
-    fn send_batch_delayed<'a>(
-        &'a self,
-        bodies: &'a [String],
-        delay: Duration,
-    ) -> BoxFuture<'a, Result<Vec<usize>, QueueError>> {
-        let d = delay.as_secs() as i64;
-        self.max_delay_seen.fetch_max(d, Ordering::SeqCst);
-        for b in bodies {
-            self.push(self.clock.now() + d, b.clone());
-        }
-        Box::pin(async { Ok(Vec::new()) })
-    }
-}
-
 struct Sim {
     notify_failed: Mutex<f64>,
     app: App,
@@ -207,7 +155,7 @@ fn sim() -> Sim {
 }
 
 fn sim_with(secret_extra: &Value) -> Sim {
-    let clock = SimClock(Arc::new(AtomicI64::new(T0)));
+    let clock = SimClock::at(T0);
     let env: HashMap<&str, &str> = [
         ("SECRET_ID", "in-memory"),
         ("MDE_API_URL", "http://127.0.0.1:9"),
@@ -228,12 +176,7 @@ fn sim_with(secret_extra: &Value) -> Sim {
         actions: Mutex::default(),
         gets: Mutex::default(),
     });
-    let queue = Arc::new(SimQueue {
-        clock: clock.clone(),
-        messages: Mutex::default(),
-        next_id: AtomicI64::new(0),
-        max_delay_seen: AtomicI64::new(0),
-    });
+    let queue = Arc::new(SimQueue::new(clock.clone()));
     let ledger = Arc::new(InMemoryLedger::new());
     let c = clock.clone();
     let app = mde_offboard::init::Wiring::new(config, Arc::new(StaticSecret(secret(secret_extra))))
@@ -730,22 +673,6 @@ impl Sim {
             mde_offboard::inbound::sqs::handle_queue_metered(&self.app, event, "dup", ms).await;
         assert!(answer.batch_item_failures.is_empty());
     }
-
-    /// SQS delivers at least once: every message now on the queue is
-    /// there twice.
-    fn duplicate_everything(&self) {
-        let copies: Vec<(i64, String)> = self
-            .queue
-            .messages
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(at, _, b)| (*at, b.clone()))
-            .collect();
-        for (at, body) in copies {
-            self.queue.push(at, body);
-        }
-    }
 }
 
 /// One generic request with a callback, one Jira delivery with a write-back.
@@ -797,7 +724,7 @@ async fn a_forked_tracking_chain_calls_back_once_and_notes_once() {
     let s = sim_with(&tickets.secret_keys());
     let receiver = CallbackReceiver::start(CALLBACK_SECRET, &[]).await;
     callback_and_jira(&s, &receiver, "INC-91").await;
-    s.duplicate_everything();
+    s.queue.duplicate_everything();
     s.drain(1_000).await;
     let got = receiver.received();
     assert_eq!(got.len(), 1, "{got:?}");
@@ -827,7 +754,7 @@ async fn an_outcome_the_cancel_route_wrote_is_still_reported_once() {
         )
         .await
         .unwrap();
-    s.duplicate_everything();
+    s.queue.duplicate_everything();
     s.drain(1_000).await;
     let got = receiver.received();
     assert_eq!(got.len(), 1, "{got:?}");
